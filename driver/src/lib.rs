@@ -1,0 +1,2 @@
+//! sqlx driver for dqlite.
+#![forbid(unsafe_code)]

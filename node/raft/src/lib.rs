@@ -1,0 +1,2 @@
+//! Sans-I/O Raft consensus core.
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! The replicated engine of dqlite-rs.
+pub use dqlite_raft as raft;
+pub use dqlite_wire as wire;

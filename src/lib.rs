@@ -1,0 +1,8 @@
+//! # dqlite
+//!
+//! A Raft-replicated SQLite with an sqlx driver. This facade re-exports the driver
+//! ([`sqlx_dqlite`]) and the replicated engine ([`dqlite_node`]).
+#![forbid(unsafe_code)]
+
+pub use dqlite_node as node;
+pub use sqlx_dqlite as driver;
