@@ -6,6 +6,8 @@ macro_rules! newtype_u64 {
     ($(#[$m:meta])* $name:ident, $prefix:literal) => {
         $(#[$m])*
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+        #[cfg_attr(feature = "serde", serde(transparent))]
         pub struct $name(pub u64);
 
         impl $name {
@@ -72,6 +74,7 @@ impl LogIndex {
 /// What an entry carries. Stored on disk as a `u8` (see `docs/log-format.md`): the values are
 /// part of the on-disk format and must not change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[repr(u8)]
 pub enum EntryKind {
     /// Opaque application bytes (for dqlite: a transaction's WAL frames).
@@ -96,6 +99,7 @@ impl EntryKind {
 
 /// One log entry. The payload is opaque to storage.
 #[derive(Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Entry {
     /// The term in which the leader created it.
     pub term: Term,
@@ -116,4 +120,57 @@ impl fmt::Debug for Entry {
             .field("len", &self.data.len())
             .finish()
     }
+}
+
+/// What a server does in the cluster (dqlite's meaning).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[repr(u8)]
+pub enum Role {
+    /// Receives the log, votes, and counts for the quorum.
+    Voter = 0,
+    /// Receives the log but neither votes nor counts for the quorum.
+    Standby = 1,
+    /// Receives nothing; a member only on paper (ready to be promoted).
+    Spare = 2,
+}
+
+impl Role {
+    /// Decodes the byte stored in a configuration entry; `None` for an unknown role.
+    pub const fn from_u8(b: u8) -> Option<Role> {
+        match b {
+            0 => Some(Role::Voter),
+            1 => Some(Role::Standby),
+            2 => Some(Role::Spare),
+            _ => None,
+        }
+    }
+}
+
+/// The state that must be durable before any message of the same `Ready` marked
+/// "after persist" is sent: the current term, the vote cast in it, and the commit index
+/// (the commit index is an optimisation for restart; losing it is safe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct HardState {
+    /// The latest term this server has seen.
+    pub term: Term,
+    /// The candidate that received this server's vote in `term`, if any.
+    pub vote: Option<NodeId>,
+    /// The highest index known committed.
+    pub commit: LogIndex,
+}
+
+/// What a snapshot stands for: the state machine after applying every entry up to `index`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct SnapshotMeta {
+    /// The last entry included in the snapshot.
+    pub index: LogIndex,
+    /// The term of that entry.
+    pub term: Term,
+    /// The cluster configuration in force at `index`.
+    pub configuration: crate::Configuration,
+    /// The index of the entry that carried `configuration` (0 if it was never in a log).
+    pub configuration_index: LogIndex,
 }

@@ -1,0 +1,1 @@
+//! Tests named after the sections of the Raft paper (and thesis) whose rules they check.

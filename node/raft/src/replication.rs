@@ -1,0 +1,252 @@
+//! Log replication (§5.3): pipelined AppendEntries with flow control, fast conflict back-off,
+//! heartbeats, and commitment by a majority of the current term only (§5.4.2).
+
+use crate::message::{AppendEntries, AppendEntriesResponse, Heartbeat, HeartbeatResponse, MessageBody, RejectHint};
+use crate::node::RawNode;
+use crate::progress::ProgressState;
+use crate::ready::StateRole;
+use crate::types::{EntryKind, LogIndex, NodeId};
+
+impl RawNode {
+    /// Leader: sends whatever each follower can take now.
+    pub(crate) fn broadcast_append(&mut self) {
+        let ids: Vec<NodeId> = self.progress.keys().copied().collect();
+        for id in ids {
+            self.send_appends(id);
+        }
+    }
+
+    /// Leader: sends appends to `to` until its pipeline is full or it is up to date.
+    pub(crate) fn send_appends(&mut self, to: NodeId) {
+        // Bounded: each iteration either sends and advances `next_index` or stops.
+        for _ in 0..=self.cfg.max_inflight_appends {
+            if !self.send_append(to) {
+                break;
+            }
+            let Some(pr) = self.progress.get(&to) else { break };
+            if !matches!(pr.state, ProgressState::Replicate { .. }) || pr.next_index > self.log.last_index() {
+                break;
+            }
+        }
+    }
+
+    /// Leader: sends one AppendEntries (or starts a snapshot) to `to`. False if nothing was sent.
+    fn send_append(&mut self, to: NodeId) -> bool {
+        let max_inflight = self.cfg.max_inflight_appends;
+        let Some(pr) = self.progress.get(&to) else { return false };
+        if pr.is_paused(max_inflight) {
+            return false;
+        }
+        let next = pr.next_index;
+        let replicate = matches!(pr.state, ProgressState::Replicate { .. });
+        let prev = next.prev();
+        let Some(prev_term) = self.log.term(prev) else {
+            self.start_snapshot(to);
+            return false;
+        };
+        let entries = self.log.slice(next, self.log.last_index(), self.cfg.max_append_bytes);
+        if replicate && entries.is_empty() {
+            return false;
+        }
+        let last = entries.last().map_or(prev, |e| e.index);
+        let commit = self.log.committed;
+        if let Some(pr) = self.progress.get_mut(&to) {
+            pr.sent_append(last);
+        }
+        self.send(
+            to,
+            MessageBody::AppendEntries(AppendEntries { prev_log_index: prev, prev_log_term: prev_term, entries, leader_commit: commit }),
+        );
+        true
+    }
+
+    /// Leader: heartbeats to every follower, carrying the latest ReadIndex round.
+    pub(crate) fn broadcast_heartbeat(&mut self) {
+        let seq = self.read_seq;
+        let commit = self.log.committed;
+        let beats: Vec<(NodeId, LogIndex)> = self.progress.iter().map(|(id, pr)| (*id, pr.match_index.min(commit))).collect();
+        for (id, c) in beats {
+            self.send(id, MessageBody::Heartbeat(Heartbeat { commit: c, read_seq: seq }));
+        }
+    }
+
+    /// Follower side of AppendEntries.
+    pub(crate) fn handle_append(&mut self, from: NodeId, a: AppendEntries) {
+        if self.role == StateRole::Leader {
+            tracing::error!(id = ?self.id, ?from, term = ?self.term, "two leaders in one term: append ignored");
+            debug_assert!(false, "two leaders in one term");
+            return;
+        }
+        if self.role != StateRole::Follower {
+            self.become_follower(self.term, Some(from));
+        }
+        self.leader = Some(from);
+        self.election_elapsed = 0;
+
+        let mut prev = a.prev_log_index;
+        let mut prev_term = a.prev_log_term;
+        let mut entries = &a.entries[..];
+        let committed = self.log.committed;
+        if prev < committed {
+            // Everything up to our commit index already matches the leader's log.
+            let skip = (committed.0 - prev.0) as usize;
+            if skip >= entries.len() {
+                self.send_after_persist(from, ack(committed));
+                return;
+            }
+            entries = &entries[skip..];
+            prev = committed;
+            prev_term = match self.log.term(committed) {
+                Some(t) => t,
+                None => return,
+            };
+        }
+        if !self.log.matches(prev, prev_term) {
+            let hint = if prev > self.log.last_index() {
+                RejectHint { conflict_term: None, conflict_index: self.log.last_index().next() }
+            } else {
+                RejectHint { conflict_term: self.log.term(prev), conflict_index: self.log.first_index_of_term_run(prev) }
+            };
+            tracing::trace!(id = ?self.id, ?prev, ?hint, "append rejected");
+            self.send(from, MessageBody::AppendEntriesResponse(AppendEntriesResponse { success: false, index: a.prev_log_index, hint: Some(hint) }));
+            return;
+        }
+        if let Some(at) = self.log.merge(entries) {
+            self.truncate_conf_history(at);
+        }
+        let last_conf = self.configuration_index();
+        let mut conf_changed = false;
+        for e in entries {
+            if e.kind == EntryKind::Configuration && e.index > last_conf {
+                match crate::Configuration::decode(&e.data) {
+                    Ok(c) => {
+                        self.conf_history.push((e.index, c));
+                        conf_changed = true;
+                    }
+                    Err(err) => tracing::error!(index = ?e.index, %err, "undecodable configuration entry ignored"),
+                }
+            }
+        }
+        if conf_changed {
+            tracing::debug!(id = ?self.id, conf = ?self.configuration(), "configuration changed");
+        }
+        let last_new = LogIndex(prev.0 + entries.len() as u64);
+        self.commit_to(a.leader_commit.min(last_new));
+        self.send_after_persist(from, ack(last_new));
+    }
+
+    /// Drops configurations carried by entries at or after `from` (they were truncated).
+    pub(crate) fn truncate_conf_history(&mut self, from: LogIndex) {
+        while self.conf_history.len() > 1 && self.conf_history.last().is_some_and(|c| c.0 >= from) {
+            self.conf_history.pop();
+        }
+    }
+
+    pub(crate) fn commit_to(&mut self, index: LogIndex) {
+        if index > self.log.committed {
+            debug_assert!(index <= self.log.last_index());
+            self.log.committed = index;
+        }
+    }
+
+    /// Leader side of an AppendEntries answer.
+    pub(crate) fn handle_append_response(&mut self, from: NodeId, r: AppendEntriesResponse) {
+        if self.role != StateRole::Leader {
+            return;
+        }
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        if r.success {
+            if r.index > self.log.last_index() {
+                return; // cannot happen with an honest follower
+            }
+            if pr.on_ack(r.index) {
+                self.maybe_commit();
+            }
+            self.on_follower_progress(from);
+            self.send_appends(from);
+        } else {
+            let new_next = match r.hint {
+                Some(RejectHint { conflict_term: Some(t), conflict_index }) => {
+                    let i = self.log.last_index_of_term_at_most(t, r.index);
+                    if self.log.term(i) == Some(t) {
+                        i.next()
+                    } else {
+                        conflict_index
+                    }
+                }
+                Some(RejectHint { conflict_term: None, conflict_index }) => conflict_index,
+                None => r.index,
+            };
+            if pr.on_reject(r.index, new_next) {
+                tracing::trace!(id = ?self.id, ?from, next = ?new_next, "probing after rejection");
+                self.send_appends(from);
+            }
+        }
+    }
+
+    /// Follower side of a heartbeat.
+    pub(crate) fn handle_heartbeat(&mut self, from: NodeId, h: Heartbeat) {
+        if self.role == StateRole::Leader {
+            debug_assert!(false, "two leaders in one term");
+            return;
+        }
+        if self.role != StateRole::Follower {
+            self.become_follower(self.term, Some(from));
+        }
+        self.leader = Some(from);
+        self.election_elapsed = 0;
+        self.commit_to(h.commit.min(self.log.last_index()));
+        self.send(from, MessageBody::HeartbeatResponse(HeartbeatResponse { read_seq: h.read_seq }));
+    }
+
+    /// Leader side of a heartbeat answer.
+    pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId, r: HeartbeatResponse) {
+        if self.role != StateRole::Leader {
+            return;
+        }
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        pr.resume();
+        if pr.match_index < self.log.last_index() {
+            self.send_appends(from);
+        }
+        self.on_read_ack(from, r.read_seq);
+    }
+
+    /// Leader: advances the commit index to the highest index durable on a majority of
+    /// voters, if that entry is of the current term (§5.4.2).
+    pub(crate) fn maybe_commit(&mut self) {
+        debug_assert_eq!(self.role, StateRole::Leader);
+        let conf = self.configuration();
+        let mut matches: Vec<LogIndex> = conf
+            .voters()
+            .map(|v| {
+                if v == self.id {
+                    self.log.persisted
+                } else {
+                    self.progress.get(&v).map_or(LogIndex::ZERO, |p| p.match_index)
+                }
+            })
+            .collect();
+        if matches.is_empty() {
+            return;
+        }
+        matches.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_index = matches[matches.len() / 2];
+        if quorum_index <= self.log.committed || self.log.term(quorum_index) != Some(self.term) {
+            return;
+        }
+        let first_in_term = !self.committed_in_term();
+        self.commit_to(quorum_index);
+        tracing::trace!(id = ?self.id, committed = ?quorum_index, "commit advanced");
+        if first_in_term {
+            self.on_first_commit_in_term();
+        }
+        self.after_commit_membership();
+    }
+}
+
+fn ack(index: LogIndex) -> MessageBody {
+    MessageBody::AppendEntriesResponse(AppendEntriesResponse { success: true, index, hint: None })
+}

@@ -1,0 +1,219 @@
+//! Snapshots and log compaction (§7).
+//!
+//! Taking one: the application captures its state machine up to an applied index `I` and calls
+//! [`RawNode::snapshot_taken`]; the core records the snapshot's metadata (term and configuration
+//! at `I`) and [`RawNode::compact`] drops log entries it covers from memory.
+//!
+//! Sending one: when a follower needs entries that were compacted away, the leader puts the
+//! follower in the snapshot state and asks the application, through
+//! [`Ready::snapshot_requests`](crate::Ready::snapshot_requests), for a byte range of the
+//! current snapshot; the application answers with [`RawNode::send_snapshot_chunk`], which
+//! emits an InstallSnapshot message. One chunk is in flight per follower; each answer asks for
+//! the next range. Lost chunks are asked for again after about an election timeout.
+//!
+//! Receiving one: chunks come out in [`Ready::snapshot_chunks`](crate::Ready::snapshot_chunks)
+//! for the application to store; after the last, [`Ready::snapshot`](crate::Ready::snapshot)
+//! says to install it.
+
+use crate::error::{Error, Result};
+use crate::message::{InstallSnapshot, InstallSnapshotResponse, MessageBody};
+use crate::node::RawNode;
+use crate::progress::ProgressState;
+use crate::ready::{IncomingSnapshotChunk, SnapshotChunkRequest, SnapshotInstall, StateRole};
+use crate::types::{LogIndex, NodeId, SnapshotMeta};
+
+impl RawNode {
+    /// Records that the state machine's state up to `index` (applied) is captured in a
+    /// snapshot. Returns its metadata (to store beside the snapshot). The log is not compacted:
+    /// call [`RawNode::compact`].
+    pub fn snapshot_taken(&mut self, index: LogIndex) -> Result<SnapshotMeta> {
+        if index > self.log.applied {
+            return Err(Error::SnapshotNotApplied { index, applied: self.log.applied });
+        }
+        if let Some(s) = &self.snapshot {
+            if index < s.index {
+                return Err(Error::SnapshotTooOld { index, current: s.index });
+            }
+        }
+        let Some(term) = self.log.term(index) else {
+            return Err(Error::SnapshotTooOld { index, current: self.log.compacted_index() });
+        };
+        let (configuration_index, configuration) = self.configuration_at(index);
+        let meta = SnapshotMeta { index, term, configuration, configuration_index };
+        tracing::debug!(id = ?self.id, ?index, "snapshot taken");
+        self.snapshot = Some(meta.clone());
+        // Followers receiving an older snapshot restart with this one.
+        let stale: Vec<NodeId> = self
+            .progress
+            .iter()
+            .filter(|(_, p)| matches!(&p.state, ProgressState::Snapshot { meta: m, .. } if m.index != index))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some(p) = self.progress.get_mut(&id) {
+                p.become_probe();
+            }
+            self.send_appends(id);
+        }
+        Ok(meta)
+    }
+
+    /// Drops entries up to `min(up_to, snapshot index)` from the in-memory log. Keeping some
+    /// entries behind the snapshot lets slightly lagging followers catch up without one.
+    /// Returns the new compaction point.
+    pub fn compact(&mut self, up_to: LogIndex) -> LogIndex {
+        let Some(s) = &self.snapshot else { return self.log.compacted_index() };
+        let to = up_to.min(s.index);
+        self.log.compact_to(to);
+        // Keep the configuration in force at the compaction point and every later one.
+        let keep_from = self.conf_history.iter().rposition(|c| c.0 <= to).unwrap_or(0);
+        self.conf_history.drain(..keep_from);
+        self.log.compacted_index()
+    }
+
+    /// Supplies the bytes asked for by `req` (possibly fewer than `max_bytes`; `done` marks the
+    /// end of the snapshot). Errors if the request is no longer current (leadership lost,
+    /// follower answered meanwhile); the application may ignore such errors.
+    pub fn send_snapshot_chunk(&mut self, req: &SnapshotChunkRequest, data: Vec<u8>, done: bool) -> Result<()> {
+        let unexpected = Error::UnexpectedSnapshotChunk { to: req.to, offset: req.offset };
+        if self.role != StateRole::Leader {
+            return Err(unexpected);
+        }
+        let Some(pr) = self.progress.get_mut(&req.to) else { return Err(unexpected) };
+        match &mut pr.state {
+            ProgressState::Snapshot { meta, acked_offset, .. } if *meta == req.meta && *acked_offset == req.offset => {}
+            _ => return Err(unexpected),
+        }
+        self.send(
+            req.to,
+            MessageBody::InstallSnapshot(InstallSnapshot { meta: req.meta.clone(), offset: req.offset, data, done }),
+        );
+        Ok(())
+    }
+
+    /// Leader: switches `to` to the snapshot state and asks for the first chunk.
+    pub(crate) fn start_snapshot(&mut self, to: NodeId) {
+        let Some(meta) = self.snapshot.clone() else {
+            tracing::error!(id = ?self.id, ?to, "follower needs compacted entries but no snapshot exists");
+            return;
+        };
+        let Some(pr) = self.progress.get_mut(&to) else { return };
+        tracing::debug!(id = ?self.id, ?to, index = ?meta.index, "sending snapshot");
+        pr.state = ProgressState::Snapshot { meta: meta.clone(), acked_offset: 0, waiting: true, idle_rounds: 0 };
+        self.request_chunk(to, meta, 0);
+    }
+
+    fn request_chunk(&mut self, to: NodeId, meta: SnapshotMeta, offset: u64) {
+        self.chunk_requests.push(SnapshotChunkRequest { to, meta, offset, max_bytes: self.cfg.snapshot_chunk_bytes });
+    }
+
+    /// Leader, every heartbeat: asks again for chunks that got no answer for about an
+    /// election timeout.
+    pub(crate) fn retry_snapshots(&mut self) {
+        let rounds = (self.election_ticks / self.heartbeat_ticks).max(2);
+        let mut again = Vec::new();
+        for (id, pr) in self.progress.iter_mut() {
+            if let ProgressState::Snapshot { meta, acked_offset, waiting: true, idle_rounds } = &mut pr.state {
+                *idle_rounds += 1;
+                if *idle_rounds >= rounds {
+                    *idle_rounds = 0;
+                    again.push((*id, meta.clone(), *acked_offset));
+                }
+            }
+        }
+        for (id, meta, offset) in again {
+            self.request_chunk(id, meta, offset);
+        }
+    }
+
+    /// Follower side of a snapshot chunk.
+    pub(crate) fn handle_install_snapshot(&mut self, from: NodeId, s: InstallSnapshot) {
+        if self.role == StateRole::Leader {
+            debug_assert!(false, "two leaders in one term");
+            return;
+        }
+        if self.role != StateRole::Follower {
+            self.become_follower(self.term, Some(from));
+        }
+        self.leader = Some(from);
+        self.election_elapsed = 0;
+        let index = s.meta.index;
+        if index <= self.log.committed {
+            // We already have everything it holds.
+            self.incoming = None;
+            let m = self.log.committed;
+            self.send_after_persist(from, snap_resp(index, 0, true, m));
+            return;
+        }
+        let expected = match &self.incoming {
+            _ if s.offset == 0 => 0,
+            Some((meta, got)) if *meta == s.meta => *got,
+            _ => {
+                self.send(from, snap_resp(index, 0, false, LogIndex::ZERO));
+                return;
+            }
+        };
+        if s.offset != expected {
+            self.send(from, snap_resp(index, expected, false, LogIndex::ZERO));
+            return;
+        }
+        let got = expected + s.data.len() as u64;
+        self.chunks_in.push(IncomingSnapshotChunk { meta: s.meta.clone(), offset: s.offset, data: s.data, done: s.done });
+        if !s.done {
+            self.incoming = Some((s.meta, got));
+            self.send_after_persist(from, snap_resp(index, got, false, LogIndex::ZERO));
+            return;
+        }
+        self.incoming = None;
+        let keep = self.log.restore_snapshot(index, s.meta.term);
+        if keep {
+            self.conf_history.retain(|c| c.0 > index);
+            self.conf_history.insert(0, (s.meta.configuration_index, s.meta.configuration.clone()));
+        } else {
+            self.conf_history = vec![(s.meta.configuration_index, s.meta.configuration.clone())];
+        }
+        tracing::info!(id = ?self.id, ?index, keep, "snapshot installed");
+        self.snapshot = Some(s.meta.clone());
+        self.install = Some(SnapshotInstall { meta: s.meta, keep_log: keep });
+        self.send_after_persist(from, snap_resp(index, got, true, index));
+    }
+
+    /// Leader side of a snapshot chunk answer.
+    pub(crate) fn handle_install_snapshot_response(&mut self, from: NodeId, r: InstallSnapshotResponse) {
+        if self.role != StateRole::Leader {
+            return;
+        }
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        let ProgressState::Snapshot { meta, acked_offset, waiting, idle_rounds } = &mut pr.state else {
+            if r.done && r.match_index > pr.match_index && r.match_index <= self.log.last_index() {
+                pr.match_index = r.match_index;
+                pr.next_index = pr.next_index.max(r.match_index.next());
+                self.maybe_commit();
+            }
+            return;
+        };
+        if meta.index != r.snapshot_index {
+            return;
+        }
+        if r.done {
+            if r.match_index > pr.match_index && r.match_index <= self.log.last_index() {
+                pr.match_index = r.match_index;
+            }
+            pr.become_probe();
+            self.maybe_commit();
+            self.on_follower_progress(from);
+            self.send_appends(from);
+            return;
+        }
+        *acked_offset = r.next_offset;
+        *waiting = true;
+        *idle_rounds = 0;
+        let meta = meta.clone();
+        self.request_chunk(from, meta, r.next_offset);
+    }
+}
+
+fn snap_resp(snapshot_index: LogIndex, next_offset: u64, done: bool, match_index: LogIndex) -> MessageBody {
+    MessageBody::InstallSnapshotResponse(InstallSnapshotResponse { snapshot_index, next_offset, done, match_index })
+}
