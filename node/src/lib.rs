@@ -1,3 +1,5 @@
 //! The replicated engine of dqlite-rs.
 pub use dqlite_raft as raft;
 pub use dqlite_wire as wire;
+
+pub mod storage;

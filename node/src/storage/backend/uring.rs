@@ -1,0 +1,315 @@
+//! io_uring backend (Linux): a batch's writes are linked to one `fdatasync` and submitted with
+//! one system call (group commit). Block-aligned writes go through an `O_DIRECT` descriptor when
+//! the file system accepts one, from a 4096-aligned bounce buffer; everything else goes through
+//! an ordinary descriptor of the same file. Reads use `pread` on the ordinary descriptor.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+use super::{portable::open_std, sys, Backend, BackendFile, BatchFailure, DirLock, OpenMode};
+
+/// Submission queue size. Batches with more writes are submitted in several rounds.
+const RING_ENTRIES: u32 = 64;
+/// `O_DIRECT` alignment of offsets, lengths and buffers.
+const DIRECT_ALIGN: usize = 4096;
+
+/// The io_uring backend. One ring per backend, shared by its files behind a mutex (the stores
+/// issue one batch at a time).
+pub struct UringBackend {
+    dir: PathBuf,
+    ring: Arc<Mutex<IoUring>>,
+    direct: bool,
+}
+
+impl std::fmt::Debug for UringBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringBackend").field("dir", &self.dir).field("direct", &self.direct).finish()
+    }
+}
+
+impl UringBackend {
+    /// Sets up a ring for `dir` (created if missing). Fails if the kernel refuses io_uring
+    /// (`ENOSYS`, `EPERM` under seccomp or `io_uring_disabled`), so [`super::auto`] can fall back.
+    pub fn new(dir: &Path) -> io::Result<Self> {
+        Self::with_direct_io(dir, true)
+    }
+
+    /// Like [`UringBackend::new`], choosing whether to try `O_DIRECT` for aligned writes.
+    pub fn with_direct_io(dir: &Path, direct: bool) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let ring = IoUring::new(RING_ENTRIES)?;
+        Ok(UringBackend { dir: dir.to_path_buf(), ring: Arc::new(Mutex::new(ring)), direct })
+    }
+}
+
+struct UringFile {
+    name: String,
+    buffered: File,
+    direct: Option<File>,
+    ring: Arc<Mutex<IoUring>>,
+    /// Bounce buffer for `O_DIRECT` writes; `bounce_off` is where the aligned region starts.
+    bounce: Vec<u8>,
+}
+
+impl std::fmt::Debug for UringFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringFile")
+            .field("name", &self.name)
+            .field("direct", &self.direct.is_some())
+            .finish()
+    }
+}
+
+/// One write as submitted: which descriptor, where, what.
+struct Submitted {
+    fd: i32,
+    offset: u64,
+    /// Start and length inside the source buffer (`bounce` or the caller's slice).
+    ptr: *const u8,
+    len: usize,
+}
+
+fn ring_err(what: &str) -> io::Error {
+    io::Error::other(format!("io_uring: {what}"))
+}
+
+impl UringFile {
+    fn is_direct_ok(&self, offset: u64, len: usize) -> bool {
+        self.direct.is_some()
+            && offset % DIRECT_ALIGN as u64 == 0
+            && len % DIRECT_ALIGN == 0
+            && len > 0
+    }
+
+    /// Submits `writes` (then, if `sync`, one linked `fdatasync`) and waits for all of them.
+    /// Short writes are finished with `pwrite` and the sync is then redone.
+    fn submit(&mut self, writes: &[(u64, &[u8])], sync: bool) -> Result<(), BatchFailure> {
+        use BatchFailure::{Sync, Write};
+        // Lay the O_DIRECT-eligible writes out in the aligned bounce buffer first, so no
+        // reallocation moves it while the kernel reads from it.
+        let direct_total: usize = writes
+            .iter()
+            .filter(|(o, d)| self.is_direct_ok(*o, d.len()))
+            .map(|(_, d)| d.len())
+            .sum();
+        if direct_total > 0 {
+            let need = direct_total + DIRECT_ALIGN;
+            if self.bounce.len() < need {
+                self.bounce = vec![0u8; need];
+            }
+        }
+        let base = self.bounce.as_ptr().align_offset(DIRECT_ALIGN);
+        let mut pos = base;
+        let mut subs = Vec::with_capacity(writes.len());
+        for (offset, data) in writes {
+            if self.is_direct_ok(*offset, data.len()) {
+                self.bounce[pos..pos + data.len()].copy_from_slice(data);
+                let fd = self.direct.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+                subs.push(Submitted {
+                    fd,
+                    offset: *offset,
+                    ptr: self.bounce[pos..].as_ptr(),
+                    len: data.len(),
+                });
+                pos += data.len();
+            } else if !data.is_empty() {
+                subs.push(Submitted {
+                    fd: self.buffered.as_raw_fd(),
+                    offset: *offset,
+                    ptr: data.as_ptr(),
+                    len: data.len(),
+                });
+            }
+        }
+
+        let ring = Arc::clone(&self.ring);
+        let mut ring = ring.lock().map_err(|_| Write(ring_err("ring mutex poisoned")))?;
+        let cap = RING_ENTRIES as usize - 1;
+        let mut short: Vec<(usize, usize)> = Vec::new(); // (sub index, bytes done)
+        let mut first_err: Option<io::Error> = None;
+        let mut sync_done = !sync;
+        let chunks: Vec<&[Submitted]> = if subs.is_empty() { vec![&[]] } else { subs.chunks(cap).collect() };
+        let n_chunks = chunks.len();
+        let mut sub_base = 0usize;
+        for (ci, chunk) in chunks.into_iter().enumerate() {
+            let last = ci + 1 == n_chunks;
+            let with_sync = sync && last;
+            let mut expected = 0usize;
+            {
+                let mut sq = ring.submission();
+                for (i, s) in chunk.iter().enumerate() {
+                    let mut e = opcode::Write::new(types::Fd(s.fd), s.ptr, s.len as u32)
+                        .offset(s.offset)
+                        .build()
+                        .user_data((sub_base + i) as u64);
+                    if with_sync {
+                        e = e.flags(squeue::Flags::IO_LINK);
+                    }
+                    // SAFETY: the buffer behind `s.ptr` (the caller's slice or `self.bounce`,
+                    // neither touched until we return) and the descriptor stay valid until the
+                    // completion is reaped below: we wait for every submitted entry before
+                    // leaving this function.
+                    unsafe { sq.push(&e) }.map_err(|_| Write(ring_err("submission queue full")))?;
+                    expected += 1;
+                }
+                if with_sync {
+                    let e = opcode::Fsync::new(types::Fd(self.buffered.as_raw_fd()))
+                        .flags(types::FsyncFlags::DATASYNC)
+                        .build()
+                        .user_data(u64::MAX);
+                    // SAFETY: fsync references no user memory; the descriptor outlives the wait.
+                    unsafe { sq.push(&e) }.map_err(|_| Sync(ring_err("submission queue full")))?;
+                    expected += 1;
+                }
+            }
+            if expected == 0 {
+                continue;
+            }
+            let mut reaped = 0usize;
+            while reaped < expected {
+                match ring.submit_and_wait(expected - reaped) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // The kernel may still own the buffers: the ring is unusable and so is
+                    // this store (the caller poisons it on a non-ENOSPC error).
+                    Err(e) => return Err(Write(e)),
+                }
+                for cqe in ring.completion() {
+                    reaped += 1;
+                    let res = cqe.result();
+                    let ud = cqe.user_data();
+                    if ud == u64::MAX {
+                        if res < 0 {
+                            if res != -libc::ECANCELED {
+                                return Err(Sync(io::Error::from_raw_os_error(-res)));
+                            }
+                        } else {
+                            sync_done = true;
+                        }
+                        continue;
+                    }
+                    let idx = ud as usize;
+                    if res < 0 {
+                        if res != -libc::ECANCELED && first_err.is_none() {
+                            first_err = Some(io::Error::from_raw_os_error(-res));
+                        } else if res == -libc::ECANCELED {
+                            short.push((idx, 0));
+                        }
+                    } else if (res as usize) < subs[idx].len {
+                        short.push((idx, res as usize));
+                    }
+                }
+            }
+            sub_base += chunk.len();
+        }
+        drop(ring);
+        if let Some(e) = first_err {
+            return Err(Write(e));
+        }
+        if !short.is_empty() {
+            // Rare: finish the remainder synchronously from the same buffers.
+            for (idx, done) in short {
+                let s = &subs[idx];
+                // SAFETY: `s.ptr..s.ptr+s.len` is one of the caller's slices or a region of
+                // `self.bounce`, both alive and unmodified since we built `subs`.
+                let whole = unsafe { std::slice::from_raw_parts(s.ptr, s.len) };
+                // The rest of a direct write may be unaligned: finish it through the buffered
+                // descriptor (the same file; the sync below covers both).
+                self.buffered.write_all_at(&whole[done..], s.offset + done as u64).map_err(Write)?;
+            }
+            sync_done = !sync;
+        }
+        if !sync_done {
+            self.buffered.sync_data().map_err(Sync)?;
+        }
+        Ok(())
+    }
+}
+
+impl BackendFile for UringFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.buffered.metadata()?.len())
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.buffered.read_exact_at(buf, offset)
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.submit(&[(offset, data)], false).map_err(BatchFailure::into_io)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.submit(&[], true).map_err(BatchFailure::into_io)
+    }
+    fn write_all_sync(&mut self, writes: &[(u64, &[u8])]) -> Result<(), BatchFailure> {
+        self.submit(writes, true)
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.buffered.set_len(len)
+    }
+    fn alignment(&self) -> usize {
+        if self.direct.is_some() {
+            DIRECT_ALIGN
+        } else {
+            1
+        }
+    }
+}
+
+impl Backend for UringBackend {
+    fn name(&self) -> &'static str {
+        "io_uring"
+    }
+    fn open(&self, name: &str, mode: OpenMode) -> io::Result<Box<dyn BackendFile>> {
+        let buffered = open_std(&self.dir, name, mode)?;
+        let direct = if self.direct {
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(self.dir.join(name))
+            {
+                Ok(f) => Some(f),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::debug!(file = name, "O_DIRECT refused, using buffered writes");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        Ok(Box::new(UringFile {
+            name: name.to_owned(),
+            buffered,
+            direct,
+            ring: Arc::clone(&self.ring),
+            bounce: Vec::new(),
+        }))
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        sys::check_name(name)?;
+        std::fs::remove_file(self.dir.join(name))
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        sys::check_name(from)?;
+        sys::check_name(to)?;
+        std::fs::rename(self.dir.join(from), self.dir.join(to))
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        sys::sync_dir(&self.dir)
+    }
+    fn list(&self) -> io::Result<Vec<String>> {
+        sys::list_dir(&self.dir)
+    }
+    fn lock(&self) -> io::Result<Box<dyn DirLock>> {
+        Ok(Box::new(sys::lock_dir(&self.dir)?))
+    }
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
