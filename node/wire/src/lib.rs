@@ -80,6 +80,8 @@
 pub mod buf;
 pub mod codes;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod header;
 pub mod ids;

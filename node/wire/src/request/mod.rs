@@ -365,7 +365,7 @@ impl<'a> Request<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::header::{parse, HEADER_LEN};
     use crate::value::Value;
