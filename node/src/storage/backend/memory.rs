@@ -149,6 +149,11 @@ impl MemDisk {
         self.lock_state().crashed
     }
 
+    /// The length of the write the crash interrupted, if the crash hit a write.
+    pub fn inflight_write_len(&self) -> Option<usize> {
+        self.lock_state().inflight.as_ref().map(|(_, _, b)| b.len())
+    }
+
     /// Rebuilds the disk as the crash left it and releases the directory lock (the process
     /// died). Files no durable directory entry names are gone.
     pub fn restart(&self, mode: CrashMode) {
