@@ -20,14 +20,10 @@ impl RawNode {
 
     pub(crate) fn tick_leader(&mut self) {
         self.heartbeat_elapsed += 1;
-        self.election_elapsed += 1;
-        if self.election_elapsed >= self.election_ticks {
-            self.election_elapsed = 0;
-            if !self.check_quorum() {
-                tracing::info!(id = ?self.id, term = ?self.term, "leader lost contact with a quorum: stepping down");
-                self.become_follower(self.term, None);
-                return;
-            }
+        if !self.check_quorum() {
+            tracing::info!(id = ?self.id, term = ?self.term, "leader lost contact with a quorum: stepping down");
+            self.become_follower(self.term, None);
+            return;
         }
         self.tick_transfer();
         self.tick_promotion();
@@ -38,16 +34,15 @@ impl RawNode {
         }
     }
 
-    /// Check-quorum: true if a quorum of voters was heard from since the last round.
-    /// Resets the activity flags.
-    fn check_quorum(&mut self) -> bool {
+    /// Check-quorum: true if a quorum of voters was heard from within the last election
+    /// timeout (the leader counts itself).
+    fn check_quorum(&self) -> bool {
         let mut active = BTreeSet::new();
         active.insert(self.id);
-        for (id, pr) in self.progress.iter_mut() {
-            if pr.recent_active {
+        for (id, pr) in &self.progress {
+            if self.ticks.saturating_sub(pr.last_active) < u64::from(self.election_ticks) {
                 active.insert(*id);
             }
-            pr.recent_active = false;
         }
         self.is_quorum(&active)
     }
@@ -198,9 +193,7 @@ impl RawNode {
         let last = self.log.last_index();
         let peers: Vec<NodeId> = self.configuration().replicas().filter(|r| *r != self.id).collect();
         for p in peers {
-            let mut pr = Progress::new(last);
-            pr.recent_active = true;
-            self.progress.insert(p, pr);
+            self.progress.insert(p, Progress::new(last, self.ticks));
         }
         tracing::info!(id = ?self.id, term = ?self.term, "became leader");
         // A no-op of the new term, so that earlier entries get committed (§5.4.2, §8).

@@ -140,7 +140,8 @@ impl RawNode {
         tracing::info!(leader = ?self.id, node = ?id, "catching up before promotion to voter");
         self.promotion = Some(Promotion { server, round: 1, round_target: last, round_elapsed: 0 });
         if id != self.id {
-            self.progress.entry(id).or_insert_with(|| Progress::new(last));
+            let now = self.ticks;
+            self.progress.entry(id).or_insert_with(|| Progress::new(last, now));
             self.send_appends(id);
         }
         self.on_follower_progress(id);
@@ -155,9 +156,7 @@ impl RawNode {
         let mut added = Vec::new();
         for r in conf.replicas() {
             if r != self.id && !self.progress.contains_key(&r) {
-                let mut pr = Progress::new(last);
-                pr.recent_active = true;
-                self.progress.insert(r, pr);
+                self.progress.insert(r, Progress::new(last, self.ticks));
                 added.push(r);
             }
         }

@@ -57,6 +57,8 @@ pub struct RawNode {
     pub(crate) election_elapsed: u32,
     pub(crate) randomized_timeout: u32,
     pub(crate) heartbeat_elapsed: u32,
+    /// Ticks since this node started (a logical clock for check-quorum).
+    pub(crate) ticks: u64,
     /// Votes received in the current (pre-)election: `true` = granted.
     pub(crate) votes: BTreeMap<NodeId, bool>,
     /// Leader only: followers' progress.
@@ -158,6 +160,7 @@ impl RawNode {
             election_elapsed: 0,
             randomized_timeout: election_ticks,
             heartbeat_elapsed: 0,
+            ticks: 0,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             conf_history,
@@ -265,6 +268,7 @@ impl RawNode {
 
     /// Advances logical time by one tick ([`Config::tick`]).
     pub fn tick(&mut self) {
+        self.ticks += 1;
         if self.role == StateRole::Leader {
             self.tick_leader();
         } else {
@@ -412,10 +416,17 @@ impl RawNode {
             || !self.chunk_requests.is_empty()
             || !self.events.is_empty()
             || (self.role, self.term, self.leader) != self.last_soft
+            || (self.role == StateRole::Leader
+                && self.progress.values().any(|p| {
+                    p.commit_sent < self.log.committed && matches!(p.state, crate::progress::ProgressState::Replicate { .. })
+                }))
     }
 
     /// Takes everything the application must do now (see [`crate::ready`] for the order).
     pub fn ready(&mut self) -> Ready {
+        if self.role == StateRole::Leader {
+            self.send_commit_updates();
+        }
         let soft = (self.role, self.term, self.leader);
         if soft != self.last_soft {
             self.last_soft = soft;

@@ -42,18 +42,24 @@ pub struct Progress {
     pub next_index: LogIndex,
     /// How to send.
     pub state: ProgressState,
-    /// Heard from since the last check-quorum round.
-    pub recent_active: bool,
+    /// The leader's tick count when this follower was last heard from (check-quorum).
+    pub last_active: u64,
+    /// `match_index` at the previous heartbeat answer (detects a stalled pipeline).
+    pub match_at_heartbeat: LogIndex,
+    /// The leader commit index carried by the last AppendEntries sent.
+    pub commit_sent: LogIndex,
 }
 
 impl Progress {
-    /// A fresh progress for a leader whose last index is `last`.
-    pub fn new(last: LogIndex) -> Progress {
+    /// A fresh progress for a leader whose last index is `last`, at leader tick `now`.
+    pub fn new(last: LogIndex, now: u64) -> Progress {
         Progress {
             match_index: LogIndex::ZERO,
             next_index: last.next(),
             state: ProgressState::Probe { paused: false },
-            recent_active: false,
+            last_active: now,
+            match_at_heartbeat: LogIndex::ZERO,
+            commit_sent: LogIndex::ZERO,
         }
     }
 
@@ -148,7 +154,7 @@ mod tests {
 
     #[test]
     fn pipeline_is_bounded_and_acks_free_slots() {
-        let mut p = Progress::new(LogIndex(10));
+        let mut p = Progress::new(LogIndex(10), 0);
         p.match_index = LogIndex(10);
         p.become_replicate();
         p.sent_append(LogIndex(12));
@@ -162,7 +168,7 @@ mod tests {
 
     #[test]
     fn probe_rejects_move_next_but_never_below_match() {
-        let mut p = Progress::new(LogIndex(10));
+        let mut p = Progress::new(LogIndex(10), 0);
         p.match_index = LogIndex(3);
         p.sent_append(LogIndex(11));
         assert!(!p.on_reject(LogIndex(7), LogIndex(5)), "stale reject ignored");

@@ -52,12 +52,36 @@ impl RawNode {
         let commit = self.log.committed;
         if let Some(pr) = self.progress.get_mut(&to) {
             pr.sent_append(last);
+            pr.commit_sent = commit;
         }
         self.send(
             to,
             MessageBody::AppendEntries(AppendEntries { prev_log_index: prev, prev_log_term: prev_term, entries, leader_commit: commit }),
         );
         true
+    }
+
+    /// Leader, once per `Ready`: tells followers in the replicate state about a commit index
+    /// they have not been sent yet (an empty AppendEntries after the last entry sent), so that
+    /// they apply without waiting for the next heartbeat.
+    pub(crate) fn send_commit_updates(&mut self) {
+        let commit = self.log.committed;
+        let mut out = Vec::new();
+        for (id, pr) in self.progress.iter_mut() {
+            if pr.commit_sent >= commit || !matches!(pr.state, ProgressState::Replicate { .. }) {
+                continue;
+            }
+            pr.commit_sent = commit;
+            let prev = pr.next_index.prev();
+            let Some(prev_term) = self.log.term(prev) else { continue };
+            out.push((*id, prev, prev_term));
+        }
+        for (id, prev, prev_term) in out {
+            self.send(
+                id,
+                MessageBody::AppendEntries(AppendEntries { prev_log_index: prev, prev_log_term: prev_term, entries: Vec::new(), leader_commit: commit }),
+            );
+        }
     }
 
     /// Leader: heartbeats to every follower, carrying the latest ReadIndex round.
@@ -154,8 +178,9 @@ impl RawNode {
         if self.role != StateRole::Leader {
             return;
         }
+        let now = self.ticks;
         let Some(pr) = self.progress.get_mut(&from) else { return };
-        pr.recent_active = true;
+        pr.last_active = now;
         if r.success {
             if r.index > self.log.last_index() {
                 return; // cannot happen with an honest follower
@@ -205,11 +230,21 @@ impl RawNode {
         if self.role != StateRole::Leader {
             return;
         }
+        let now = self.ticks;
+        let last = self.log.last_index();
         let Some(pr) = self.progress.get_mut(&from) else { return };
-        pr.recent_active = true;
+        pr.last_active = now;
         pr.resume();
-        if pr.match_index < self.log.last_index() {
+        if pr.match_index < last {
+            // A pipeline that made no progress over a heartbeat interval lost a message:
+            // fall back to probing from the match point.
+            if matches!(pr.state, ProgressState::Replicate { .. }) && pr.match_index == pr.match_at_heartbeat {
+                pr.become_probe();
+            }
+            pr.match_at_heartbeat = pr.match_index;
             self.send_appends(from);
+        } else {
+            pr.match_at_heartbeat = pr.match_index;
         }
         self.on_read_ack(from, r.read_seq);
     }

@@ -183,8 +183,9 @@ impl RawNode {
         if self.role != StateRole::Leader {
             return;
         }
+        let now = self.ticks;
         let Some(pr) = self.progress.get_mut(&from) else { return };
-        pr.recent_active = true;
+        pr.last_active = now;
         let ProgressState::Snapshot { meta, acked_offset, waiting, idle_rounds } = &mut pr.state else {
             if r.done && r.match_index > pr.match_index && r.match_index <= self.log.last_index() {
                 pr.match_index = r.match_index;

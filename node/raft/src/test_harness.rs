@@ -211,7 +211,13 @@ impl Cluster {
     }
 
     /// Makes `id` campaign now and delivers everything.
+    /// Leases of followers are treated as expired (as if the leader had been silent).
     pub fn elect(&mut self, id: u64) {
+        for n in self.nodes.values_mut() {
+            if !n.is_leader() {
+                n.election_elapsed = n.election_ticks;
+            }
+        }
         self.node(id).campaign(true, false);
         self.process(NodeId(id));
         self.deliver();
