@@ -61,6 +61,13 @@ mod snapshot;
 mod transfer;
 pub mod types;
 
+/// Checkers for simulation runs (linearizability, Raft safety). Test support, feature `sim`.
+#[cfg(any(test, feature = "sim"))]
+pub mod check;
+/// Deterministic cluster simulator. Test support, feature `sim`.
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
+
 #[cfg(test)]
 mod paper_tests;
 #[cfg(test)]

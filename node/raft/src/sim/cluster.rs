@@ -1,0 +1,1107 @@
+//! The simulation loop: virtual time, servers, clients, faults, and the checks run after every
+//! step.
+//!
+//! A run has two phases, as TigerBeetle's VOPR does:
+//!
+//! 1. **Safety** (`safety_ms` of virtual time): clients write and read while the network drops,
+//!    duplicates, delays and reorders messages and partitions (both ways and one way), servers
+//!    crash (losing unsynced writes) and restart, members are added, re-assigned and removed,
+//!    leadership is transferred, and snapshots are taken and installed. After every step the
+//!    safety checker looks at the server that moved.
+//! 2. **Liveness**: the network heals and every server restarts; within `liveness_ms` a leader
+//!    must exist and every replica must have applied every acknowledged write (and all replicas
+//!    must hold the same state).
+//!
+//! Finally the clients' history is checked for linearizability.
+
+use crate::check::kv::{KvInput, KvModel, KvOutput};
+use crate::check::linearizability::{self, Limits, Operation, Outcome};
+use crate::check::safety::{digest, EntryId, SafetyChecker};
+use crate::membership::ConfChange;
+use crate::message::Message;
+use crate::ready::{Event, Ready, StateRole};
+use crate::sim::host::{Batch, Host, View};
+use crate::sim::kv::{Command, KvStore};
+use crate::sim::net::{NetConfig, Network};
+use crate::sim::rng::Rng;
+use crate::sim::{Failure, Options, Report, Scenario};
+use crate::types::{HardState, Role};
+use crate::{Config, Configuration, EntryKind, LogIndex, NodeId, RawNode, Term};
+
+/// Most `Ready`s a server may produce in a row before the simulator calls it a livelock.
+const READY_LOOP_MAX: usize = 10_000;
+
+#[derive(Debug)]
+struct ClientOp {
+    hist: usize,
+    cmd: Command,
+    via_read_index: bool,
+    deadline_ms: u64,
+    /// The server holding the request, if it accepted it.
+    at: Option<NodeId>,
+    retry_at_ms: u64,
+}
+
+#[derive(Debug)]
+struct Client {
+    id: u64,
+    seq: u64,
+    op: Option<ClientOp>,
+    next_ms: u64,
+    leader_hint: Option<NodeId>,
+    last_seen: Vec<Option<String>>,
+}
+
+pub(crate) struct Cluster {
+    sc: Scenario,
+    opts: Options,
+    now_ms: u64,
+    rng: Rng,
+    crash_rng: Rng,
+    net: Network<Message>,
+    hosts: Vec<Host>,
+    clients: Vec<Client>,
+    history: Vec<Operation<KvInput, KvOutput>>,
+    clock: u64,
+    checker: SafetyChecker,
+    next_fault_ms: u64,
+    heal_at_ms: Option<u64>,
+    faults_on: bool,
+    clients_on: bool,
+    acked_max: LogIndex,
+    pub(crate) report: Report,
+    trace: Vec<String>,
+}
+
+fn ctx_of(client: u64, seq: u64) -> Vec<u8> {
+    let mut v = client.to_le_bytes().to_vec();
+    v.extend_from_slice(&seq.to_le_bytes());
+    v
+}
+
+fn parse_ctx(ctx: &[u8]) -> Option<(u64, u64)> {
+    if ctx.len() != 16 {
+        return None;
+    }
+    let a = u64::from_le_bytes(ctx[..8].try_into().ok()?);
+    let b = u64::from_le_bytes(ctx[8..].try_into().ok()?);
+    Some((a, b))
+}
+
+fn entry_id(e: &crate::Entry) -> EntryId {
+    EntryId {
+        index: e.index,
+        term: e.term,
+        digest: digest(e.kind, &e.data),
+    }
+}
+
+impl Cluster {
+    pub(crate) fn new(opts: Options) -> Cluster {
+        let mut rng = Rng::new(opts.seed);
+        let sc = Scenario::from_rng(&mut rng);
+        let crash_rng = rng.fork();
+        let net = Network::new(sc.net.clone(), rng.fork());
+        let ids: Vec<NodeId> = (1..=(sc.voters + sc.extra) as u64).map(NodeId).collect();
+        let hosts = ids.iter().map(|&id| Host::new(id)).collect();
+        let clients = (0..sc.clients as u64)
+            .map(|id| Client {
+                id,
+                seq: 0,
+                op: None,
+                next_ms: 0,
+                leader_hint: None,
+                last_seen: vec![None; sc.keys],
+            })
+            .collect();
+        let report = Report {
+            seed: opts.seed,
+            scenario: format!("{sc:?}"),
+            ..Report::default()
+        };
+        Cluster {
+            sc,
+            opts,
+            now_ms: 0,
+            rng,
+            crash_rng,
+            net,
+            hosts,
+            clients,
+            history: Vec::new(),
+            clock: 0,
+            checker: SafetyChecker::new(),
+            next_fault_ms: 0,
+            heal_at_ms: None,
+            faults_on: true,
+            clients_on: true,
+            acked_max: LogIndex(0),
+            report,
+            trace: Vec::new(),
+        }
+    }
+
+    fn log(&mut self, f: impl FnOnce() -> String) {
+        if self.opts.trace {
+            let line = format!("{:>7}ms {}", self.now_ms, f());
+            self.trace.push(line);
+        }
+    }
+
+    fn fail(&self, what: impl Into<String>) -> Failure {
+        Failure {
+            seed: self.opts.seed,
+            at_ms: self.now_ms,
+            what: what.into(),
+            trace: self.trace.clone(),
+        }
+    }
+
+    fn config_for(&self, id: NodeId) -> Config {
+        let mut c = Config::new(id);
+        c.network_latency = std::time::Duration::from_millis(self.sc.latency_ms);
+        c.tick = std::time::Duration::from_millis(self.sc.tick_ms);
+        c.max_inflight_appends = self.sc.max_inflight;
+        c.max_append_bytes = self.sc.max_append_bytes;
+        c.snapshot_chunk_bytes = self.sc.chunk_bytes;
+        c.rng_seed = self.opts.seed;
+        c
+    }
+
+    fn idx(&self, id: NodeId) -> usize {
+        (id.0 - 1) as usize
+    }
+
+    /// Starts (or restarts) a server from its disk.
+    fn boot(&mut self, h: usize) -> Result<(), Failure> {
+        let id = self.hosts[h].id;
+        let cfg = self.config_for(id);
+        let host = &mut self.hosts[h];
+        let meta = host.disk.snapshot.as_ref().map(|s| s.0.clone());
+        let raw = RawNode::restore(cfg, host.disk.hard, meta, host.disk.log.clone())
+            .map_err(|e| self.fail(format!("restore of {id:?} failed: {e}")))?;
+        let host = &mut self.hosts[h];
+        let (snap_index, kv) = match &host.disk.snapshot {
+            Some((m, data)) => match KvStore::restore(data) {
+                Some(kv) => (m.index, kv),
+                None => return Err(self.fail(format!("{id:?}: stored snapshot does not decode"))),
+            },
+            None => (LogIndex(0), KvStore::default()),
+        };
+        let host = &mut self.hosts[h];
+        host.kv = kv;
+        host.applied = snap_index;
+        host.last_snapshot = snap_index;
+        host.view = View::from_disk(&host.disk);
+        host.started = true;
+        host.restart_at_ms = None;
+        host.next_tick_ms = self.now_ms + 1 + self.rng.below(self.sc.tick_ms);
+        let commit = raw.log().committed();
+        host.raw = Some(raw);
+        self.checker.observe_restart(id, snap_index);
+        self.checker.observe_snapshot_restore(id, snap_index);
+        let view = &self.hosts[h].view;
+        self.checker
+            .observe_commit(id, commit, |i| view.entry(i).map(entry_id))
+            .map_err(|v| self.fail(format!("on restart: {v}")))?;
+        self.log(|| format!("{id:?} boots: snapshot {snap_index:?}, commit {commit:?}"));
+        self.drive(h)
+    }
+
+    fn bootstrap(&mut self) -> Result<(), Failure> {
+        let conf = Configuration::with_voters((1..=self.sc.voters as u64).map(NodeId));
+        let entry = RawNode::bootstrap_entry(&conf);
+        for h in 0..self.sc.voters {
+            let id = self.hosts[h].id;
+            self.hosts[h].disk.log = vec![entry.clone()];
+            self.checker
+                .observe_append(id, entry_id(&entry), Term(0))
+                .map_err(|v| self.fail(v.to_string()))?;
+            self.boot(h)?;
+        }
+        Ok(())
+    }
+
+    // ----- the loop ---------------------------------------------------------------------
+
+    pub(crate) fn run(&mut self) -> Result<(), Failure> {
+        self.bootstrap()?;
+        self.next_fault_ms = self.sc.fault_gap_ms;
+        let safety_end = self.opts.safety_ms;
+        while self.now_ms < safety_end {
+            self.step(safety_end)?;
+        }
+        // Liveness: heal everything, stop faults and new client operations.
+        self.faults_on = false;
+        self.clients_on = false;
+        self.net.heal();
+        self.net.config = NetConfig {
+            delay_ms_min: 1,
+            delay_ms_max: self.sc.latency_ms * 3,
+            drop_per_million: 0,
+            duplicate_per_million: 0,
+        };
+        self.log(|| "liveness phase: healed, restarting everyone".to_string());
+        for h in 0..self.hosts.len() {
+            if self.hosts[h].started && !self.hosts[h].is_up() {
+                self.boot(h)?;
+            }
+        }
+        let live_start = self.now_ms;
+        let deadline = live_start + self.opts.liveness_ms;
+        loop {
+            if self.converged() {
+                break;
+            }
+            if self.now_ms >= deadline {
+                return Err(self.fail(format!(
+                    "liveness: no convergence {} ms after healing (acked up to {:?}; {})",
+                    self.opts.liveness_ms,
+                    self.acked_max,
+                    self.status_line()
+                )));
+            }
+            self.step(deadline)?;
+        }
+        self.report.liveness_ms = self.now_ms - live_start;
+        self.check_replicas_equal()?;
+        // Operations still pending have an unknown outcome.
+        for c in &mut self.clients {
+            c.op = None;
+        }
+        self.report.virtual_ms = self.now_ms;
+        self.report.net = self.net.stats;
+        self.check_history()
+    }
+
+    fn status_line(&self) -> String {
+        let mut s = String::new();
+        for h in &self.hosts {
+            if let Some(r) = &h.raw {
+                s.push_str(&format!(
+                    "{:?}:{:?}/{:?} commit {:?} applied {:?} conf {:?}; ",
+                    h.id,
+                    r.role(),
+                    r.term(),
+                    r.log().committed(),
+                    h.applied,
+                    r.configuration().servers().iter().map(|s| (s.id.0, s.role as u8)).collect::<Vec<_>>()
+                ));
+            } else if h.started {
+                s.push_str(&format!("{:?}:down; ", h.id));
+            }
+        }
+        s
+    }
+
+    fn leader(&self) -> Option<usize> {
+        let max_term = self
+            .hosts
+            .iter()
+            .filter_map(|h| h.raw.as_ref().map(|r| r.term()))
+            .max()?;
+        self.hosts.iter().position(|h| {
+            h.raw
+                .as_ref()
+                .is_some_and(|r| r.role() == StateRole::Leader && r.term() == max_term)
+        })
+    }
+
+    fn converged(&self) -> bool {
+        let Some(l) = self.leader() else { return false };
+        let Some(raw) = self.hosts[l].raw.as_ref() else {
+            return false;
+        };
+        let commit = raw.log().committed();
+        if commit < self.acked_max || commit < raw.log().last_index() {
+            return false;
+        }
+        // Every client request answered or timed out.
+        if self.clients.iter().any(|c| c.op.is_some()) {
+            return false;
+        }
+        raw.configuration().replicas().all(|id| {
+            let h = &self.hosts[self.idx(id)];
+            h.is_up() && h.applied == commit
+        })
+    }
+
+    fn check_replicas_equal(&self) -> Result<(), Failure> {
+        let Some(l) = self.leader() else {
+            return Err(self.fail("no leader at the end"));
+        };
+        let Some(raw) = self.hosts[l].raw.as_ref() else {
+            return Err(self.fail("leader vanished"));
+        };
+        let reference = &self.hosts[l].kv;
+        for id in raw.configuration().replicas() {
+            let h = &self.hosts[self.idx(id)];
+            if &h.kv != reference {
+                return Err(self.fail(format!(
+                    "replica {:?} state differs from leader {:?} at applied {:?}",
+                    id, self.hosts[l].id, h.applied
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_history(&mut self) -> Result<(), Failure> {
+        self.report.ops = self.history.len();
+        self.report.ops_unknown = self.history.iter().filter(|o| o.response.is_none()).count();
+        let limits = Limits {
+            steps_max: self.opts.lin_steps_max,
+        };
+        match linearizability::check(&KvModel, &self.history, limits) {
+            Ok(Outcome::Linearizable) => Ok(()),
+            Ok(Outcome::Unknown { steps }) => {
+                self.report.lin_unknown = true;
+                self.report.lin_steps = steps;
+                Ok(())
+            }
+            Ok(Outcome::NotLinearizable(v)) => {
+                let ops: Vec<String> = v
+                    .longest_prefix
+                    .iter()
+                    .chain(&v.stuck_at)
+                    .map(|&i| format!("  #{i} {:?}", self.history[i]))
+                    .collect();
+                Err(self.fail(format!(
+                    "history not linearizable on key {}: linearized {} ops, then stuck at {:?}\n{}",
+                    v.partition,
+                    v.longest_prefix.len(),
+                    v.stuck_at,
+                    ops.join("\n")
+                )))
+            }
+            Err(e) => Err(self.fail(format!("malformed history: {e}"))),
+        }
+    }
+
+    /// Advances to the next event (no later than `until_ms`) and handles everything due then.
+    fn step(&mut self, until_ms: u64) -> Result<(), Failure> {
+        let mut next = until_ms;
+        if let Some(t) = self.net.next_due_ms() {
+            next = next.min(t);
+        }
+        for h in &self.hosts {
+            if h.is_up() {
+                next = next.min(h.next_tick_ms);
+                if let Some(b) = h.unsynced.front() {
+                    next = next.min(b.due_ms);
+                }
+            } else if let Some(t) = h.restart_at_ms {
+                next = next.min(t);
+            }
+        }
+        for c in &self.clients {
+            match &c.op {
+                Some(op) => next = next.min(op.deadline_ms).min(if op.at.is_none() { op.retry_at_ms } else { u64::MAX }),
+                None if self.clients_on => next = next.min(c.next_ms),
+                None => {}
+            }
+        }
+        if self.faults_on {
+            next = next.min(self.next_fault_ms);
+            if let Some(t) = self.heal_at_ms {
+                next = next.min(t);
+            }
+        }
+        self.now_ms = next.max(self.now_ms);
+        let now = self.now_ms;
+
+        // Faults first, so that their effect is visible to the rest of this instant.
+        if self.faults_on {
+            if self.heal_at_ms.is_some_and(|t| t <= now) {
+                self.heal_at_ms = None;
+                self.net.heal();
+                self.log(|| "network healed".into());
+            }
+            if self.next_fault_ms <= now {
+                self.inject_fault()?;
+                self.next_fault_ms = now + self.rng.range(self.sc.fault_gap_ms / 2, self.sc.fault_gap_ms * 3 / 2);
+            }
+        }
+        for h in 0..self.hosts.len() {
+            if !self.hosts[h].is_up() && self.hosts[h].restart_at_ms.is_some_and(|t| t <= now) {
+                self.report.restarts += 1;
+                self.boot(h)?;
+            }
+        }
+        // Fsyncs that completed.
+        for h in 0..self.hosts.len() {
+            while self.hosts[h].is_up()
+                && self.hosts[h].unsynced.front().is_some_and(|b| b.due_ms <= now)
+            {
+                if let Some(b) = self.hosts[h].unsynced.pop_front() {
+                    self.complete_batch(h, b)?;
+                }
+            }
+        }
+        // Messages.
+        while let Some((from, to, msg)) = {
+            let hosts = &self.hosts;
+            self.net.pop_due(now, |id| {
+                hosts.get((id.0 - 1) as usize).is_some_and(|h| h.is_up())
+            })
+        } {
+            let h = self.idx(to);
+            self.log(|| format!("{from:?} -> {to:?} {:?} {:?}", msg.term, msg.body));
+            let Some(raw) = self.hosts[h].raw.as_mut() else {
+                continue;
+            };
+            if let Err(e) = raw.step(msg) {
+                return Err(self.fail(format!("{to:?} rejected a message from {from:?}: {e}")));
+            }
+            self.drive(h)?;
+        }
+        // Ticks.
+        for h in 0..self.hosts.len() {
+            if self.hosts[h].is_up() && self.hosts[h].next_tick_ms <= now {
+                self.hosts[h].next_tick_ms = now + self.sc.tick_ms;
+                if let Some(raw) = self.hosts[h].raw.as_mut() {
+                    raw.tick();
+                }
+                self.drive(h)?;
+            }
+        }
+        // Clients.
+        for c in 0..self.clients.len() {
+            self.client_step(c)?;
+        }
+        Ok(())
+    }
+
+    // ----- one server -------------------------------------------------------------------
+
+    /// Handles `Ready`s until the server has nothing more to do, checking after each.
+    fn drive(&mut self, h: usize) -> Result<(), Failure> {
+        for _ in 0..READY_LOOP_MAX {
+            let rd = match self.hosts[h].raw.as_mut() {
+                Some(raw) if raw.has_ready() => raw.ready(),
+                _ => return Ok(()),
+            };
+            self.handle_ready(h, rd)?;
+            self.check_server(h)?;
+        }
+        Err(self.fail(format!(
+            "{:?} produced {READY_LOOP_MAX} Readys in a row",
+            self.hosts[h].id
+        )))
+    }
+
+    fn handle_ready(&mut self, h: usize, rd: Ready) -> Result<(), Failure> {
+        let id = self.hosts[h].id;
+        let now = self.now_ms;
+        for ev in &rd.events {
+            self.log(|| format!("{id:?} event {ev:?}"));
+            match ev {
+                Event::RoleChanged {
+                    role: StateRole::Leader,
+                    term,
+                    ..
+                } => {
+                    self.report.elections += 1;
+                    self.checker
+                        .observe_leader(id, *term)
+                        .map_err(|v| self.fail(v.to_string()))?;
+                }
+                Event::ReadIndexFailed { ctx } => {
+                    if let Some((c, s)) = parse_ctx(ctx) {
+                        self.hosts[h].pending_reads.remove(&(c, s));
+                        self.client_rejected(c, s, None);
+                    }
+                }
+                Event::ConfChangeAborted { .. } => self.report.conf_aborted += 1,
+                Event::TransferAborted { .. } => self.report.transfers_aborted += 1,
+                _ => {}
+            }
+        }
+        // 1. Messages that need nothing durable.
+        for m in rd.messages {
+            self.net.send(now, m.from, m.to, m);
+        }
+        // 2. Snapshot bytes received.
+        for c in rd.snapshot_chunks {
+            let host = &mut self.hosts[h];
+            if c.offset == 0 {
+                host.incoming = Some((c.meta.clone(), Vec::new(), false));
+            }
+            match &mut host.incoming {
+                Some((meta, data, done)) if *meta == c.meta && data.len() as u64 == c.offset => {
+                    data.extend_from_slice(&c.data);
+                    *done = c.done;
+                }
+                other => {
+                    let have = other.as_ref().map(|(m, d, _)| (m.index, d.len()));
+                    return Err(self.fail(format!(
+                        "{id:?}: snapshot chunk for {:?} at offset {} does not continue what was received ({have:?})",
+                        c.meta.index, c.offset
+                    )));
+                }
+            }
+        }
+        // 3. Snapshot install.
+        let mut install = None;
+        if let Some(si) = rd.snapshot {
+            let host = &mut self.hosts[h];
+            let data = match host.incoming.take() {
+                Some((meta, data, true)) if meta == si.meta => data,
+                other => {
+                    let have = other.map(|(m, d, done)| (m.index, d.len(), done));
+                    return Err(self.fail(format!(
+                        "{id:?}: asked to install snapshot {:?} but received {have:?}",
+                        si.meta.index
+                    )));
+                }
+            };
+            let Some(kv) = KvStore::restore(&data) else {
+                return Err(self.fail(format!("{id:?}: installed snapshot does not decode")));
+            };
+            host.kv = kv;
+            host.applied = si.meta.index;
+            host.last_snapshot = si.meta.index;
+            host.view.install(&si.meta, si.keep_log);
+            self.report.snapshots_installed += 1;
+            self.checker.observe_snapshot_restore(id, si.meta.index);
+            self.log(|| format!("{id:?} installs snapshot {:?} keep_log {}", si.meta.index, si.keep_log));
+            install = Some((si.meta, data, si.keep_log));
+        }
+        // 4. Entries (recorded for log matching as they are written).
+        if let Some(first) = rd.entries.first() {
+            let view = &self.hosts[h].view;
+            let Some(mut prev) = view.term_at(first.index.prev()) else {
+                let last = view.last_index();
+                return Err(self.fail(format!(
+                    "{id:?}: Ready entries start at {:?}, after a hole (log ends at {last:?})",
+                    first.index
+                )));
+            };
+            for e in &rd.entries {
+                self.checker
+                    .observe_append(id, entry_id(e), prev)
+                    .map_err(|v| self.fail(v.to_string()))?;
+                prev = e.term;
+            }
+            self.hosts[h].view.append(&rd.entries);
+        }
+        // 5-6. Durability, then persisted and the messages that wait for it.
+        let marker = match (rd.entries.last(), &install) {
+            (Some(e), _) => Some((e.index, e.term)),
+            (None, Some((m, _, _))) => Some((m.index, m.term)),
+            _ => None,
+        };
+        let batch = Batch {
+            due_ms: 0,
+            hard: rd.hard_state,
+            install,
+            entries: rd.entries,
+            marker,
+            messages: rd.persisted_messages,
+        };
+        if self.sc.fsync_ms_max == 0 {
+            self.complete_batch(h, batch)?;
+        } else {
+            let last_due = self.hosts[h].unsynced.back().map_or(0, |b| b.due_ms);
+            let due = (now + self.rng.range(0, self.sc.fsync_ms_max)).max(last_due);
+            self.hosts[h].unsynced.push_back(Batch { due_ms: due, ..batch });
+        }
+        // 7. Apply.
+        if !rd.committed_entries.is_empty() {
+            self.observe_commit(h)?;
+        }
+        for e in rd.committed_entries {
+            let applied = self.hosts[h].applied;
+            if e.index <= applied {
+                // Already covered by a snapshot installed in this same Ready.
+                continue;
+            }
+            if e.index != applied.next() {
+                return Err(self.fail(format!(
+                    "{id:?}: committed entry {:?} handed out after applied {applied:?}",
+                    e.index
+                )));
+            }
+            self.checker
+                .observe_apply(id, entry_id(&e))
+                .map_err(|v| self.fail(v.to_string()))?;
+            let host = &mut self.hosts[h];
+            host.applied = e.index;
+            if e.kind == EntryKind::Command {
+                let Some(cmd) = Command::decode(&e.data) else {
+                    return Err(self.fail(format!("{id:?}: entry {:?} is not a command", e.index)));
+                };
+                let out = host.kv.apply(&cmd.op);
+                if host.pending_props.remove(&(cmd.client, cmd.seq)) {
+                    self.client_done(cmd.client, cmd.seq, out, Some(e.index));
+                }
+            }
+        }
+        let applied = self.hosts[h].applied;
+        if let Some(raw) = self.hosts[h].raw.as_mut() {
+            if let Err(e) = raw.applied(applied) {
+                return Err(self.fail(format!("{id:?}: applied({applied:?}) refused: {e}")));
+            }
+        }
+        // 8. Reads.
+        for r in rd.read_states {
+            let applied = self.hosts[h].applied;
+            if applied < r.index {
+                return Err(self.fail(format!(
+                    "{id:?}: read state at {:?} handed out with applied {applied:?}",
+                    r.index
+                )));
+            }
+            let host = &mut self.hosts[h];
+            if let Some((c, s)) = parse_ctx(&r.ctx) {
+                if host.pending_reads.remove(&(c, s)) {
+                    let key = self.clients[c as usize]
+                        .op
+                        .as_ref()
+                        .filter(|o| o.cmd.seq == s)
+                        .map(|o| o.cmd.op.key().to_owned());
+                    if let Some(key) = key {
+                        let v = self.hosts[h].kv.map.get(&key).cloned();
+                        self.client_done(c, s, KvOutput::Value(v), None);
+                    }
+                }
+            }
+        }
+        // 9. Snapshot bytes the leader must send.
+        for req in rd.snapshot_requests {
+            let current = self.hosts[h].disk.snapshot.as_ref().map(|s| s.0.index);
+            if current.is_none() || self.hosts[h].disk.snapshot.as_ref().map(|s| &s.0) != Some(&req.meta) {
+                return Err(self.fail(format!(
+                    "{id:?}: snapshot {:?} requested, current is {current:?}",
+                    req.meta.index
+                )));
+            }
+            let host = &mut self.hosts[h];
+            let Some((_, data)) = &host.disk.snapshot else { continue };
+            let start = (req.offset as usize).min(data.len());
+            let end = (start + req.max_bytes as usize).min(data.len());
+            let chunk = data[start..end].to_vec();
+            let done = end == data.len();
+            if let Some(raw) = host.raw.as_mut() {
+                // Stale requests are refused; that is allowed.
+                let _ = raw.send_snapshot_chunk(&req, chunk, done);
+            }
+        }
+        self.maybe_snapshot(h)
+    }
+
+    fn complete_batch(&mut self, h: usize, b: Batch) -> Result<(), Failure> {
+        let id = self.hosts[h].id;
+        if let Some(hs) = b.hard {
+            self.check_hard_state(h, hs)?;
+        }
+        if let Err(e) = b.write_to(&mut self.hosts[h].disk) {
+            return Err(self.fail(format!("{id:?}: {e}")));
+        }
+        if let Some(raw) = self.hosts[h].raw.as_mut() {
+            if let Some((i, t)) = b.marker {
+                raw.persisted(i, t);
+            }
+        }
+        for m in b.messages {
+            self.net.send(self.now_ms, m.from, m.to, m);
+        }
+        if self.sc.fsync_ms_max > 0 {
+            self.drive(h)?;
+        }
+        Ok(())
+    }
+
+    /// A durable vote must never change within a term, and the durable term never goes back.
+    fn check_hard_state(&mut self, h: usize, new: HardState) -> Result<(), Failure> {
+        let old = self.hosts[h].disk.hard;
+        let id = self.hosts[h].id;
+        if new.term < old.term {
+            return Err(self.fail(format!("{id:?}: durable term went back {:?} -> {:?}", old.term, new.term)));
+        }
+        if new.term == old.term && old.vote.is_some() && new.vote != old.vote {
+            return Err(self.fail(format!(
+                "{id:?}: durable vote changed within {:?}: {:?} -> {:?}",
+                new.term, old.vote, new.vote
+            )));
+        }
+        Ok(())
+    }
+
+    fn observe_commit(&mut self, h: usize) -> Result<(), Failure> {
+        let host = &self.hosts[h];
+        let Some(raw) = host.raw.as_ref() else { return Ok(()) };
+        let commit = raw.log().committed();
+        let view = &host.view;
+        self.checker
+            .observe_commit(host.id, commit, |i| view.entry(i).map(entry_id))
+            .map_err(|v| self.fail(v.to_string()))
+    }
+
+    /// Checks run after every `Ready` of server `h`.
+    fn check_server(&mut self, h: usize) -> Result<(), Failure> {
+        self.observe_commit(h)?;
+        let host = &self.hosts[h];
+        let Some(raw) = host.raw.as_ref() else { return Ok(()) };
+        let id = host.id;
+        // The log the Readys described is the core's log.
+        let (core_last, view_last) = (raw.log().last_index(), host.view.last_index());
+        if core_last != view_last || raw.log().last_term() != host.view.term_at(view_last).unwrap_or(Term(0)) {
+            return Err(self.fail(format!(
+                "{id:?}: the core's log ends at {core_last:?}/{:?} but its Readys wrote up to {view_last:?}/{:?}",
+                raw.log().last_term(),
+                host.view.term_at(view_last)
+            )));
+        }
+        if raw.role() == StateRole::Leader {
+            let term = raw.term();
+            let base = host.view.base.0;
+            let view = &host.view;
+            self.checker
+                .observe_leader(id, term)
+                .map_err(|v| self.fail(v.to_string()))?;
+            self.checker
+                .check_leader_complete(id, term, base, |i| {
+                    view.entry(i).map(|e| (e.term, digest(e.kind, &e.data)))
+                })
+                .map_err(|v| self.fail(v.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self, h: usize) -> Result<(), Failure> {
+        let Some(every) = self.sc.snapshot_every else { return Ok(()) };
+        let host = &mut self.hosts[h];
+        if host.applied < LogIndex(host.last_snapshot.0 + every) {
+            return Ok(());
+        }
+        let Some(raw) = host.raw.as_mut() else { return Ok(()) };
+        let index = host.applied;
+        let meta = match raw.snapshot_taken(index) {
+            Ok(m) => m,
+            Err(e) => {
+                let id = host.id;
+                return Err(self.fail(format!("{id:?}: snapshot_taken({index:?}) refused: {e}")));
+            }
+        };
+        let trailing = self.sc.trailing;
+        let to = raw.compact(LogIndex(index.0.saturating_sub(trailing)));
+        host.disk.take_snapshot(meta, host.kv.snapshot(), to);
+        host.view.compact(to);
+        host.last_snapshot = index;
+        self.report.snapshots_taken += 1;
+        Ok(())
+    }
+
+    // ----- clients ----------------------------------------------------------------------
+
+    fn tick_clock(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    fn client_step(&mut self, c: usize) -> Result<(), Failure> {
+        let now = self.now_ms;
+        if let Some(op) = &self.clients[c].op {
+            if op.deadline_ms <= now {
+                // Gave up: the outcome stays unknown (response None).
+                let (seq, at) = (op.cmd.seq, op.at);
+                self.report.timeouts += 1;
+                if let Some(at) = at {
+                    let h = self.idx(at);
+                    self.hosts[h].pending_reads.remove(&(c as u64, seq));
+                }
+                self.clients[c].op = None;
+                self.clients[c].leader_hint = None;
+                self.clients[c].next_ms = now + self.rng.range(0, 20);
+                return Ok(());
+            }
+            if op.at.is_none() && op.retry_at_ms <= now {
+                return self.client_send(c);
+            }
+            return Ok(());
+        }
+        if !self.clients_on || self.clients[c].next_ms > now {
+            return Ok(());
+        }
+        let client = &mut self.clients[c];
+        client.seq += 1;
+        let seq = client.seq;
+        let k = self.rng.below(self.sc.keys as u64) as usize;
+        let key = format!("k{k}");
+        let cid = client.id;
+        let (op, via_read_index) = match self.rng.below(100) {
+            0..=19 => (KvInput::Get(key), true),
+            20..=34 => (KvInput::Get(key), false),
+            35..=49 => (KvInput::Put(key, format!("p{cid}.{seq}")), false),
+            50..=89 => (KvInput::Append(key, format!("{cid}.{seq} ")), false),
+            _ => (
+                KvInput::Cas {
+                    key,
+                    expected: self.clients[c].last_seen[k].clone(),
+                    new: format!("c{cid}.{seq}"),
+                },
+                false,
+            ),
+        };
+        let invoke = self.tick_clock();
+        self.history.push(Operation {
+            client: cid,
+            input: op.clone(),
+            invoke,
+            response: None,
+        });
+        self.clients[c].op = Some(ClientOp {
+            hist: self.history.len() - 1,
+            cmd: Command { client: cid, seq, op },
+            via_read_index,
+            deadline_ms: now + self.sc.client_timeout_ms,
+            at: None,
+            retry_at_ms: now,
+        });
+        self.client_send(c)
+    }
+
+    fn client_send(&mut self, c: usize) -> Result<(), Failure> {
+        let target = match self.clients[c].leader_hint {
+            Some(l) if self.rng.below(10) != 0 => l,
+            _ => {
+                let started: Vec<NodeId> = self.hosts.iter().filter(|h| h.started).map(|h| h.id).collect();
+                match self.rng.pick(&started) {
+                    Some(&id) => id,
+                    None => return Ok(()),
+                }
+            }
+        };
+        let h = self.idx(target);
+        let Some(op) = self.clients[c].op.as_ref() else { return Ok(()) };
+        let (cmd, via_ri) = (op.cmd.clone(), op.via_read_index);
+        let Some(raw) = self.hosts[h].raw.as_mut() else {
+            // Connection refused: definitely not executed.
+            self.client_rejected(c as u64, cmd.seq, None);
+            return Ok(());
+        };
+        let res = if via_ri {
+            raw.read_index(ctx_of(cmd.client, cmd.seq)).map(|_| ())
+        } else {
+            raw.propose(cmd.encode()).map(|_| ())
+        };
+        match res {
+            Ok(()) => {
+                if via_ri {
+                    self.hosts[h].pending_reads.insert((cmd.client, cmd.seq));
+                } else {
+                    self.hosts[h].pending_props.insert((cmd.client, cmd.seq));
+                }
+                if let Some(op) = self.clients[c].op.as_mut() {
+                    op.at = Some(target);
+                }
+                self.clients[c].leader_hint = Some(target);
+                self.drive(h)
+            }
+            Err(crate::Error::NotLeader { leader }) => {
+                self.client_rejected(c as u64, cmd.seq, leader);
+                Ok(())
+            }
+            Err(_) => {
+                self.client_rejected(c as u64, cmd.seq, None);
+                Ok(())
+            }
+        }
+    }
+
+    /// A definite "not executed": the client retries the same operation shortly.
+    fn client_rejected(&mut self, client: u64, seq: u64, hint: Option<NodeId>) {
+        let now = self.now_ms;
+        let backoff = self.rng.range(1, 30);
+        let cl = &mut self.clients[client as usize];
+        if let Some(op) = cl.op.as_mut().filter(|o| o.cmd.seq == seq) {
+            op.at = None;
+            op.retry_at_ms = now + backoff;
+            cl.leader_hint = hint;
+        }
+    }
+
+    fn client_done(&mut self, client: u64, seq: u64, out: KvOutput, index: Option<LogIndex>) {
+        let t = self.tick_clock();
+        let cl = &mut self.clients[client as usize];
+        let Some(op) = cl.op.take_if(|o| o.cmd.seq == seq) else {
+            return;
+        };
+        if let (KvOutput::Value(v), Some(k)) = (&out, op.cmd.op.key().strip_prefix('k')) {
+            if let Ok(k) = k.parse::<usize>() {
+                cl.last_seen[k] = v.clone();
+            }
+        }
+        if let KvInput::Cas { key, new, .. } = &op.cmd.op {
+            if out == KvOutput::Swapped(true) {
+                if let Ok(k) = key[1..].parse::<usize>() {
+                    cl.last_seen[k] = Some(new.clone());
+                }
+            }
+        }
+        cl.next_ms = self.now_ms + self.rng.range(0, self.sc.think_ms);
+        self.history[op.hist].response = Some((t, out));
+        self.report.ops_ok += 1;
+        if let Some(i) = index {
+            if !matches!(op.cmd.op, KvInput::Get(_)) && i > self.acked_max {
+                self.acked_max = i;
+            }
+        }
+    }
+
+    // ----- faults -----------------------------------------------------------------------
+
+    fn inject_fault(&mut self) -> Result<(), Failure> {
+        let started: Vec<usize> = (0..self.hosts.len()).filter(|&h| self.hosts[h].started).collect();
+        let up: Vec<usize> = started.iter().copied().filter(|&h| self.hosts[h].is_up()).collect();
+        let ids: Vec<NodeId> = started.iter().map(|&h| self.hosts[h].id).collect();
+        let w = &self.sc.weights;
+        let total: u64 = w.iter().sum();
+        let mut r = self.rng.below(total.max(1));
+        let mut kind = 0;
+        for (i, &x) in w.iter().enumerate() {
+            if r < x {
+                kind = i;
+                break;
+            }
+            r -= x;
+        }
+        match kind {
+            0 => {
+                // Crash a server.
+                if let Some(&h) = self.rng.pick(&up) {
+                    let what = self.hosts[h]
+                        .crash(&mut self.crash_rng)
+                        .map_err(|e| self.fail(e))?;
+                    let down_ms = self.rng.range(50, self.sc.down_ms_max);
+                    self.hosts[h].restart_at_ms = Some(self.now_ms + down_ms);
+                    self.report.crashes += 1;
+                    let id = self.hosts[h].id;
+                    self.log(|| format!("CRASH {id:?} ({what}), back in {down_ms} ms"));
+                }
+            }
+            1 => {
+                // Symmetric partition into two random groups.
+                let mut v = ids.clone();
+                self.rng.shuffle(&mut v);
+                let cut = self.rng.range(1, v.len().max(2) as u64 - 1) as usize;
+                let (a, b) = v.split_at(cut.min(v.len()));
+                self.net.partition(a, b);
+                self.schedule_heal();
+                self.report.partitions += 1;
+                let (a, b) = (a.to_vec(), b.to_vec());
+                self.log(|| format!("PARTITION {a:?} | {b:?}"));
+            }
+            2 => {
+                // One-way cuts.
+                for _ in 0..self.rng.range(1, 3) {
+                    if let (Some(&x), Some(&y)) = (self.rng.pick(&ids), self.rng.pick(&ids)) {
+                        if x != y {
+                            self.net.cut_one_way(x, y);
+                            self.log(|| format!("CUT {x:?} -> {y:?}"));
+                        }
+                    }
+                }
+                self.schedule_heal();
+                self.report.partitions += 1;
+            }
+            3 => {
+                // Isolate the leader.
+                if let Some(l) = self.leader() {
+                    let id = self.hosts[l].id;
+                    self.net.isolate(id, &ids);
+                    self.schedule_heal();
+                    self.report.partitions += 1;
+                    self.log(|| format!("ISOLATE leader {id:?}"));
+                }
+            }
+            4 => self.change_membership()?,
+            5 => {
+                if let Some(l) = self.leader() {
+                    let voters: Vec<NodeId> = self.hosts[l]
+                        .raw
+                        .as_ref()
+                        .map(|r| r.configuration().voters().collect())
+                        .unwrap_or_default();
+                    let target = if self.rng.below(2) == 0 { None } else { self.rng.pick(&voters).copied() };
+                    if let Some(raw) = self.hosts[l].raw.as_mut() {
+                        let res = raw.transfer_leadership(target);
+                        self.report.transfers += u64::from(res.is_ok());
+                        self.log(|| format!("TRANSFER to {target:?}: {res:?}"));
+                    }
+                    self.drive(l)?;
+                }
+            }
+            6 => {
+                // Network weather: change delays and loss.
+                self.net.config = self.sc.random_net(&mut self.rng);
+                let cfg = self.net.config.clone();
+                self.log(|| format!("NET {cfg:?}"));
+            }
+            _ => {
+                if let Some(l) = self.leader() {
+                    if let Some(raw) = self.hosts[l].raw.as_mut() {
+                        let _ = raw.barrier();
+                    }
+                    self.drive(l)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn schedule_heal(&mut self) {
+        let t = self.now_ms + self.rng.range(100, self.sc.partition_ms_max);
+        self.heal_at_ms = Some(self.heal_at_ms.map_or(t, |x| x.max(t)));
+    }
+
+    fn change_membership(&mut self) -> Result<(), Failure> {
+        let Some(l) = self.leader() else { return Ok(()) };
+        let Some(raw) = self.hosts[l].raw.as_ref() else { return Ok(()) };
+        let conf = raw.configuration().clone();
+        let members: Vec<NodeId> = conf.servers().iter().map(|s| s.id).collect();
+        let all: Vec<NodeId> = self.hosts.iter().map(|h| h.id).collect();
+        let outsiders: Vec<NodeId> = all.iter().copied().filter(|id| !members.contains(id)).collect();
+        let roles = [Role::Voter, Role::Standby, Role::Spare];
+        let role = roles[self.rng.below(3) as usize];
+        let cc = match self.rng.below(3) {
+            0 if !outsiders.is_empty() => {
+                let Some(&id) = self.rng.pick(&outsiders) else { return Ok(()) };
+                let h = self.idx(id);
+                if !self.hosts[h].is_up() {
+                    if self.hosts[h].started {
+                        return Ok(());
+                    }
+                    self.hosts[h].started = true;
+                    self.boot(h)?;
+                }
+                ConfChange::Add {
+                    id,
+                    address: format!("sim-{}", id.0),
+                    role,
+                }
+            }
+            1 => {
+                let Some(&id) = self.rng.pick(&members) else { return Ok(()) };
+                if conf.voter_count() >= 5 && role == Role::Voter {
+                    return Ok(());
+                }
+                ConfChange::Assign { id, role }
+            }
+            _ => {
+                // Keep at least two replicas so the scenario stays interesting.
+                if conf.replicas().count() <= 2 {
+                    return Ok(());
+                }
+                let Some(&id) = self.rng.pick(&members) else { return Ok(()) };
+                ConfChange::Remove { id }
+            }
+        };
+        let Some(raw) = self.hosts[l].raw.as_mut() else { return Ok(()) };
+        let res = raw.propose_conf_change(cc.clone());
+        self.report.conf_changes += u64::from(res.is_ok());
+        self.log(|| format!("CONF {cc:?}: {res:?}"));
+        self.drive(l)
+    }
+}

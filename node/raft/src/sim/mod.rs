@@ -1,0 +1,238 @@
+//! A deterministic simulator of whole clusters of [`RawNode`](crate::RawNode)s.
+//!
+//! One `u64` seed decides everything: the cluster's shape and settings (the [`Scenario`]),
+//! every message delay, loss and duplicate, every crash, partition, membership change,
+//! leadership transfer and snapshot, and every client request. There is no wall clock and no
+//! thread, so a seed replays exactly.
+//!
+//! ```text
+//!   clients ──propose / read_index──> RawNode ──Ready──> host: write (unsynced) ──fsync──> disk
+//!      ^                                 ^  │                 │ send messages / persisted
+//!      └──── answers on apply / read ────┘  │                 v
+//!                                           └──── step <── network (delay, loss, dup, cuts)
+//!                        after every Ready: check::safety  ·  at the end: check::linearizability
+//! ```
+//!
+//! Use [`run_seed`]; on failure the returned [`Failure`] carries the seed, the virtual time and
+//! a trace of the run (the seed is replayed with tracing on to produce it).
+
+mod cluster;
+pub mod host;
+pub mod kv;
+pub mod net;
+pub mod rng;
+
+use std::fmt;
+
+use net::{NetConfig, NetStats};
+use rng::Rng;
+
+/// How long and how closely to run one seed.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The seed.
+    pub seed: u64,
+    /// Virtual duration of the fault phase.
+    pub safety_ms: u64,
+    /// Bound on the liveness phase (virtual).
+    pub liveness_ms: u64,
+    /// Record a trace of every event (slow; used to explain a failure).
+    pub trace: bool,
+    /// Step budget of the linearizability search.
+    pub lin_steps_max: u64,
+}
+
+impl Options {
+    /// Defaults for one seed: 10 s of faults, 30 s to converge after healing.
+    pub fn new(seed: u64) -> Options {
+        Options {
+            seed,
+            safety_ms: 10_000,
+            liveness_ms: 30_000,
+            trace: false,
+            lin_steps_max: 2_000_000,
+        }
+    }
+}
+
+/// The cluster's shape and the intensity of faults, drawn from the seed.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Initial voters.
+    pub voters: usize,
+    /// Extra server ids that membership changes may add.
+    pub extra: usize,
+    /// Simulated clients.
+    pub clients: usize,
+    /// Distinct keys (fewer keys, more contention).
+    pub keys: usize,
+    /// `Config::network_latency`, in ms.
+    pub latency_ms: u64,
+    /// `Config::tick`, in ms.
+    pub tick_ms: u64,
+    /// `Config::max_inflight_appends`.
+    pub max_inflight: usize,
+    /// `Config::max_append_bytes`.
+    pub max_append_bytes: u64,
+    /// `Config::snapshot_chunk_bytes`.
+    pub chunk_bytes: u64,
+    /// Initial network settings.
+    pub net: NetConfig,
+    /// Longest simulated fsync; 0 means each `Ready` is durable at once (synchronous).
+    pub fsync_ms_max: u64,
+    /// Take a snapshot every this many applied entries (`None`: never).
+    pub snapshot_every: Option<u64>,
+    /// Entries kept behind a snapshot when compacting.
+    pub trailing: u64,
+    /// Mean gap between faults.
+    pub fault_gap_ms: u64,
+    /// Relative weights of: crash, partition, one-way cut, isolate leader, membership change,
+    /// leadership transfer, network weather, barrier.
+    pub weights: [u64; 8],
+    /// Longest downtime after a crash.
+    pub down_ms_max: u64,
+    /// Longest partition.
+    pub partition_ms_max: u64,
+    /// How long a client waits before giving up (outcome unknown).
+    pub client_timeout_ms: u64,
+    /// Longest pause between a client's operations.
+    pub think_ms: u64,
+}
+
+impl Scenario {
+    /// Draws a scenario.
+    pub fn from_rng(rng: &mut Rng) -> Scenario {
+        let base = crate::Config::new(crate::NodeId(1));
+        let latency_ms = (base.network_latency.as_millis() as u64).max(1);
+        let tick_ms = (base.tick.as_millis() as u64).max(1);
+        let election_ms = (base.election_timeout().as_millis() as u64).max(tick_ms * 2);
+        let mut s = Scenario {
+            voters: *rng.pick(&[3, 3, 5, 5, 1]).unwrap_or(&3),
+            extra: rng.range(0, 2) as usize,
+            clients: rng.range(2, 5) as usize,
+            keys: rng.range(1, 4) as usize,
+            latency_ms,
+            tick_ms,
+            max_inflight: rng.range(1, 8) as usize,
+            max_append_bytes: *rng.pick(&[40, 200, 4096, 1 << 20]).unwrap_or(&4096),
+            chunk_bytes: rng.range(16, 512),
+            net: NetConfig::perfect(1),
+            fsync_ms_max: if rng.below(2) == 0 { 0 } else { rng.range(1, 20) },
+            snapshot_every: if rng.below(4) == 0 { None } else { Some(rng.range(3, 50)) },
+            trailing: rng.range(0, 5),
+            fault_gap_ms: rng.range(100, 2000),
+            weights: [0; 8],
+            down_ms_max: rng.range(200, 4 * election_ms),
+            partition_ms_max: rng.range(200, 4 * election_ms),
+            client_timeout_ms: election_ms * 3,
+            think_ms: rng.range(1, 50),
+        };
+        for w in &mut s.weights {
+            *w = if rng.below(5) == 0 { 0 } else { rng.range(1, 10) };
+        }
+        s.net = s.random_net(rng);
+        s
+    }
+
+    /// Random network weather around this scenario's latency.
+    pub fn random_net(&self, rng: &mut Rng) -> NetConfig {
+        let lo = rng.range(0, self.latency_ms * 2);
+        NetConfig {
+            delay_ms_min: lo,
+            delay_ms_max: lo + rng.range(0, self.latency_ms * 40),
+            drop_per_million: if rng.below(3) == 0 { 0 } else { rng.range(0, 100_000) as u32 },
+            duplicate_per_million: if rng.below(3) == 0 { 0 } else { rng.range(0, 50_000) as u32 },
+        }
+    }
+}
+
+/// What a passing seed did (to see that the faults really happened).
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// The scenario, formatted.
+    pub scenario: String,
+    /// Virtual time at the end.
+    pub virtual_ms: u64,
+    /// Virtual time the liveness phase took.
+    pub liveness_ms: u64,
+    /// Client operations issued.
+    pub ops: usize,
+    /// Operations acknowledged.
+    pub ops_ok: u64,
+    /// Operations with unknown outcome.
+    pub ops_unknown: usize,
+    /// Client timeouts.
+    pub timeouts: u64,
+    /// The linearizability search ran out of steps (no verdict).
+    pub lin_unknown: bool,
+    /// Steps used when it ran out.
+    pub lin_steps: u64,
+    /// Leaders elected.
+    pub elections: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Restarts.
+    pub restarts: u64,
+    /// Partitions and cuts.
+    pub partitions: u64,
+    /// Membership changes accepted.
+    pub conf_changes: u64,
+    /// Membership changes abandoned.
+    pub conf_aborted: u64,
+    /// Leadership transfers started.
+    pub transfers: u64,
+    /// Leadership transfers abandoned.
+    pub transfers_aborted: u64,
+    /// Snapshots taken.
+    pub snapshots_taken: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
+    /// Network counters.
+    pub net: NetStats,
+}
+
+/// A failed seed.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// The seed.
+    pub seed: u64,
+    /// Virtual time of the failure.
+    pub at_ms: u64,
+    /// What went wrong.
+    pub what: String,
+    /// The run's trace (empty unless traced).
+    pub trace: Vec<String>,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "seed {} failed at {} ms (virtual): {}", self.seed, self.at_ms, self.what)
+    }
+}
+
+/// Runs one seed with `opts`.
+pub fn run(opts: Options) -> Result<Report, Failure> {
+    let mut c = cluster::Cluster::new(opts);
+    c.run()?;
+    Ok(c.report)
+}
+
+/// Runs one seed; on failure replays it with tracing on and returns the traced failure.
+pub fn run_seed(opts: Options) -> Result<Report, Failure> {
+    match run(opts.clone()) {
+        Ok(r) => Ok(r),
+        Err(f) if opts.trace => Err(f),
+        Err(f) => {
+            let traced = run(Options { trace: true, ..opts });
+            match traced {
+                Err(t) => Err(t),
+                Ok(_) => Err(Failure {
+                    what: format!("{} (and the traced replay did not fail: nondeterminism!)", f.what),
+                    ..f
+                }),
+            }
+        }
+    }
+}
