@@ -1,0 +1,499 @@
+//! Crash consistency against a model, on the fault-injecting in-memory backend.
+//!
+//! A seeded workload (appends, conflicting appends, truncations, term/vote saves, snapshots with
+//! compaction, resets) runs once to count its operation points (every write, sync, create,
+//! rename, remove, directory sync). It is then replayed once per point with a crash there, and
+//! the disk is rebuilt as a power cut could leave it: unsynced data lost, unsynced data kept,
+//! and the interrupted write torn at a sample of byte offsets (every offset with
+//! `STORAGE_CRASH_EXHAUSTIVE=1`). After each restart the recovered state must equal the model
+//! just before or just after the interrupted operation (everything acknowledged is there, the
+//! unacknowledged operation is all-or-nothing), and the log must accept and keep new appends.
+//!
+//! Seeds: `STORAGE_CRASH_SEED=<u64>` replays one; by default a fixed seed and a clock-derived
+//! one run (both printed). `STORAGE_CRASH_SEEDS=<n>` runs n extra clock-derived seeds.
+
+mod storage_common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use dqlite_node::raft::{Entry, LogIndex, NodeId, Term};
+use dqlite_node::storage::backend::{CrashMode, MemDisk};
+use dqlite_node::storage::{CorruptReason, SnapshotMeta, Storage, StorageError, StorageOptions};
+use storage_common::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(Vec<Entry>),
+    Truncate(LogIndex),
+    SaveMeta(Term, Option<NodeId>),
+    /// Write a snapshot at this index (followed by `Compact` or `Reset`).
+    WriteSnapshot(LogIndex, Term),
+    /// Remove segments up to this index (after a snapshot there).
+    Compact(LogIndex),
+    /// Discard the log; the next entry has this index (after installing a snapshot beyond it).
+    Reset(LogIndex),
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Model {
+    log: BTreeMap<u64, Entry>,
+    /// The index the next entry takes.
+    next: u64,
+    /// Entries at or below this may have been compacted away.
+    compacted: u64,
+    hard: (Term, Option<NodeId>),
+    latest_snapshot: Option<(LogIndex, Term)>,
+}
+
+impl Model {
+    fn new() -> Self {
+        Model { next: 1, ..Default::default() }
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Append(es) => {
+                let f = es[0].index.0;
+                self.log.retain(|&k, _| k < f);
+                for e in es {
+                    self.log.insert(e.index.0, e.clone());
+                }
+                self.next = f + es.len() as u64;
+            }
+            Op::Truncate(f) => {
+                self.log.retain(|&k, _| k < f.0);
+                self.next = self.next.min(f.0);
+            }
+            Op::SaveMeta(t, v) => self.hard = (*t, *v),
+            Op::WriteSnapshot(i, t) => self.latest_snapshot = Some((*i, *t)),
+            Op::Compact(i) => self.compacted = self.compacted.max(i.0),
+            Op::Reset(next) => {
+                self.log.clear();
+                self.next = next.0;
+                self.compacted = next.0 - 1;
+            }
+        }
+    }
+
+    /// Checks a recovered store against this state; `Err` says what differs.
+    fn check(&self, s: &Storage) -> Result<(), String> {
+        let hard = s.meta.load();
+        if (hard.term, hard.vote) != self.hard {
+            return Err(format!("hard state {:?} != model {:?}", hard, self.hard));
+        }
+        let latest = s.snapshots.latest().map(|m| (m.index, m.term));
+        if latest != self.latest_snapshot {
+            return Err(format!("latest snapshot {latest:?} != model {:?}", self.latest_snapshot));
+        }
+        if s.log.last_index().0 + 1 != self.next {
+            return Err(format!("last index {} != model {}", s.log.last_index(), self.next - 1));
+        }
+        let first = s.log.first_index().0;
+        if first > self.compacted + 1 && first < self.next {
+            return Err(format!("first index {first} lost entries above the snapshot ({})", self.compacted));
+        }
+        let got = read_all(s);
+        for e in &got {
+            match self.log.get(&e.index.0) {
+                Some(m) if m == e => {}
+                other => return Err(format!("entry {:?} != model {:?}", e, other)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn opts() -> StorageOptions {
+    small_segments()
+}
+
+/// A deterministic workload of `n` operations.
+fn workload(seed: u64, n: usize) -> Vec<Op> {
+    let mut rng = Rng(seed);
+    let mut m = Model::new();
+    let mut term = 1u64;
+    let mut ops = Vec::with_capacity(n);
+    fn push(ops: &mut Vec<Op>, m: &mut Model, op: Op) {
+        m.apply(&op);
+        ops.push(op);
+    }
+    while ops.len() < n {
+        let floor = m.compacted + 1;
+        let roll = rng.below(100);
+        let op = if roll < 55 || m.next <= floor + 1 {
+            let count = 1 + rng.below(6);
+            let len = rng.below(900) as usize;
+            Op::Append((0..count).map(|i| entry(term, m.next + i, len)).collect())
+        } else if roll < 65 {
+            term += 1;
+            let back = 1 + rng.below((m.next - floor).min(6));
+            let f = m.next - back;
+            let count = 1 + rng.below(4);
+            Op::Append((0..count).map(|i| entry(term, f + i, 64)).collect())
+        } else if roll < 70 {
+            let back = 1 + rng.below((m.next - floor).min(4));
+            Op::Truncate(LogIndex(m.next - back))
+        } else if roll < 82 {
+            term += rng.below(2);
+            let vote = match rng.below(3) {
+                0 => None,
+                v => Some(NodeId(v)),
+            };
+            Op::SaveMeta(Term(term), vote)
+        } else if roll < 96 {
+            let last = m.next - 1;
+            let i = floor + rng.below(last.saturating_sub(floor).max(1));
+            let i = i.clamp(m.compacted.max(1), last.max(1));
+            let t = m.log.get(&i).map(|e| e.term).unwrap_or(Term(term));
+            push(&mut ops, &mut m, Op::WriteSnapshot(LogIndex(i), t));
+            Op::Compact(LogIndex(i))
+        } else {
+            let i = LogIndex(m.next + 5 + rng.below(10));
+            push(&mut ops, &mut m, Op::WriteSnapshot(i, Term(term)));
+            Op::Reset(i.next())
+        };
+        push(&mut ops, &mut m, op);
+    }
+    ops
+}
+
+fn snapshot_bytes(i: LogIndex) -> Vec<u8> {
+    (0..(i.0 as usize % 7) * 300).map(|x| (x as u64 ^ i.0) as u8).collect()
+}
+
+fn run_op(s: &mut Storage, op: &Op) -> Result<(), StorageError> {
+    match op {
+        Op::Append(es) => s.log.append(es),
+        Op::Truncate(f) => s.log.truncate_suffix(*f),
+        Op::SaveMeta(t, v) => s.meta.save(*t, *v),
+        Op::WriteSnapshot(i, t) => {
+            let data = snapshot_bytes(*i);
+            let meta = SnapshotMeta::new(*i, *t, b"cfg".to_vec());
+            s.snapshots.write(meta, &mut data.as_slice()).map(|_| ())
+        }
+        Op::Compact(i) => s.log.compact(*i),
+        Op::Reset(next) => s.log.reset(*next),
+    }
+}
+
+/// Runs `ops` on a fresh disk; returns the disk and how many ops were acknowledged.
+fn run_until_crash(ops: &[Op], crash_at: Option<u64>, alignment: usize) -> (MemDisk, usize) {
+    let disk = MemDisk::new();
+    disk.set_alignment(alignment);
+    if let Some(c) = crash_at {
+        disk.crash_at(c);
+    }
+    let mut s = match Storage::open(Arc::new(disk.backend()), opts()) {
+        Ok(s) => s,
+        Err(_) => return (disk, 0),
+    };
+    for (k, op) in ops.iter().enumerate() {
+        if let Err(e) = run_op(&mut s, op) {
+            assert!(disk.has_crashed(), "op {k} {op:?} failed without a crash: {e}");
+            return (disk, k);
+        }
+    }
+    (disk, ops.len())
+}
+
+fn check_recovery(ops: &[Op], disk: &MemDisk, acked: usize, what: &str) {
+    let mut before = Model::new();
+    for op in &ops[..acked] {
+        before.apply(op);
+    }
+    let mut after = before.clone();
+    if let Some(op) = ops.get(acked) {
+        after.apply(op);
+    }
+    let mut s = match Storage::open(Arc::new(disk.backend()), opts()) {
+        Ok(s) => s,
+        Err(e) => panic!("{what}: reopen after crash failed: {e}"),
+    };
+    let b = before.check(&s);
+    let a = after.check(&s);
+    if b.is_err() && a.is_err() {
+        panic!(
+            "{what}: recovered state matches neither side of op {acked} ({:?}):\n  vs before: {}\n  vs after: {}",
+            ops.get(acked),
+            b.unwrap_err(),
+            a.unwrap_err()
+        );
+    }
+    // The log goes on after recovery, and what it writes now survives another restart.
+    let next = s.log.last_index().next();
+    let e = entry(999, next.0, 33);
+    if let Err(err) = s.log.append(std::slice::from_ref(&e)) {
+        panic!("{what}: append after recovery failed: {err}");
+    }
+    drop(s);
+    disk.restart(CrashMode::LOSE_UNSYNCED);
+    let s = match Storage::open(Arc::new(disk.backend()), opts()) {
+        Ok(s) => s,
+        Err(err) => panic!("{what}: second reopen failed: {err}"),
+    };
+    assert_eq!(s.log.last_index(), next, "{what}: entry appended after recovery lost");
+    match s.log.entries(next..next.next()) {
+        Ok(got) => assert_eq!(got, vec![e], "{what}"),
+        Err(err) => panic!("{what}: reading entry appended after recovery: {err}"),
+    }
+}
+
+fn tear_offsets(len: usize, rng: &mut Rng, exhaustive: bool) -> Vec<usize> {
+    if exhaustive {
+        let step = if len > 20_000 { 7 } else { 1 };
+        return (0..=len).step_by(step).collect();
+    }
+    let mut v = vec![0, 1, len / 2, len.saturating_sub(1)];
+    for _ in 0..2 {
+        v.push(rng.below(len as u64 + 1) as usize);
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn crash_everywhere(seed: u64, n_ops: usize, alignment: usize) {
+    let exhaustive = std::env::var_os("STORAGE_CRASH_EXHAUSTIVE").is_some();
+    let ops = workload(seed, n_ops);
+    let (disk, acked) = run_until_crash(&ops, None, alignment);
+    assert_eq!(acked, ops.len());
+    let total = disk.ops();
+    let mut rng = Rng(seed ^ 0x5eed);
+    let mut runs = 0u64;
+    for c in 1..=total {
+        let mut modes = vec![CrashMode::LOSE_UNSYNCED, CrashMode::KEEP_UNSYNCED];
+        let (probe, _) = run_until_crash(&ops, Some(c), alignment);
+        if let Some(len) = probe.inflight_write_len() {
+            for (j, k) in tear_offsets(len, &mut rng, exhaustive).into_iter().enumerate() {
+                modes.push(CrashMode { keep_unsynced: j % 2 == 0, tear_inflight: Some(k) });
+            }
+        }
+        for mode in modes {
+            let (disk, acked) = run_until_crash(&ops, Some(c), alignment);
+            disk.restart(mode);
+            let what = format!("seed {seed} align {alignment} crash at op point {c}/{total} mode {mode:?}");
+            check_recovery(&ops, &disk, acked, &what);
+            runs += 1;
+        }
+    }
+    eprintln!("seed {seed} align {alignment}: {total} crash points, {runs} restarts verified");
+}
+
+fn seeds() -> Vec<u64> {
+    if let Ok(v) = std::env::var("STORAGE_CRASH_SEED") {
+        let seed = v.parse().unwrap_or_else(|_| panic!("STORAGE_CRASH_SEED must be a u64, got {v:?}"));
+        eprintln!("seed: {seed} (from STORAGE_CRASH_SEED)");
+        return vec![seed];
+    }
+    let extra: usize = std::env::var("STORAGE_CRASH_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let mut v = vec![7];
+    let base = seed_from_env("STORAGE_CRASH_SEED");
+    for i in 0..extra {
+        v.push(base.wrapping_add(i as u64 * 0x9E37_79B9));
+    }
+    v
+}
+
+#[test]
+fn crash_at_every_write_and_sync_point() {
+    let n_ops = if std::env::var_os("STORAGE_CRASH_EXHAUSTIVE").is_some() { 120 } else { 45 };
+    for seed in seeds() {
+        eprintln!("crash enumeration, seed {seed} (replay: STORAGE_CRASH_SEED={seed})");
+        crash_everywhere(seed, n_ops, 1);
+        crash_everywhere(seed, n_ops, 4096);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Targeted faults
+// ---------------------------------------------------------------------------------------------
+
+fn mem() -> (MemDisk, Storage) {
+    let disk = MemDisk::new();
+    let s = Storage::open(Arc::new(disk.backend()), opts()).expect("open");
+    (disk, s)
+}
+
+fn reopen(disk: &MemDisk) -> Result<Storage, StorageError> {
+    Storage::open(Arc::new(disk.backend()), opts())
+}
+
+#[test]
+fn failed_fsync_poisons_every_store_until_restart() {
+    for which in 0..3 {
+        let (disk, mut s) = mem();
+        s.log.append(&entries(1, 1, 3, 100)).expect("append");
+        s.meta.save(Term(1), Some(NodeId(1))).expect("save");
+        disk.fail_nth_sync(1);
+        let err = match which {
+            0 => s.log.append(&entries(1, 4, 4, 100)).expect_err("sync fails"),
+            1 => s.meta.save(Term(2), None).expect_err("sync fails"),
+            _ => s
+                .snapshots
+                .write(SnapshotMeta::new(LogIndex(2), Term(1), vec![]), &mut &b"data"[..])
+                .expect_err("sync fails"),
+        };
+        assert!(matches!(err, StorageError::SyncFailed { .. }), "{which}: {err}");
+        // Never retried: every later write fails, in every store.
+        assert!(matches!(s.log.append(&entries(1, 4, 4, 100)), Err(StorageError::Poisoned { .. })));
+        assert!(matches!(s.log.truncate_suffix(LogIndex(2)), Err(StorageError::Poisoned { .. })));
+        assert!(matches!(s.meta.save(Term(3), None), Err(StorageError::Poisoned { .. })));
+        assert!(matches!(
+            s.snapshots.write(SnapshotMeta::new(LogIndex(3), Term(1), vec![]), &mut &b"x"[..]),
+            Err(StorageError::Poisoned { .. })
+        ));
+        assert!(matches!(s.check_poisoned(), Err(StorageError::Poisoned { .. })));
+        // Reads still work.
+        assert_eq!(read_all(&s).len(), 3);
+        drop(s);
+        disk.restart(CrashMode::LOSE_UNSYNCED);
+        let mut s = reopen(&disk).expect("reopen after restart");
+        assert_eq!(read_all(&s), entries(1, 1, 3, 100), "{which}");
+        assert_eq!(s.meta.load().term, Term(1));
+        s.log.append(&entries(1, 4, 4, 100)).expect("usable after restart");
+    }
+}
+
+#[test]
+fn disk_full_is_clean_and_the_log_continues_when_space_returns() {
+    let (disk, mut s) = mem();
+    let mut next = 1u64;
+    // Fill the first segment; cap the disk so the next segment cannot be preallocated.
+    disk.set_capacity(Some(disk.used_bytes() + 1000));
+    let err = loop {
+        match s.log.append(&entries(1, next, next + 1, 500)) {
+            Ok(()) => next += 2,
+            Err(e) => break e,
+        }
+        assert!(next < 10_000, "never ran out of space");
+    };
+    assert!(matches!(err, StorageError::DiskFull { .. }), "{err}");
+    assert!(err.to_string().contains("disk full"), "{err}");
+    s.check_poisoned().expect("disk full does not poison");
+    assert_eq!(s.log.last_index(), LogIndex(next - 1));
+    assert!(matches!(s.log.append(&entries(1, next, next, 500)), Err(StorageError::DiskFull { .. })));
+    disk.set_capacity(None);
+    s.log.append(&entries(1, next, next + 1, 500)).expect("append once space returns");
+    next += 2;
+    // ENOSPC on a data write inside a preallocated segment (as on a copy-on-write file system).
+    disk.fail_nth_write_enospc(1);
+    assert!(matches!(s.log.append(&entries(1, next, next + 4, 500)), Err(StorageError::DiskFull { .. })));
+    s.log.append(&entries(1, next, next, 10)).expect("append after ENOSPC");
+    next += 1;
+    let all = read_all(&s);
+    assert_eq!(all.len() as u64, next - 1);
+    drop(s);
+    disk.restart(CrashMode::KEEP_UNSYNCED);
+    let s = reopen(&disk).expect("reopen");
+    assert_eq!(read_all(&s), all);
+}
+
+#[test]
+fn bit_flip_in_a_closed_segment_is_reported_with_the_file_name() {
+    let seed = seed_from_env("STORAGE_BITFLIP_SEED");
+    let mut rng = Rng(seed);
+    let (disk, mut s) = mem();
+    for i in 1..=120u64 {
+        s.log.append(&entries(1, i, i, 400)).expect("append");
+    }
+    drop(s);
+    let closed: Vec<String> = disk.file_names().into_iter().filter(|n| n.starts_with("closed-")).collect();
+    assert!(closed.len() >= 2, "{closed:?}");
+    let victim = &closed[0];
+    let len = disk.read_file(victim).expect("file").len() as u64;
+    // The middle of the segment, plus seeded random places (header, batches, zero tail).
+    let mut offsets = vec![len / 2, 3, 64];
+    for _ in 0..20 {
+        offsets.push(rng.below(len));
+    }
+    for off in offsets {
+        let bit = rng.below(8) as u8;
+        assert!(disk.flip_bit(victim, off, bit));
+        match reopen(&disk) {
+            Err(StorageError::Corrupt { file, offset, reason }) => {
+                assert_eq!(&file, victim, "seed {seed} flip at {off}");
+                assert!(offset <= off, "seed {seed}: reported offset {offset} after the flip at {off}");
+                let _ = reason;
+            }
+            Err(e) => panic!("seed {seed} flip at {off}: wrong error {e}"),
+            Ok(_) => panic!("seed {seed}: bit flip at {off}:{bit} in {victim} went unnoticed"),
+        }
+        assert!(disk.flip_bit(victim, off, bit)); // undo
+    }
+    reopen(&disk).expect("intact again after undoing the flips");
+}
+
+#[test]
+fn damage_in_the_open_segment_followed_by_valid_batches_is_an_error() {
+    let (disk, mut s) = mem();
+    for i in 1..=5u64 {
+        s.log.append(&entries(1, i, i, 100)).expect("append");
+    }
+    drop(s);
+    let open_seg = disk.file_names().into_iter().find(|n| n.starts_with("open-")).expect("open segment");
+    // Inside the second batch (the first starts at 64).
+    assert!(disk.flip_bit(&open_seg, 64 + 200, 3));
+    match reopen(&disk) {
+        Err(StorageError::Corrupt { file, reason, .. }) => {
+            assert_eq!(file, open_seg);
+            assert_eq!(reason, CorruptReason::DamageBeforeValidData);
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn torn_metadata_write_keeps_the_previous_term_and_vote() {
+    for keep in 0..=64usize {
+        let (disk, mut s) = mem();
+        s.meta.save(Term(5), Some(NodeId(2))).expect("save");
+        s.meta.save(Term(6), Some(NodeId(3))).expect("save");
+        disk.crash_at(disk.ops() + 1);
+        s.meta.save(Term(7), None).expect_err("crash");
+        drop(s);
+        disk.restart(CrashMode { keep_unsynced: true, tear_inflight: Some(keep) });
+        let s = reopen(&disk).expect("reopen");
+        let h = s.meta.load();
+        let ok = (h.term, h.vote) == (Term(6), Some(NodeId(3))) || (h.term, h.vote) == (Term(7), None);
+        assert!(ok, "torn at {keep}: {h:?}");
+    }
+}
+
+#[test]
+fn both_metadata_copies_damaged_is_an_error_naming_them() {
+    let (disk, mut s) = mem();
+    s.meta.save(Term(1), None).expect("save");
+    s.meta.save(Term(2), None).expect("save");
+    drop(s);
+    assert!(disk.flip_bit("metadata-1", 20, 0));
+    assert!(disk.flip_bit("metadata-2", 20, 0));
+    match reopen(&disk) {
+        Err(StorageError::Corrupt { file, reason, .. }) => {
+            assert!(file.contains("metadata-1") && file.contains("metadata-2"), "{file}");
+            assert_eq!(reason, CorruptReason::BothMetadataCopies);
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn damaged_snapshot_data_is_detected() {
+    let (disk, mut s) = mem();
+    let data = vec![42u8; 10_000];
+    let meta = s
+        .snapshots
+        .write(SnapshotMeta::new(LogIndex(9), Term(1), b"c".to_vec()), &mut data.as_slice())
+        .expect("write");
+    drop(s);
+    let name = format!("snapshot-{:020}-{:020}", 9, 1);
+    assert!(disk.flip_bit(&name, 5000, 1));
+    let s = reopen(&disk).expect("open checks lengths only");
+    match s.snapshots.read(&meta) {
+        Err(StorageError::Corrupt { file, reason, .. }) => {
+            assert_eq!(file, name);
+            assert_eq!(reason, CorruptReason::SnapshotData);
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
