@@ -183,9 +183,12 @@ pub(crate) fn put_i64(out: &mut Vec<u8>, v: i64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-/// Append zero bytes until the length is a multiple of 8.
-pub(crate) fn pad(out: &mut Vec<u8>) {
-    let rem = out.len() % WORD;
+/// Append the zero padding that follows a field of `field_len` bytes.
+///
+/// Padding is computed from the field's own length, not from `out.len()`, so encoding
+/// is correct even when the caller's buffer does not start word-aligned.
+pub(crate) fn pad(out: &mut Vec<u8>, field_len: usize) {
+    let rem = field_len % WORD;
     if rem != 0 {
         out.resize(out.len() + (WORD - rem), 0);
     }
@@ -197,14 +200,14 @@ pub(crate) fn text_len(s: &str) -> usize {
     (s.len() + 1).div_ceil(WORD) * WORD
 }
 
-/// Append a `text`. Assumes `out` is word-aligned.
+/// Append a `text`.
 pub(crate) fn put_text(out: &mut Vec<u8>, s: &str) -> Result<(), EncodeError> {
     if s.as_bytes().contains(&0) {
         return Err(EncodeError::TextContainsNul);
     }
     out.extend_from_slice(s.as_bytes());
     out.push(0);
-    pad(out);
+    pad(out, s.len() + 1);
     Ok(())
 }
 
@@ -212,7 +215,7 @@ pub(crate) fn put_text(out: &mut Vec<u8>, s: &str) -> Result<(), EncodeError> {
 pub(crate) fn put_blob(out: &mut Vec<u8>, b: &[u8]) {
     put_u64(out, b.len() as u64);
     out.extend_from_slice(b);
-    pad(out);
+    pad(out, b.len());
 }
 
 #[cfg(test)]

@@ -200,12 +200,18 @@ pub fn encode_params(
         });
     }
     let start = out.len();
-    match schema {
-        Schema::V0 => out.push(n as u8),
-        Schema::V1 => out.extend_from_slice(&(n as u32).to_le_bytes()),
-    }
+    let count_len = match schema {
+        Schema::V0 => {
+            out.push(n as u8);
+            1
+        }
+        Schema::V1 => {
+            out.extend_from_slice(&(n as u32).to_le_bytes());
+            4
+        }
+    };
     out.extend(params.iter().map(|v| v.value_type().code()));
-    pad(out);
+    pad(out, count_len + n);
     let result = params.iter().try_for_each(|v| v.encode(out));
     if result.is_err() {
         out.truncate(start);

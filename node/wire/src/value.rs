@@ -3,7 +3,7 @@
 //! [`Value`] owns its data; [`ValueRef`] borrows text and blobs from the message
 //! body so a row can be decoded without copying. Both encode the same way.
 
-use crate::buf::{pad, put_blob, put_i64, put_text, put_u64, Reader};
+use crate::buf::{put_blob, put_i64, put_text, put_u64, Reader};
 use crate::error::{DecodeError, EncodeError};
 
 /// A value type code as it appears in tuple headers.
@@ -159,7 +159,7 @@ impl<'a> ValueRef<'a> {
         }
     }
 
-    /// Append the encoded value (not its type code). `out` must be word-aligned.
+    /// Append the encoded value (not its type code).
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         match *self {
             ValueRef::Integer(v) | ValueRef::UnixTime(v) => put_i64(out, v),
@@ -169,8 +169,6 @@ impl<'a> ValueRef<'a> {
             ValueRef::Null => put_u64(out, 0),
             ValueRef::Boolean(b) => put_u64(out, u64::from(b)),
         }
-        debug_assert_eq!(out.len() % 8, 0);
-        pad(out);
         Ok(())
     }
 

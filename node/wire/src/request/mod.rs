@@ -490,6 +490,10 @@ pub(crate) mod tests {
             seen.insert(req.request_type());
             let bytes = req.to_bytes().unwrap();
             assert_eq!(bytes.len() % 8, 0);
+            // Appending after unaligned bytes gives the same message.
+            let mut appended = vec![0xaa; 3];
+            req.encode(&mut appended).unwrap();
+            assert_eq!(appended[3..], bytes[..]);
             let (msg, len) = parse(&bytes, 1 << 20).unwrap().unwrap();
             assert_eq!(len, bytes.len());
             assert_eq!(msg.body.len(), bytes.len() - HEADER_LEN);

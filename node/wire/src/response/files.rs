@@ -17,7 +17,7 @@ pub(super) fn encode(files: &[File<'_>], out: &mut Vec<u8>) -> Result<(), Encode
         put_text(out, file.name)?;
         put_u64(out, file.data.len() as u64);
         out.extend_from_slice(file.data);
-        pad(out);
+        pad(out, file.data.len());
     }
     Ok(())
 }

@@ -453,6 +453,19 @@ pub(crate) mod tests {
         for (resp, ctx) in all_responses() {
             seen.insert(resp.response_type());
             let bytes = resp.to_bytes().unwrap();
+            let mut appended = vec![0xaa; 5];
+            resp.encode(&mut appended).unwrap();
+            assert_eq!(appended[5..], bytes[..]);
+            if let Response::Rows(batch) = &resp {
+                let mut w =
+                    crate::rows::RowsWriter::begin(&mut appended, &batch.columns, usize::MAX)
+                        .unwrap();
+                for row in &batch.rows {
+                    w.push_row(row).unwrap();
+                }
+                w.finish(batch.end).unwrap();
+                assert_eq!(appended[5 + bytes.len()..], bytes[..]);
+            }
             let (msg, len) = parse(&bytes, 1 << 20).unwrap().unwrap();
             assert_eq!(len, bytes.len());
             assert_eq!(Response::decode_message(msg, &ctx).unwrap(), resp);
