@@ -25,6 +25,27 @@
 //! `cargo fuzz` target in `node/wire/fuzz`). Decoded text, blobs and params borrow
 //! from the message body ([`ValueRef`]); convert with [`ValueRef::to_owned`] when needed.
 //!
+//! # Map of the crate
+//!
+//! | module | contents |
+//! |---|---|
+//! | [`handshake`] | the version word sent after connecting |
+//! | [`header`] | 8-byte header, [`header::check`] / [`header::parse`] framing with a size limit |
+//! | [`value`] | [`ValueType`] codes, owned [`Value`], borrowed [`ValueRef`] |
+//! | [`tuple`](mod@tuple) | params tuples (schema 0: ≤ 255 values, schema 1), row tuples, [`Params`] |
+//! | [`request`] | [`Request`]: all 20 request types, encode and decode |
+//! | [`response`] | [`Response`]: all 11 response types, encode and decode |
+//! | [`rows`] | ROWS streaming ([`Rows`], [`RowsCursor`]) and batching ([`RowsWriter`]) |
+//! | [`ids`], [`codes`], [`error`] | newtypes and roles, failure codes, error enums |
+//!
+//! # Testing
+//!
+//! `cargo test -p dqlite-wire` runs byte-exact tests per message, round trips, and
+//! property tests over random and mutated bytes (each prints its seed; replay with
+//! `DQLITE_WIRE_SEED=<seed>`, more cases with `DQLITE_WIRE_PROPTEST_CASES=<n>`).
+//! The fuzz target lives in `node/wire/fuzz` (outside the workspace):
+//! `cd node/wire && RUSTC_BOOTSTRAP=1 cargo fuzz run decode -- -max_total_time=660`.
+//!
 //! # Example
 //!
 //! The worked example of PROTOCOL.md: `QUERY_SQL "SELECT ?"` with one INTEGER, and its

@@ -114,7 +114,8 @@ pub enum Response<'a> {
         /// Error message.
         message: &'a str,
     },
-    /// SERVER: the leader (id 0 and address "" if unknown).
+    /// SERVER: the leader (id 0 and address "" if unknown). A server answers a client that
+    /// used the legacy handshake with [`Response::ServerLegacy`] instead.
     Server {
         /// Leader id.
         id: WireNodeId,
