@@ -12,7 +12,7 @@ use crate::types::{EntryKind, NodeId, Term};
 impl RawNode {
     pub(crate) fn tick_election(&mut self) {
         self.election_elapsed = self.election_elapsed.saturating_add(1);
-        if self.election_elapsed >= self.randomized_timeout && self.configuration().is_voter(self.id) {
+        if self.election_elapsed >= self.randomized_timeout && self.can_campaign() {
             tracing::debug!(id = ?self.id, term = ?self.term, "election timeout");
             self.campaign(true, false);
         }
@@ -45,6 +45,19 @@ impl RawNode {
             }
         }
         self.is_quorum(&active)
+    }
+
+    /// True if this node may start an election: it is a voter in the configuration in force,
+    /// or that configuration is uncommitted and it was a voter in the one before. (A server
+    /// demoted or removed by an uncommitted change may be the only one holding that change;
+    /// it must be able to win an election to commit it. Votes are always counted in the
+    /// configuration in force, where its own vote does not count.)
+    pub(crate) fn can_campaign(&self) -> bool {
+        if self.configuration().is_voter(self.id) {
+            return true;
+        }
+        let n = self.conf_history.len();
+        self.configuration_index() > self.log.committed && n >= 2 && self.conf_history[n - 2].1.is_voter(self.id)
     }
 
     /// Starts a pre-vote round (`pre`) or an election. `transfer` elections skip the lease.
@@ -141,7 +154,7 @@ impl RawNode {
     }
 
     pub(crate) fn handle_timeout_now(&mut self, from: NodeId) {
-        if self.role == StateRole::Leader || !self.configuration().is_voter(self.id) {
+        if self.role == StateRole::Leader || !self.can_campaign() {
             return;
         }
         tracing::info!(id = ?self.id, ?from, "timeout-now: starting election for leadership transfer");

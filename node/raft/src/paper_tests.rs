@@ -596,3 +596,21 @@ fn step_rejects_misaddressed_messages() {
     let r = RawNode::restore(config(1, 0), HardState::default(), None, [vec![RawNode::bootstrap_entry(&conf)], bad].concat());
     assert!(matches!(r, Err(Error::InvalidRestore(_))));
 }
+
+#[test]
+fn s6_membership_voter_demoted_by_uncommitted_change_may_still_campaign() {
+    // Log: 1 = {n1, n2 voters}; 2 = n1 demoted to standby. If entry 2 is uncommitted, n1 may be
+    // the only holder of it and must be able to win to commit it; once committed it must not.
+    let conf = Configuration::with_voters([NodeId(1), NodeId(2)]);
+    let mut demoted = conf.clone();
+    demoted.upsert(crate::Server { id: NodeId(1), address: String::new(), role: Role::Standby });
+    let e2 = Entry { term: Term(1), index: LogIndex(2), kind: EntryKind::Configuration, data: demoted.encode() };
+    for (commit, may) in [(1, true), (2, false)] {
+        let hs = HardState { term: Term(1), vote: None, commit: LogIndex(commit) };
+        let mut n = RawNode::restore(config(1, 3), hs, None, vec![RawNode::bootstrap_entry(&conf), e2.clone()]).unwrap();
+        for _ in 0..2 * n.election_ticks {
+            n.tick();
+        }
+        assert_eq!(n.role() == StateRole::PreCandidate, may, "commit {commit}");
+    }
+}
