@@ -1,0 +1,388 @@
+//! Running one statement: choosing PREPARE/EXEC/QUERY or EXEC_SQL/QUERY_SQL, and the retry
+//! rules (see the [module docs](super)).
+//!
+//! dqlite has separate requests for statements with and without result columns, and its
+//! `PREPARE` reply does not say which kind a statement is. The driver therefore sends QUERY
+//! first: dqlite checks the column count *before stepping* and rejects a statement without
+//! columns with `FAILURE 1 "not an error"` — nothing ran — and the driver then sends EXEC. The
+//! answer is remembered per statement (and per argument-less SQL text), so the second round
+//! trip happens once.
+
+use dqlite_wire::value::Value as WireValue;
+use dqlite_wire::StmtId;
+use sqlx_core::Error;
+
+use super::{CachedStatement, DqliteConnection};
+use crate::error::DqliteError;
+use crate::protocol::session::{Batch, Failure, Target};
+use crate::protocol::stream::WireError;
+use crate::DqliteQueryResult;
+
+/// Attempts for a request the server did not run (each may include a leader search).
+const MAX_ATTEMPTS: u32 = 3;
+
+/// The first outcome of a statement.
+pub(crate) enum Started {
+    /// EXEC result.
+    Done(DqliteQueryResult),
+    /// First ROWS batch; more follow via [`DqliteConnection::next_batch`] unless `done`.
+    Rows(Batch),
+}
+
+enum RunError {
+    /// The server certainly did not run the request; the session must be replaced.
+    Retry(Error),
+    /// Report to the caller.
+    Fatal(Error),
+}
+
+fn not_connected() -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "not connected to the dqlite leader",
+    ))
+}
+
+impl DqliteConnection {
+    /// Drain abandoned responses and run queued rollbacks on the current session (if any).
+    /// A wire failure drops the session; it is not an error here.
+    pub(crate) async fn flush_pending(&mut self) -> Result<(), Error> {
+        let Some(session) = self.session.as_mut() else {
+            self.pending_rollbacks.clear();
+            return Ok(());
+        };
+        if session.needs_recovery() {
+            if let Err(e) = session.recover().await {
+                tracing::info!(error = %e, "could not drain an abandoned response");
+                self.lose_session();
+                return Ok(());
+            }
+        }
+        while !self.pending_rollbacks.is_empty() {
+            let sql = self.pending_rollbacks.remove(0);
+            let Some(session) = self.session.as_mut() else {
+                break;
+            };
+            match session.exec(Target::Sql(&sql), &[]).await {
+                Ok(Ok(_)) => tracing::debug!(sql, "ran queued rollback"),
+                Ok(Err(f)) => {
+                    tracing::warn!(code = f.code, message = %f.message, sql, "queued rollback failed");
+                    if f.is_not_leader() {
+                        self.lose_session();
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(error = %e.into_inner(), "connection lost during a queued rollback");
+                    self.lose_session();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Make sure there is a usable session before sending a request.
+    pub(crate) async fn ready(&mut self) -> Result<(), Error> {
+        self.flush_pending().await?;
+        if let Some(session) = self.session.as_mut() {
+            if !session.is_idle_alive() {
+                tracing::info!(leader = %session.leader(), "the dqlite leader closed the idle connection");
+                self.lose_session();
+            }
+        }
+        if self.session.is_none() {
+            if self.transaction_depth > 0 {
+                return Err(self.transaction_lost_error());
+            }
+            self.reconnect().await?;
+        }
+        Ok(())
+    }
+
+    fn classify_failure(&mut self, f: Failure, params: usize) -> RunError {
+        if f.is_not_leader() {
+            return RunError::Retry(Error::Database(Box::new(f.into_error())));
+        }
+        if dqlite_wire::codes::is_leadership_lost(f.code) {
+            self.lose_session();
+            return RunError::Fatal(Error::Database(Box::new(f.into_error())));
+        }
+        if f.code == dqlite_wire::codes::DQLITE_PARSE && params > 255 {
+            return RunError::Fatal(Error::Database(Box::new(
+                DqliteError::too_many_parameters(params),
+            )));
+        }
+        RunError::Fatal(Error::Database(Box::new(f.into_error())))
+    }
+
+    /// The connection died after a request was sent: never retried.
+    fn lost_after_send(&mut self, e: Error, may_write: bool) -> Error {
+        let in_txn = self.transaction_depth > 0;
+        self.lose_session();
+        if in_txn {
+            Error::Database(Box::new(DqliteError::transaction_lost(format!(
+                "connection to the dqlite leader lost inside a transaction ({e}); the \
+                 transaction was not committed"
+            ))))
+        } else if may_write {
+            Error::Database(Box::new(DqliteError::outcome_unknown(format!(
+                "connection to the dqlite leader lost after the statement was sent ({e}); it \
+                 may or may not have been applied"
+            ))))
+        } else {
+            e
+        }
+    }
+
+    async fn prepare_cached(&mut self, sql: &str) -> Result<CachedStatement, RunError> {
+        if let Some(st) = self.statements.get_mut(sql) {
+            return Ok(*st);
+        }
+        let session = self
+            .session
+            .as_mut()
+            .ok_or_else(|| RunError::Retry(not_connected()))?;
+        match session.prepare(sql).await {
+            Ok(Ok((id, params))) => {
+                let st = CachedStatement {
+                    id,
+                    params,
+                    returns_rows: None,
+                };
+                if let Some(evicted) = self.statements.insert(sql, st) {
+                    match session.finalize(evicted.id).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(f)) => tracing::warn!(code = f.code, message = %f.message,
+                            "FINALIZE of an evicted statement failed"),
+                        // PREPARE and FINALIZE have no effect on data: safe to retry.
+                        Err(e) => return Err(RunError::Retry(e.into_inner())),
+                    }
+                }
+                Ok(st)
+            }
+            Ok(Err(f)) => Err(self.classify_failure(f, 0)),
+            Err(e) => Err(RunError::Retry(e.into_inner())),
+        }
+    }
+
+    fn remember(&mut self, sql: &str, prepared: bool, returns_rows: bool) {
+        if prepared {
+            if let Some(st) = self.statements.get_mut(sql) {
+                st.returns_rows = Some(returns_rows);
+            }
+        } else {
+            self.sql_returns_rows.insert(sql, returns_rows);
+        }
+    }
+
+    async fn run_once(
+        &mut self,
+        sql: &str,
+        params: &[WireValue],
+        prepared: bool,
+    ) -> Result<Started, RunError> {
+        let (stmt, known): (Option<StmtId>, Option<bool>) = if prepared {
+            let st = self.prepare_cached(sql).await?;
+            (Some(st.id), st.returns_rows)
+        } else {
+            (None, self.sql_returns_rows.get_mut(sql).copied())
+        };
+        let target = match stmt {
+            Some(id) => Target::Stmt(id),
+            None => Target::Sql(sql),
+        };
+
+        if known != Some(false) {
+            let session = self
+                .session
+                .as_mut()
+                .ok_or_else(|| RunError::Retry(not_connected()))?;
+            match session.query(target, params).await {
+                Ok(Ok(batch)) => {
+                    if known.is_none() {
+                        self.remember(sql, prepared, true);
+                    }
+                    return Ok(Started::Rows(batch));
+                }
+                // No result columns (not run), or (dqlite >= 1.18) several statements in
+                // QUERY_SQL (rejected at prepare time, not run): send EXEC instead.
+                Ok(Err(f))
+                    if f.is_no_columns()
+                        || (stmt.is_none() && f.message == "nonempty statement tail") =>
+                {
+                    self.remember(sql, prepared, false);
+                }
+                Ok(Err(f)) => return Err(self.classify_failure(f, params.len())),
+                Err(WireError::NotSent(e)) => return Err(RunError::Retry(e)),
+                Err(WireError::Lost(e)) => return Err(RunError::Fatal(self.lost_after_send(e, false))),
+            }
+        }
+
+        let session = self
+            .session
+            .as_mut()
+            .ok_or_else(|| RunError::Retry(not_connected()))?;
+        match session.exec(target, params).await {
+            Ok(Ok((rows_affected, last_insert_rowid))) => Ok(Started::Done(DqliteQueryResult {
+                rows_affected,
+                last_insert_rowid,
+            })),
+            Ok(Err(f)) => Err(self.classify_failure(f, params.len())),
+            Err(WireError::NotSent(e)) => Err(RunError::Retry(e)),
+            Err(WireError::Lost(e)) => Err(RunError::Fatal(self.lost_after_send(e, true))),
+        }
+    }
+
+    /// Run one statement: prepared (cached) when `prepared`, else as SQL text.
+    pub(crate) async fn run(
+        &mut self,
+        sql: &str,
+        params: &[WireValue],
+        prepared: bool,
+    ) -> Result<Started, Error> {
+        let mut attempt = 1;
+        loop {
+            self.ready().await?;
+            match self.run_once(sql, params, prepared).await {
+                Ok(started) => return Ok(started),
+                Err(RunError::Fatal(e)) => return Err(e),
+                Err(RunError::Retry(e)) => {
+                    self.lose_session();
+                    if self.transaction_depth > 0 {
+                        tracing::info!(error = %e, "leader changed inside a transaction");
+                        return Err(self.transaction_lost_error());
+                    }
+                    if attempt >= MAX_ATTEMPTS {
+                        return Err(e);
+                    }
+                    tracing::info!(attempt, error = %e,
+                        "request was not executed by the server; retrying on the leader");
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// PREPARE (cached) without executing; returns the parameter count.
+    pub(crate) async fn prepare_only(&mut self, sql: &str) -> Result<usize, Error> {
+        let mut attempt = 1;
+        loop {
+            self.ready().await?;
+            if !self.statements.is_enabled() {
+                // Prepare and finalize at once: the statement is only validated.
+                let session = self.session.as_mut().ok_or_else(not_connected)?;
+                match session.prepare(sql).await {
+                    Ok(Ok((id, params))) => {
+                        match session.finalize(id).await {
+                            Ok(_) => {}
+                            Err(e) => {
+                                self.lose_session();
+                                tracing::debug!(error = %e.into_inner(), "FINALIZE failed");
+                            }
+                        }
+                        return Ok(params);
+                    }
+                    Ok(Err(f)) if !f.is_not_leader() => {
+                        return Err(Error::Database(Box::new(f.into_error())))
+                    }
+                    Ok(Err(f)) => {
+                        self.lose_session();
+                        if self.transaction_depth > 0 || attempt >= MAX_ATTEMPTS {
+                            return Err(Error::Database(Box::new(f.into_error())));
+                        }
+                    }
+                    Err(e) => {
+                        self.lose_session();
+                        if self.transaction_depth > 0 || attempt >= MAX_ATTEMPTS {
+                            return Err(e.into_inner());
+                        }
+                    }
+                }
+            } else {
+                match self.prepare_cached(sql).await {
+                    Ok(st) => return Ok(st.params),
+                    Err(RunError::Fatal(e)) => return Err(e),
+                    Err(RunError::Retry(e)) => {
+                        self.lose_session();
+                        if self.transaction_depth > 0 || attempt >= MAX_ATTEMPTS {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            attempt += 1;
+        }
+    }
+
+    /// The next ROWS batch of the streaming query.
+    pub(crate) async fn next_batch(&mut self) -> Result<Batch, Error> {
+        let session = self.session.as_mut().ok_or_else(not_connected)?;
+        match session.next_batch().await {
+            Ok(Ok(batch)) => Ok(batch),
+            Ok(Err(f)) => {
+                if f.is_not_leader() || dqlite_wire::codes::is_leadership_lost(f.code) {
+                    self.lose_session();
+                }
+                Err(Error::Database(Box::new(f.into_error())))
+            }
+            Err(e) => Err(self.lost_after_send(e, false)),
+        }
+    }
+
+    /// Transaction control (`BEGIN`, `COMMIT`, `SAVEPOINT`, ...) via EXEC_SQL.
+    /// `commit` marks a statement whose loss means "outcome unknown".
+    pub(crate) async fn exec_control(&mut self, sql: &str, commit: bool) -> Result<(), Error> {
+        let mut attempt = 1;
+        loop {
+            self.ready().await?;
+            let session = self.session.as_mut().ok_or_else(not_connected)?;
+            let retry_cause = match session.exec(Target::Sql(sql), &[]).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(f)) if f.is_not_leader() => Error::Database(Box::new(f.into_error())),
+                Ok(Err(f)) => {
+                    if dqlite_wire::codes::is_leadership_lost(f.code) {
+                        self.lose_session();
+                    }
+                    return Err(Error::Database(Box::new(f.into_error())));
+                }
+                Err(WireError::NotSent(e)) => e,
+                Err(WireError::Lost(e)) => {
+                    if commit {
+                        self.lose_session();
+                        return Err(Error::Database(Box::new(DqliteError::outcome_unknown(
+                            format!(
+                                "connection to the dqlite leader lost after {sql} was sent ({e})"
+                            ),
+                        ))));
+                    }
+                    return Err(self.lost_after_send(e, false));
+                }
+            };
+            self.lose_session();
+            if self.transaction_depth > 0 {
+                tracing::info!(error = %retry_cause, sql, "leader changed inside a transaction");
+                return Err(self.transaction_lost_error());
+            }
+            if attempt >= MAX_ATTEMPTS {
+                return Err(retry_cause);
+            }
+            attempt += 1;
+        }
+    }
+
+    /// FINALIZE one statement.
+    pub(crate) async fn finalize(&mut self, id: StmtId) -> Result<(), Error> {
+        self.flush_pending().await?;
+        let Some(session) = self.session.as_mut() else {
+            // Statements die with their session.
+            return Ok(());
+        };
+        match session.finalize(id).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(f)) => Err(Error::Database(Box::new(f.into_error()))),
+            Err(e) => {
+                self.lose_session();
+                Err(e.into_inner())
+            }
+        }
+    }
+}

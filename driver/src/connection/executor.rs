@@ -1,0 +1,191 @@
+//! `Executor` for `&mut DqliteConnection`: results stream batch by batch.
+//!
+//! Backpressure: the next ROWS message is read only when the consumer has taken every row of
+//! the current one. Dropping the stream early leaves the query "outstanding"; the next use of
+//! the connection (or the pool's release check) sends INTERRUPT and drains it.
+
+use std::sync::Arc;
+
+use dqlite_wire::value::Value as WireValue;
+use futures_core::future::BoxFuture;
+use futures_core::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use sqlx_core::describe::Describe;
+use sqlx_core::executor::{Execute, Executor};
+use sqlx_core::ext::async_stream::TryAsyncStream;
+use sqlx_core::ext::ustr::UStr;
+use sqlx_core::logger::QueryLogger;
+use sqlx_core::sql_str::SqlStr;
+use sqlx_core::{Either, Error, HashMap};
+
+use super::{DqliteConnection, Started};
+use crate::protocol::session::Batch;
+use crate::{
+    Dqlite, DqliteColumn, DqliteQueryResult, DqliteRow, DqliteStatement, DqliteTypeInfo,
+};
+
+type Columns = (Arc<Vec<DqliteColumn>>, Arc<HashMap<UStr, usize>>);
+
+fn columns_of(batch: &Batch) -> Columns {
+    let first = batch.rows.first();
+    let columns: Vec<DqliteColumn> = batch
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let ty = first
+                .and_then(|r| r.get(i))
+                .map(|v| match v {
+                    WireValue::Null => DqliteTypeInfo::NULL,
+                    WireValue::Iso8601(s) if s.is_empty() => DqliteTypeInfo::NULL,
+                    v => DqliteTypeInfo::from_wire(v.value_type()),
+                })
+                .unwrap_or(DqliteTypeInfo::NULL);
+            DqliteColumn::new(name, i, ty)
+        })
+        .collect();
+    let mut names = HashMap::with_capacity(columns.len());
+    for c in &columns {
+        names.entry(c.name.clone()).or_insert(c.ordinal);
+    }
+    (Arc::new(columns), Arc::new(names))
+}
+
+impl DqliteConnection {
+    /// Whether a query runs as a cached prepared statement.
+    fn use_prepared(&self, persistent: bool, has_args: bool) -> bool {
+        // Argument-less SQL goes through EXEC_SQL/QUERY_SQL, which run every statement of a
+        // multi-statement string (PREPARE would silently keep only the first on dqlite 1.11).
+        persistent && has_args && self.statements.is_enabled()
+    }
+}
+
+impl<'c> Executor<'c> for &'c mut DqliteConnection {
+    type Database = Dqlite;
+
+    fn fetch_many<'e, 'q, E>(
+        self,
+        mut query: E,
+    ) -> BoxStream<'e, Result<Either<DqliteQueryResult, DqliteRow>, Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Dqlite>,
+        'q: 'e,
+    {
+        let arguments = query.take_arguments().map_err(Error::Encode);
+        let persistent = query.persistent();
+        let sql = query.sql();
+
+        Box::pin(TryAsyncStream::new(move |yielder| async move {
+            let params: Vec<WireValue> = arguments?.map(|a| a.values.0).unwrap_or_default();
+            let mut logger = QueryLogger::new(sql.clone(), self.options.log_settings.clone());
+            let prepared = self.use_prepared(persistent, !params.is_empty());
+
+            match self.run(sql.as_str(), &params, prepared).await? {
+                Started::Done(result) => {
+                    logger.increase_rows_affected(result.rows_affected);
+                    yielder.r#yield(Either::Left(result)).await;
+                }
+                Started::Rows(mut batch) => {
+                    let (columns, names) = columns_of(&batch);
+                    loop {
+                        let done = batch.done;
+                        for values in std::mem::take(&mut batch.rows) {
+                            logger.increment_rows_returned();
+                            yielder
+                                .r#yield(Either::Right(DqliteRow {
+                                    values,
+                                    columns: Arc::clone(&columns),
+                                    column_names: Arc::clone(&names),
+                                }))
+                                .await;
+                        }
+                        if done {
+                            break;
+                        }
+                        batch = self.next_batch().await?;
+                    }
+                    yielder
+                        .r#yield(Either::Left(DqliteQueryResult::default()))
+                        .await;
+                }
+            }
+            drop(logger);
+            Ok(())
+        }))
+    }
+
+    fn fetch_optional<'e, 'q, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, Result<Option<DqliteRow>, Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Dqlite>,
+        'q: 'e,
+    {
+        let mut s = self.fetch_many(query);
+        Box::pin(async move {
+            while let Some(v) = s.try_next().await? {
+                if let Either::Right(r) = v {
+                    // Dropping the stream leaves the rest of the result to be drained lazily.
+                    return Ok(Some(r));
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    fn execute_many<'e, 'q, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<DqliteQueryResult, Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Dqlite>,
+        'q: 'e,
+    {
+        self.fetch_many(query)
+            .try_filter_map(|step| async move {
+                Ok(match step {
+                    Either::Left(result) => Some(result),
+                    Either::Right(_) => None,
+                })
+            })
+            .boxed()
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        _parameters: &'e [DqliteTypeInfo],
+    ) -> BoxFuture<'e, Result<DqliteStatement, Error>>
+    where
+        'c: 'e,
+    {
+        Box::pin(async move {
+            let parameters = self.prepare_only(sql.as_str()).await?;
+            Ok(DqliteStatement {
+                sql,
+                parameters,
+                columns: Arc::new(Vec::new()),
+                column_names: Arc::new(HashMap::new()),
+            })
+        })
+    }
+
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<Describe<Dqlite>, Error>>
+    where
+        'c: 'e,
+    {
+        Box::pin(async move {
+            let parameters = self.prepare_only(sql.as_str()).await?;
+            // dqlite does not expose result columns without running the statement.
+            Ok(Describe {
+                columns: Vec::new(),
+                parameters: Some(Either::Right(parameters)),
+                nullable: Vec::new(),
+            })
+        })
+    }
+}

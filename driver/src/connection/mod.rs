@@ -1,0 +1,192 @@
+//! A connection to the leader of a dqlite cluster.
+//!
+//! The connection owns a [`Session`] (a socket with the database OPENed on the leader), or none
+//! after the connection was lost. Before every request it makes sure the session is usable:
+//!
+//! 1. a response still owed from an abandoned request or dropped result stream is drained
+//!    (`INTERRUPT` + read up to `EMPTY` for a query);
+//! 2. an idle socket the server closed (e.g. the leader was killed) is detected without
+//!    blocking, before anything is sent;
+//! 3. with no session and outside a transaction, the leader is searched again and the database
+//!    re-opened (prepared statements are re-prepared on demand); inside a transaction the
+//!    transaction is reported lost instead;
+//! 4. rollbacks queued by dropped [`Transaction`](sqlx_core::transaction::Transaction)s run.
+//!
+//! Retries follow one rule: only a request the server certainly did not run is retried (it was
+//! not completely written, or the server answered "not leader"/"no database opened"), and only
+//! outside a transaction.
+
+mod establish;
+mod execute;
+mod executor;
+
+use std::fmt::{self, Debug, Formatter};
+use std::future::Future;
+
+use dqlite_wire::StmtId;
+use sqlx_core::common::StatementCache;
+use sqlx_core::connection::Connection;
+use sqlx_core::transaction::Transaction;
+use sqlx_core::Error;
+
+use crate::error::DqliteError;
+use crate::protocol::session::Session;
+use crate::{Dqlite, DqliteConnectOptions};
+
+pub(crate) use execute::Started;
+
+/// A prepared statement on the current session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CachedStatement {
+    pub id: StmtId,
+    pub params: usize,
+    /// Learned on first execution: does the statement return columns?
+    pub returns_rows: Option<bool>,
+}
+
+/// A connection to a dqlite cluster's leader. See the [crate docs](crate) for the data flow.
+pub struct DqliteConnection {
+    pub(crate) options: DqliteConnectOptions,
+    pub(crate) session: Option<Session>,
+    /// Prepared statements of the current session, by SQL.
+    pub(crate) statements: StatementCache<CachedStatement>,
+    /// Whether argument-less SQL returns rows (QUERY_SQL vs EXEC_SQL), by SQL.
+    pub(crate) sql_returns_rows: StatementCache<bool>,
+    pub(crate) transaction_depth: usize,
+    /// The session died inside a transaction: the transaction is gone on the server.
+    pub(crate) transaction_lost: bool,
+    /// Rollbacks queued by dropped transactions, run before the next request.
+    pub(crate) pending_rollbacks: Vec<String>,
+}
+
+impl Debug for DqliteConnection {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DqliteConnection")
+            .field("database", &self.options.database)
+            .field("leader", &self.session.as_ref().map(|s| s.leader().to_string()))
+            .field("transaction_depth", &self.transaction_depth)
+            .field("cached_statements", &self.statements.len())
+            .finish()
+    }
+}
+
+impl DqliteConnection {
+    /// The address of the leader this connection currently talks to (`None` after the
+    /// connection was lost; the next request reconnects).
+    pub fn leader_address(&self) -> Option<String> {
+        self.session.as_ref().map(|s| s.leader().to_string())
+    }
+
+    /// The options this connection was made with.
+    pub fn options(&self) -> &DqliteConnectOptions {
+        &self.options
+    }
+
+    /// Drop the session after a connection failure or a "not leader" answer.
+    pub(crate) fn lose_session(&mut self) {
+        if let Some(s) = self.session.take() {
+            tracing::info!(leader = %s.leader(), in_transaction = self.transaction_depth > 0,
+                "dropping the connection to the dqlite leader");
+        }
+        self.statements.clear();
+        // The server discards an open transaction with the connection.
+        self.pending_rollbacks.clear();
+        if self.transaction_depth > 0 {
+            self.transaction_lost = true;
+        }
+    }
+
+    pub(crate) fn transaction_lost_error(&self) -> Error {
+        Error::Database(Box::new(DqliteError::transaction_lost(
+            "the connection to the dqlite leader was lost inside a transaction; the \
+             transaction was not committed — roll it back and retry",
+        )))
+    }
+}
+
+impl Connection for DqliteConnection {
+    type Database = Dqlite;
+    type Options = DqliteConnectOptions;
+
+    fn close(mut self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        async move {
+            if let Some(s) = self.session.take() {
+                s.close().await;
+            }
+            Ok(())
+        }
+    }
+
+    fn close_hard(self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        // Dropping the socket closes it.
+        drop(self);
+        async { Ok(()) }
+    }
+
+    /// Checks that the connection still talks to the leader: drains abandoned results, runs
+    /// queued rollbacks, then `SELECT 1` (which fails with "not leader" on a deposed leader).
+    /// Does not reconnect: a pool discards a connection whose ping fails.
+    fn ping(&mut self) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        async move {
+            self.flush_pending().await?;
+            let alive = self.session.as_mut().is_some_and(Session::is_idle_alive);
+            let session = match self.session.as_mut() {
+                Some(s) if alive => s,
+                _ => {
+                    self.lose_session();
+                    return Err(Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::NotConnected,
+                        "connection to the dqlite leader is closed",
+                    )));
+                }
+            };
+            match session
+                .query(crate::protocol::session::Target::Sql("SELECT 1"), &[])
+                .await
+            {
+                Ok(Ok(batch)) if batch.done => Ok(()),
+                Ok(Ok(_)) => Err(Error::Protocol("SELECT 1 returned more than one batch".into())),
+                Ok(Err(f)) => {
+                    if f.is_not_leader() {
+                        self.lose_session();
+                    }
+                    Err(Error::Database(Box::new(f.into_error())))
+                }
+                Err(e) => {
+                    self.lose_session();
+                    Err(e.into_inner())
+                }
+            }
+        }
+    }
+
+    fn begin(
+        &mut self,
+    ) -> impl Future<Output = Result<Transaction<'_, Dqlite>, Error>> + Send + '_ {
+        Transaction::begin(self, None)
+    }
+
+    fn cached_statements_size(&self) -> usize {
+        self.statements.len()
+    }
+
+    fn clear_cached_statements(&mut self) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        async move {
+            while let Some(stmt) = self.statements.remove_lru() {
+                self.finalize(stmt.id).await?;
+            }
+            Ok(())
+        }
+    }
+
+    fn shrink_buffers(&mut self) {}
+
+    fn flush(&mut self) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        self.flush_pending()
+    }
+
+    fn should_flush(&self) -> bool {
+        !self.pending_rollbacks.is_empty()
+            || self.session.as_ref().is_some_and(Session::needs_recovery)
+    }
+}

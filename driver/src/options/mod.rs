@@ -1,0 +1,246 @@
+//! Connection options: where the cluster is, how long to look for its leader, caching.
+
+mod connect;
+pub(crate) mod parse;
+
+use std::fmt;
+use std::time::Duration;
+
+use sqlx_core::connection::LogSettings;
+
+/// Default port when the URL does not name one (the port `dqlite-demo` examples use).
+pub const DEFAULT_PORT: u16 = 9001;
+/// Default per-node dial timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default budget for finding the leader (all sweeps over the seed list, with backoff).
+pub const DEFAULT_LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default number of prepared statements kept per connection.
+pub const DEFAULT_STATEMENT_CACHE_CAPACITY: usize = 100;
+
+/// A `host:port` address of a dqlite node, as it is dialed and as the cluster reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeAddress {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+impl NodeAddress {
+    /// A node address from a host name or IP literal and a port.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        let host = host.into();
+        // Accept "[::1]" as well as "::1".
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .map(str::to_owned)
+            .unwrap_or(host);
+        NodeAddress { host, port }
+    }
+
+    /// The host part (IPv6 literals without brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl fmt::Display for NodeAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Options for connecting to a dqlite cluster.
+///
+/// # URL format
+///
+/// ```text
+/// dqlite://HOST[:PORT]/DATABASE[?peers=HOST:PORT,HOST:PORT&option=value...]
+/// ```
+///
+/// * `HOST[:PORT]` — the first seed node (port defaults to 9001). IPv6 literals in brackets.
+/// * `DATABASE` — the database name inside the cluster (a plain file name such as `app.db`;
+///   percent-encoded in the URL if needed). Required.
+///
+/// Query parameters (all optional; unknown parameters are an error):
+///
+/// | parameter | builder method | default | meaning |
+/// |---|---|---|---|
+/// | `peers=H:P,H:P` | [`peers`](Self::peers) / [`add_peer`](Self::add_peer) | none | more seed nodes; the leader is searched over the host and all peers |
+/// | `connect_timeout=5s` | [`connect_timeout`](Self::connect_timeout) | 5 s | timeout for dialing one node and reading its LEADER reply |
+/// | `leader_timeout=20s` | [`leader_timeout`](Self::leader_timeout) | 20 s | total time spent looking for the leader (sweeps over all seeds with exponential backoff 100 ms → 1 s) before giving up |
+/// | `statement_cache_capacity=100` | [`statement_cache_capacity`](Self::statement_cache_capacity) | 100 | prepared statements kept per connection (0 disables the cache: statements run with `EXEC_SQL`/`QUERY_SQL`) |
+/// | `client_id=0` | [`client_id`](Self::client_id) | 0 | id sent in the `CLIENT` handshake (informational for the server) |
+///
+/// Durations accept `ms`, `s` and `m` suffixes (`250ms`, `5s`, `1m`); a bare number means
+/// seconds. [`to_url_lossy`](sqlx_core::connection::ConnectOptions::to_url_lossy) writes every
+/// option explicitly (durations in milliseconds), and parsing that URL gives the same options back.
+///
+/// TLS is not supported yet (dqlite itself terminates TLS outside the protocol).
+///
+/// ```
+/// use std::time::Duration;
+/// use sqlx_dqlite::DqliteConnectOptions;
+///
+/// let opts: DqliteConnectOptions =
+///     "dqlite://10.0.0.1:9001/app.db?peers=10.0.0.2:9001,10.0.0.3:9001&leader_timeout=30s"
+///         .parse()
+///         .unwrap();
+/// assert_eq!(opts.get_database(), "app.db");
+/// assert_eq!(opts.get_seeds().len(), 3);
+///
+/// let same = DqliteConnectOptions::new()
+///     .host("10.0.0.1", 9001)
+///     .database("app.db")
+///     .add_peer("10.0.0.2", 9001)
+///     .add_peer("10.0.0.3", 9001)
+///     .leader_timeout(Duration::from_secs(30));
+/// assert_eq!(same.get_seeds(), opts.get_seeds());
+/// ```
+#[derive(Clone)]
+pub struct DqliteConnectOptions {
+    pub(crate) host: NodeAddress,
+    pub(crate) peers: Vec<NodeAddress>,
+    pub(crate) database: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) leader_timeout: Duration,
+    pub(crate) statement_cache_capacity: usize,
+    pub(crate) client_id: u64,
+    pub(crate) log_settings: LogSettings,
+}
+
+impl fmt::Debug for DqliteConnectOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DqliteConnectOptions")
+            .field("host", &self.host.to_string())
+            .field(
+                "peers",
+                &self.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            )
+            .field("database", &self.database)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("leader_timeout", &self.leader_timeout)
+            .field("statement_cache_capacity", &self.statement_cache_capacity)
+            .field("client_id", &self.client_id)
+            .finish()
+    }
+}
+
+impl Default for DqliteConnectOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DqliteConnectOptions {
+    /// Options for `127.0.0.1:9001`, database `db` — set at least [`host`](Self::host) and
+    /// [`database`](Self::database) for real use.
+    pub fn new() -> Self {
+        DqliteConnectOptions {
+            host: NodeAddress::new("127.0.0.1", DEFAULT_PORT),
+            peers: Vec::new(),
+            database: "db".to_owned(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            leader_timeout: DEFAULT_LEADER_TIMEOUT,
+            statement_cache_capacity: DEFAULT_STATEMENT_CACHE_CAPACITY,
+            client_id: 0,
+            log_settings: LogSettings::default(),
+        }
+    }
+
+    /// The first seed node.
+    pub fn host(mut self, host: impl Into<String>, port: u16) -> Self {
+        self.host = NodeAddress::new(host, port);
+        self
+    }
+
+    /// Replace the additional seed nodes (`peers=` in the URL).
+    pub fn peers<I, S>(mut self, peers: I) -> Self
+    where
+        I: IntoIterator<Item = (S, u16)>,
+        S: Into<String>,
+    {
+        self.peers = peers
+            .into_iter()
+            .map(|(h, p)| NodeAddress::new(h, p))
+            .collect();
+        self
+    }
+
+    /// Add one seed node.
+    pub fn add_peer(mut self, host: impl Into<String>, port: u16) -> Self {
+        self.peers.push(NodeAddress::new(host, port));
+        self
+    }
+
+    /// The database name inside the cluster (`/DATABASE` in the URL).
+    pub fn database(mut self, database: impl Into<String>) -> Self {
+        self.database = database.into();
+        self
+    }
+
+    /// Timeout for dialing one node and getting its answer to LEADER (`connect_timeout=`).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Total time to search for the leader before failing (`leader_timeout=`).
+    pub fn leader_timeout(mut self, timeout: Duration) -> Self {
+        self.leader_timeout = timeout;
+        self
+    }
+
+    /// Number of prepared statements cached per connection; 0 disables caching
+    /// (`statement_cache_capacity=`).
+    pub fn statement_cache_capacity(mut self, capacity: usize) -> Self {
+        self.statement_cache_capacity = capacity;
+        self
+    }
+
+    /// Id sent in the CLIENT handshake (`client_id=`).
+    pub fn client_id(mut self, id: u64) -> Self {
+        self.client_id = id;
+        self
+    }
+
+    /// The database name.
+    pub fn get_database(&self) -> &str {
+        &self.database
+    }
+
+    /// All seed nodes in the order they are tried: the URL host first, then the peers
+    /// (duplicates removed).
+    pub fn get_seeds(&self) -> Vec<NodeAddress> {
+        let mut out: Vec<NodeAddress> = Vec::with_capacity(1 + self.peers.len());
+        for a in std::iter::once(&self.host).chain(self.peers.iter()) {
+            if !out.contains(a) {
+                out.push(a.clone());
+            }
+        }
+        out
+    }
+
+    /// The per-node dial timeout.
+    pub fn get_connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The leader-search budget.
+    pub fn get_leader_timeout(&self) -> Duration {
+        self.leader_timeout
+    }
+
+    /// The statement cache capacity.
+    pub fn get_statement_cache_capacity(&self) -> usize {
+        self.statement_cache_capacity
+    }
+}

@@ -1,0 +1,184 @@
+//! Leader discovery (PROTOCOL.md §8): sweep the seed list asking LEADER, follow one redirect,
+//! then CLIENT + OPEN on the leader. Sweeps repeat with exponential backoff (100 ms doubling,
+//! capped at 1 s) until the leader-search budget is spent.
+
+use std::io;
+use std::time::Duration;
+
+use dqlite_wire::{Request, Response};
+use sqlx_core::Error;
+use tokio::time::Instant;
+
+use super::session::Session;
+use super::stream::{WireError, WireStream};
+use crate::options::parse::parse_host_port;
+use crate::options::{DqliteConnectOptions, NodeAddress};
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+enum Probe {
+    /// This node is the leader; the stream is ready for CLIENT.
+    Leader(WireStream),
+    /// This node names another node as leader.
+    Redirect(NodeAddress),
+    /// This node does not know a leader.
+    NoLeader,
+}
+
+async fn probe(addr: &NodeAddress, timeout: Duration) -> Result<Probe, Error> {
+    let work = async {
+        let mut stream = WireStream::connect(addr, timeout).await?;
+        stream
+            .send(&Request::Leader)
+            .await
+            .map_err(WireError::into_inner)?;
+        let frame = stream.recv().await?;
+        let leader = match frame.decode(stream.ctx())? {
+            Response::Server { address, .. } | Response::ServerLegacy { address } => {
+                address.to_owned()
+            }
+            Response::Failure { code, message } => {
+                return Err(Error::Protocol(format!(
+                    "LEADER failed on {addr}: ({code}) {message}"
+                )))
+            }
+            other => {
+                return Err(Error::Protocol(format!(
+                    "unexpected reply to LEADER from {addr}: {:?}",
+                    other.response_type()
+                )))
+            }
+        };
+        if leader.is_empty() {
+            return Ok(Probe::NoLeader);
+        }
+        if leader == addr.to_string() {
+            return Ok(Probe::Leader(stream));
+        }
+        Ok(Probe::Redirect(parse_host_port(&leader).map_err(|_| {
+            Error::Protocol(format!("node {addr} reported an invalid leader address {leader:?}"))
+        })?))
+    };
+    tokio::time::timeout(timeout, work).await.map_err(|_| {
+        Error::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("dqlite node {addr} did not answer LEADER within {timeout:?}"),
+        ))
+    })?
+}
+
+/// CLIENT handshake then OPEN. `Ok(None)` if the node turned out not to be the leader.
+async fn open_on_leader(
+    mut stream: WireStream,
+    opts: &DqliteConnectOptions,
+) -> Result<Option<Session>, Error> {
+    let work = async {
+        stream
+            .send(&Request::Client { id: opts.client_id })
+            .await
+            .map_err(WireError::into_inner)?;
+        let frame = stream.recv().await?;
+        match frame.decode(stream.ctx())? {
+            Response::Welcome { .. } => {}
+            Response::Failure { code, message } => {
+                return Err(Error::Protocol(format!("CLIENT failed: ({code}) {message}")))
+            }
+            other => {
+                return Err(Error::Protocol(format!(
+                    "unexpected reply to CLIENT: {:?}",
+                    other.response_type()
+                )))
+            }
+        }
+        match Session::open(stream, &opts.database).await? {
+            Ok(session) => Ok(Some(session)),
+            Err(f) if f.is_not_leader() => Ok(None),
+            Err(f) => Err(Error::Database(Box::new(f.into_error()))),
+        }
+    };
+    tokio::time::timeout(opts.connect_timeout, work)
+        .await
+        .map_err(|_| {
+            Error::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "dqlite leader did not answer CLIENT/OPEN in time",
+            ))
+        })?
+}
+
+/// Find the leader among the seeds and open the database on it.
+pub(crate) async fn connect_leader(opts: &DqliteConnectOptions) -> Result<Session, Error> {
+    let seeds = opts.get_seeds();
+    let deadline = Instant::now() + opts.leader_timeout;
+    let mut backoff = BACKOFF_START;
+    let mut last_error: Option<Error> = None;
+    let mut sweeps = 0u32;
+
+    loop {
+        sweeps += 1;
+        for seed in &seeds {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let timeout = opts.connect_timeout.min(remaining);
+            let candidate = match probe(seed, timeout).await {
+                Ok(Probe::Leader(stream)) => Some(stream),
+                Ok(Probe::Redirect(leader)) => {
+                    tracing::debug!(%seed, %leader, "redirected to the leader");
+                    match probe(&leader, timeout).await {
+                        Ok(Probe::Leader(stream)) => Some(stream),
+                        Ok(_) => None,
+                        Err(e) => {
+                            last_error = Some(e);
+                            None
+                        }
+                    }
+                }
+                Ok(Probe::NoLeader) => {
+                    tracing::debug!(%seed, "node knows no leader");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(%seed, error = %e, "probe failed");
+                    last_error = Some(e);
+                    None
+                }
+            };
+            if let Some(stream) = candidate {
+                let leader = stream.peer().clone();
+                match open_on_leader(stream, opts).await {
+                    Ok(Some(session)) => {
+                        tracing::debug!(%leader, sweeps, "connected to the dqlite leader");
+                        return Ok(session);
+                    }
+                    Ok(None) => tracing::debug!(%leader, "leader stepped down before OPEN"),
+                    // A database-level OPEN failure is not going to change on retry.
+                    Err(e @ Error::Database(_)) => return Err(e),
+                    Err(e) => last_error = Some(e),
+                }
+            }
+        }
+        let now = Instant::now();
+        if now + backoff >= deadline {
+            let detail = last_error
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default();
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!(
+                    "no available dqlite leader found among {} after {sweeps} sweep(s) in {:?}{detail}",
+                    seeds
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    opts.leader_timeout
+                ),
+            )));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}

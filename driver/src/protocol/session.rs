@@ -1,0 +1,328 @@
+//! A session: an OPENed database on the leader, with typed request/response primitives.
+//!
+//! One request is in flight at a time. `outstanding` records a request whose response has not
+//! been fully consumed (a cancelled future, or a result stream dropped before DONE); the next
+//! request first calls [`Session::recover`], which reads the missing response — for a query,
+//! after sending INTERRUPT, every remaining ROWS batch up to the EMPTY reply (PROTOCOL.md §5.2).
+
+use dqlite_wire::value::Value as WireValue;
+use dqlite_wire::{DbId, Params, Request, Response, RowsEnd, Schema, StmtId};
+use sqlx_core::Error;
+
+use super::stream::{Frame, WireError, WireStream};
+use crate::error::DqliteError;
+use crate::options::NodeAddress;
+
+/// A FAILURE response.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub code: u64,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn into_error(self) -> DqliteError {
+        DqliteError::new(self.code, self.message)
+    }
+
+    /// QUERY of a statement without result columns: dqlite rejects it (before stepping it)
+    /// with SQLITE_ERROR and SQLite's "not an error" message.
+    pub fn is_no_columns(&self) -> bool {
+        self.code == dqlite_wire::codes::SQLITE_ERROR && self.message == "not an error"
+    }
+
+    /// The server did not run the request because this connection no longer has a database
+    /// on a leader: not leader, or (after leadership loss) "no database opened".
+    pub fn is_not_leader(&self) -> bool {
+        dqlite_wire::codes::is_not_leader(self.code)
+            || (self.code == dqlite_wire::codes::SQLITE_NOTFOUND
+                && self.message == "no database opened")
+    }
+}
+
+/// A decoded ROWS message with owned values.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub columns: Vec<String>,
+    pub rows: Vec<Box<[WireValue]>>,
+    pub done: bool,
+}
+
+/// What a request targets: a prepared statement or SQL text.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target<'a> {
+    Stmt(StmtId),
+    Sql(&'a str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outstanding {
+    None,
+    /// One response message is owed.
+    Single,
+    /// A query is streaming: ROWS messages up to DONE (or a FAILURE) are owed.
+    Rows,
+}
+
+/// Result of a request: `Ok(Ok(_))` success, `Ok(Err(failure))` a FAILURE reply (the server
+/// answered; the connection is fine), `Err(_)` the connection failed.
+pub(crate) type Reply<T> = Result<Result<T, Failure>, WireError>;
+
+#[derive(Debug)]
+pub(crate) struct Session {
+    stream: WireStream,
+    db: DbId,
+    outstanding: Outstanding,
+}
+
+fn unexpected(what: &str, resp: &Response<'_>) -> Error {
+    Error::Protocol(format!(
+        "unexpected dqlite response to {what}: {:?}",
+        resp.response_type()
+    ))
+}
+
+fn schema_for(params: usize) -> Schema {
+    if params > Schema::V0.max_params() {
+        Schema::V1
+    } else {
+        Schema::V0
+    }
+}
+
+impl Session {
+    /// Wrap a stream connected to the leader (after CLIENT) and OPEN `database`.
+    pub async fn open(mut stream: WireStream, database: &str) -> Result<Result<Self, Failure>, Error> {
+        stream
+            .send(&Request::Open {
+                name: database,
+                flags: 0,
+                vfs: "volatile",
+            })
+            .await
+            .map_err(WireError::into_inner)?;
+        let frame = stream.recv().await?;
+        match frame.decode(stream.ctx())? {
+            Response::Db { id } => Ok(Ok(Session {
+                stream,
+                db: id,
+                outstanding: Outstanding::None,
+            })),
+            Response::Failure { code, message } => Ok(Err(Failure {
+                code,
+                message: message.to_owned(),
+            })),
+            other => Err(unexpected("OPEN", &other)),
+        }
+    }
+
+    pub fn leader(&self) -> &NodeAddress {
+        self.stream.peer()
+    }
+
+    /// Is there nothing owed and the socket still open? (Non-blocking.)
+    pub fn is_idle_alive(&mut self) -> bool {
+        self.outstanding == Outstanding::None && self.stream.is_idle_alive()
+    }
+
+    pub fn needs_recovery(&self) -> bool {
+        self.outstanding != Outstanding::None
+    }
+
+    /// Consume whatever an abandoned request still owes, so the next request starts clean.
+    pub async fn recover(&mut self) -> Result<(), Error> {
+        if self.stream.is_write_incomplete() {
+            return Err(Error::Protocol(
+                "connection unusable: a request was cancelled while being written".into(),
+            ));
+        }
+        match self.outstanding {
+            Outstanding::None => Ok(()),
+            Outstanding::Single => {
+                let frame = self.stream.recv().await?;
+                if let Ok(Response::Failure { code, message }) = frame.decode(self.stream.ctx()) {
+                    tracing::debug!(code, message, "discarded failure of an abandoned request");
+                }
+                self.outstanding = Outstanding::None;
+                Ok(())
+            }
+            Outstanding::Rows => {
+                tracing::debug!("interrupting an abandoned result set and draining it");
+                self.stream
+                    .send(&Request::Interrupt { db: self.db })
+                    .await
+                    .map_err(WireError::into_inner)?;
+                let mut discarded = 0usize;
+                loop {
+                    let frame = self.stream.recv().await?;
+                    match frame.decode(self.stream.ctx())? {
+                        Response::Empty => break,
+                        Response::Rows(_) | Response::Failure { .. } => discarded += 1,
+                        other => return Err(unexpected("INTERRUPT", &other)),
+                    }
+                }
+                tracing::debug!(discarded, "result set drained");
+                self.outstanding = Outstanding::None;
+                Ok(())
+            }
+        }
+    }
+
+    /// Send a request that has exactly one response message, and read it.
+    async fn single(&mut self, req: &Request<'_>) -> Result<Frame, WireError> {
+        debug_assert_eq!(self.outstanding, Outstanding::None);
+        self.stream.send(req).await?;
+        self.outstanding = Outstanding::Single;
+        let frame = self.stream.recv().await.map_err(WireError::Lost)?;
+        self.outstanding = Outstanding::None;
+        Ok(frame)
+    }
+
+    fn failure(resp: &Response<'_>) -> Option<Failure> {
+        match resp {
+            Response::Failure { code, message } => Some(Failure {
+                code: *code,
+                message: (*message).to_owned(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// PREPARE: `(statement id, parameter count)`.
+    pub async fn prepare(&mut self, sql: &str) -> Reply<(StmtId, usize)> {
+        let frame = self
+            .single(&Request::Prepare {
+                db: self.db,
+                sql,
+                schema: Schema::V0,
+            })
+            .await?;
+        let resp = frame.decode(self.stream.ctx()).map_err(WireError::Lost)?;
+        if let Some(f) = Self::failure(&resp) {
+            return Ok(Err(f));
+        }
+        match resp {
+            Response::Stmt { id, params, .. } => Ok(Ok((id, params as usize))),
+            other => Err(WireError::Lost(unexpected("PREPARE", &other))),
+        }
+    }
+
+    /// FINALIZE a prepared statement.
+    pub async fn finalize(&mut self, stmt: StmtId) -> Reply<()> {
+        let frame = self
+            .single(&Request::Finalize { db: self.db, stmt })
+            .await?;
+        let resp = frame.decode(self.stream.ctx()).map_err(WireError::Lost)?;
+        if let Some(f) = Self::failure(&resp) {
+            return Ok(Err(f));
+        }
+        match resp {
+            Response::Empty => Ok(Ok(())),
+            other => Err(WireError::Lost(unexpected("FINALIZE", &other))),
+        }
+    }
+
+    /// EXEC / EXEC_SQL: `(rows affected, last insert rowid)`.
+    pub async fn exec(&mut self, target: Target<'_>, params: &[WireValue]) -> Reply<(u64, i64)> {
+        let schema = schema_for(params.len());
+        let params = Params::from_values(params);
+        let req = match target {
+            Target::Stmt(stmt) => Request::Exec {
+                db: self.db,
+                stmt,
+                params,
+                schema,
+            },
+            Target::Sql(sql) => Request::ExecSql {
+                db: self.db,
+                sql,
+                params,
+                schema,
+            },
+        };
+        let frame = self.single(&req).await?;
+        let resp = frame.decode(self.stream.ctx()).map_err(WireError::Lost)?;
+        if let Some(f) = Self::failure(&resp) {
+            return Ok(Err(f));
+        }
+        match resp {
+            Response::ExecResult {
+                last_insert_id,
+                rows_affected,
+            } => Ok(Ok((rows_affected, last_insert_id as i64))),
+            other => Err(WireError::Lost(unexpected("EXEC", &other))),
+        }
+    }
+
+    /// QUERY / QUERY_SQL: send and read the first ROWS batch. If it is not the last one the
+    /// session stays in the streaming state until [`next_batch`](Self::next_batch) sees DONE.
+    pub async fn query(&mut self, target: Target<'_>, params: &[WireValue]) -> Reply<Batch> {
+        debug_assert_eq!(self.outstanding, Outstanding::None);
+        let schema = schema_for(params.len());
+        let params = Params::from_values(params);
+        let req = match target {
+            Target::Stmt(stmt) => Request::Query {
+                db: self.db,
+                stmt,
+                params,
+                schema,
+            },
+            Target::Sql(sql) => Request::QuerySql {
+                db: self.db,
+                sql,
+                params,
+                schema,
+            },
+        };
+        self.stream.send(&req).await?;
+        self.outstanding = Outstanding::Rows;
+        self.read_batch().await.map_err(WireError::Lost)
+    }
+
+    /// Read the next ROWS batch of a streaming query. Only call while streaming.
+    pub async fn next_batch(&mut self) -> Result<Result<Batch, Failure>, Error> {
+        if self.outstanding != Outstanding::Rows {
+            return Err(Error::Protocol("no result set is streaming".into()));
+        }
+        self.read_batch().await
+    }
+
+    async fn read_batch(&mut self) -> Result<Result<Batch, Failure>, Error> {
+        let frame = self.stream.recv().await?;
+        let resp = frame.decode(self.stream.ctx())?;
+        if let Some(f) = Self::failure(&resp) {
+            self.outstanding = Outstanding::None;
+            return Ok(Err(f));
+        }
+        match resp {
+            Response::Rows(batch) => {
+                let done = batch.end == RowsEnd::Done;
+                if done {
+                    self.outstanding = Outstanding::None;
+                }
+                let n = batch.columns.len();
+                let mut rows = Vec::with_capacity(batch.rows.len());
+                for row in batch.rows {
+                    if row.len() != n {
+                        return Err(Error::Protocol(format!(
+                            "row with {} values for {n} columns",
+                            row.len()
+                        )));
+                    }
+                    rows.push(row.iter().map(|v| v.to_owned()).collect());
+                }
+                Ok(Ok(Batch {
+                    columns: batch.columns.iter().map(|c| (*c).to_owned()).collect(),
+                    rows,
+                    done,
+                }))
+            }
+            other => Err(unexpected("QUERY", &other)),
+        }
+    }
+
+    /// Close the socket.
+    pub async fn close(mut self) {
+        self.stream.shutdown().await;
+    }
+}

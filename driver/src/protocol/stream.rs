@@ -1,0 +1,172 @@
+//! Message framing over a TCP socket: one request out, whole response messages in.
+//!
+//! Cancellation: reading is cancel-safe (bytes already read stay in `read_buf`); a write that
+//! is cancelled half-way leaves `write_incomplete` set and the stream must be discarded.
+
+use std::io;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use dqlite_wire::header::{self, Header};
+use dqlite_wire::{DecodeContext, ProtocolVersion, Request, Response, DEFAULT_MAX_BODY_BYTES};
+use futures_util::task::noop_waker_ref;
+use sqlx_core::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::options::NodeAddress;
+
+/// A whole response message, owned.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub header: Header,
+    pub body: Vec<u8>,
+}
+
+impl Frame {
+    /// Decode the response (borrowing text and blobs from this frame).
+    pub fn decode(&self, ctx: &DecodeContext) -> Result<Response<'_>, Error> {
+        Response::decode(&self.header, &self.body, ctx)
+            .map_err(|e| Error::Protocol(format!("malformed dqlite response: {e}")))
+    }
+}
+
+/// A socket that completed the protocol handshake.
+#[derive(Debug)]
+pub(crate) struct WireStream {
+    socket: TcpStream,
+    read_buf: Vec<u8>,
+    write_buf: Vec<u8>,
+    write_incomplete: bool,
+    ctx: DecodeContext,
+    peer: NodeAddress,
+}
+
+/// Connection-level failures, classified for the retry rules.
+#[derive(Debug)]
+pub(crate) enum WireError {
+    /// The request was not (completely) handed to the kernel: the server cannot have run it.
+    NotSent(Error),
+    /// The request went out but no complete response came back: it may or may not have run.
+    Lost(Error),
+}
+
+impl WireError {
+    pub fn into_inner(self) -> Error {
+        match self {
+            WireError::NotSent(e) | WireError::Lost(e) => e,
+        }
+    }
+}
+
+impl WireStream {
+    /// Dial `addr`, send the version-1 handshake.
+    pub async fn connect(addr: &NodeAddress, timeout: Duration) -> Result<Self, Error> {
+        let dial = TcpStream::connect((addr.host(), addr.port()));
+        let socket = tokio::time::timeout(timeout, dial)
+            .await
+            .map_err(|_| {
+                Error::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("timed out connecting to dqlite node {addr}"),
+                ))
+            })??;
+        socket.set_nodelay(true)?;
+        let mut stream = WireStream {
+            socket,
+            read_buf: Vec::with_capacity(8192),
+            write_buf: Vec::with_capacity(1024),
+            write_incomplete: false,
+            ctx: DecodeContext::default(),
+            peer: addr.clone(),
+        };
+        let hs = ProtocolVersion::V1.encode();
+        stream.write_incomplete = true;
+        stream.socket.write_all(&hs).await?;
+        stream.write_incomplete = false;
+        Ok(stream)
+    }
+
+    pub fn peer(&self) -> &NodeAddress {
+        &self.peer
+    }
+
+    pub fn ctx(&self) -> &DecodeContext {
+        &self.ctx
+    }
+
+    /// True if a write was cancelled half-way: the byte stream is corrupt.
+    pub fn is_write_incomplete(&self) -> bool {
+        self.write_incomplete
+    }
+
+    /// Send one request.
+    pub async fn send(&mut self, req: &Request<'_>) -> Result<(), WireError> {
+        if self.write_incomplete {
+            return Err(WireError::NotSent(Error::Protocol(
+                "connection unusable: an earlier write was interrupted".into(),
+            )));
+        }
+        self.write_buf.clear();
+        req.encode(&mut self.write_buf)
+            .map_err(|e| WireError::NotSent(Error::Encode(Box::new(e))))?;
+        self.write_incomplete = true;
+        // A failed write_all means the kernel did not accept the whole message, so the server
+        // never saw a complete request: it cannot have executed it.
+        self.socket
+            .write_all(&self.write_buf)
+            .await
+            .map_err(|e| WireError::NotSent(Error::Io(e)))?;
+        self.write_incomplete = false;
+        if self.write_buf.capacity() > 1 << 20 {
+            self.write_buf = Vec::with_capacity(1024);
+        }
+        Ok(())
+    }
+
+    /// Receive one whole message.
+    pub async fn recv(&mut self) -> Result<Frame, Error> {
+        loop {
+            if let Some((msg, used)) = header::parse(&self.read_buf, DEFAULT_MAX_BODY_BYTES)
+                .map_err(|e| Error::Protocol(format!("malformed dqlite message: {e}")))?
+            {
+                let frame = Frame {
+                    header: msg.header,
+                    body: msg.body.to_vec(),
+                };
+                self.read_buf.drain(..used);
+                return Ok(frame);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = self.socket.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("dqlite node {} closed the connection", self.peer),
+                )));
+            }
+            self.read_buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Without blocking: is this idle socket still open? Returns false if the peer closed or
+    /// reset it, or sent bytes nobody asked for (a protocol violation on an idle connection).
+    pub fn is_idle_alive(&mut self) -> bool {
+        if !self.read_buf.is_empty() || self.write_incomplete {
+            return false;
+        }
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        match self.socket.poll_peek(&mut cx, &mut buf) {
+            Poll::Pending => true,
+            // EOF, unsolicited data, or an error (reset): not usable.
+            Poll::Ready(_) => false,
+        }
+    }
+
+    /// Shut the socket down (best effort).
+    pub async fn shutdown(&mut self) {
+        let _ = self.socket.shutdown().await;
+    }
+}
