@@ -228,3 +228,94 @@ impl RawNode {
         self.transfer = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::test_harness::{config, Cluster};
+    use crate::{Configuration, HardState, LogIndex, Message, MessageBody, NodeId, RawNode, StateRole, Term, VoteRequest, VoteResponse};
+
+    fn node3() -> RawNode {
+        let conf = Configuration::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
+        RawNode::restore(config(1, 5), HardState::default(), None, vec![RawNode::bootstrap_entry(&conf)]).unwrap()
+    }
+
+    fn m(from: u64, term: u64, body: MessageBody) -> Message {
+        Message { from: NodeId(from), to: NodeId(1), term: Term(term), body }
+    }
+
+    #[test]
+    fn prevote_keeps_term_and_needs_a_quorum_of_grants() {
+        let mut n = node3();
+        let t = n.term();
+        n.campaign(true, false);
+        assert_eq!(n.role(), StateRole::PreCandidate);
+        assert_eq!(n.term(), t);
+        let rd = n.ready();
+        assert!(rd.hard_state.is_none(), "pre-vote must not change durable state");
+        assert_eq!(rd.messages.iter().filter(|m| matches!(m.body, MessageBody::PreVote(_)) && m.term == t.next()).count(), 2);
+        // A grant for a different term is ignored; a proper one makes it a candidate.
+        n.step(m(2, t.0 + 2, MessageBody::PreVoteResponse(VoteResponse { granted: true }))).unwrap();
+        assert_eq!(n.role(), StateRole::PreCandidate);
+        n.step(m(2, t.0 + 1, MessageBody::PreVoteResponse(VoteResponse { granted: true }))).unwrap();
+        assert_eq!(n.role(), StateRole::Candidate);
+        assert_eq!(n.term(), t.next());
+        let rd = n.ready();
+        assert_eq!(rd.hard_state.unwrap().vote, Some(NodeId(1)));
+        assert_eq!(rd.persisted_messages.iter().filter(|m| matches!(m.body, MessageBody::RequestVote(_))).count(), 2);
+    }
+
+    #[test]
+    fn quorum_of_rejections_ends_the_campaign() {
+        let mut n = node3();
+        n.campaign(false, false);
+        let t = n.term();
+        n.step(m(2, t.0, MessageBody::RequestVoteResponse(VoteResponse { granted: false }))).unwrap();
+        assert_eq!(n.role(), StateRole::Candidate);
+        n.step(m(3, t.0, MessageBody::RequestVoteResponse(VoteResponse { granted: false }))).unwrap();
+        assert_eq!(n.role(), StateRole::Follower);
+        assert_eq!(n.term(), t);
+    }
+
+    #[test]
+    fn prevote_from_a_lower_term_is_rejected_with_our_term() {
+        let mut n = node3();
+        let req = VoteRequest { last_log_index: LogIndex(9), last_log_term: Term(9), transfer: false };
+        n.step(m(2, 5, MessageBody::RequestVote(req))).unwrap();
+        let _ = n.ready();
+        n.step(m(3, 3, MessageBody::PreVote(req))).unwrap();
+        let rd = n.ready();
+        assert!(matches!(&rd.messages[..], [Message { term: Term(5), body: MessageBody::PreVoteResponse(r), .. }] if !r.granted));
+    }
+
+    #[test]
+    fn stale_leader_learns_the_newer_term_from_a_follower() {
+        let mut c = Cluster::new(3, 80);
+        c.elect(1);
+        c.run(1);
+        c.isolate(1);
+        c.elect(2);
+        c.heal();
+        c.run(3);
+        assert_eq!(c.leaders(), vec![NodeId(2)]);
+        assert_eq!(c.node(1).term(), c.node(2).term());
+    }
+
+    #[test]
+    fn restore_takes_term_from_log_when_hard_state_is_behind() {
+        let conf = Configuration::with_voters([NodeId(1)]);
+        let n = RawNode::restore(config(1, 0), HardState { term: Term(0), vote: Some(NodeId(1)), commit: LogIndex(7) }, None, vec![RawNode::bootstrap_entry(&conf)]).unwrap();
+        assert_eq!(n.term(), Term(1));
+        assert_eq!(n.hard_state().vote, None);
+        assert_eq!(n.log().committed(), LogIndex(1), "commit clamped to the log");
+    }
+
+    #[test]
+    fn single_voter_elects_itself_after_timeout() {
+        let mut c = Cluster::new(1, 81);
+        let l = c.wait_leader(100);
+        assert_eq!(l, NodeId(1));
+        c.node(1).read_index(b"r".to_vec()).unwrap();
+        c.process(NodeId(1));
+        assert_eq!(c.reads[&NodeId(1)].len(), 1);
+    }
+}

@@ -247,3 +247,97 @@ impl RawNode {
         self.become_follower(self.term, None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::test_harness::Cluster;
+    use crate::{ConfChange, ConfChangeStatus, Error, Event, NodeId, Role};
+
+    #[test]
+    fn promotion_of_unreachable_node_is_abandoned_after_max_rounds() {
+        let mut c = Cluster::new(3, 60);
+        c.elect(1);
+        c.run(1);
+        c.add_blank(4);
+        c.crash(4);
+        let st = c.node(1).propose_conf_change(ConfChange::Add { id: NodeId(4), address: "x".into(), role: Role::Voter }).unwrap();
+        assert_eq!(st, ConfChangeStatus::CatchingUp);
+        assert_eq!(
+            c.node(1).propose_conf_change(ConfChange::Remove { id: NodeId(2) }),
+            Err(Error::ConfChangeInProgress)
+        );
+        let et = c.nodes[&NodeId(1)].election_ticks;
+        c.run(et * (super::MAX_CATCH_UP_ROUNDS + 1));
+        assert!(c.events[&NodeId(1)].contains(&Event::ConfChangeAborted { node: NodeId(4) }));
+        assert!(c.node(1).configuration().get(NodeId(4)).is_none());
+        assert!(c.node(1).progress(NodeId(4)).is_none());
+        // The next change is accepted.
+        c.node(1).propose_conf_change(ConfChange::Remove { id: NodeId(3) }).unwrap();
+    }
+
+    #[test]
+    fn assign_standby_to_voter_catches_up_then_counts_for_quorum() {
+        let mut c = Cluster::new(2, 61);
+        c.elect(1);
+        c.run(1);
+        c.add_blank(3);
+        c.node(1).propose_conf_change(ConfChange::Add { id: NodeId(3), address: String::new(), role: Role::Standby }).unwrap();
+        c.run(3);
+        assert_eq!(c.node(1).configuration().role(NodeId(3)), Some(Role::Standby));
+        let st = c.node(1).propose_conf_change(ConfChange::Assign { id: NodeId(3), role: Role::Voter }).unwrap();
+        assert_eq!(st, ConfChangeStatus::CatchingUp);
+        c.run(3);
+        assert_eq!(c.node(1).configuration().role(NodeId(3)), Some(Role::Voter));
+        // Now 3 voters: losing node 2 keeps a quorum.
+        c.crash(2);
+        let i = c.propose(1, b"x");
+        c.run(2);
+        assert!(c.node(1).log().committed() >= i);
+    }
+
+    #[test]
+    fn demote_voter_to_spare_stops_replication_to_it() {
+        let mut c = Cluster::new(3, 62);
+        c.elect(1);
+        c.run(1);
+        c.node(1).propose_conf_change(ConfChange::Assign { id: NodeId(3), role: Role::Spare }).unwrap();
+        c.run(3);
+        assert!(c.node(1).progress(NodeId(3)).is_none());
+        c.propose(1, b"x");
+        c.run(2);
+        assert!(c.fsm(3).is_empty());
+        assert_eq!(c.fsm(2).len(), 1);
+        assert_eq!(
+            c.node(1).propose_conf_change(ConfChange::Add { id: NodeId(3), address: String::new(), role: Role::Spare }),
+            Err(Error::AlreadyMember(NodeId(3)))
+        );
+        assert_eq!(c.node(2).propose_conf_change(ConfChange::Remove { id: NodeId(3) }), Err(Error::NotLeader { leader: Some(NodeId(1)) }));
+    }
+
+    #[test]
+    fn conf_change_waits_for_first_commit_in_term() {
+        let mut c = Cluster::new(3, 63);
+        c.isolate(2);
+        c.isolate(3);
+        for n in c.nodes.values_mut() {
+            n.election_elapsed = n.election_ticks;
+        }
+        c.node(1).campaign(false, false);
+        c.heal();
+        // Deliver only the votes, not the appends: become leader without committing.
+        c.process(NodeId(1));
+        while let Some(m) = c.queue.pop_front() {
+            if matches!(m.body, crate::MessageBody::AppendEntries(_) | crate::MessageBody::Heartbeat(_)) {
+                continue;
+            }
+            let to = m.to;
+            c.nodes.get_mut(&to).unwrap().step(m).unwrap();
+            c.process(to);
+        }
+        assert!(c.node(1).is_leader());
+        assert_eq!(
+            c.node(1).propose_conf_change(ConfChange::Remove { id: NodeId(3) }),
+            Err(Error::ConfChangeInProgress)
+        );
+    }
+}

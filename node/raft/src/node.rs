@@ -500,3 +500,55 @@ impl RawNode {
         out.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::test_harness::Cluster;
+    use crate::{Error, Event, LogIndex, NodeId, StateRole, Term};
+
+    #[test]
+    fn ready_is_drained_and_has_ready_tracks_work() {
+        let mut c = Cluster::new(1, 90);
+        c.elect(1);
+        assert!(!c.node(1).has_ready());
+        assert!(c.node(1).ready().is_empty());
+        let i = c.node(1).propose(b"x".to_vec()).unwrap();
+        assert!(c.node(1).has_ready());
+        let rd = c.node(1).ready();
+        assert_eq!(rd.entries.len(), 1);
+        assert!(rd.committed_entries.is_empty(), "not committed before it is persisted");
+        assert_eq!(rd.persist_marker(), Some((i, c.node(1).term())));
+        c.node(1).advance(&rd);
+        let rd = c.node(1).ready();
+        assert_eq!(rd.committed_entries.last().map(|e| e.index), Some(i));
+        assert!(rd.entries.is_empty());
+        assert!(rd.hard_state.is_some(), "commit index moved");
+    }
+
+    #[test]
+    fn applied_cannot_pass_what_was_handed_out_and_stale_persist_is_ignored() {
+        let mut c = Cluster::new(1, 91);
+        c.elect(1);
+        let handed = c.node(1).log().applied();
+        assert_eq!(c.node(1).applied(LogIndex(99)), Err(Error::AppliedTooFar { applied: LogIndex(99), handed_out: handed }));
+        let i = c.node(1).propose(b"x".to_vec()).unwrap();
+        let _ = c.node(1).ready();
+        c.node(1).persisted(i, Term(99));
+        assert!(c.node(1).log().persisted() < i, "a persist report for another term must be ignored");
+        let t = c.node(1).term();
+        c.node(1).persisted(i, t);
+        assert_eq!(c.node(1).log().persisted(), i);
+    }
+
+    #[test]
+    fn role_changes_are_reported_as_events() {
+        let mut c = Cluster::new(3, 92);
+        c.elect(2);
+        let ev = &c.events[&NodeId(2)];
+        assert!(ev.iter().any(|e| matches!(e, Event::RoleChanged { role: StateRole::Leader, leader: Some(NodeId(2)), .. })));
+        let st = c.node(1).status();
+        assert_eq!(st.leader, Some(NodeId(2)));
+        assert_eq!(st.role, StateRole::Follower);
+        assert_eq!(c.node(3).id(), NodeId(3));
+    }
+}

@@ -285,3 +285,99 @@ impl RawNode {
 fn ack(index: LogIndex) -> MessageBody {
     MessageBody::AppendEntriesResponse(AppendEntriesResponse { success: true, index, hint: None })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::test_harness::Cluster;
+    use crate::{AppendEntriesResponse, LogIndex, Message, MessageBody, NodeId, ProgressState, RejectHint, Term};
+
+    fn reject(from: u64, term: Term, index: u64, hint: RejectHint) -> Message {
+        Message {
+            from: NodeId(from),
+            to: NodeId(1),
+            term,
+            body: MessageBody::AppendEntriesResponse(AppendEntriesResponse { success: false, index: LogIndex(index), hint: Some(hint) }),
+        }
+    }
+
+    /// A leader whose log is 1@1 (bootstrap), then entries of its term t up to `n`.
+    fn leader_with(n: u64) -> (Cluster, Term) {
+        let mut c = Cluster::new(3, 40);
+        c.elect(1);
+        c.run(1);
+        for i in 0..n {
+            c.propose(1, &[i as u8]);
+        }
+        c.deliver();
+        let t = c.node(1).term();
+        (c, t)
+    }
+
+    #[test]
+    fn fast_backoff_uses_conflict_index_when_log_is_short() {
+        let (mut c, t) = leader_with(8);
+        let last = c.node(1).log().last_index();
+        c.node(1).progress.get_mut(&NodeId(2)).unwrap().become_probe();
+        let pr = c.node(1).progress(NodeId(2)).unwrap().clone();
+        assert_eq!(pr.next_index, last.next());
+        c.node(1).progress.get_mut(&NodeId(2)).unwrap().sent_append(last);
+        c.node(1).step(reject(2, t, last.0, RejectHint { conflict_term: None, conflict_index: LogIndex(3) })).unwrap();
+        // Not below the match point, and at the hint otherwise.
+        let pr = c.node(1).progress(NodeId(2)).unwrap().clone();
+        assert_eq!(pr.next_index, LogIndex(3).max(pr.match_index.next()));
+    }
+
+    #[test]
+    fn fast_backoff_skips_whole_conflicting_term() {
+        let (mut c, t) = leader_with(8);
+        let last = c.node(1).log().last_index();
+        {
+            let pr = c.node(1).progress.get_mut(&NodeId(2)).unwrap();
+            pr.match_index = LogIndex::ZERO;
+            pr.become_probe();
+            pr.next_index = last.next();
+            pr.sent_append(last);
+        }
+        // Follower holds term 1 at `last` (unknown to the leader after index 1): the leader
+        // jumps to just after its last term-1 entry, index 2.
+        c.node(1).step(reject(2, t, last.0, RejectHint { conflict_term: Some(Term(1)), conflict_index: LogIndex(1) })).unwrap();
+        assert_eq!(c.node(1).progress(NodeId(2)).unwrap().next_index, LogIndex(2));
+        // A term the leader never had: go to the follower's first index of that term.
+        let next = c.node(1).progress(NodeId(2)).unwrap().next_index;
+        c.node(1).progress.get_mut(&NodeId(2)).unwrap().state = ProgressState::Probe { paused: true };
+        c.node(1).step(reject(2, t, next.prev().0, RejectHint { conflict_term: Some(Term(0)), conflict_index: LogIndex(1) })).unwrap();
+        assert_eq!(c.node(1).progress(NodeId(2)).unwrap().next_index, LogIndex(1));
+    }
+
+    #[test]
+    fn stale_rejection_is_ignored() {
+        let (mut c, t) = leader_with(4);
+        let before = c.node(1).progress(NodeId(2)).unwrap().clone();
+        assert!(matches!(before.state, ProgressState::Replicate { .. }));
+        c.node(1).step(reject(2, t, before.match_index.0, RejectHint { conflict_term: None, conflict_index: LogIndex(1) })).unwrap();
+        assert_eq!(c.node(1).progress(NodeId(2)).unwrap(), &before);
+    }
+
+    #[test]
+    fn followers_learn_commit_without_waiting_for_heartbeat() {
+        let (mut c, _) = leader_with(0);
+        let i = c.propose(1, b"x");
+        c.deliver();
+        for id in 2..=3 {
+            assert_eq!(c.node(id).log().committed(), i, "node {id}");
+        }
+    }
+
+    #[test]
+    fn stalled_pipeline_falls_back_to_probe_on_heartbeat() {
+        let (mut c, _) = leader_with(0);
+        c.drop_if = Some(|m| matches!(m.body, MessageBody::AppendEntries(_)));
+        c.propose(1, b"lost");
+        c.deliver();
+        c.drop_if = None;
+        let i = c.node(1).log().last_index();
+        c.run(2 * c.nodes[&NodeId(1)].heartbeat_ticks + 1);
+        assert!(c.node(2).log().last_index() >= i);
+        assert!(c.node(1).log().committed() >= i);
+    }
+}

@@ -218,3 +218,129 @@ impl RawNode {
 fn snap_resp(snapshot_index: LogIndex, next_offset: u64, done: bool, match_index: LogIndex) -> MessageBody {
     MessageBody::InstallSnapshotResponse(InstallSnapshotResponse { snapshot_index, next_offset, done, match_index })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::test_harness::Cluster;
+    use crate::{Error, InstallSnapshot, LogIndex, Message, MessageBody, NodeId, ProgressState};
+
+    fn lagging_cluster() -> Cluster {
+        let mut c = Cluster::new(3, 50);
+        for id in 1..=3 {
+            c.node(id).cfg.snapshot_chunk_bytes = 4;
+        }
+        c.elect(1);
+        c.run(1);
+        c.crash(3);
+        for i in 0..10u8 {
+            c.propose(1, &[i; 3]);
+        }
+        c.run(1);
+        c.take_snapshot(1, 0);
+        c
+    }
+
+    #[test]
+    fn lost_chunks_are_requested_again() {
+        let mut c = lagging_cluster();
+        c.restart(3);
+        c.drop_if = Some(|m| matches!(m.body, MessageBody::InstallSnapshot(_)));
+        c.run(4);
+        assert!(matches!(c.node(1).progress(NodeId(3)).unwrap().state, ProgressState::Snapshot { .. }));
+        c.drop_if = None;
+        let et = c.nodes[&NodeId(1)].election_ticks;
+        c.run(et + 5);
+        assert_eq!(c.fsm(3).len(), 10);
+    }
+
+    #[test]
+    fn out_of_order_chunk_is_answered_with_expected_offset() {
+        let mut c = lagging_cluster();
+        let meta = c.node(1).snapshot_meta().unwrap().clone();
+        c.restart(3);
+        let t = c.node(1).term();
+        let chunk = |offset: u64, done: bool| Message {
+            from: NodeId(1),
+            to: NodeId(3),
+            term: t,
+            body: MessageBody::InstallSnapshot(InstallSnapshot { meta: meta.clone(), offset, data: vec![0; 4], done }),
+        };
+        c.node(3).step(chunk(0, false)).unwrap();
+        c.node(3).step(chunk(8, false)).unwrap();
+        let rd = c.node(3).ready();
+        assert_eq!(rd.snapshot_chunks.len(), 1);
+        let resp = rd.messages.iter().chain(rd.persisted_messages.iter()).filter_map(|m| match m.body {
+            MessageBody::InstallSnapshotResponse(r) => Some(r),
+            _ => None,
+        });
+        let offsets: Vec<u64> = resp.map(|r| r.next_offset).collect();
+        assert_eq!(offsets.len(), 2);
+        assert!(offsets.iter().all(|o| *o == 4), "{offsets:?}");
+    }
+
+    #[test]
+    fn chunk_for_a_stale_request_is_refused() {
+        let mut c = lagging_cluster();
+        c.restart(3);
+        // Run until the leader asks for a chunk, taking its Readys by hand.
+        let mut req = None;
+        for _ in 0..10 {
+            c.tick_all();
+            while let Some(m) = c.queue.pop_front() {
+                let to = m.to;
+                c.nodes.get_mut(&to).unwrap().step(m).unwrap();
+                if to == NodeId(1) {
+                    let rd = c.node(1).ready();
+                    c.node(1).advance(&rd);
+                    if let Some(r) = rd.snapshot_requests.first() {
+                        req = Some(r.clone());
+                    }
+                    for m in rd.messages.into_iter().chain(rd.persisted_messages) {
+                        c.queue.push_back(m);
+                    }
+                } else {
+                    c.process(to);
+                }
+                if req.is_some() {
+                    break;
+                }
+            }
+            if req.is_some() {
+                break;
+            }
+        }
+        let req = req.expect("leader asked for a chunk");
+        let mut wrong = req.clone();
+        wrong.offset += 1;
+        assert!(matches!(c.node(1).send_snapshot_chunk(&wrong, vec![1], false), Err(Error::UnexpectedSnapshotChunk { .. })));
+        c.node(1).send_snapshot_chunk(&req, vec![1], false).unwrap();
+    }
+
+    #[test]
+    fn snapshot_already_covered_by_commit_is_acknowledged_at_once() {
+        let mut c = lagging_cluster();
+        let meta = c.node(1).snapshot_meta().unwrap().clone();
+        let t = c.node(1).term();
+        assert!(c.node(2).log().committed() >= meta.index);
+        let m = Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: t,
+            body: MessageBody::InstallSnapshot(InstallSnapshot { meta: meta.clone(), offset: 0, data: vec![], done: true }),
+        };
+        c.node(2).step(m).unwrap();
+        let rd = c.node(2).ready();
+        assert!(rd.snapshot.is_none());
+        assert!(rd.persisted_messages.iter().any(|m| matches!(m.body, MessageBody::InstallSnapshotResponse(r) if r.done && r.match_index >= meta.index)));
+    }
+
+    #[test]
+    fn compact_never_passes_the_snapshot_and_old_snapshots_are_refused() {
+        let mut c = lagging_cluster();
+        let meta = c.node(1).snapshot_meta().unwrap().clone();
+        assert_eq!(c.node(1).compact(LogIndex(meta.index.0 + 100)), meta.index);
+        assert!(matches!(c.node(1).snapshot_taken(LogIndex(1)), Err(Error::SnapshotTooOld { .. })));
+        let mut blank = Cluster::new(1, 1);
+        assert_eq!(blank.node(1).compact(LogIndex(5)), LogIndex::ZERO);
+    }
+}

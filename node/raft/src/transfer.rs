@@ -82,3 +82,52 @@ impl RawNode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::test_harness::Cluster;
+    use crate::{Error, NodeId, Role};
+
+    #[test]
+    fn transfer_to_none_picks_most_up_to_date_voter() {
+        let mut c = Cluster::new(3, 70);
+        c.elect(1);
+        c.run(1);
+        c.crash(2);
+        c.propose(1, b"x");
+        c.run(1);
+        assert_eq!(c.node(1).transfer_leadership(None), Ok(NodeId(3)));
+        assert_eq!(c.node(1).transfer_leadership(None), Err(Error::TransferInProgress));
+    }
+
+    #[test]
+    fn transfer_waits_for_catch_up_before_timeout_now() {
+        let mut c = Cluster::new(3, 71);
+        c.elect(1);
+        c.run(1);
+        c.isolate(2);
+        c.propose(1, b"x");
+        c.deliver();
+        c.node(1).transfer_leadership(Some(NodeId(2))).unwrap();
+        let rd = c.node(1).ready();
+        assert!(!rd.messages.iter().any(|m| m.body == crate::MessageBody::TimeoutNow), "target not caught up yet");
+        c.node(1).advance(&rd);
+        c.heal();
+        c.run(4);
+        assert_eq!(c.leaders(), vec![NodeId(2)]);
+    }
+
+    #[test]
+    fn transfer_target_must_be_a_voter() {
+        let mut c = Cluster::new(2, 72);
+        c.elect(1);
+        c.run(1);
+        assert_eq!(c.node(1).transfer_leadership(Some(NodeId(9))), Err(Error::InvalidTransferTarget(NodeId(9))));
+        c.node(1)
+            .propose_conf_change(crate::ConfChange::Assign { id: NodeId(2), role: Role::Standby })
+            .unwrap();
+        c.run(2);
+        assert_eq!(c.node(1).transfer_leadership(None), Err(Error::NoTransferTarget));
+        assert_eq!(c.node(2).transfer_leadership(None), Err(Error::NotLeader { leader: Some(NodeId(1)) }));
+    }
+}
