@@ -102,6 +102,13 @@ mod type_info;
 pub mod types;
 mod value;
 
+#[cfg(feature = "any")]
+pub mod any;
+#[cfg(feature = "migrate")]
+pub mod migrate;
+#[cfg(feature = "migrate")]
+mod testing;
+
 
 pub use arguments::{DqliteArgumentBuffer, DqliteArguments};
 pub use column::DqliteColumn;

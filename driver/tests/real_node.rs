@@ -279,3 +279,83 @@ async fn pool_reuses_connections() {
     assert_eq!(n, 20);
     pool.close().await;
 }
+
+#[tokio::test]
+async fn migrations_and_database_lifecycle() {
+    use sqlx_core::migrate::{MigrateDatabase, Migration, MigrationType, Migrator};
+    use sqlx_core::sql_str::SqlStr;
+    use sqlx_dqlite::Dqlite;
+
+    let Some(node) = start_node() else { return };
+    let url = url(&node, "migrate.db");
+    assert!(!Dqlite::database_exists(&url).await.unwrap(), "fresh database does not exist");
+    Dqlite::create_database(&url).await.unwrap();
+    assert!(Dqlite::database_exists(&url).await.unwrap());
+
+    let migrator = Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            "users".into(),
+            MigrationType::Simple,
+            SqlStr::from_static(
+                "-- first migration\nCREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);\n\
+                 CREATE INDEX users_name ON users (name);\n\
+                 INSERT INTO users (name) VALUES ('root');",
+            ),
+            false,
+        ),
+        Migration::new(
+            2,
+            "posts".into(),
+            MigrationType::Simple,
+            SqlStr::from_static(
+                "CREATE TABLE posts (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users(id)); \
+                 CREATE VIEW v AS SELECT * FROM posts;",
+            ),
+            false,
+        ),
+    ]);
+    let pool = DqlitePoolOptions::new().max_connections(2).connect(&url).await.unwrap();
+    migrator.run(&pool).await.expect("first run");
+    migrator.run(&pool).await.expect("second run is a no-op");
+    let applied: i64 = query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 2);
+    let users: i64 = query_scalar("SELECT count(*) FROM users").fetch_one(&pool).await.unwrap();
+    assert_eq!(users, 1, "second run did not re-apply");
+    pool.close().await;
+
+    Dqlite::drop_database(&url).await.unwrap();
+    let mut conn = connect(&node, "migrate.db").await;
+    let objects: i64 = query_scalar("SELECT count(*) FROM sqlite_master")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(objects, 0, "drop_database empties the database");
+}
+
+#[tokio::test]
+async fn any_driver() {
+    use sqlx_core::any::driver::install_drivers;
+    use sqlx_core::any::AnyConnection;
+
+    let Some(node) = start_node() else { return };
+    // Other tests in this binary do not install drivers; ignore "already installed".
+    let _ = install_drivers(&[sqlx_dqlite::any::DRIVER]);
+    let mut conn = AnyConnection::connect(&url(&node, "any.db")).await.expect("any connect");
+    assert_eq!(conn.backend_name(), "dqlite");
+    conn.execute("CREATE TABLE a (x INTEGER, y TEXT, f BOOLEAN)").await.unwrap();
+    query("INSERT INTO a VALUES (?, ?, ?)")
+        .bind(5i64)
+        .bind("five")
+        .bind(true)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let row = query("SELECT x, y, f FROM a").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(row.get::<i64, _>(0), 5);
+    assert_eq!(row.get::<String, _>(1), "five");
+    assert!(row.get::<bool, _>(2));
+}

@@ -21,7 +21,8 @@ use sqlx_core::{Either, Error, HashMap};
 use super::{DqliteConnection, Started};
 use crate::protocol::session::Batch;
 use crate::{
-    Dqlite, DqliteColumn, DqliteQueryResult, DqliteRow, DqliteStatement, DqliteTypeInfo,
+    Dqlite, DqliteArguments, DqliteColumn, DqliteQueryResult, DqliteRow, DqliteStatement,
+    DqliteTypeInfo,
 };
 
 type Columns = (Arc<Vec<DqliteColumn>>, Arc<HashMap<UStr, usize>>);
@@ -52,32 +53,15 @@ fn columns_of(batch: &Batch) -> Columns {
 }
 
 impl DqliteConnection {
-    /// Whether a query runs as a cached prepared statement.
-    fn use_prepared(&self, persistent: bool, has_args: bool) -> bool {
-        // Argument-less SQL goes through EXEC_SQL/QUERY_SQL, which run every statement of a
-        // multi-statement string (PREPARE would silently keep only the first on dqlite 1.11).
-        persistent && has_args && self.statements.is_enabled()
-    }
-}
-
-impl<'c> Executor<'c> for &'c mut DqliteConnection {
-    type Database = Dqlite;
-
-    fn fetch_many<'e, 'q, E>(
-        self,
-        mut query: E,
-    ) -> BoxStream<'e, Result<Either<DqliteQueryResult, DqliteRow>, Error>>
-    where
-        'c: 'e,
-        E: 'q + Execute<'q, Dqlite>,
-        'q: 'e,
-    {
-        let arguments = query.take_arguments().map_err(Error::Encode);
-        let persistent = query.persistent();
-        let sql = query.sql();
-
+    /// The result stream of one query (shared by `Executor` and the Any driver).
+    pub(crate) fn fetch_many_inner(
+        &mut self,
+        sql: SqlStr,
+        arguments: Option<DqliteArguments>,
+        persistent: bool,
+    ) -> BoxStream<'_, Result<Either<DqliteQueryResult, DqliteRow>, Error>> {
         Box::pin(TryAsyncStream::new(move |yielder| async move {
-            let params: Vec<WireValue> = arguments?.map(|a| a.values.0).unwrap_or_default();
+            let params: Vec<WireValue> = arguments.map(|a| a.values.0).unwrap_or_default();
             let mut logger = QueryLogger::new(sql.clone(), self.options.log_settings.clone());
             let prepared = self.use_prepared(persistent, !params.is_empty());
 
@@ -113,6 +97,35 @@ impl<'c> Executor<'c> for &'c mut DqliteConnection {
             drop(logger);
             Ok(())
         }))
+    }
+
+    /// Whether a query runs as a cached prepared statement.
+    fn use_prepared(&self, persistent: bool, has_args: bool) -> bool {
+        // Argument-less SQL goes through EXEC_SQL/QUERY_SQL, which run every statement of a
+        // multi-statement string (PREPARE would silently keep only the first on dqlite 1.11).
+        persistent && has_args && self.statements.is_enabled()
+    }
+}
+
+impl<'c> Executor<'c> for &'c mut DqliteConnection {
+    type Database = Dqlite;
+
+    fn fetch_many<'e, 'q, E>(
+        self,
+        mut query: E,
+    ) -> BoxStream<'e, Result<Either<DqliteQueryResult, DqliteRow>, Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Dqlite>,
+        'q: 'e,
+    {
+        let arguments = query.take_arguments().map_err(Error::Encode);
+        let persistent = query.persistent();
+        let sql = query.sql();
+        match arguments {
+            Ok(arguments) => self.fetch_many_inner(sql, arguments, persistent),
+            Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
+        }
     }
 
     fn fetch_optional<'e, 'q, E>(

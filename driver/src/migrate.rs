@@ -1,0 +1,311 @@
+//! `Migrate` and `MigrateDatabase`, so `sqlx::migrate!().run(&pool)` works.
+//!
+//! dqlite has no `CREATE DATABASE`/`DROP DATABASE`: a database comes into existence on its
+//! first write and cannot be deleted through the protocol. So, for a `dqlite://` URL:
+//!
+//! * `create_database` commits a write (creates and drops a scratch table in one transaction)
+//!   so the database exists on the cluster; calling it again is harmless.
+//! * `database_exists` is true once the database's schema was ever changed
+//!   (`PRAGMA schema_version > 0`): by `create_database`, a migration or any DDL. (dqlite
+//!   initialises every database it OPENs, so the page count says nothing.)
+//! * `drop_database` (and `force_drop_database`) **empties** the database: drops every view,
+//!   trigger, table (with its indexes) in one transaction and resets `user_version`. The
+//!   empty database remains, so `database_exists` stays true afterwards.
+//!
+//! Migrations run like sqlx-sqlite's: each in a transaction (unless `-- no-transaction`),
+//! recorded in `_sqlx_migrations`. Migration SQL is sent with `EXEC_SQL`, so a migration file
+//! may hold many statements (but none that returns rows). `lock`/`unlock` are no-ops: dqlite
+//! has no advisory locks; two concurrent migrators serialize on dqlite's single writer (the
+//! second gets SQLITE_BUSY).
+
+use std::time::{Duration, Instant};
+
+use futures_core::future::BoxFuture;
+use sqlx_core::connection::{ConnectOptions, Connection};
+use sqlx_core::migrate::{AppliedMigration, Migrate, MigrateDatabase, MigrateError, Migration};
+use sqlx_core::query::query;
+use sqlx_core::query_as::query_as;
+use sqlx_core::query_scalar::query_scalar;
+use sqlx_core::sql_str::AssertSqlSafe;
+use sqlx_core::Error;
+
+use crate::connection::Started;
+use crate::{Dqlite, DqliteConnectOptions, DqliteConnection};
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl DqliteConnection {
+    /// Run SQL without arguments through EXEC_SQL (every statement of a batch), never QUERY.
+    pub(crate) async fn exec_batch(&mut self, sql: &str) -> Result<(), Error> {
+        self.sql_returns_rows.insert(sql, false);
+        match self.run(sql, &[], false).await? {
+            Started::Done(_) => Ok(()),
+            Started::Rows(_) => Err(Error::Protocol(
+                "expected EXEC_SQL to run a batch, got rows".into(),
+            )),
+        }
+    }
+
+    /// Drop every schema object of the connected database (see the module docs).
+    pub(crate) async fn drop_all_objects(&mut self) -> Result<(), Error> {
+        let objects: Vec<(String, String)> = query_as(
+            "SELECT type, name FROM sqlite_master \
+             WHERE type IN ('view', 'trigger', 'table') AND name NOT LIKE 'sqlite_%' \
+             ORDER BY CASE type WHEN 'view' THEN 0 WHEN 'trigger' THEN 1 ELSE 2 END",
+        )
+        .fetch_all(&mut *self)
+        .await?;
+        let mut sql = String::from("PRAGMA foreign_keys = OFF; BEGIN;");
+        for (ty, name) in &objects {
+            let kind = match ty.as_str() {
+                "view" => "VIEW",
+                "trigger" => "TRIGGER",
+                _ => "TABLE",
+            };
+            sql.push_str(&format!(" DROP {kind} IF EXISTS {};", quote_ident(name)));
+        }
+        sql.push_str(" PRAGMA user_version = 0; COMMIT; PRAGMA foreign_keys = ON;");
+        let result = self.exec_batch(&sql).await;
+        if result.is_err() {
+            // Leave no transaction open on the connection.
+            let _ = self.exec_batch("ROLLBACK; PRAGMA foreign_keys = ON;").await;
+        }
+        tracing::info!(objects = objects.len(), database = %self.options.database,
+            "dropped all schema objects");
+        result
+    }
+}
+
+impl MigrateDatabase for Dqlite {
+    async fn create_database(url: &str) -> Result<(), Error> {
+        let opts: DqliteConnectOptions = url.parse()?;
+        let mut conn = opts.connect().await?;
+        conn.exec_batch(
+            "BEGIN; CREATE TABLE IF NOT EXISTS _sqlx_dqlite_create (x INTEGER); \
+             DROP TABLE _sqlx_dqlite_create; COMMIT;",
+        )
+        .await?;
+        conn.close().await
+    }
+
+    async fn database_exists(url: &str) -> Result<bool, Error> {
+        let opts: DqliteConnectOptions = url.parse()?;
+        let mut conn = opts.connect().await?;
+        let version: i64 = query_scalar("PRAGMA schema_version")
+            .fetch_one(&mut conn)
+            .await?;
+        conn.close().await?;
+        Ok(version > 0)
+    }
+
+    async fn drop_database(url: &str) -> Result<(), Error> {
+        let opts: DqliteConnectOptions = url.parse()?;
+        let mut conn = opts.connect().await?;
+        conn.drop_all_objects().await?;
+        conn.close().await
+    }
+
+    async fn force_drop_database(url: &str) -> Result<(), Error> {
+        // There are no server-side sessions to terminate: same as drop.
+        Self::drop_database(url).await
+    }
+}
+
+impl Migrate for DqliteConnection {
+    fn create_schema_if_not_exists<'e>(
+        &'e mut self,
+        schema_name: &'e str,
+    ) -> BoxFuture<'e, Result<(), MigrateError>> {
+        Box::pin(async move {
+            let version: Option<i64> = query_scalar(AssertSqlSafe(format!(
+                "PRAGMA {}.schema_version",
+                quote_ident(schema_name)
+            )))
+            .fetch_optional(&mut *self)
+            .await?;
+            if version.is_some() {
+                return Ok(());
+            }
+            Err(MigrateError::CreateSchemasNotSupported(format!(
+                "cannot create schema {schema_name}: dqlite has one database per connection"
+            )))
+        })
+    }
+
+    fn ensure_migrations_table<'e>(
+        &'e mut self,
+        table_name: &'e str,
+    ) -> BoxFuture<'e, Result<(), MigrateError>> {
+        Box::pin(async move {
+            self.exec_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS {table_name} (
+    version BIGINT PRIMARY KEY,
+    description TEXT NOT NULL,
+    installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    success BOOLEAN NOT NULL,
+    checksum BLOB NOT NULL,
+    execution_time BIGINT NOT NULL
+);"
+            ))
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn dirty_version<'e>(
+        &'e mut self,
+        table_name: &'e str,
+    ) -> BoxFuture<'e, Result<Option<i64>, MigrateError>> {
+        Box::pin(async move {
+            let row: Option<(i64,)> = query_as(AssertSqlSafe(format!(
+                "SELECT version FROM {table_name} WHERE success = 0 ORDER BY version LIMIT 1"
+            )))
+            .fetch_optional(&mut *self)
+            .await?;
+            Ok(row.map(|r| r.0))
+        })
+    }
+
+    fn list_applied_migrations<'e>(
+        &'e mut self,
+        table_name: &'e str,
+    ) -> BoxFuture<'e, Result<Vec<AppliedMigration>, MigrateError>> {
+        Box::pin(async move {
+            let rows: Vec<(i64, Vec<u8>)> = query_as(AssertSqlSafe(format!(
+                "SELECT version, checksum FROM {table_name} ORDER BY version"
+            )))
+            .fetch_all(&mut *self)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(version, checksum)| AppliedMigration {
+                    version,
+                    checksum: checksum.into(),
+                })
+                .collect())
+        })
+    }
+
+    fn lock(&mut self) -> BoxFuture<'_, Result<(), MigrateError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn unlock(&mut self) -> BoxFuture<'_, Result<(), MigrateError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn apply<'e>(
+        &'e mut self,
+        table_name: &'e str,
+        migration: &'e Migration,
+    ) -> BoxFuture<'e, Result<Duration, MigrateError>> {
+        Box::pin(async move {
+            let start = Instant::now();
+            if migration.no_tx {
+                execute_migration(self, table_name, migration).await?;
+            } else {
+                let mut tx = self.begin().await?;
+                execute_migration(&mut tx, table_name, migration).await?;
+                tx.commit().await?;
+            }
+            let elapsed = start.elapsed();
+            let nanos = i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX);
+            query(AssertSqlSafe(format!(
+                "UPDATE {table_name} SET execution_time = ?1 WHERE version = ?2"
+            )))
+            .bind(nanos)
+            .bind(migration.version)
+            .execute(&mut *self)
+            .await?;
+            Ok(elapsed)
+        })
+    }
+
+    fn revert<'e>(
+        &'e mut self,
+        table_name: &'e str,
+        migration: &'e Migration,
+    ) -> BoxFuture<'e, Result<Duration, MigrateError>> {
+        Box::pin(async move {
+            let start = Instant::now();
+            if migration.no_tx {
+                revert_migration(self, table_name, migration).await?;
+            } else {
+                let mut tx = self.begin().await?;
+                revert_migration(&mut tx, table_name, migration).await?;
+                tx.commit().await?;
+            }
+            Ok(start.elapsed())
+        })
+    }
+
+    fn skip<'e>(
+        &'e mut self,
+        table_name: &'e str,
+        migration: &'e Migration,
+    ) -> BoxFuture<'e, Result<(), MigrateError>> {
+        Box::pin(async move {
+            record_migration(self, table_name, migration).await?;
+            Ok(())
+        })
+    }
+}
+
+async fn record_migration(
+    conn: &mut DqliteConnection,
+    table_name: &str,
+    migration: &Migration,
+) -> Result<(), Error> {
+    query(AssertSqlSafe(format!(
+        "INSERT INTO {table_name} (version, description, success, checksum, execution_time) \
+         VALUES (?1, ?2, TRUE, ?3, -1)"
+    )))
+    .bind(migration.version)
+    .bind(&*migration.description)
+    .bind(&*migration.checksum)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn execute_migration(
+    conn: &mut DqliteConnection,
+    table_name: &str,
+    migration: &Migration,
+) -> Result<(), MigrateError> {
+    conn.exec_batch(migration.sql.as_str())
+        .await
+        .map_err(|e| MigrateError::ExecuteMigration(e, migration.version))?;
+    record_migration(conn, table_name, migration).await?;
+    Ok(())
+}
+
+async fn revert_migration(
+    conn: &mut DqliteConnection,
+    table_name: &str,
+    migration: &Migration,
+) -> Result<(), MigrateError> {
+    conn.exec_batch(migration.sql.as_str())
+        .await
+        .map_err(|e| MigrateError::ExecuteMigration(e, migration.version))?;
+    query(AssertSqlSafe(format!(
+        "DELETE FROM {table_name} WHERE version = ?1"
+    )))
+    .bind(migration.version)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote_ident;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("t"), "\"t\"");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+}
