@@ -135,9 +135,11 @@ impl Store {
     }
 }
 
-fn backends(dir: &Path) -> Vec<(&'static str, Box<dyn Fn(&Path) -> std::io::Result<Arc<dyn Backend>>>)> {
-    let _ = dir;
-    let mut v: Vec<(&'static str, Box<dyn Fn(&Path) -> std::io::Result<Arc<dyn Backend>>>)> = Vec::new();
+/// Makes a backend rooted at a directory.
+type MakeBackend = Box<dyn Fn(&Path) -> std::io::Result<Arc<dyn Backend>>>;
+
+fn backends() -> Vec<(&'static str, MakeBackend)> {
+    let mut v: Vec<(&'static str, MakeBackend)> = Vec::new();
     #[cfg(target_os = "linux")]
     v.push((
         "io_uring",
@@ -161,7 +163,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "backend", "batch", "p50 us", "p99 us", "rec/s", "raw p50", "raw p99", "raw rec/s", "p50 x", "p99 x", "rate x"
     );
     for batch in [1usize, 64] {
-        for (name, make) in backends(&dir) {
+        for (name, make) in backends() {
             let case_dir = dir.join(format!("{name}-{batch}"));
             std::fs::create_dir_all(&case_dir)?;
             let mut raw = Raw::new(&dir, batch)?;

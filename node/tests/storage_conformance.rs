@@ -9,7 +9,7 @@ use std::io::ErrorKind;
 use dqlite_node::raft::{LogIndex, NodeId, Term};
 use dqlite_node::storage::backend::OpenMode;
 use dqlite_node::storage::{
-    InvalidRequest, LogOptions, SnapshotMeta, Storage, StorageError, StorageOptions,
+    InvalidRequest, LogOptions, SnapshotInfo, Storage, StorageError, StorageOptions,
 };
 use storage_common::*;
 
@@ -223,13 +223,12 @@ fn metadata_alternates_and_survives_reopen(dir: &dyn Dir) {
     assert_eq!(s.meta.load().term, Term(0));
     assert_eq!(s.meta.load().vote, None);
     for t in 1..=5u64 {
-        s.meta.save(Term(t), Some(NodeId(t % 3 + 1))).expect("save");
+        s.meta.save(&hs(Term(t), Some(NodeId(t % 3 + 1)))).expect("save");
     }
-    s.meta.save(Term(6), None).expect("save");
+    s.meta.save(&hs(Term(6), None)).expect("save");
     drop(s);
     let s = open(dir, StorageOptions::default());
-    assert_eq!(s.meta.load().term, Term(6));
-    assert_eq!(s.meta.load().vote, None);
+    assert_eq!(s.meta.load(), hs(Term(6), None));
     let names = s.backend().list().expect("list");
     assert!(names.contains(&"metadata-1".to_owned()) && names.contains(&"metadata-2".to_owned()));
 }
@@ -240,7 +239,7 @@ fn snapshots_newest_two_kept(dir: &dyn Dir) {
     let mut written = Vec::new();
     for (i, size) in [(10u64, 5_000usize), (20, 0), (30, 2_500_000)] {
         let data: Vec<u8> = (0..size).map(|x| (x * 13 + i as usize) as u8).collect();
-        let meta = SnapshotMeta::new(LogIndex(i), Term(2), format!("conf@{i}").into_bytes());
+        let meta = SnapshotInfo::new(LogIndex(i), Term(2), LogIndex(1), format!("conf@{i}").into_bytes());
         let done = s.snapshots.write(meta, &mut data.as_slice()).expect("write snapshot");
         assert_eq!(done.data_len, size as u64);
         written.push((done, data));
@@ -262,6 +261,32 @@ fn snapshots_newest_two_kept(dir: &dyn Dir) {
     assert_eq!(n, 500);
     let names = s.backend().list().expect("list");
     assert!(!names.iter().any(|n| n.contains("-00000000000000000010-")), "{names:?}");
+}
+
+fn snapshot_received_in_chunks(dir: &dyn Dir) {
+    let mut s = open(dir, StorageOptions::default());
+    let data: Vec<u8> = (0..100_000u32).map(|x| (x % 253) as u8).collect();
+    let info = SnapshotInfo::new(LogIndex(50), Term(3), LogIndex(40), b"cfg".to_vec());
+    // A first attempt that is abandoned and restarted at offset 0.
+    s.snapshots.receive_chunk(&info, 0, &data[..1000]).expect("chunk");
+    assert!(matches!(
+        s.snapshots.receive_chunk(&info, 5000, &data[5000..6000]),
+        Err(StorageError::Invalid(InvalidRequest::SnapshotChunkOutOfOrder))
+    ));
+    let mut off = 0;
+    for chunk in data.chunks(30_000) {
+        s.snapshots.receive_chunk(&info, off as u64, chunk).expect("chunk");
+        off += chunk.len();
+    }
+    let done = s.snapshots.finish_receive().expect("finish");
+    assert_eq!(done.data_len, data.len() as u64);
+    assert_eq!(done.configuration_index, LogIndex(40));
+    drop(s);
+    let s = open(dir, StorageOptions::default());
+    let latest = s.snapshots.latest().expect("latest").clone();
+    assert_eq!(latest, done);
+    assert_eq!(s.snapshots.read(&latest).expect("read"), data);
+    assert!(s.backend().list().expect("list").iter().all(|n| !n.ends_with(".tmp")));
 }
 
 fn default_options_many_entries(dir: &dyn Dir) {
@@ -324,6 +349,10 @@ macro_rules! conformance {
             #[test]
             fn snapshots_newest_two_kept() {
                 super::snapshots_newest_two_kept(&*dir());
+            }
+            #[test]
+            fn snapshot_received_in_chunks() {
+                super::snapshot_received_in_chunks(&*dir());
             }
             #[test]
             fn default_options_many_entries() {

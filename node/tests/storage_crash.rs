@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use dqlite_node::raft::{Entry, LogIndex, NodeId, Term};
 use dqlite_node::storage::backend::{CrashMode, MemDisk};
-use dqlite_node::storage::{CorruptReason, SnapshotMeta, Storage, StorageError, StorageOptions};
+use dqlite_node::storage::{CorruptReason, SnapshotInfo, Storage, StorageError, StorageOptions};
 use storage_common::*;
 
 #[derive(Debug, Clone)]
@@ -79,7 +79,7 @@ impl Model {
     /// Checks a recovered store against this state; `Err` says what differs.
     fn check(&self, s: &Storage) -> Result<(), String> {
         let hard = s.meta.load();
-        if (hard.term, hard.vote) != self.hard {
+        if hard != hs(self.hard.0, self.hard.1) {
             return Err(format!("hard state {:?} != model {:?}", hard, self.hard));
         }
         let latest = s.snapshots.latest().map(|m| (m.index, m.term));
@@ -166,10 +166,10 @@ fn run_op(s: &mut Storage, op: &Op) -> Result<(), StorageError> {
     match op {
         Op::Append(es) => s.log.append(es),
         Op::Truncate(f) => s.log.truncate_suffix(*f),
-        Op::SaveMeta(t, v) => s.meta.save(*t, *v),
+        Op::SaveMeta(t, v) => s.meta.save(&hs(*t, *v)),
         Op::WriteSnapshot(i, t) => {
             let data = snapshot_bytes(*i);
-            let meta = SnapshotMeta::new(*i, *t, b"cfg".to_vec());
+            let meta = SnapshotInfo::new(*i, *t, LogIndex(1), b"cfg".to_vec());
             s.snapshots.write(meta, &mut data.as_slice()).map(|_| ())
         }
         Op::Compact(i) => s.log.compact(*i),
@@ -210,14 +210,10 @@ fn check_recovery(ops: &[Op], disk: &MemDisk, acked: usize, what: &str) {
         Ok(s) => s,
         Err(e) => panic!("{what}: reopen after crash failed: {e}"),
     };
-    let b = before.check(&s);
-    let a = after.check(&s);
-    if b.is_err() && a.is_err() {
+    if let (Err(b), Err(a)) = (before.check(&s), after.check(&s)) {
         panic!(
-            "{what}: recovered state matches neither side of op {acked} ({:?}):\n  vs before: {}\n  vs after: {}",
+            "{what}: recovered state matches neither side of op {acked} ({:?}):\n  vs before: {b}\n  vs after: {a}",
             ops.get(acked),
-            b.unwrap_err(),
-            a.unwrap_err()
         );
     }
     // The log goes on after recovery, and what it writes now survives another restart.
@@ -324,23 +320,23 @@ fn failed_fsync_poisons_every_store_until_restart() {
     for which in 0..3 {
         let (disk, mut s) = mem();
         s.log.append(&entries(1, 1, 3, 100)).expect("append");
-        s.meta.save(Term(1), Some(NodeId(1))).expect("save");
+        s.meta.save(&hs(Term(1), Some(NodeId(1)))).expect("save");
         disk.fail_nth_sync(1);
         let err = match which {
             0 => s.log.append(&entries(1, 4, 4, 100)).expect_err("sync fails"),
-            1 => s.meta.save(Term(2), None).expect_err("sync fails"),
+            1 => s.meta.save(&hs(Term(2), None)).expect_err("sync fails"),
             _ => s
                 .snapshots
-                .write(SnapshotMeta::new(LogIndex(2), Term(1), vec![]), &mut &b"data"[..])
+                .write(SnapshotInfo::new(LogIndex(2), Term(1), LogIndex(1), vec![]), &mut &b"data"[..])
                 .expect_err("sync fails"),
         };
         assert!(matches!(err, StorageError::SyncFailed { .. }), "{which}: {err}");
         // Never retried: every later write fails, in every store.
         assert!(matches!(s.log.append(&entries(1, 4, 4, 100)), Err(StorageError::Poisoned { .. })));
         assert!(matches!(s.log.truncate_suffix(LogIndex(2)), Err(StorageError::Poisoned { .. })));
-        assert!(matches!(s.meta.save(Term(3), None), Err(StorageError::Poisoned { .. })));
+        assert!(matches!(s.meta.save(&hs(Term(3), None)), Err(StorageError::Poisoned { .. })));
         assert!(matches!(
-            s.snapshots.write(SnapshotMeta::new(LogIndex(3), Term(1), vec![]), &mut &b"x"[..]),
+            s.snapshots.write(SnapshotInfo::new(LogIndex(3), Term(1), LogIndex(1), vec![]), &mut &b"x"[..]),
             Err(StorageError::Poisoned { .. })
         ));
         assert!(matches!(s.check_poisoned(), Err(StorageError::Poisoned { .. })));
@@ -447,10 +443,10 @@ fn damage_in_the_open_segment_followed_by_valid_batches_is_an_error() {
 fn torn_metadata_write_keeps_the_previous_term_and_vote() {
     for keep in 0..=64usize {
         let (disk, mut s) = mem();
-        s.meta.save(Term(5), Some(NodeId(2))).expect("save");
-        s.meta.save(Term(6), Some(NodeId(3))).expect("save");
+        s.meta.save(&hs(Term(5), Some(NodeId(2)))).expect("save");
+        s.meta.save(&hs(Term(6), Some(NodeId(3)))).expect("save");
         disk.crash_at(disk.ops() + 1);
-        s.meta.save(Term(7), None).expect_err("crash");
+        s.meta.save(&hs(Term(7), None)).expect_err("crash");
         drop(s);
         disk.restart(CrashMode { keep_unsynced: true, tear_inflight: Some(keep) });
         let s = reopen(&disk).expect("reopen");
@@ -463,8 +459,8 @@ fn torn_metadata_write_keeps_the_previous_term_and_vote() {
 #[test]
 fn both_metadata_copies_damaged_is_an_error_naming_them() {
     let (disk, mut s) = mem();
-    s.meta.save(Term(1), None).expect("save");
-    s.meta.save(Term(2), None).expect("save");
+    s.meta.save(&hs(Term(1), None)).expect("save");
+    s.meta.save(&hs(Term(2), None)).expect("save");
     drop(s);
     assert!(disk.flip_bit("metadata-1", 20, 0));
     assert!(disk.flip_bit("metadata-2", 20, 0));
@@ -483,7 +479,7 @@ fn damaged_snapshot_data_is_detected() {
     let data = vec![42u8; 10_000];
     let meta = s
         .snapshots
-        .write(SnapshotMeta::new(LogIndex(9), Term(1), b"c".to_vec()), &mut data.as_slice())
+        .write(SnapshotInfo::new(LogIndex(9), Term(1), LogIndex(1), b"c".to_vec()), &mut data.as_slice())
         .expect("write");
     drop(s);
     let name = format!("snapshot-{:020}-{:020}", 9, 1);

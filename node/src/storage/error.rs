@@ -69,6 +69,8 @@ pub enum InvalidRequest {
     ZeroIndex,
     /// One batch would exceed the maximum batch size (4 GiB).
     BatchTooLarge,
+    /// A snapshot chunk that does not continue the snapshot being received.
+    SnapshotChunkOutOfOrder,
 }
 
 impl std::fmt::Display for InvalidRequest {
@@ -80,6 +82,7 @@ impl std::fmt::Display for InvalidRequest {
             InvalidRequest::BelowFirstIndex => "index is below the first index in the log",
             InvalidRequest::ZeroIndex => "index 0 is not a log entry",
             InvalidRequest::BatchTooLarge => "batch exceeds the maximum batch size",
+            InvalidRequest::SnapshotChunkOutOfOrder => "snapshot chunk out of order",
         };
         f.write_str(s)
     }

@@ -3,7 +3,7 @@
 //!
 //! Decoders never panic: they return `None`/`Err` on any input.
 
-use dqlite_raft::{Entry, EntryKind, LogIndex, Term};
+use dqlite_raft::{Entry, EntryKind, HardState, LogIndex, NodeId, Term};
 
 use super::error::CorruptReason;
 
@@ -29,7 +29,7 @@ pub const META_LEN: usize = 64;
 /// Snapshot metadata magic.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"DQRSSNAP";
 /// Fixed part of a snapshot metadata file (before the configuration bytes).
-pub const SNAPSHOT_META_FIXED_LEN: usize = 48;
+pub const SNAPSHOT_META_FIXED_LEN: usize = 56;
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
     let mut a = [0u8; 4];
@@ -235,13 +235,14 @@ pub fn decode_batch(b: &[u8], seq: u64) -> Result<BatchInfo, CorruptReason> {
 // ---------------------------------------------------------------------------------------------
 
 /// Encodes one metadata copy.
-pub fn encode_meta(sequence: u64, term: Term, vote: u64) -> [u8; META_LEN] {
+pub fn encode_meta(sequence: u64, hs: &HardState) -> [u8; META_LEN] {
     let mut b = [0u8; META_LEN];
     b[0..8].copy_from_slice(&META_MAGIC);
     b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     b[16..24].copy_from_slice(&sequence.to_le_bytes());
-    b[24..32].copy_from_slice(&term.0.to_le_bytes());
-    b[32..40].copy_from_slice(&vote.to_le_bytes());
+    b[24..32].copy_from_slice(&hs.term.0.to_le_bytes());
+    b[32..40].copy_from_slice(&hs.vote.map_or(0, |v| v.0).to_le_bytes());
+    b[40..48].copy_from_slice(&hs.commit.0.to_le_bytes());
     let crc = crc32c::crc32c(&b[0..60]);
     b[60..64].copy_from_slice(&crc.to_le_bytes());
     b
@@ -252,8 +253,8 @@ pub fn encode_meta(sequence: u64, term: Term, vote: u64) -> [u8; META_LEN] {
 pub enum MetaCopy {
     /// Never written (all zeros or empty).
     Empty,
-    /// A valid copy: `(sequence, term, vote)`.
-    Valid(u64, Term, u64),
+    /// A valid copy: its sequence number and contents.
+    Valid(u64, HardState),
     /// Damaged.
     Damaged(CorruptReason),
     /// Written by another format version.
@@ -278,27 +279,49 @@ pub fn decode_meta(b: &[u8]) -> MetaCopy {
     if version != FORMAT_VERSION {
         return MetaCopy::Version(version);
     }
-    MetaCopy::Valid(u64_at(b, 16), Term(u64_at(b, 24)), u64_at(b, 32))
+    let vote = u64_at(b, 32);
+    MetaCopy::Valid(
+        u64_at(b, 16),
+        HardState {
+            term: Term(u64_at(b, 24)),
+            vote: (vote != 0).then_some(NodeId(vote)),
+            commit: LogIndex(u64_at(b, 40)),
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
 // Snapshot metadata
 // ---------------------------------------------------------------------------------------------
 
+/// The fields of a snapshot metadata file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotMetaFields {
+    /// Last included index.
+    pub index: LogIndex,
+    /// Its term.
+    pub term: Term,
+    /// Index of the entry that carried the configuration (0 if none).
+    pub configuration_index: LogIndex,
+    /// Data length in bytes.
+    pub data_len: u64,
+    /// CRC32C of the data.
+    pub data_crc: u32,
+    /// The configuration, opaque.
+    pub configuration: Vec<u8>,
+}
+
 /// Encodes a snapshot metadata file.
-pub fn encode_snapshot_meta(
-    index: LogIndex,
-    term: Term,
-    data_len: u64,
-    data_crc: u32,
-    configuration: &[u8],
-) -> Vec<u8> {
+pub fn encode_snapshot_meta(f: &SnapshotMetaFields) -> Vec<u8> {
+    let (index, term, data_len, data_crc, configuration) =
+        (f.index, f.term, f.data_len, f.data_crc, &f.configuration);
     let mut b = Vec::with_capacity(SNAPSHOT_META_FIXED_LEN + configuration.len() + 4);
     b.extend_from_slice(&SNAPSHOT_MAGIC);
     b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     b.extend_from_slice(&[0u8; 4]);
     b.extend_from_slice(&index.0.to_le_bytes());
     b.extend_from_slice(&term.0.to_le_bytes());
+    b.extend_from_slice(&f.configuration_index.0.to_le_bytes());
     b.extend_from_slice(&data_len.to_le_bytes());
     b.extend_from_slice(&data_crc.to_le_bytes());
     b.extend_from_slice(&(configuration.len() as u32).to_le_bytes());
@@ -307,9 +330,6 @@ pub fn encode_snapshot_meta(
     b.extend_from_slice(&crc.to_le_bytes());
     b
 }
-
-/// A decoded snapshot metadata file: `(index, term, data_len, data_crc, configuration)`.
-pub type SnapshotMetaFields = (LogIndex, Term, u64, u32, Vec<u8>);
 
 /// Decodes a snapshot metadata file.
 pub fn decode_snapshot_meta(b: &[u8]) -> Result<SnapshotMetaFields, SegmentHeaderError> {
@@ -320,7 +340,7 @@ pub fn decode_snapshot_meta(b: &[u8]) -> Result<SnapshotMetaFields, SegmentHeade
     if b[0..8] != SNAPSHOT_MAGIC {
         return bad(CorruptReason::BadMagic);
     }
-    let conf_len = u32_at(b, 44) as usize;
+    let conf_len = u32_at(b, 52) as usize;
     let Some(total) = SNAPSHOT_META_FIXED_LEN.checked_add(conf_len).and_then(|n| n.checked_add(4))
     else {
         return bad(CorruptReason::BadLength);
@@ -336,13 +356,14 @@ pub fn decode_snapshot_meta(b: &[u8]) -> Result<SnapshotMetaFields, SegmentHeade
     if version != FORMAT_VERSION {
         return Err(SegmentHeaderError::Version(version));
     }
-    Ok((
-        LogIndex(u64_at(b, 16)),
-        Term(u64_at(b, 24)),
-        u64_at(b, 32),
-        u32_at(b, 40),
-        b[SNAPSHOT_META_FIXED_LEN..body].to_vec(),
-    ))
+    Ok(SnapshotMetaFields {
+        index: LogIndex(u64_at(b, 16)),
+        term: Term(u64_at(b, 24)),
+        configuration_index: LogIndex(u64_at(b, 32)),
+        data_len: u64_at(b, 40),
+        data_crc: u32_at(b, 48),
+        configuration: b[SNAPSHOT_META_FIXED_LEN..body].to_vec(),
+    })
 }
 
 #[cfg(test)]
@@ -392,12 +413,20 @@ mod tests {
 
     #[test]
     fn meta_and_snapshot_meta_round_trip() {
-        let m = encode_meta(7, Term(4), 2);
-        assert_eq!(decode_meta(&m), MetaCopy::Valid(7, Term(4), 2));
+        let hs = HardState { term: Term(4), vote: Some(NodeId(2)), commit: LogIndex(9) };
+        let m = encode_meta(7, &hs);
+        assert_eq!(decode_meta(&m), MetaCopy::Valid(7, hs));
         assert_eq!(decode_meta(&[0u8; META_LEN]), MetaCopy::Empty);
-        let s = encode_snapshot_meta(LogIndex(10), Term(2), 99, 1234, b"conf");
-        let d = decode_snapshot_meta(&s).expect("valid");
-        assert_eq!(d, (LogIndex(10), Term(2), 99, 1234, b"conf".to_vec()));
+        let f = SnapshotMetaFields {
+            index: LogIndex(10),
+            term: Term(2),
+            configuration_index: LogIndex(4),
+            data_len: 99,
+            data_crc: 1234,
+            configuration: b"conf".to_vec(),
+        };
+        let s = encode_snapshot_meta(&f);
+        assert_eq!(decode_snapshot_meta(&s).expect("valid"), f);
         let h = encode_segment_header(42);
         assert_eq!(decode_segment_header(&h), Ok(42));
     }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use dqlite_raft::{NodeId, Term};
+use dqlite_raft::HardState;
 
 use super::backend::{Backend, BackendFile, BatchFailure, OpenMode};
 use super::error::{CorruptReason, Result, StorageError};
@@ -16,16 +16,7 @@ use super::Poison;
 /// The two copies' file names.
 pub const META_FILES: [&str; 2] = ["metadata-1", "metadata-2"];
 
-/// The persisted Raft hard state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct HardState {
-    /// The current term.
-    pub term: Term,
-    /// Who this node voted for in `term`, if anyone.
-    pub vote: Option<NodeId>,
-}
-
-/// Durable term and vote.
+/// Durable term, vote and commit index ([`HardState`] of the Raft core).
 pub struct MetaStore {
     poison: Arc<Poison>,
     files: Vec<Box<dyn BackendFile>>,
@@ -74,13 +65,13 @@ impl MetaStore {
             let dir = backend.describe();
             backend.sync_dir().map_err(|e| poison.sync_error(&dir, e))?;
         }
-        let mut best: Option<(u64, Term, u64)> = None;
+        let mut best: Option<(u64, HardState)> = None;
         let mut damaged = Vec::new();
         for (i, c) in copies.iter().enumerate() {
             match *c {
-                MetaCopy::Valid(seq, term, vote) => {
+                MetaCopy::Valid(seq, hs) => {
                     if best.is_none_or(|b| seq > b.0) {
-                        best = Some((seq, term, vote));
+                        best = Some((seq, hs));
                     }
                 }
                 MetaCopy::Empty => {}
@@ -100,31 +91,28 @@ impl MetaStore {
         for (i, reason) in &damaged {
             tracing::warn!(file = META_FILES[*i], %reason, "ignoring a torn metadata copy; using the other");
         }
-        let (sequence, state) = match best {
-            Some((seq, term, vote)) => (seq, HardState { term, vote: (vote != 0).then_some(NodeId(vote)) }),
-            None => (0, HardState::default()),
-        };
+        let (sequence, state) = best.unwrap_or_default();
         Ok(MetaStore { poison, files, sequence, state })
     }
 
-    /// The last saved hard state (term 0, no vote, if never saved).
+    /// The last saved hard state (term 0, no vote, commit 0 if never saved).
     pub fn load(&self) -> HardState {
         self.state
     }
 
-    /// Saves term and vote durably (write the older copy, `fdatasync`).
-    pub fn save(&mut self, term: Term, vote: Option<NodeId>) -> Result<()> {
+    /// Saves the hard state durably (overwrite the older copy, `fdatasync`).
+    pub fn save(&mut self, hs: &HardState) -> Result<()> {
         self.poison.check()?;
         let seq = self.sequence + 1;
         let slot = (seq % 2) as usize; // seq 1 -> metadata-2, seq 2 -> metadata-1, ...
-        let bytes = format::encode_meta(seq, term, vote.map_or(0, |v| v.0));
+        let bytes = format::encode_meta(seq, hs);
         let name = META_FILES[slot];
         self.files[slot].write_all_sync(&[(0, &bytes[..])]).map_err(|f| match f {
             BatchFailure::Write(e) => self.poison.write_error("write", name, e),
             BatchFailure::Sync(e) => self.poison.sync_error(name, e),
         })?;
         self.sequence = seq;
-        self.state = HardState { term, vote };
+        self.state = *hs;
         Ok(())
     }
 }

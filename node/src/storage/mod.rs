@@ -22,11 +22,11 @@
 //! ```
 //! use std::sync::Arc;
 //! use dqlite_node::storage::{backend::MemBackend, Storage, StorageOptions};
-//! use dqlite_node::raft::{Entry, EntryKind, LogIndex, NodeId, Term};
+//! use dqlite_node::raft::{Entry, EntryKind, HardState, LogIndex, NodeId, Term};
 //!
 //! let backend = Arc::new(MemBackend::new());
 //! let mut s = Storage::open(backend.clone(), StorageOptions::default())?;
-//! s.meta.save(Term(1), Some(NodeId(1)))?;
+//! s.meta.save(&HardState { term: Term(1), vote: Some(NodeId(1)), commit: LogIndex(0) })?;
 //! let e = |i| Entry { term: Term(1), index: LogIndex(i), kind: EntryKind::Command, data: vec![i as u8; 10] };
 //! s.log.append(&[e(1), e(2), e(3)])?;
 //! s.log.append(&[Entry { term: Term(2), ..e(3) }])?; // replaces the conflicting entry 3
@@ -54,8 +54,9 @@ mod snapshot;
 
 pub use error::{CorruptReason, InvalidRequest, Result, StorageError};
 pub use log::{LogOptions, LogStore};
-pub use meta::{HardState, MetaStore, META_FILES};
-pub use snapshot::{SnapshotMeta, SnapshotStore, SNAPSHOTS_KEPT};
+pub use dqlite_raft::HardState;
+pub use meta::{MetaStore, META_FILES};
+pub use snapshot::{SnapshotInfo, SnapshotStore, SNAPSHOTS_KEPT};
 
 use backend::{Backend, DirLock};
 

@@ -5,6 +5,9 @@
 //! metadata, directory `fsync`. A snapshot exists once its `.meta` file does. Then every
 //! snapshot but the newest two is removed (metadata first). On open, `*.tmp` files and data
 //! files without metadata (an interrupted write or removal) are deleted.
+//!
+//! Data arrives either all at once ([`SnapshotStore::write`], a snapshot taken locally) or in
+//! chunks from a leader ([`SnapshotStore::receive_chunk`] then [`SnapshotStore::finish_receive`]).
 
 use std::io::Read;
 use std::sync::Arc;
@@ -12,33 +15,35 @@ use std::sync::Arc;
 use dqlite_raft::{LogIndex, Term};
 
 use super::backend::{Backend, BackendFile, BatchFailure, OpenMode};
-use super::error::{CorruptReason, Result, StorageError};
-use super::format::{self, SegmentHeaderError};
+use super::error::{CorruptReason, InvalidRequest, Result, StorageError};
+use super::format::{self, SegmentHeaderError, SnapshotMetaFields};
 use super::Poison;
 
 /// How many snapshots are kept.
 pub const SNAPSHOTS_KEPT: usize = 2;
 const CHUNK: usize = 1024 * 1024;
 
-/// What a snapshot is a snapshot of.
+/// What a stored snapshot is a snapshot of.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotMeta {
+pub struct SnapshotInfo {
     /// The last log index it includes.
     pub index: LogIndex,
     /// The term of that entry.
     pub term: Term,
+    /// The index of the entry that carried `configuration` (0 if it was never in a log).
+    pub configuration_index: LogIndex,
     /// The cluster configuration at `index`, encoded by the Raft core (opaque here).
     pub configuration: Vec<u8>,
-    /// Length of the data in bytes (filled in by [`SnapshotStore::write`]).
+    /// Length of the data in bytes (filled in when the snapshot is written).
     pub data_len: u64,
-    /// CRC32C of the data (filled in by [`SnapshotStore::write`]).
+    /// CRC32C of the data (filled in when the snapshot is written).
     pub data_crc: u32,
 }
 
-impl SnapshotMeta {
+impl SnapshotInfo {
     /// Metadata for a snapshot to be written (`data_len`/`data_crc` are computed on write).
-    pub fn new(index: LogIndex, term: Term, configuration: Vec<u8>) -> Self {
-        SnapshotMeta { index, term, configuration, data_len: 0, data_crc: 0 }
+    pub fn new(index: LogIndex, term: Term, configuration_index: LogIndex, configuration: Vec<u8>) -> Self {
+        SnapshotInfo { index, term, configuration_index, configuration, data_len: 0, data_crc: 0 }
     }
 }
 
@@ -59,17 +64,30 @@ fn parse_name(name: &str) -> Option<(LogIndex, Term, bool)> {
     Some((LogIndex(i.parse().ok()?), Term(t.parse().ok()?), is_meta))
 }
 
+/// A snapshot whose data is being written.
+struct Incoming {
+    info: SnapshotInfo,
+    file: Box<dyn BackendFile>,
+    tmp_name: String,
+    written: u64,
+    crc: u32,
+}
+
 /// Durable snapshots, newest two kept.
 pub struct SnapshotStore {
     backend: Arc<dyn Backend>,
     poison: Arc<Poison>,
     /// Complete snapshots, oldest first.
-    snapshots: Vec<SnapshotMeta>,
+    snapshots: Vec<SnapshotInfo>,
+    incoming: Option<Incoming>,
 }
 
 impl std::fmt::Debug for SnapshotStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotStore").field("snapshots", &self.snapshots).finish()
+        f.debug_struct("SnapshotStore")
+            .field("snapshots", &self.snapshots)
+            .field("receiving", &self.incoming.as_ref().map(|i| (i.info.index, i.written)))
+            .finish()
     }
 }
 
@@ -90,35 +108,33 @@ impl SnapshotStore {
             let len = file.len().map_err(|e| io("stat", name, e))?;
             let mut buf = vec![0u8; len as usize];
             file.read_at(0, &mut buf).map_err(|e| io("read", name, e))?;
-            let (mi, mt, data_len, data_crc, configuration) =
-                format::decode_snapshot_meta(&buf).map_err(|e| match e {
-                    SegmentHeaderError::Corrupt(reason) => {
-                        StorageError::Corrupt { file: name.clone(), offset: 0, reason }
-                    }
-                    SegmentHeaderError::Version(version) => {
-                        StorageError::UnsupportedVersion { file: name.clone(), version }
-                    }
-                })?;
-            if mi != index || mt != term {
-                return Err(StorageError::Corrupt {
-                    file: name.clone(),
-                    offset: 0,
-                    reason: CorruptReason::WrongSegment,
-                });
+            let f = format::decode_snapshot_meta(&buf).map_err(|e| match e {
+                SegmentHeaderError::Corrupt(reason) => StorageError::Corrupt { file: name.clone(), offset: 0, reason },
+                SegmentHeaderError::Version(version) => StorageError::UnsupportedVersion { file: name.clone(), version },
+            })?;
+            if f.index != index || f.term != term {
+                return Err(StorageError::Corrupt { file: name.clone(), offset: 0, reason: CorruptReason::WrongSegment });
             }
             let dname = data_name(index, term);
-            let dlen = match backend.open(&dname, OpenMode::Existing) {
-                Ok(f) => f.len().map_err(|e| io("stat", &dname, e))?,
-                Err(e) => return Err(io("open", &dname, e)),
-            };
-            if dlen != data_len {
+            let dlen = backend
+                .open(&dname, OpenMode::Existing)
+                .and_then(|f| f.len())
+                .map_err(|e| io("open", &dname, e))?;
+            if dlen != f.data_len {
                 return Err(StorageError::Corrupt {
                     file: dname,
-                    offset: dlen.min(data_len),
+                    offset: dlen.min(f.data_len),
                     reason: CorruptReason::SnapshotData,
                 });
             }
-            snapshots.push(SnapshotMeta { index, term, configuration, data_len, data_crc });
+            snapshots.push(SnapshotInfo {
+                index,
+                term,
+                configuration_index: f.configuration_index,
+                configuration: f.configuration,
+                data_len: f.data_len,
+                data_crc: f.data_crc,
+            });
         }
         // Data without metadata: an interrupted write or removal.
         for name in &names {
@@ -135,16 +151,16 @@ impl SnapshotStore {
             backend.sync_dir().map_err(|e| poison.sync_error(&dir, e))?;
         }
         snapshots.sort_by_key(|s| (s.index, s.term));
-        Ok(SnapshotStore { backend, poison, snapshots })
+        Ok(SnapshotStore { backend, poison, snapshots, incoming: None })
     }
 
     /// The newest complete snapshot.
-    pub fn latest(&self) -> Option<&SnapshotMeta> {
+    pub fn latest(&self) -> Option<&SnapshotInfo> {
         self.snapshots.last()
     }
 
     /// All complete snapshots, oldest first (at most [`SNAPSHOTS_KEPT`]).
-    pub fn list(&self) -> &[SnapshotMeta] {
+    pub fn list(&self) -> &[SnapshotInfo] {
         &self.snapshots
     }
 
@@ -153,54 +169,73 @@ impl SnapshotStore {
         self.backend.sync_dir().map_err(|e| self.poison.sync_error(&dir, e))
     }
 
-    fn write_file(&self, name: &str, mut fill: impl FnMut(&mut dyn BackendFile) -> Result<()>) -> Result<()> {
-        let _ = self.backend.remove(name); // a leftover of an earlier failed attempt
-        let mut f = self
-            .backend
-            .open(name, OpenMode::CreateNew)
-            .map_err(|e| self.poison.write_error("create", name, e))?;
-        fill(f.as_mut())?;
-        f.sync().map_err(|e| self.poison.sync_error(name, e))
+    /// Writes a whole snapshot durably from `data` and returns its completed metadata. Older
+    /// snapshots beyond the newest [`SNAPSHOTS_KEPT`] are removed.
+    pub fn write(&mut self, info: SnapshotInfo, data: &mut dyn Read) -> Result<SnapshotInfo> {
+        self.begin(info)?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match data.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.abort();
+                    return Err(StorageError::Io { op: "read snapshot source", file: String::new(), source: e });
+                }
+            };
+            self.append_data(&buf[..n])?;
+        }
+        self.finish_receive()
     }
 
-    /// Writes a snapshot durably from `data` and returns its completed metadata. Older
-    /// snapshots beyond the newest [`SNAPSHOTS_KEPT`] are removed.
-    pub fn write(&mut self, meta: SnapshotMeta, data: &mut dyn Read) -> Result<SnapshotMeta> {
-        self.poison.check()?;
-        let dname = data_name(meta.index, meta.term);
-        let mname = format!("{dname}.meta");
-        let dtmp = format!("{dname}.tmp");
-        let mtmp = format!("{mname}.tmp");
-        let mut crc = 0u32;
-        let mut total = 0u64;
-        let poison = Arc::clone(&self.poison);
-        self.write_file(&dtmp, |f| {
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                let n = match data.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(StorageError::Io { op: "read snapshot source", file: dtmp.clone(), source: e }),
-                };
-                f.write_at(total, &buf[..n]).map_err(|e| poison.write_error("write", &dtmp, e))?;
-                crc = crc32c::crc32c_append(crc, &buf[..n]);
-                total += n as u64;
+    /// Stores one chunk of a snapshot being received. A chunk at offset 0 starts a new snapshot
+    /// (discarding any partial one); every other chunk must continue the current one exactly
+    /// (same index and term, `offset` = bytes received so far).
+    pub fn receive_chunk(&mut self, info: &SnapshotInfo, offset: u64, data: &[u8]) -> Result<()> {
+        if offset == 0 {
+            self.begin(info.clone())?;
+        } else {
+            match &self.incoming {
+                Some(inc) if inc.info.index == info.index && inc.info.term == info.term && inc.written == offset => {}
+                _ => return Err(StorageError::Invalid(InvalidRequest::SnapshotChunkOutOfOrder)),
             }
-            Ok(())
+        }
+        self.append_data(data)
+    }
+
+    /// Makes the snapshot received through [`SnapshotStore::receive_chunk`] durable and
+    /// current; returns its completed metadata.
+    pub fn finish_receive(&mut self) -> Result<SnapshotInfo> {
+        self.poison.check()?;
+        let Some(mut inc) = self.incoming.take() else {
+            return Err(StorageError::Invalid(InvalidRequest::SnapshotChunkOutOfOrder));
+        };
+        let dtmp = inc.tmp_name.clone();
+        inc.file.sync().map_err(|e| self.poison.sync_error(&dtmp, e))?;
+        drop(inc.file);
+        let dname = data_name(inc.info.index, inc.info.term);
+        let mname = format!("{dname}.meta");
+        let mtmp = format!("{mname}.tmp");
+        let done = SnapshotInfo { data_len: inc.written, data_crc: inc.crc, ..inc.info };
+        let bytes = format::encode_snapshot_meta(&SnapshotMetaFields {
+            index: done.index,
+            term: done.term,
+            configuration_index: done.configuration_index,
+            data_len: done.data_len,
+            data_crc: done.data_crc,
+            configuration: done.configuration.clone(),
+        });
+        let mut mf = self.create_fresh(&mtmp)?;
+        mf.write_all_sync(&[(0, &bytes)]).map_err(|f| match f {
+            BatchFailure::Write(e) => self.poison.write_error("write", &mtmp, e),
+            BatchFailure::Sync(e) => self.poison.sync_error(&mtmp, e),
         })?;
-        let bytes = format::encode_snapshot_meta(meta.index, meta.term, total, crc, &meta.configuration);
-        self.write_file(&mtmp, |f| {
-            f.write_all_sync(&[(0, &bytes)]).map_err(|fail| match fail {
-                BatchFailure::Write(e) => poison.write_error("write", &mtmp, e),
-                BatchFailure::Sync(e) => poison.sync_error(&mtmp, e),
-            })
-        })?;
+        drop(mf);
         self.backend.rename(&dtmp, &dname).map_err(|e| self.poison.write_error("rename", &dtmp, e))?;
         self.sync_dir()?;
         self.backend.rename(&mtmp, &mname).map_err(|e| self.poison.write_error("rename", &mtmp, e))?;
         self.sync_dir()?;
-        let done = SnapshotMeta { data_len: total, data_crc: crc, ..meta };
         self.snapshots.retain(|s| !(s.index == done.index && s.term == done.term));
         self.snapshots.push(done.clone());
         self.snapshots.sort_by_key(|s| (s.index, s.term));
@@ -213,20 +248,66 @@ impl SnapshotStore {
             self.backend.remove(&d).map_err(|e| self.poison.write_error("remove", &d, e))?;
             self.sync_dir()?;
         }
-        tracing::debug!(index = %done.index, term = %done.term, bytes = total, "snapshot written");
+        tracing::debug!(index = %done.index, term = %done.term, bytes = done.data_len, "snapshot written");
         Ok(done)
     }
 
+    /// Creates `name`, removing a leftover of an earlier failed attempt first.
+    fn create_fresh(&self, name: &str) -> Result<Box<dyn BackendFile>> {
+        match self.backend.open(name, OpenMode::CreateNew) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                self.backend.remove(name).map_err(|e| self.poison.write_error("remove", name, e))?;
+                self.backend.open(name, OpenMode::CreateNew).map_err(|e| self.poison.write_error("create", name, e))
+            }
+            Err(e) => Err(self.poison.write_error("create", name, e)),
+        }
+    }
+
+    fn begin(&mut self, info: SnapshotInfo) -> Result<()> {
+        self.poison.check()?;
+        self.abort();
+        let tmp_name = format!("{}.tmp", data_name(info.index, info.term));
+        let file = self.create_fresh(&tmp_name)?;
+        self.incoming = Some(Incoming { info, file, tmp_name, written: 0, crc: 0 });
+        Ok(())
+    }
+
+    fn append_data(&mut self, data: &[u8]) -> Result<()> {
+        self.poison.check()?;
+        let Some(inc) = self.incoming.as_mut() else {
+            return Err(StorageError::Invalid(InvalidRequest::SnapshotChunkOutOfOrder));
+        };
+        if let Err(e) = inc.file.write_at(inc.written, data) {
+            let name = inc.tmp_name.clone();
+            self.abort();
+            return Err(self.poison.write_error("write", &name, e));
+        }
+        inc.crc = crc32c::crc32c_append(inc.crc, data);
+        inc.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Drops a partial snapshot (its temporary file is removed now or on the next open).
+    fn abort(&mut self) {
+        if let Some(inc) = self.incoming.take() {
+            drop(inc.file);
+            if self.backend.remove(&inc.tmp_name).is_err() {
+                tracing::debug!(file = %inc.tmp_name, "partial snapshot left for removal at next open");
+            }
+        }
+    }
+
     /// Reads a whole snapshot's data, checking it against its metadata.
-    pub fn read(&self, meta: &SnapshotMeta) -> Result<Vec<u8>> {
-        let name = data_name(meta.index, meta.term);
+    pub fn read(&self, info: &SnapshotInfo) -> Result<Vec<u8>> {
+        let name = data_name(info.index, info.term);
         let f = self
             .backend
             .open(&name, OpenMode::Existing)
             .map_err(|e| StorageError::Io { op: "open", file: name.clone(), source: e })?;
-        let mut buf = vec![0u8; meta.data_len as usize];
+        let mut buf = vec![0u8; info.data_len as usize];
         f.read_at(0, &mut buf).map_err(|e| StorageError::Io { op: "read", file: name.clone(), source: e })?;
-        if crc32c::crc32c(&buf) != meta.data_crc {
+        if crc32c::crc32c(&buf) != info.data_crc {
             return Err(StorageError::Corrupt { file: name, offset: 0, reason: CorruptReason::SnapshotData });
         }
         Ok(buf)
@@ -234,13 +315,13 @@ impl SnapshotStore {
 
     /// Reads up to `buf.len()` bytes of a snapshot's data at `offset` (for streaming it to a
     /// follower in chunks; the receiver checks the whole CRC). Returns the count read.
-    pub fn read_chunk(&self, meta: &SnapshotMeta, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let name = data_name(meta.index, meta.term);
+    pub fn read_chunk(&self, info: &SnapshotInfo, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let name = data_name(info.index, info.term);
         let f = self
             .backend
             .open(&name, OpenMode::Existing)
             .map_err(|e| StorageError::Io { op: "open", file: name.clone(), source: e })?;
-        let n = (meta.data_len.saturating_sub(offset) as usize).min(buf.len());
+        let n = (info.data_len.saturating_sub(offset) as usize).min(buf.len());
         f.read_at(offset, &mut buf[..n]).map_err(|e| StorageError::Io { op: "read", file: name, source: e })?;
         Ok(n)
     }

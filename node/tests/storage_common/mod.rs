@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use dqlite_node::raft::{Entry, EntryKind, LogIndex, Term};
+use dqlite_node::raft::{Entry, EntryKind, HardState, LogIndex, NodeId, Term};
 use dqlite_node::storage::backend::{Backend, MemDisk, PortableBackend};
 use dqlite_node::storage::{LogOptions, Storage, StorageOptions};
 
@@ -116,4 +116,9 @@ pub fn seed_from_env(var: &str) -> u64 {
     };
     eprintln!("seed: {seed} (replay with {var}={seed})");
     seed
+}
+
+/// A hard state with a commit index derived from the term (so it is checked too).
+pub fn hs(term: Term, vote: Option<NodeId>) -> HardState {
+    HardState { term, vote, commit: LogIndex(term.0 * 3) }
 }

@@ -41,6 +41,7 @@ pub enum OpenMode {
 }
 
 /// One open file. Offsets are absolute; there is no cursor.
+#[allow(clippy::len_without_is_empty)] // `len` is a fallible system call, not a collection size
 pub trait BackendFile: Send + fmt::Debug {
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
