@@ -19,6 +19,23 @@
 //! Every file creation, rename and removal is followed by an `fsync` of the directory. The byte
 //! layouts are in `docs/log-format.md`.
 //!
+//! # Serving the Raft core's `Ready`
+//!
+//! Every call below is durable when it returns (its data and the directory entries it needs are
+//! synced), so "report back" (`RawNode::persisted`) may follow right after the last one:
+//!
+//! | `Ready` step | call |
+//! |---|---|
+//! | snapshot chunks from the leader | [`SnapshotStore::receive_chunk`] (offset 0 restarts) |
+//! | install the received snapshot | [`SnapshotStore::finish_receive`], then [`LogStore::reset`]`(index + 1)` if the log is not kept, else [`LogStore::compact`]`(index)` |
+//! | append entries (the first may overwrite) | [`LogStore::append`]: one batch, one `fdatasync`; a first index `<=` the last index supersedes the conflicting suffix |
+//! | hard state | [`MetaStore::save`] |
+//! | a snapshot taken locally | [`SnapshotStore::write`], then [`LogStore::compact`]`(index)` |
+//!
+//! On restart: [`MetaStore::load`], [`SnapshotStore::latest`], and the log's
+//! [`LogStore::first_index`]/[`LogStore::last_index`]/[`LogStore::entries`]. The log may still hold
+//! entries at or below the latest snapshot's index (compaction removes whole segments only).
+//!
 //! ```
 //! use std::sync::Arc;
 //! use dqlite_node::storage::{backend::MemBackend, Storage, StorageOptions};

@@ -109,15 +109,46 @@ pub trait Backend: Send + Sync + fmt::Debug {
 /// the portable `pwrite` + `fdatasync` one. Creates the directory if missing.
 pub fn auto(dir: &Path) -> io::Result<Arc<dyn Backend>> {
     #[cfg(target_os = "linux")]
-    {
-        match UringBackend::new(dir) {
-            Ok(b) => return Ok(Arc::new(b)),
-            Err(e) => {
-                tracing::warn!(error = %e, "io_uring unavailable, using the portable backend");
-            }
+    let uring = UringBackend::new(dir).map(|b| Arc::new(b) as Arc<dyn Backend>);
+    #[cfg(not(target_os = "linux"))]
+    let uring = Err(io::Error::new(io::ErrorKind::Unsupported, "io_uring is Linux-only"));
+    choose(dir, uring)
+}
+
+/// The io_uring backend if it could be set up, else the portable one.
+fn choose(dir: &Path, uring: io::Result<Arc<dyn Backend>>) -> io::Result<Arc<dyn Backend>> {
+    match uring {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            tracing::warn!(error = %e, "io_uring unavailable, using the portable pwrite+fdatasync backend");
+            Ok(Arc::new(PortableBackend::new(dir)?))
         }
     }
-    Ok(Arc::new(PortableBackend::new(dir)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn falls_back_to_portable_when_io_uring_setup_is_refused() {
+        let dir = std::env::temp_dir().join(format!("dqlite-storage-choose-{}", std::process::id()));
+        for errno in [libc::ENOSYS, libc::EPERM] {
+            let b = choose(&dir, Err(io::Error::from_raw_os_error(errno))).expect("fallback");
+            assert_eq!(b.name(), "portable");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn auto_picks_io_uring_on_linux() {
+        // io_uring must work on the Linux machines this project runs on: fail loudly otherwise.
+        let dir = std::env::temp_dir().join(format!("dqlite-storage-auto-{}", std::process::id()));
+        let b = auto(&dir).expect("backend");
+        assert_eq!(b.name(), "io_uring", "io_uring setup failed on Linux");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 impl BatchFailure {
