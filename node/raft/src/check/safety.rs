@@ -148,6 +148,9 @@ pub struct SafetyChecker {
     entries: HashMap<(LogIndex, Term), EntryFacts>,
     /// The committed prefix known so far: `committed[i - 1]` is the entry at index `i`.
     committed: Vec<(Term, u64)>,
+    /// For each committed index, the term in which its commitment was first observed (the
+    /// observer's current term: the committing leader's term, or a later one).
+    commit_terms: Vec<Term>,
     /// Entries some node applied, by index (term, digest).
     applied: HashMap<LogIndex, (Term, u64)>,
     nodes: HashMap<NodeId, NodeProgress>,
@@ -225,11 +228,13 @@ impl SafetyChecker {
         }
     }
 
-    /// `node` reports commit index `commit`; `log_at(i)` gives the node's entry at index `i`
-    /// for every newly committed index (`None` if compacted into a snapshot).
+    /// `node`, whose current term is `term`, reports commit index `commit`; `log_at(i)` gives
+    /// the node's entry at index `i` for every newly committed index (`None` if compacted into
+    /// a snapshot).
     pub fn observe_commit(
         &mut self,
         node: NodeId,
+        term: Term,
         commit: LogIndex,
         mut log_at: impl FnMut(LogIndex) -> Option<EntryId>,
     ) -> Result<(), Violation> {
@@ -247,14 +252,14 @@ impl SafetyChecker {
         let mut i = from.next();
         while i <= commit {
             if let Some(e) = log_at(i) {
-                self.record_committed(node, e)?;
+                self.record_committed(node, term, e)?;
             }
             i = i.next();
         }
         Ok(())
     }
 
-    fn record_committed(&mut self, node: NodeId, e: EntryId) -> Result<(), Violation> {
+    fn record_committed(&mut self, node: NodeId, term: Term, e: EntryId) -> Result<(), Violation> {
         let pos = e.index.0 as usize - 1;
         if let Some(&(t, d)) = self.committed.get(pos) {
             if (t, d) != (e.term, e.digest) {
@@ -270,6 +275,7 @@ impl SafetyChecker {
         // committed too, so gaps are filled as other observations arrive. Keep a prefix only.
         if pos == self.committed.len() {
             self.committed.push((e.term, e.digest));
+            self.commit_terms.push(term);
         }
         Ok(())
     }
@@ -337,7 +343,8 @@ impl SafetyChecker {
         }
     }
 
-    /// Checks that `leader` (leading `term`) holds every entry known to be committed.
+    /// Checks that `leader` (leading `term`) holds every entry known to have been committed in
+    /// an earlier term (§5.4: a stale leader need not hold what later terms committed).
     /// `log_at(i)` gives its entry at index `i`; `snapshot_index` is the last index it has
     /// compacted into a snapshot (entries at or below it are not in its log).
     pub fn check_leader_complete(
@@ -348,11 +355,15 @@ impl SafetyChecker {
         mut log_at: impl FnMut(LogIndex) -> Option<(Term, u64)>,
     ) -> Result<(), Violation> {
         self.checks += 1;
-        let c = self.committed_index();
+        // The highest index committed in a term before `term`; by log matching it is enough to
+        // check that one entry.
+        let Some(pos) = self.commit_terms.iter().rposition(|t| *t < term) else {
+            return Ok(());
+        };
+        let c = LogIndex(pos as u64 + 1);
         if c <= snapshot_index {
             return Ok(());
         }
-        // By log matching it is enough to check the last committed entry.
         let want = self.committed_at(c);
         if log_at(c) != want {
             return Err(Violation::LeaderIncomplete {
@@ -409,21 +420,21 @@ mod tests {
     fn commit_going_back_and_changed_commits_are_caught() {
         let mut c = SafetyChecker::new();
         let log1 = [id(1, 1, 10), id(2, 1, 11)];
-        c.observe_commit(NodeId(1), LogIndex(2), |i| log1.get(i.0 as usize - 1).copied())
+        c.observe_commit(NodeId(1), Term(1), LogIndex(2), |i| log1.get(i.0 as usize - 1).copied())
             .unwrap();
         assert_eq!(c.committed_index(), LogIndex(2));
         assert!(matches!(
-            c.observe_commit(NodeId(1), LogIndex(1), |_| None),
+            c.observe_commit(NodeId(1), Term(1), LogIndex(1), |_| None),
             Err(Violation::CommitWentBack { .. })
         ));
         let log2 = [id(1, 1, 10), id(2, 2, 99)];
         assert!(matches!(
-            c.observe_commit(NodeId(2), LogIndex(2), |i| log2.get(i.0 as usize - 1).copied()),
+            c.observe_commit(NodeId(2), Term(2), LogIndex(2), |i| log2.get(i.0 as usize - 1).copied()),
             Err(Violation::CommittedEntryChanged { .. })
         ));
         // After a restart the volatile commit index may restart lower.
         c.observe_restart(NodeId(1), LogIndex(0));
-        c.observe_commit(NodeId(1), LogIndex(1), |i| log1.get(i.0 as usize - 1).copied())
+        c.observe_commit(NodeId(1), Term(1), LogIndex(1), |i| log1.get(i.0 as usize - 1).copied())
             .unwrap();
     }
 
@@ -432,7 +443,7 @@ mod tests {
         let mut c = SafetyChecker::new();
         let log = [id(1, 1, 10), id(2, 1, 11), id(3, 1, 12)];
         let at = |i: LogIndex| log.get(i.0 as usize - 1).copied();
-        c.observe_commit(NodeId(1), LogIndex(2), at).unwrap();
+        c.observe_commit(NodeId(1), Term(1), LogIndex(2), at).unwrap();
         c.observe_apply(NodeId(1), id(1, 1, 10)).unwrap();
         assert!(matches!(
             c.observe_apply(NodeId(1), id(3, 1, 12)),
@@ -443,7 +454,7 @@ mod tests {
             Err(Violation::ApplyMismatch { .. })
         ));
         let mut c2 = SafetyChecker::new();
-        c2.observe_commit(NodeId(1), LogIndex(3), at).unwrap();
+        c2.observe_commit(NodeId(1), Term(1), LogIndex(3), at).unwrap();
         c2.observe_apply(NodeId(1), id(1, 1, 10)).unwrap();
         assert!(matches!(
             c2.observe_apply(NodeId(1), id(3, 1, 12)),
@@ -455,7 +466,7 @@ mod tests {
     fn leader_completeness_is_caught() {
         let mut c = SafetyChecker::new();
         let log = [id(1, 1, 10), id(2, 1, 11)];
-        c.observe_commit(NodeId(1), LogIndex(2), |i| log.get(i.0 as usize - 1).copied())
+        c.observe_commit(NodeId(1), Term(1), LogIndex(2), |i| log.get(i.0 as usize - 1).copied())
             .unwrap();
         c.check_leader_complete(NodeId(2), Term(2), LogIndex(0), |i| {
             log.get(i.0 as usize - 1).map(|e| (e.term, e.digest))
@@ -471,6 +482,16 @@ mod tests {
         // Compacted past the committed index: nothing to check in the log.
         c.check_leader_complete(NodeId(3), Term(3), LogIndex(2), |_| None)
             .unwrap();
+        // A stale leader (term 1) need not hold what term 1's successors commit, but the
+        // check still applies to entries committed before its term.
+        let mut c = SafetyChecker::new();
+        c.observe_commit(NodeId(1), Term(3), LogIndex(2), |i| log.get(i.0 as usize - 1).copied())
+            .unwrap();
+        c.check_leader_complete(NodeId(2), Term(2), LogIndex(0), |_| None)
+            .unwrap();
+        assert!(c
+            .check_leader_complete(NodeId(2), Term(4), LogIndex(0), |_| None)
+            .is_err());
     }
 
     #[test]

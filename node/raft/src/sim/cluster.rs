@@ -70,7 +70,12 @@ pub(crate) struct Cluster {
     clients_on: bool,
     acked_max: LogIndex,
     pub(crate) report: Report,
-    trace: Vec<String>,
+}
+
+thread_local! {
+    /// The trace of the run on this thread (kept outside the cluster so that a panic in the
+    /// core does not lose it).
+    pub(crate) static TRACE: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn ctx_of(client: u64, seq: u64) -> Vec<u8> {
@@ -137,14 +142,13 @@ impl Cluster {
             clients_on: true,
             acked_max: LogIndex(0),
             report,
-            trace: Vec::new(),
         }
     }
 
     fn log(&mut self, f: impl FnOnce() -> String) {
         if self.opts.trace {
             let line = format!("{:>7}ms {}", self.now_ms, f());
-            self.trace.push(line);
+            TRACE.with(|t| t.borrow_mut().push(line));
         }
     }
 
@@ -153,7 +157,7 @@ impl Cluster {
             seed: self.opts.seed,
             at_ms: self.now_ms,
             what: what.into(),
-            trace: self.trace.clone(),
+            trace: TRACE.with(|t| t.borrow().clone()),
         }
     }
 
@@ -196,13 +200,13 @@ impl Cluster {
         host.started = true;
         host.restart_at_ms = None;
         host.next_tick_ms = self.now_ms + 1 + self.rng.below(self.sc.tick_ms);
-        let commit = raw.log().committed();
+        let (commit, term) = (raw.log().committed(), raw.term());
         host.raw = Some(raw);
         self.checker.observe_restart(id, snap_index);
         self.checker.observe_snapshot_restore(id, snap_index);
         let view = &self.hosts[h].view;
         self.checker
-            .observe_commit(id, commit, |i| view.entry(i).map(entry_id))
+            .observe_commit(id, term, commit, |i| view.entry(i).map(entry_id))
             .map_err(|v| self.fail(format!("on restart: {v}")))?;
         self.log(|| format!("{id:?} boots: snapshot {snap_index:?}, commit {commit:?}"));
         self.drive(h)
@@ -731,10 +735,10 @@ impl Cluster {
     fn observe_commit(&mut self, h: usize) -> Result<(), Failure> {
         let host = &self.hosts[h];
         let Some(raw) = host.raw.as_ref() else { return Ok(()) };
-        let commit = raw.log().committed();
+        let (commit, term) = (raw.log().committed(), raw.term());
         let view = &host.view;
         self.checker
-            .observe_commit(host.id, commit, |i| view.entry(i).map(entry_id))
+            .observe_commit(host.id, term, commit, |i| view.entry(i).map(entry_id))
             .map_err(|v| self.fail(v.to_string()))
     }
 
@@ -1039,12 +1043,39 @@ impl Cluster {
                 let cfg = self.net.config.clone();
                 self.log(|| format!("NET {cfg:?}"));
             }
-            _ => {
+            7 => {
                 if let Some(l) = self.leader() {
                     if let Some(raw) = self.hosts[l].raw.as_mut() {
                         let _ = raw.barrier();
                     }
                     self.drive(l)?;
+                }
+            }
+            8 => {
+                // Crash the leader, typically with entries only partly replicated.
+                if let Some(l) = self.leader() {
+                    let what = self.hosts[l]
+                        .crash(&mut self.crash_rng)
+                        .map_err(|e| self.fail(e))?;
+                    let down_ms = self.rng.range(50, self.sc.down_ms_max);
+                    self.hosts[l].restart_at_ms = Some(self.now_ms + down_ms);
+                    self.report.crashes += 1;
+                    let id = self.hosts[l].id;
+                    self.log(|| format!("CRASH leader {id:?} ({what}), back in {down_ms} ms"));
+                }
+            }
+            _ => {
+                // Cut the leader off from a random subset of the others (both ways).
+                if let Some(l) = self.leader() {
+                    let id = self.hosts[l].id;
+                    let mut others: Vec<NodeId> = ids.iter().copied().filter(|&x| x != id).collect();
+                    self.rng.shuffle(&mut others);
+                    let n = self.rng.range(1, others.len().max(1) as u64) as usize;
+                    let cut: Vec<NodeId> = others.into_iter().take(n).collect();
+                    self.net.partition(&[id], &cut);
+                    self.schedule_heal();
+                    self.report.partitions += 1;
+                    self.log(|| format!("CUT leader {id:?} from {cut:?}"));
                 }
             }
         }

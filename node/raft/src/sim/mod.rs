@@ -87,8 +87,9 @@ pub struct Scenario {
     /// Mean gap between faults.
     pub fault_gap_ms: u64,
     /// Relative weights of: crash, partition, one-way cut, isolate leader, membership change,
-    /// leadership transfer, network weather, barrier.
-    pub weights: [u64; 8],
+    /// leadership transfer, network weather, barrier, crash the leader, cut the leader off from
+    /// some of its followers.
+    pub weights: [u64; 10],
     /// Longest downtime after a crash.
     pub down_ms_max: u64,
     /// Longest partition.
@@ -120,9 +121,9 @@ impl Scenario {
             fsync_ms_max: if rng.below(2) == 0 { 0 } else { rng.range(1, 20) },
             snapshot_every: if rng.below(4) == 0 { None } else { Some(rng.range(3, 50)) },
             trailing: rng.range(0, 5),
-            fault_gap_ms: rng.range(100, 2000),
-            weights: [0; 8],
-            down_ms_max: rng.range(200, 4 * election_ms),
+            fault_gap_ms: if rng.below(3) == 0 { rng.range(30, 300) } else { rng.range(100, 2000) },
+            weights: [0; 10],
+            down_ms_max: rng.range(60, 4 * election_ms),
             partition_ms_max: rng.range(200, 4 * election_ms),
             client_timeout_ms: election_ms * 3,
             think_ms: rng.range(1, 50),
@@ -212,11 +213,31 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Runs one seed with `opts`.
+/// Runs one seed with `opts`. A panic inside the core (an assertion) is returned as a
+/// [`Failure`] of that seed too.
 pub fn run(opts: Options) -> Result<Report, Failure> {
-    let mut c = cluster::Cluster::new(opts);
-    c.run()?;
-    Ok(c.report)
+    let seed = opts.seed;
+    cluster::TRACE.with(|t| t.borrow_mut().clear());
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let mut c = cluster::Cluster::new(opts);
+        c.run().map(|()| c.report)
+    }));
+    match result {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "non-string panic payload".to_owned());
+            Err(Failure {
+                seed,
+                at_ms: 0,
+                what: format!("panicked: {msg}"),
+                trace: cluster::TRACE.with(|t| std::mem::take(&mut *t.borrow_mut())),
+            })
+        }
+    }
 }
 
 /// Runs one seed; on failure replays it with tracing on and returns the traced failure.
