@@ -237,8 +237,12 @@ fn check_recovery(ops: &[Op], disk: &MemDisk, acked: usize, what: &str) {
 
 fn tear_offsets(len: usize, rng: &mut Rng, exhaustive: bool) -> Vec<usize> {
     if exhaustive {
-        let step = if len > 20_000 { 7 } else { 1 };
-        return (0..=len).step_by(step).collect();
+        // Every byte of batch-sized writes; preallocation writes (zeros) every 61st byte.
+        let step = if len > 8192 { 61 } else { 1 };
+        let mut v: Vec<usize> = (0..=len).step_by(step).collect();
+        v.push(len);
+        v.dedup();
+        return v;
     }
     let mut v = vec![0, 1, len / 2, len.saturating_sub(1)];
     for _ in 0..2 {
@@ -259,14 +263,14 @@ fn crash_everywhere(seed: u64, n_ops: usize, alignment: usize) {
     let mut runs = 0u64;
     for c in 1..=total {
         let mut modes = vec![CrashMode::LOSE_UNSYNCED, CrashMode::KEEP_UNSYNCED];
-        let (probe, _) = run_until_crash(&ops, Some(c), alignment);
-        if let Some(len) = probe.inflight_write_len() {
+        let (crashed, acked) = run_until_crash(&ops, Some(c), alignment);
+        if let Some(len) = crashed.inflight_write_len() {
             for (j, k) in tear_offsets(len, &mut rng, exhaustive).into_iter().enumerate() {
                 modes.push(CrashMode { keep_unsynced: j % 2 == 0, tear_inflight: Some(k) });
             }
         }
         for mode in modes {
-            let (disk, acked) = run_until_crash(&ops, Some(c), alignment);
+            let disk = crashed.fork();
             disk.restart(mode);
             let what = format!("seed {seed} align {alignment} crash at op point {c}/{total} mode {mode:?}");
             check_recovery(&ops, &disk, acked, &what);

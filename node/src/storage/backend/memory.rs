@@ -118,6 +118,44 @@ impl MemDisk {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// An independent copy of this disk in its current state (including a pending crash), for
+    /// trying several restart modes from one crash.
+    pub fn fork(&self) -> MemDisk {
+        let s = self.lock_state();
+        let files = s
+            .files
+            .iter()
+            .map(|(ino, f)| {
+                let pending = f
+                    .pending
+                    .iter()
+                    .map(|p| match p {
+                        Pending::Write { offset, data } => Pending::Write { offset: *offset, data: data.clone() },
+                        Pending::SetLen(n) => Pending::SetLen(*n),
+                    })
+                    .collect();
+                (*ino, FileState { data: f.data.clone(), durable: f.durable.clone(), pending })
+            })
+            .collect();
+        let copy = DiskState {
+            files,
+            next_ino: s.next_ino,
+            dir: s.dir.clone(),
+            durable_dir: s.durable_dir.clone(),
+            ops: s.ops,
+            crash_at: s.crash_at,
+            crashed: s.crashed,
+            inflight: s.inflight.clone(),
+            syncs_until_failure: s.syncs_until_failure,
+            writes_until_enospc: s.writes_until_enospc,
+            capacity: s.capacity,
+            locked: false,
+            lock_generation: s.lock_generation + 1,
+            alignment: s.alignment,
+        };
+        MemDisk { state: Arc::new(Mutex::new(copy)) }
+    }
+
     /// A backend on this disk.
     pub fn backend(&self) -> MemBackend {
         MemBackend { disk: self.clone() }
