@@ -359,3 +359,32 @@ async fn any_driver() {
     assert_eq!(row.get::<String, _>(1), "five");
     assert!(row.get::<bool, _>(2));
 }
+
+/// What `#[sqlx::test]` expands to, without the macro: `TestSupport` gives each test its own
+/// (emptied) database from `DATABASE_URL`.
+#[test]
+fn test_support_runs_a_pool_test() {
+    use sqlx_core::pool::Pool;
+    use sqlx_core::testing::{TestArgs, TestFn};
+    use sqlx_dqlite::Dqlite;
+
+    let Some(node) = start_node() else { return };
+    // Only this test in the binary reads DATABASE_URL.
+    std::env::set_var("DATABASE_URL", url(&node, "unused.db"));
+
+    async fn body(pool: Pool<Dqlite>) -> Result<(), sqlx_core::Error> {
+        pool.execute("CREATE TABLE only_in_test (x INTEGER)").await?;
+        let db: String = query_scalar("SELECT name FROM pragma_database_list")
+            .fetch_one(&pool)
+            .await?;
+        assert_eq!(db, "main");
+        Ok(())
+    }
+    let f: fn(Pool<Dqlite>) -> _ = body;
+    // Twice: the second run must find the database emptied again.
+    for _ in 0..2 {
+        let r: Result<(), sqlx_core::Error> =
+            f.run_test(TestArgs::new("real_node::test_support_runs_a_pool_test"));
+        r.expect("test body");
+    }
+}

@@ -19,6 +19,8 @@
 mod establish;
 mod execute;
 mod executor;
+#[cfg(test)]
+mod tests;
 
 use std::fmt::{self, Debug, Formatter};
 use std::future::Future;

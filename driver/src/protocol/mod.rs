@@ -13,3 +13,6 @@
 pub(crate) mod discovery;
 pub(crate) mod session;
 pub(crate) mod stream;
+
+#[cfg(test)]
+pub(crate) mod fake;

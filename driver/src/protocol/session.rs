@@ -116,6 +116,11 @@ impl Session {
         }
     }
 
+    #[cfg(test)]
+    pub fn frames_received(&self) -> u64 {
+        self.stream.frames_received()
+    }
+
     pub fn leader(&self) -> &NodeAddress {
         self.stream.peer()
     }

@@ -40,6 +40,9 @@ pub(crate) struct WireStream {
     write_incomplete: bool,
     ctx: DecodeContext,
     peer: NodeAddress,
+    /// Messages received so far (tests use it to check read-on-demand).
+    #[cfg_attr(not(test), allow(dead_code))]
+    frames_received: u64,
 }
 
 /// Connection-level failures, classified for the retry rules.
@@ -79,6 +82,7 @@ impl WireStream {
             write_incomplete: false,
             ctx: DecodeContext::default(),
             peer: addr.clone(),
+            frames_received: 0,
         };
         let hs = ProtocolVersion::V1.encode();
         stream.write_incomplete = true;
@@ -89,6 +93,11 @@ impl WireStream {
 
     pub fn peer(&self) -> &NodeAddress {
         &self.peer
+    }
+
+    #[cfg(test)]
+    pub fn frames_received(&self) -> u64 {
+        self.frames_received
     }
 
     pub fn ctx(&self) -> &DecodeContext {
@@ -135,6 +144,7 @@ impl WireStream {
                     body: msg.body.to_vec(),
                 };
                 self.read_buf.drain(..used);
+                self.frames_received += 1;
                 return Ok(frame);
             }
             let mut chunk = [0u8; 16 * 1024];
