@@ -418,7 +418,9 @@ impl RawNode {
             || (self.role, self.term, self.leader) != self.last_soft
             || (self.role == StateRole::Leader
                 && self.progress.values().any(|p| {
-                    p.commit_sent < self.log.committed && matches!(p.state, crate::progress::ProgressState::Replicate { .. })
+                    p.commit_sent < self.log.committed
+                        && p.match_index.next() == p.next_index
+                        && matches!(&p.state, crate::progress::ProgressState::Replicate { inflight } if inflight.is_empty())
                 }))
     }
 

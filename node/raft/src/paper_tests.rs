@@ -115,7 +115,7 @@ fn s5_3_log_replication_needs_a_majority_to_commit() {
     assert!(c.node(1).log().committed() < i);
     assert_eq!(c.node(1).log().committed(), before);
     c.heal();
-    c.run(10);
+    c.run(30);
     assert!(c.node(1).log().committed() >= i);
 }
 
@@ -250,7 +250,7 @@ fn s5_5_follower_crash_and_restart_catches_up_from_disk() {
     c.propose(1, b"b");
     c.deliver();
     c.restart(3);
-    c.run(5);
+    c.run(30);
     assert_eq!(c.fsm(3), &vec![b"a".to_vec(), b"b".to_vec()]);
 }
 
@@ -383,7 +383,7 @@ fn s7_log_compaction_lagging_follower_gets_snapshot_in_chunks() {
     let meta = c.take_snapshot(1, 0);
     assert_eq!(c.node(1).log().compacted_index(), meta.index);
     c.restart(3);
-    c.run(10);
+    c.run(30);
     let want: Vec<Vec<u8>> = (0..30u8).map(|i| vec![i, i]).collect();
     assert_eq!(c.fsm(3), &want);
     assert_eq!(c.node(3).snapshot_meta().map(|m| m.index), Some(meta.index));

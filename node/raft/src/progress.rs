@@ -44,8 +44,9 @@ pub struct Progress {
     pub state: ProgressState,
     /// The leader's tick count when this follower was last heard from (check-quorum).
     pub last_active: u64,
-    /// `match_index` at the previous heartbeat answer (detects a stalled pipeline).
-    pub match_at_heartbeat: LogIndex,
+    /// Leader tick since which the follower has been behind without its match index moving
+    /// (`None` when caught up). Detects a pipeline that lost a message.
+    pub behind_since: Option<u64>,
     /// The leader commit index carried by the last AppendEntries sent.
     pub commit_sent: LogIndex,
 }
@@ -58,7 +59,7 @@ impl Progress {
             next_index: last.next(),
             state: ProgressState::Probe { paused: false },
             last_active: now,
-            match_at_heartbeat: LogIndex::ZERO,
+            behind_since: None,
             commit_sent: LogIndex::ZERO,
         }
     }

@@ -68,11 +68,15 @@ impl RawNode {
         let commit = self.log.committed;
         let mut out = Vec::new();
         for (id, pr) in self.progress.iter_mut() {
-            if pr.commit_sent >= commit || !matches!(pr.state, ProgressState::Replicate { .. }) {
+            // Only to a follower with nothing in flight (an append in flight carries the commit
+            // index when a later one is sent, or its answer brings us back here), so that this
+            // empty append can never overtake entries and be rejected.
+            let idle = matches!(&pr.state, ProgressState::Replicate { inflight } if inflight.is_empty());
+            if pr.commit_sent >= commit || !idle || pr.match_index.next() != pr.next_index {
                 continue;
             }
             pr.commit_sent = commit;
-            let prev = pr.next_index.prev();
+            let prev = pr.match_index;
             let Some(prev_term) = self.log.term(prev) else { continue };
             out.push((*id, prev, prev_term));
         }
@@ -186,6 +190,7 @@ impl RawNode {
                 return; // cannot happen with an honest follower
             }
             if pr.on_ack(r.index) {
+                pr.behind_since = (pr.match_index < self.log.last_index()).then_some(self.ticks);
                 self.maybe_commit();
             }
             self.on_follower_progress(from);
@@ -232,19 +237,27 @@ impl RawNode {
         }
         let now = self.ticks;
         let last = self.log.last_index();
+        let stall_ticks = u64::from((self.election_ticks / 2).max(2 * self.heartbeat_ticks));
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.last_active = now;
         pr.resume();
         if pr.match_index < last {
-            // A pipeline that made no progress over a heartbeat interval lost a message:
-            // fall back to probing from the match point.
-            if matches!(pr.state, ProgressState::Replicate { .. }) && pr.match_index == pr.match_at_heartbeat {
-                pr.become_probe();
+            match pr.behind_since {
+                None => pr.behind_since = Some(now),
+                Some(since) if now.saturating_sub(since) >= stall_ticks => {
+                    // The follower answers heartbeats but its match index has not moved for
+                    // half an election timeout: an append or its answer was lost. Probe.
+                    if matches!(pr.state, ProgressState::Replicate { .. }) {
+                        tracing::debug!(leader = ?self.id, follower = ?from, "replication stalled: probing");
+                        pr.become_probe();
+                    }
+                    pr.behind_since = Some(now);
+                }
+                Some(_) => {}
             }
-            pr.match_at_heartbeat = pr.match_index;
             self.send_appends(from);
         } else {
-            pr.match_at_heartbeat = pr.match_index;
+            pr.behind_since = None;
         }
         self.on_read_ack(from, r.read_seq);
     }
@@ -376,7 +389,7 @@ mod tests {
         c.deliver();
         c.drop_if = None;
         let i = c.node(1).log().last_index();
-        c.run(2 * c.nodes[&NodeId(1)].heartbeat_ticks + 1);
+        c.run(c.nodes[&NodeId(1)].election_ticks);
         assert!(c.node(2).log().last_index() >= i);
         assert!(c.node(1).log().committed() >= i);
     }

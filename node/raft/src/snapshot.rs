@@ -245,11 +245,11 @@ mod tests {
         let mut c = lagging_cluster();
         c.restart(3);
         c.drop_if = Some(|m| matches!(m.body, MessageBody::InstallSnapshot(_)));
-        c.run(4);
+        let et = c.nodes[&NodeId(1)].election_ticks;
+        c.run(et);
         assert!(matches!(c.node(1).progress(NodeId(3)).unwrap().state, ProgressState::Snapshot { .. }));
         c.drop_if = None;
-        let et = c.nodes[&NodeId(1)].election_ticks;
-        c.run(et + 5);
+        c.run(2 * et);
         assert_eq!(c.fsm(3).len(), 10);
     }
 
@@ -284,7 +284,7 @@ mod tests {
         c.restart(3);
         // Run until the leader asks for a chunk, taking its Readys by hand.
         let mut req = None;
-        for _ in 0..10 {
+        for _ in 0..40 {
             c.tick_all();
             while let Some(m) = c.queue.pop_front() {
                 let to = m.to;

@@ -113,7 +113,7 @@ mod tests {
         assert!(!rd.messages.iter().any(|m| m.body == crate::MessageBody::TimeoutNow), "target not caught up yet");
         c.node(1).advance(&rd);
         c.heal();
-        c.run(4);
+        c.run(30);
         assert_eq!(c.leaders(), vec![NodeId(2)]);
     }
 
