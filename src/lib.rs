@@ -6,3 +6,6 @@
 
 pub use dqlite_node as node;
 pub use sqlx_dqlite as driver;
+
+/// Throw-away dqlite clusters for tests and examples (real C dqlite via `dqlite-demo` today).
+pub mod testing;

@@ -1,0 +1,2 @@
+DROP TABLE orders;
+DELETE FROM accounts WHERE email = 'seed@example.com';
