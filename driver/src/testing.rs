@@ -6,9 +6,7 @@
 //! [`MigrateDatabase`](sqlx_core::migrate::MigrateDatabase) for dqlite).
 //! Fixture snapshots are not supported.
 
-use std::future::Future;
-
-use sqlx_core::connection::{ConnectOptions, Connection};
+use sqlx_core::connection::Connection;
 use sqlx_core::pool::PoolOptions;
 use sqlx_core::testing::{FixtureSnapshot, TestArgs, TestContext, TestSupport};
 use sqlx_core::Error;
@@ -29,45 +27,30 @@ async fn empty_database(opts: &DqliteConnectOptions) -> Result<(), Error> {
 }
 
 impl TestSupport for Dqlite {
-    fn test_context(
-        args: &TestArgs,
-    ) -> impl Future<Output = Result<TestContext<Self>, Error>> + Send + '_ {
-        async move {
-            let db_name = Self::db_name(args);
-            let connect_opts = base_options()?.database(db_name.clone());
-            empty_database(&connect_opts).await?;
-            Ok(TestContext {
-                pool_opts: PoolOptions::new().max_connections(4),
-                connect_opts,
-                db_name,
-            })
-        }
+    async fn test_context(args: &TestArgs) -> Result<TestContext<Self>, Error> {
+        let db_name = Self::db_name(args);
+        let connect_opts = base_options()?.database(db_name.clone());
+        empty_database(&connect_opts).await?;
+        Ok(TestContext {
+            pool_opts: PoolOptions::new().max_connections(4),
+            connect_opts,
+            db_name,
+        })
     }
 
-    fn cleanup_test(db_name: &str) -> impl Future<Output = Result<(), Error>> + Send + '_ {
-        async move {
-            let opts = base_options()?.database(db_name);
-            empty_database(&opts).await
-        }
+    async fn cleanup_test(db_name: &str) -> Result<(), Error> {
+        let opts = base_options()?.database(db_name);
+        empty_database(&opts).await
     }
 
-    fn cleanup_test_dbs() -> impl Future<Output = Result<Option<usize>, Error>> + Send + 'static {
+    async fn cleanup_test_dbs() -> Result<Option<usize>, Error> {
         // dqlite cannot list databases; each test empties its own.
-        async { Ok(None) }
+        Ok(None)
     }
 
-    fn snapshot(
-        _conn: &mut DqliteConnection,
-    ) -> impl Future<Output = Result<FixtureSnapshot<Self>, Error>> + Send + '_ {
-        async {
-            Err(Error::Configuration(
-                "fixture snapshots are not supported by sqlx-dqlite".into(),
-            ))
-        }
+    async fn snapshot(_conn: &mut DqliteConnection) -> Result<FixtureSnapshot<Self>, Error> {
+        Err(Error::Configuration(
+            "fixture snapshots are not supported by sqlx-dqlite".into(),
+        ))
     }
-}
-
-#[allow(dead_code)]
-fn _options_are_connect_options(o: DqliteConnectOptions) -> impl ConnectOptions {
-    o
 }

@@ -1,7 +1,5 @@
 //! Transactions: `BEGIN`/`COMMIT`/`ROLLBACK`, nested savepoints, rollback on drop.
 
-use std::future::Future;
-
 use sqlx_core::sql_str::SqlStr;
 use sqlx_core::transaction::{
     begin_ansi_transaction_sql, commit_ansi_transaction_sql, rollback_ansi_transaction_sql,
@@ -30,75 +28,64 @@ pub struct DqliteTransactionManager;
 impl TransactionManager for DqliteTransactionManager {
     type Database = Dqlite;
 
-    fn begin(
-        conn: &mut DqliteConnection,
-        statement: Option<SqlStr>,
-    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
-        async move {
-            let depth = conn.transaction_depth;
-            let sql = match statement {
-                None => begin_ansi_transaction_sql(depth),
-                Some(_) if depth != 0 => return Err(Error::InvalidSavePointStatement),
-                Some(s) => s,
-            };
-            conn.exec_control(sql.as_str(), false).await?;
-            conn.transaction_depth += 1;
-            Ok(())
-        }
+    async fn begin(conn: &mut DqliteConnection, statement: Option<SqlStr>) -> Result<(), Error> {
+        let depth = conn.transaction_depth;
+        let sql = match statement {
+            None => begin_ansi_transaction_sql(depth),
+            Some(_) if depth != 0 => return Err(Error::InvalidSavePointStatement),
+            Some(s) => s,
+        };
+        conn.exec_control(sql.as_str(), false).await?;
+        conn.transaction_depth += 1;
+        Ok(())
     }
 
-    fn commit(conn: &mut DqliteConnection) -> impl Future<Output = Result<(), Error>> + Send + '_ {
-        async move {
-            let depth = conn.transaction_depth;
-            if depth == 0 {
-                return Ok(());
+    async fn commit(conn: &mut DqliteConnection) -> Result<(), Error> {
+        let depth = conn.transaction_depth;
+        if depth == 0 {
+            return Ok(());
+        }
+        if conn.transaction_lost {
+            return Err(conn.transaction_lost_error());
+        }
+        let sql = commit_ansi_transaction_sql(depth);
+        match conn.exec_control(sql.as_str(), depth == 1).await {
+            Ok(()) => {
+                conn.transaction_depth = depth - 1;
+                Ok(())
             }
-            if conn.transaction_lost {
-                return Err(conn.transaction_lost_error());
-            }
-            let sql = commit_ansi_transaction_sql(depth);
-            match conn.exec_control(sql.as_str(), depth == 1).await {
-                Ok(()) => {
-                    conn.transaction_depth = depth - 1;
-                    Ok(())
+            Err(e) => {
+                if depth == 1 && conn.session.is_none() {
+                    // The transaction is over on the server either way (committed or not:
+                    // the error says which is known).
+                    conn.transaction_depth = 0;
+                    conn.transaction_lost = false;
                 }
-                Err(e) => {
-                    if depth == 1 && conn.session.is_none() {
-                        // The transaction is over on the server either way (committed or not:
-                        // the error says which is known).
-                        conn.transaction_depth = 0;
-                        conn.transaction_lost = false;
-                    }
-                    Err(e)
-                }
+                Err(e)
             }
         }
     }
 
-    fn rollback(
-        conn: &mut DqliteConnection,
-    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
-        async move {
-            let depth = conn.transaction_depth;
-            if depth == 0 {
-                return Ok(());
-            }
-            if !conn.transaction_lost {
-                let sql = rollback_ansi_transaction_sql(depth);
-                if let Err(e) = conn.exec_control(sql.as_str(), false).await {
-                    if !conn.transaction_lost {
-                        return Err(e);
-                    }
-                    // Lost the connection while rolling back: the server discards the
-                    // transaction with it, which is what we asked for.
-                }
-            }
-            conn.transaction_depth = depth - 1;
-            if conn.transaction_depth == 0 {
-                conn.transaction_lost = false;
-            }
-            Ok(())
+    async fn rollback(conn: &mut DqliteConnection) -> Result<(), Error> {
+        let depth = conn.transaction_depth;
+        if depth == 0 {
+            return Ok(());
         }
+        if !conn.transaction_lost {
+            let sql = rollback_ansi_transaction_sql(depth);
+            if let Err(e) = conn.exec_control(sql.as_str(), false).await {
+                if !conn.transaction_lost {
+                    return Err(e);
+                }
+                // Lost the connection while rolling back: the server discards the
+                // transaction with it, which is what we asked for.
+            }
+        }
+        conn.transaction_depth = depth - 1;
+        if conn.transaction_depth == 0 {
+            conn.transaction_lost = false;
+        }
+        Ok(())
     }
 
     fn start_rollback(conn: &mut DqliteConnection) {

@@ -39,7 +39,7 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn spawn(dir: &PathBuf, i: usize, join: Option<&str>) -> Proc {
+fn spawn(dir: &std::path::Path, i: usize, join: Option<&str>) -> Proc {
     let db_addr = format!("127.0.0.1:{}", free_port());
     let api = format!("127.0.0.1:{}", free_port());
     let d = dir.join(i.to_string());

@@ -110,13 +110,11 @@ impl Connection for DqliteConnection {
     type Database = Dqlite;
     type Options = DqliteConnectOptions;
 
-    fn close(mut self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        async move {
-            if let Some(s) = self.session.take() {
-                s.close().await;
-            }
-            Ok(())
+    async fn close(mut self) -> Result<(), Error> {
+        if let Some(s) = self.session.take() {
+            s.close().await;
         }
+        Ok(())
     }
 
     fn close_hard(self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
@@ -128,36 +126,34 @@ impl Connection for DqliteConnection {
     /// Checks that the connection still talks to the leader: drains abandoned results, runs
     /// queued rollbacks, then `SELECT 1` (which fails with "not leader" on a deposed leader).
     /// Does not reconnect: a pool discards a connection whose ping fails.
-    fn ping(&mut self) -> impl Future<Output = Result<(), Error>> + Send + '_ {
-        async move {
-            self.flush_pending().await?;
-            let alive = self.session.as_mut().is_some_and(Session::is_idle_alive);
-            let session = match self.session.as_mut() {
-                Some(s) if alive => s,
-                _ => {
+    async fn ping(&mut self) -> Result<(), Error> {
+        self.flush_pending().await?;
+        let alive = self.session.as_mut().is_some_and(Session::is_idle_alive);
+        let session = match self.session.as_mut() {
+            Some(s) if alive => s,
+            _ => {
+                self.lose_session();
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "connection to the dqlite leader is closed",
+                )));
+            }
+        };
+        match session
+            .query(crate::protocol::session::Target::Sql("SELECT 1"), &[])
+            .await
+        {
+            Ok(Ok(batch)) if batch.done => Ok(()),
+            Ok(Ok(_)) => Err(Error::Protocol("SELECT 1 returned more than one batch".into())),
+            Ok(Err(f)) => {
+                if f.is_not_leader() {
                     self.lose_session();
-                    return Err(Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::NotConnected,
-                        "connection to the dqlite leader is closed",
-                    )));
                 }
-            };
-            match session
-                .query(crate::protocol::session::Target::Sql("SELECT 1"), &[])
-                .await
-            {
-                Ok(Ok(batch)) if batch.done => Ok(()),
-                Ok(Ok(_)) => Err(Error::Protocol("SELECT 1 returned more than one batch".into())),
-                Ok(Err(f)) => {
-                    if f.is_not_leader() {
-                        self.lose_session();
-                    }
-                    Err(Error::Database(Box::new(f.into_error())))
-                }
-                Err(e) => {
-                    self.lose_session();
-                    Err(e.into_inner())
-                }
+                Err(Error::Database(Box::new(f.into_error())))
+            }
+            Err(e) => {
+                self.lose_session();
+                Err(e.into_inner())
             }
         }
     }
@@ -172,13 +168,11 @@ impl Connection for DqliteConnection {
         self.statements.len()
     }
 
-    fn clear_cached_statements(&mut self) -> impl Future<Output = Result<(), Error>> + Send + '_ {
-        async move {
-            while let Some(stmt) = self.statements.remove_lru() {
-                self.finalize(stmt.id).await?;
-            }
-            Ok(())
+    async fn clear_cached_statements(&mut self) -> Result<(), Error> {
+        while let Some(stmt) = self.statements.remove_lru() {
+            self.finalize(stmt.id).await?;
         }
+        Ok(())
     }
 
     fn shrink_buffers(&mut self) {}

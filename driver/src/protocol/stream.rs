@@ -4,7 +4,7 @@
 //! is cancelled half-way leaves `write_incomplete` set and the stream must be discarded.
 
 use std::io;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
 
 use dqlite_wire::header::{self, Header};
@@ -168,11 +168,7 @@ impl WireStream {
         let mut cx = Context::from_waker(noop_waker_ref());
         let mut byte = [0u8; 1];
         let mut buf = ReadBuf::new(&mut byte);
-        match self.socket.poll_peek(&mut cx, &mut buf) {
-            Poll::Pending => true,
-            // EOF, unsolicited data, or an error (reset): not usable.
-            Poll::Ready(_) => false,
-        }
+        self.socket.poll_peek(&mut cx, &mut buf).is_pending()
     }
 
     /// Shut the socket down (best effort).
