@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use dqlite_raft::sim::{run_seed, Failure, Options, Report};
 
 /// Seeds in the default run: sized to stay well under a minute in a debug build.
-const DEFAULT_SEEDS: u64 = 200;
+const DEFAULT_SEEDS: u64 = 500;
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;

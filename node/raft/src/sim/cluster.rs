@@ -31,6 +31,9 @@ use crate::{Config, Configuration, EntryKind, LogIndex, NodeId, RawNode, Term};
 /// Most `Ready`s a server may produce in a row before the simulator calls it a livelock.
 const READY_LOOP_MAX: usize = 10_000;
 
+/// Extra liveness time allowed per log entry a replica is behind when the faults heal.
+const LIVENESS_MS_PER_ENTRY: u64 = 20;
+
 #[derive(Debug)]
 struct ClientOp {
     hist: usize,
@@ -239,28 +242,30 @@ impl Cluster {
         self.faults_on = false;
         self.clients_on = false;
         self.net.heal();
-        self.net.config = NetConfig {
-            delay_ms_min: 1,
-            delay_ms_max: self.sc.latency_ms * 3,
-            drop_per_million: 0,
-            duplicate_per_million: 0,
-        };
+        // A healthy network: no loss, and a fixed delay, so each link delivers in order (as a
+        // TCP connection does). Reordering stays a safety-phase fault.
+        self.net.config = NetConfig::perfect(self.sc.latency_ms);
         self.log(|| "liveness phase: healed, restarting everyone".to_string());
         for h in 0..self.hosts.len() {
             if self.hosts[h].started && !self.hosts[h].is_up() {
                 self.boot(h)?;
             }
         }
+        // The bound grows with the backlog at healing time: a replica far behind may have to
+        // be caught up one small append at a time (`max_append_bytes`).
+        let last = self.hosts.iter().filter_map(|h| h.raw.as_ref().map(|r| r.log().last_index())).max();
+        let least = self.hosts.iter().filter(|h| h.is_up()).map(|h| h.applied).min();
+        let backlog = last.unwrap_or(LogIndex(0)).0.saturating_sub(least.unwrap_or(LogIndex(0)).0);
+        let bound_ms = self.opts.liveness_ms + backlog * LIVENESS_MS_PER_ENTRY;
         let live_start = self.now_ms;
-        let deadline = live_start + self.opts.liveness_ms;
+        let deadline = live_start + bound_ms;
         loop {
             if self.converged() {
                 break;
             }
             if self.now_ms >= deadline {
                 return Err(self.fail(format!(
-                    "liveness: no convergence {} ms after healing (acked up to {:?}; {})",
-                    self.opts.liveness_ms,
+                    "liveness: no convergence {bound_ms} ms after healing (backlog {backlog} entries; acked up to {:?}; {})",
                     self.acked_max,
                     self.status_line()
                 )));
@@ -401,7 +406,7 @@ impl Cluster {
         for c in &self.clients {
             match &c.op {
                 Some(op) => next = next.min(op.deadline_ms).min(if op.at.is_none() { op.retry_at_ms } else { u64::MAX }),
-                None if self.clients_on => next = next.min(c.next_ms),
+                None if self.clients_on && self.history.len() < self.opts.ops_max => next = next.min(c.next_ms),
                 None => {}
             }
         }
@@ -825,7 +830,7 @@ impl Cluster {
             }
             return Ok(());
         }
-        if !self.clients_on || self.clients[c].next_ms > now {
+        if !self.clients_on || self.clients[c].next_ms > now || self.history.len() >= self.opts.ops_max {
             return Ok(());
         }
         let client = &mut self.clients[c];
@@ -973,16 +978,13 @@ impl Cluster {
         }
         match kind {
             0 => {
-                // Crash a server.
-                if let Some(&h) = self.rng.pick(&up) {
-                    let what = self.hosts[h]
-                        .crash(&mut self.crash_rng)
-                        .map_err(|e| self.fail(e))?;
-                    let down_ms = self.rng.range(50, self.sc.down_ms_max);
-                    self.hosts[h].restart_at_ms = Some(self.now_ms + down_ms);
-                    self.report.crashes += 1;
-                    let id = self.hosts[h].id;
-                    self.log(|| format!("CRASH {id:?} ({what}), back in {down_ms} ms"));
+                // Crash a server; half the time one with writes still waiting for their fsync,
+                // where a broken persistence contract shows.
+                let unsynced: Vec<usize> =
+                    up.iter().copied().filter(|&h| !self.hosts[h].unsynced.is_empty()).collect();
+                let pool = if !unsynced.is_empty() && self.rng.below(2) == 0 { &unsynced } else { &up };
+                if let Some(&h) = self.rng.pick(pool) {
+                    self.crash(h, "")?;
                 }
             }
             1 => {
@@ -1054,14 +1056,7 @@ impl Cluster {
             8 => {
                 // Crash the leader, typically with entries only partly replicated.
                 if let Some(l) = self.leader() {
-                    let what = self.hosts[l]
-                        .crash(&mut self.crash_rng)
-                        .map_err(|e| self.fail(e))?;
-                    let down_ms = self.rng.range(50, self.sc.down_ms_max);
-                    self.hosts[l].restart_at_ms = Some(self.now_ms + down_ms);
-                    self.report.crashes += 1;
-                    let id = self.hosts[l].id;
-                    self.log(|| format!("CRASH leader {id:?} ({what}), back in {down_ms} ms"));
+                    self.crash(l, "leader ")?;
                 }
             }
             _ => {
@@ -1079,6 +1074,24 @@ impl Cluster {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Kills server `h` and schedules its restart: usually after a while, sometimes at once
+    /// (a bounce, so that messages sent to its previous life still arrive).
+    fn crash(&mut self, h: usize, label: &str) -> Result<(), Failure> {
+        let what = self.hosts[h]
+            .crash(&mut self.crash_rng)
+            .map_err(|e| self.fail(e))?;
+        let down_ms = if self.rng.below(3) == 0 {
+            self.rng.range(1, 20)
+        } else {
+            self.rng.range(50, self.sc.down_ms_max)
+        };
+        self.hosts[h].restart_at_ms = Some(self.now_ms + down_ms);
+        self.report.crashes += 1;
+        let id = self.hosts[h].id;
+        self.log(|| format!("CRASH {label}{id:?} ({what}), back in {down_ms} ms"));
         Ok(())
     }
 

@@ -34,12 +34,15 @@ pub struct Options {
     pub seed: u64,
     /// Virtual duration of the fault phase.
     pub safety_ms: u64,
-    /// Bound on the liveness phase (virtual).
+    /// Bound on the liveness phase (virtual), plus 20 ms per entry the furthest-behind running
+    /// server lags the longest log when the faults heal.
     pub liveness_ms: u64,
     /// Record a trace of every event (slow; used to explain a failure).
     pub trace: bool,
     /// Step budget of the linearizability search.
     pub lin_steps_max: u64,
+    /// Most client operations in one run (keeps a history checkable).
+    pub ops_max: usize,
 }
 
 impl Options {
@@ -50,7 +53,8 @@ impl Options {
             safety_ms: 10_000,
             liveness_ms: 30_000,
             trace: false,
-            lin_steps_max: 2_000_000,
+            lin_steps_max: 300_000,
+            ops_max: 3_000,
         }
     }
 }
@@ -118,7 +122,7 @@ impl Scenario {
             max_append_bytes: *rng.pick(&[40, 200, 4096, 1 << 20]).unwrap_or(&4096),
             chunk_bytes: rng.range(16, 512),
             net: NetConfig::perfect(1),
-            fsync_ms_max: if rng.below(2) == 0 { 0 } else { rng.range(1, 20) },
+            fsync_ms_max: if rng.below(2) == 0 { 0 } else { rng.range(1, 50) },
             snapshot_every: if rng.below(4) == 0 { None } else { Some(rng.range(3, 50)) },
             trailing: rng.range(0, 5),
             fault_gap_ms: if rng.below(3) == 0 { rng.range(30, 300) } else { rng.range(100, 2000) },
@@ -126,7 +130,7 @@ impl Scenario {
             down_ms_max: rng.range(60, 4 * election_ms),
             partition_ms_max: rng.range(200, 4 * election_ms),
             client_timeout_ms: election_ms * 3,
-            think_ms: rng.range(1, 50),
+            think_ms: rng.range(5, 50),
         };
         for w in &mut s.weights {
             *w = if rng.below(5) == 0 { 0 } else { rng.range(1, 10) };
