@@ -21,7 +21,8 @@ use clap::{CommandFactory, FromArgMatches};
 use sqlx_cli::opt::Command;
 use sqlx_cli::Opt;
 
-const ABOUT: &str = "Migrations and database management for dqlite:// URLs (sqlx-cli with the dqlite driver)";
+const ABOUT: &str =
+    "Migrations and database management for dqlite:// URLs (sqlx-cli with the dqlite driver)";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -39,6 +40,8 @@ async fn main() -> ExitCode {
         .bin_name("dqlited")
         .about(ABOUT)
         .version(env!("CARGO_PKG_VERSION"))
+        // Refused below; not advertised.
+        .mut_subcommand("prepare", |prepare| prepare.hide(true))
         .get_matches();
     let opt = match Opt::from_arg_matches(&matches) {
         Ok(opt) => opt,

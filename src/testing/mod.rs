@@ -126,8 +126,13 @@ pub enum LaunchError {
 ///
 /// * `real`: [`RealDqlite`], C dqlite 1.11 via Debian's `dqlite-demo`.
 pub fn launcher_from_env() -> Result<Box<dyn Launcher>, LaunchError> {
-    let name = std::env::var(LAUNCHER_ENV).unwrap_or_else(|_| "real".to_owned());
-    match name.as_str() {
+    let name = std::env::var(LAUNCHER_ENV).unwrap_or_default();
+    launcher_by_name(&name)
+}
+
+/// Returns the launcher called `name` (`""` means the default, `real`).
+pub fn launcher_by_name(name: &str) -> Result<Box<dyn Launcher>, LaunchError> {
+    match name {
         "real" | "" => Ok(Box::new(RealDqlite::from_env()?)),
         other => Err(LaunchError::UnknownLauncher(other.to_owned())),
     }
@@ -246,8 +251,16 @@ impl Cluster {
     }
 
     /// Waits (bounded by `bound`) for a leader other than node `old` (e.g. after killing it).
-    pub fn wait_for_new_leader(&mut self, old: usize, bound: Duration) -> Result<usize, LaunchError> {
-        self.wait_for_leader_where(bound, |i| i != old, &format!("a leader other than node {old}"))
+    pub fn wait_for_new_leader(
+        &mut self,
+        old: usize,
+        bound: Duration,
+    ) -> Result<usize, LaunchError> {
+        self.wait_for_leader_where(
+            bound,
+            |i| i != old,
+            &format!("a leader other than node {old}"),
+        )
     }
 
     fn wait_for_leader_where(
@@ -296,7 +309,9 @@ impl Cluster {
             if let Ok(members) = self.members() {
                 let n_voters = members.iter().filter(|m| m.role == Role::Voter).count();
                 let ours = self.addresses();
-                let all_ours = members.iter().all(|m| ours.iter().any(|a| a.to_string() == m.address));
+                let all_ours = members
+                    .iter()
+                    .all(|m| ours.iter().any(|a| a.to_string() == m.address));
                 if n_voters == voters && all_ours {
                     tracing::info!(voters, waited = ?start.elapsed(), "cluster configuration ready");
                     return Ok(());
@@ -320,14 +335,21 @@ impl Cluster {
                 node.log_tail(2048)
             ));
         }
-        LaunchError::Timeout { what: what.to_owned(), waited, detail }
+        LaunchError::Timeout {
+            what: what.to_owned(),
+            waited,
+            detail,
+        }
     }
 
     fn check_index(&self, i: usize) -> Result<(), LaunchError> {
         if i < self.nodes.len() {
             Ok(())
         } else {
-            Err(LaunchError::Invalid(format!("node {i} out of range: cluster has {} nodes", self.nodes.len())))
+            Err(LaunchError::Invalid(format!(
+                "node {i} out of range: cluster has {} nodes",
+                self.nodes.len()
+            )))
         }
     }
 }
@@ -352,5 +374,40 @@ pub fn wait_until<T>(
             });
         }
         std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_launcher_names_the_known_ones() {
+        let err = launcher_by_name("own-nodes-not-yet")
+            .err()
+            .expect("unknown launcher");
+        let message = err.to_string();
+        assert!(
+            message.contains("own-nodes-not-yet") && message.contains("real"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn wait_until_is_bounded_and_says_what_it_waited_for() {
+        let start = Instant::now();
+        let err =
+            wait_until("the impossible", Duration::from_millis(120), || None::<()>).unwrap_err();
+        assert!(start.elapsed() >= Duration::from_millis(120));
+        assert!(err.to_string().contains("the impossible"), "{err}");
+        let mut calls = 0;
+        assert_eq!(
+            wait_until("third call", Duration::from_secs(5), || {
+                calls += 1;
+                (calls == 3).then_some(calls)
+            })
+            .unwrap(),
+            3
+        );
     }
 }
