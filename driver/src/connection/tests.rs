@@ -272,3 +272,21 @@ async fn dropped_transaction_rolls_back_before_the_next_request() {
         ]
     );
 }
+
+#[tokio::test]
+async fn request_timeout_drops_a_silent_leader_and_reports_the_write_unknown() {
+    let node = FakeNode::leader().await;
+    let mut conn = opts(&[&node])
+        .request_timeout(Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    conn.execute("UPDATE t SET x = 1").await.unwrap();
+    node.fault("EXEC_SQL UPDATE", Fault::Hang);
+    let err = conn.execute("UPDATE t SET x = 1").await.expect_err("timed out");
+    assert!(is_outcome_unknown(&err), "{err}");
+    assert!(conn.session.is_none(), "the silent connection is dropped");
+    // The next statement runs on a fresh connection.
+    conn.execute("UPDATE t SET x = 2").await.unwrap();
+    assert_eq!(node.state.accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

@@ -78,6 +78,7 @@ impl fmt::Display for NodeAddress {
 /// | `connect_timeout=5s` | [`connect_timeout`](Self::connect_timeout) | 5 s | timeout for dialing one node and reading its LEADER reply |
 /// | `leader_timeout=20s` | [`leader_timeout`](Self::leader_timeout) | 20 s | total time spent looking for the leader (sweeps over all seeds with exponential backoff 100 ms → 1 s) before giving up |
 /// | `statement_cache_capacity=100` | [`statement_cache_capacity`](Self::statement_cache_capacity) | 100 | prepared statements kept per connection (0 disables the cache: statements run with `EXEC_SQL`/`QUERY_SQL`) |
+/// | `request_timeout=0` | [`request_timeout`](Self::request_timeout) | 0 (off) | longest wait for one response message from the leader; on expiry the connection is dropped and the request fails (a write then has an unknown outcome). Guards against a leader host that vanished without closing TCP |
 /// | `client_id=0` | [`client_id`](Self::client_id) | 0 | id sent in the `CLIENT` handshake (informational for the server) |
 ///
 /// Durations accept `ms`, `s` and `m` suffixes (`250ms`, `5s`, `1m`); a bare number means
@@ -114,6 +115,7 @@ pub struct DqliteConnectOptions {
     pub(crate) leader_timeout: Duration,
     pub(crate) statement_cache_capacity: usize,
     pub(crate) client_id: u64,
+    pub(crate) request_timeout: Duration,
     pub(crate) log_settings: LogSettings,
 }
 
@@ -130,6 +132,7 @@ impl fmt::Debug for DqliteConnectOptions {
             .field("leader_timeout", &self.leader_timeout)
             .field("statement_cache_capacity", &self.statement_cache_capacity)
             .field("client_id", &self.client_id)
+            .field("request_timeout", &self.request_timeout)
             .finish()
     }
 }
@@ -152,6 +155,7 @@ impl DqliteConnectOptions {
             leader_timeout: DEFAULT_LEADER_TIMEOUT,
             statement_cache_capacity: DEFAULT_STATEMENT_CACHE_CAPACITY,
             client_id: 0,
+            request_timeout: Duration::ZERO,
             log_settings: LogSettings::default(),
         }
     }
@@ -210,6 +214,19 @@ impl DqliteConnectOptions {
     pub fn client_id(mut self, id: u64) -> Self {
         self.client_id = id;
         self
+    }
+
+    /// Longest wait for one response message; `Duration::ZERO` (the default) waits forever
+    /// (`request_timeout=`). When it expires the connection is dropped: the request fails
+    /// with an I/O error, or an "outcome unknown" error if it may have written.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The request timeout (`Duration::ZERO` = none).
+    pub fn get_request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     /// The database name.

@@ -119,6 +119,7 @@ impl DqliteConnectOptions {
                         ))
                     })?
                 }
+                "request_timeout" => opts.request_timeout = parse_duration(&key, &value)?,
                 "client_id" => {
                     opts.client_id = value.parse().map_err(|_| {
                         config_err(format!("invalid client_id {value:?} (expected a number)"))
@@ -127,7 +128,7 @@ impl DqliteConnectOptions {
                 other => {
                     return Err(config_err(format!(
                         "unknown dqlite URL parameter `{other}` (known: peers, connect_timeout, \
-                         leader_timeout, statement_cache_capacity, client_id)"
+                         leader_timeout, statement_cache_capacity, request_timeout, client_id)"
                     )))
                 }
             }
@@ -161,6 +162,10 @@ impl DqliteConnectOptions {
         push(
             "statement_cache_capacity",
             &self.statement_cache_capacity.to_string(),
+        );
+        push(
+            "request_timeout",
+            &format!("{}ms", self.request_timeout.as_millis()),
         );
         push("client_id", &self.client_id.to_string());
         // Everything above is ASCII we produced ourselves; `Url::parse` cannot fail on it
@@ -209,6 +214,7 @@ mod tests {
         assert_eq!(o.leader_timeout, Duration::from_secs(60));
         assert_eq!(o.statement_cache_capacity, 7);
         assert_eq!(o.client_id, 42);
+        assert_eq!(o.request_timeout, Duration::ZERO);
     }
 
     #[test]
@@ -225,7 +231,7 @@ mod tests {
         for s in [
             "dqlite://127.0.0.1:9001/app.db",
             "dqlite://127.0.0.1:9001/my%20db?peers=127.0.0.2:9002,127.0.0.3:9003",
-            "dqlite://[::1]:7000/x?peers=[::2]:7001&connect_timeout=3s&leader_timeout=1500ms&statement_cache_capacity=0&client_id=9",
+            "dqlite://[::1]:7000/x?peers=[::2]:7001&connect_timeout=3s&leader_timeout=1500ms&statement_cache_capacity=0&request_timeout=2s&client_id=9",
         ] {
             let a: DqliteConnectOptions = s.parse().unwrap();
             let url = a.to_url_lossy();

@@ -149,7 +149,8 @@ pub(crate) async fn connect_leader(opts: &DqliteConnectOptions) -> Result<Sessio
             if let Some(stream) = candidate {
                 let leader = stream.peer().clone();
                 match open_on_leader(stream, opts).await {
-                    Ok(Some(session)) => {
+                    Ok(Some(mut session)) => {
+                        session.set_request_timeout(opts.request_timeout);
                         tracing::debug!(%leader, sweeps, "connected to the dqlite leader");
                         return Ok(session);
                     }

@@ -26,6 +26,8 @@ pub(crate) enum Fault {
     Fail(u64, &'static str),
     /// Close the connection without replying.
     Close,
+    /// Keep the connection open and never reply (a vanished host).
+    Hang,
 }
 
 #[derive(Default)]
@@ -192,6 +194,7 @@ async fn serve(mut sock: TcpStream, st: Arc<FakeState>) {
         };
         match fault {
             Some(Fault::Close) => return,
+            Some(Fault::Hang) => std::future::pending::<()>().await,
             Some(Fault::Fail(code, message)) => {
                 if !send(&mut sock, &Response::Failure { code, message }).await {
                     return;

@@ -121,6 +121,10 @@ impl Session {
         self.stream.frames_received()
     }
 
+    pub fn set_request_timeout(&mut self, timeout: std::time::Duration) {
+        self.stream.set_request_timeout(timeout);
+    }
+
     pub fn leader(&self) -> &NodeAddress {
         self.stream.peer()
     }

@@ -43,6 +43,8 @@ pub(crate) struct WireStream {
     /// Messages received so far (tests use it to check read-on-demand).
     #[cfg_attr(not(test), allow(dead_code))]
     frames_received: u64,
+    /// Longest wait for one message (None = forever).
+    request_timeout: Option<Duration>,
 }
 
 /// Connection-level failures, classified for the retry rules.
@@ -83,6 +85,7 @@ impl WireStream {
             ctx: DecodeContext::default(),
             peer: addr.clone(),
             frames_received: 0,
+            request_timeout: None,
         };
         let hs = ProtocolVersion::V1.encode();
         stream.write_incomplete = true;
@@ -133,8 +136,26 @@ impl WireStream {
         Ok(())
     }
 
-    /// Receive one whole message.
+    /// Bound every later wait for a message (`Duration::ZERO` = no bound).
+    pub fn set_request_timeout(&mut self, timeout: Duration) {
+        self.request_timeout = (!timeout.is_zero()).then_some(timeout);
+    }
+
+    /// Receive one whole message (bounded by the request timeout, if any).
     pub async fn recv(&mut self) -> Result<Frame, Error> {
+        match self.request_timeout {
+            None => self.recv_unbounded().await,
+            Some(t) => match tokio::time::timeout(t, self.recv_unbounded()).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("dqlite node {} sent no response within {t:?}", self.peer),
+                ))),
+            },
+        }
+    }
+
+    async fn recv_unbounded(&mut self) -> Result<Frame, Error> {
         loop {
             if let Some((msg, used)) = header::parse(&self.read_buf, DEFAULT_MAX_BODY_BYTES)
                 .map_err(|e| Error::Protocol(format!("malformed dqlite message: {e}")))?
