@@ -576,7 +576,11 @@ impl Cluster {
             self.log(|| format!("{id:?} installs snapshot {:?} keep_log {}", si.meta.index, si.keep_log));
             install = Some((si.meta, data, si.keep_log));
         }
-        // 4. Entries (recorded for log matching as they are written).
+        // 4. Entries, recorded for log matching as they are written; a leader's own new
+        //    entries only once durable (until then no one else can have seen them: if they
+        //    are lost in a crash, the same index and term may be reused harmlessly).
+        let own = self.hosts[h].raw.as_ref().is_some_and(|r| r.role() == StateRole::Leader);
+        let mut deferred = Vec::new();
         if let Some(first) = rd.entries.first() {
             let view = &self.hosts[h].view;
             let Some(mut prev) = view.term_at(first.index.prev()) else {
@@ -587,9 +591,13 @@ impl Cluster {
                 )));
             };
             for e in &rd.entries {
-                self.checker
-                    .observe_append(id, entry_id(e), prev)
-                    .map_err(|v| self.fail(v.to_string()))?;
+                if own {
+                    deferred.push((entry_id(e), prev));
+                } else {
+                    self.checker
+                        .observe_append(id, entry_id(e), prev)
+                        .map_err(|v| self.fail(v.to_string()))?;
+                }
                 prev = e.term;
             }
             self.hosts[h].view.append(&rd.entries);
@@ -607,6 +615,7 @@ impl Cluster {
             entries: rd.entries,
             marker,
             messages: rd.persisted_messages,
+            observe: deferred,
         };
         if self.sc.fsync_ms_max == 0 {
             self.complete_batch(h, batch)?;
@@ -703,6 +712,11 @@ impl Cluster {
         let id = self.hosts[h].id;
         if let Some(hs) = b.hard {
             self.check_hard_state(h, hs)?;
+        }
+        for &(e, prev) in &b.observe {
+            self.checker
+                .observe_append(id, e, prev)
+                .map_err(|v| self.fail(v.to_string()))?;
         }
         if let Err(e) = b.write_to(&mut self.hosts[h].disk) {
             return Err(self.fail(format!("{id:?}: {e}")));
@@ -1080,9 +1094,15 @@ impl Cluster {
     /// Kills server `h` and schedules its restart: usually after a while, sometimes at once
     /// (a bounce, so that messages sent to its previous life still arrive).
     fn crash(&mut self, h: usize, label: &str) -> Result<(), Failure> {
-        let what = self.hosts[h]
+        let (what, surviving) = self.hosts[h]
             .crash(&mut self.crash_rng)
             .map_err(|e| self.fail(e))?;
+        let id = self.hosts[h].id;
+        for (e, prev) in surviving {
+            self.checker
+                .observe_append(id, e, prev)
+                .map_err(|v| self.fail(v.to_string()))?;
+        }
         let down_ms = if self.rng.below(3) == 0 {
             self.rng.range(1, 20)
         } else {
@@ -1090,7 +1110,6 @@ impl Cluster {
         };
         self.hosts[h].restart_at_ms = Some(self.now_ms + down_ms);
         self.report.crashes += 1;
-        let id = self.hosts[h].id;
         self.log(|| format!("CRASH {label}{id:?} ({what}), back in {down_ms} ms"));
         Ok(())
     }

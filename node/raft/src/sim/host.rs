@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
+use crate::check::safety::EntryId;
 use crate::message::Message;
 use crate::sim::kv::KvStore;
 use crate::sim::rng::Rng;
@@ -88,6 +89,9 @@ pub struct Batch {
     pub marker: Option<(LogIndex, Term)>,
     /// Messages to send once durable.
     pub messages: Vec<Message>,
+    /// Log-matching observations deferred until the entries are durable: a leader's own new
+    /// entries are private to it until written or sent (entry, term of its predecessor).
+    pub observe: Vec<(EntryId, Term)>,
 }
 
 impl Batch {
@@ -244,8 +248,10 @@ impl Host {
     }
 
     /// Kills the process. Unsynced writes survive whole, torn or not at all, as `rng` decides.
-    /// Returns a description of what survived.
-    pub fn crash(&mut self, rng: &mut Rng) -> Result<String, ContractError> {
+    /// Returns a description of what survived, and the deferred observations of the entries
+    /// that survived.
+    pub fn crash(&mut self, rng: &mut Rng) -> Result<(String, Vec<(EntryId, Term)>), ContractError> {
+        let mut surviving = Vec::new();
         self.raw = None;
         let mut kept = 0;
         let mut torn = false;
@@ -254,6 +260,7 @@ impl Host {
                 0..=4 => break,
                 5..=7 => {
                     b.write_to(&mut self.disk)?;
+                    surviving.extend(b.observe.iter().copied());
                     kept += 1;
                 }
                 _ => {
@@ -265,7 +272,10 @@ impl Host {
                         entries: b.entries[..n].to_vec(),
                         marker: None,
                         messages: Vec::new(),
+                        observe: Vec::new(),
                     };
+                    let last = partial.entries.last().map_or(LogIndex(0), |e| e.index);
+                    surviving.extend(b.observe.iter().copied().filter(|(e, _)| e.index <= last));
                     partial.write_to(&mut self.disk)?;
                     torn = true;
                     break;
@@ -279,8 +289,9 @@ impl Host {
         self.pending_reads.clear();
         self.kv = KvStore::default();
         self.view = View::from_disk(&self.disk);
-        Ok(format!(
-            "unsynced batches kept whole {kept}, torn {torn}, lost {lost}+"
+        Ok((
+            format!("unsynced batches kept whole {kept}, torn {torn}, lost {lost}+"),
+            surviving,
         ))
     }
 }

@@ -1,0 +1,145 @@
+//! Minimal, deterministic reproductions of bugs the simulator found in the core (see
+//! `node/raft/SIM_FINDINGS.md`). Each drives `RawNode`s by hand, without the simulator, so the
+//! failing sequence is readable. A finding's test stays here after the fix, as a regression test.
+
+use dqlite_raft::{
+    Config, Configuration, Entry, HardState, LogIndex, Message, NodeId, RawNode, Role,
+    Server, StateRole,
+};
+
+/// What a test harness keeps for one server: the core, what is durable, what it applied.
+struct Server1 {
+    raw: RawNode,
+    durable_hard: HardState,
+    durable_log: Vec<Entry>,
+    applied: Vec<Entry>,
+}
+
+impl Server1 {
+    fn new(id: u64, boot: &Entry) -> Server1 {
+        let raw = RawNode::restore(Config::new(NodeId(id)), HardState::default(), None, vec![boot.clone()])
+            .expect("restore");
+        Server1 {
+            raw,
+            durable_hard: HardState::default(),
+            durable_log: vec![boot.clone()],
+            applied: Vec::new(),
+        }
+    }
+
+    /// Handles one Ready completely (persist, then `advance`), returning every message it sends.
+    fn handle_ready(&mut self) -> Vec<Message> {
+        let rd = self.raw.ready();
+        if let Some(hs) = rd.hard_state {
+            self.durable_hard = hs;
+        }
+        if let Some(first) = rd.entries.first() {
+            self.durable_log.retain(|e| e.index < first.index);
+            self.durable_log.extend(rd.entries.iter().cloned());
+        }
+        self.applied.extend(rd.committed_entries.iter().cloned());
+        self.raw.advance(&rd);
+        let mut out = rd.messages;
+        out.extend(rd.persisted_messages);
+        out
+    }
+}
+
+/// Delivers messages back and forth (persisting every Ready) until nothing is left to do.
+fn settle(servers: &mut [&mut Server1], mut inflight: Vec<Message>) {
+    for _ in 0..1000 {
+        for s in servers.iter_mut() {
+            while s.raw.has_ready() {
+                inflight.extend(s.handle_ready());
+            }
+        }
+        if inflight.is_empty() {
+            return;
+        }
+        for m in std::mem::take(&mut inflight) {
+            if let Some(s) = servers.iter_mut().find(|s| s.raw.id() == m.to) {
+                s.raw.step(m).expect("step");
+            }
+        }
+    }
+    panic!("did not settle");
+}
+
+fn text(v: Option<Vec<u8>>) -> Option<String> {
+    v.map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+fn payload_at(applied: &[Entry], index: LogIndex) -> Option<Vec<u8>> {
+    applied.iter().find(|e| e.index == index).map(|e| e.data.clone())
+}
+
+/// F1 (seed 3336 of the simulator): a voter that wins an election with its own vote alone (a
+/// single-voter cluster, possibly with standbys) becomes leader and sends AppendEntries of the
+/// new term in `Ready::messages`, i.e. before the `HardState` that records the term is durable.
+/// If it crashes before the fsync, it restarts in the old term, wins the same term again and
+/// appends a *different* entry at the same index and term. The standby that received the first
+/// one sees a matching (index, term), keeps it, and applies it: the two state machines diverge.
+#[test]
+#[ignore = "core bug F1, see node/raft/SIM_FINDINGS.md; run with --ignored"]
+fn f1_self_elected_leader_must_not_send_before_its_term_is_durable() {
+    let mut conf = Configuration::with_voters([NodeId(1)]);
+    conf.upsert(Server {
+        id: NodeId(2),
+        address: String::new(),
+        role: Role::Standby,
+    });
+    let boot = RawNode::bootstrap_entry(&conf);
+    let mut n1 = Server1::new(1, &boot);
+    let mut n2 = Server1::new(2, &boot);
+
+    // n1 elects itself (term 2). Its first Ready holds the new term and the no-op; the
+    // application starts the fsync and sends the messages (as the contract allows).
+    while n1.raw.role() != StateRole::Leader {
+        n1.raw.tick();
+    }
+    let term = n1.raw.term();
+    let rd1 = n1.raw.ready();
+    let hs = rd1.hard_state.expect("the new term must be persisted");
+    assert_eq!(hs.term, term);
+    let mut early: Vec<Message> = rd1.messages.iter().filter(|m| m.term >= term).cloned().collect();
+    // The standby answers; a client proposes X; the next Ready goes out while the first
+    // fsync is still running (pipelined Readys).
+    let mut acks = Vec::new();
+    for m in rd1.messages {
+        n2.raw.step(m).expect("step");
+        while n2.raw.has_ready() {
+            acks.extend(n2.handle_ready());
+        }
+    }
+    for m in acks {
+        n1.raw.step(m).expect("step");
+    }
+    n1.raw.propose(b"X".to_vec()).expect("propose X");
+    let rd2 = n1.raw.ready();
+    early.extend(rd2.messages.iter().filter(|m| m.term >= term).cloned());
+    settle(&mut [&mut n2], rd2.messages);
+
+    // n1 crashes before either fsync completes and restarts from its disk (bootstrap only).
+    let mut n1 = Server1::new(1, &boot);
+    while n1.raw.role() != StateRole::Leader {
+        n1.raw.tick();
+    }
+    assert_eq!(n1.raw.term(), term, "restarted in the old term, won the same term again");
+    n1.raw.propose(b"Y".to_vec()).expect("propose Y");
+    settle(&mut [&mut n1, &mut n2], Vec::new());
+    for _ in 0..20 {
+        n1.raw.tick(); // heartbeats carry the commit index to the standby
+        settle(&mut [&mut n1, &mut n2], Vec::new());
+    }
+
+    let at = LogIndex(3);
+    assert!(
+        early.is_empty(),
+        "{} message(s) of term {term:?} sent before the term was durable: {early:?}\n\
+         consequence: leader applied {:?} at {at:?}, standby applied {:?}",
+        early.len(),
+        text(payload_at(&n1.applied, at)),
+        text(payload_at(&n2.applied, at)),
+    );
+    assert_eq!(payload_at(&n1.applied, at), payload_at(&n2.applied, at));
+}
