@@ -168,6 +168,33 @@ mod tests {
     }
 
     #[test]
+    fn prng_is_splitmix64() {
+        // Reference outputs of SplitMix64 from state 0.
+        let mut p = Prng::new(0);
+        assert_eq!(p.next_u64(), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(p.next_u64(), 0x6e78_9e6a_a1b9_65f4);
+        assert_eq!(p.next_u64(), 0x06c4_5d18_8009_454f);
+    }
+
+    #[test]
+    fn validate_boundaries() {
+        let mut c = Config::new(NodeId(1));
+        c.tick = c.heartbeat_interval();
+        c.validate().unwrap();
+        assert_eq!(c.heartbeat_ticks(), 1);
+        assert_eq!(c.election_ticks(), 10);
+        let mut c = Config::new(NodeId(1));
+        c.snapshot_chunk_bytes = 0;
+        assert_eq!(c.validate(), Err(ConfigError::ZeroBytes));
+        let mut c = Config::new(NodeId(1));
+        c.max_append_bytes = 0;
+        assert_eq!(c.validate(), Err(ConfigError::ZeroBytes));
+        let mut c = Config::new(NodeId(1));
+        c.tick = Duration::ZERO;
+        assert_eq!(c.validate(), Err(ConfigError::ZeroTick));
+    }
+
+    #[test]
     fn prng_is_deterministic_and_in_range() {
         let mut a = Prng::new(7);
         let mut b = Prng::new(7);

@@ -473,7 +473,7 @@ impl RawNode {
 
     pub(crate) fn reset_election_timer(&mut self) {
         self.election_elapsed = 0;
-        self.randomized_timeout = self.rng.range(self.election_ticks, self.election_ticks * 2);
+        self.randomized_timeout = self.rng.range(self.election_ticks, self.election_ticks.saturating_mul(2));
     }
 
     /// True if this node heard from a leader within the election timeout (thesis §6.4:
