@@ -57,6 +57,8 @@ struct Totals {
     lin_unknown: u64,
     elections: u64,
     crashes: u64,
+    pauses: u64,
+    churned: u64,
     partitions: u64,
     conf_changes: u64,
     transfers: u64,
@@ -77,6 +79,8 @@ impl Totals {
         self.lin_unknown += u64::from(r.lin_unknown);
         self.elections += r.elections;
         self.crashes += r.crashes;
+        self.pauses += r.pauses;
+        self.churned += r.churned;
         self.partitions += r.partitions;
         self.conf_changes += r.conf_changes;
         self.transfers += r.transfers;

@@ -72,6 +72,8 @@ pub(crate) struct Cluster {
     faults_on: bool,
     clients_on: bool,
     acked_max: LogIndex,
+    /// Reactive faults aimed at new leaders: (when, leader, what).
+    churn: Vec<(u64, NodeId, u64)>,
     pub(crate) report: Report,
 }
 
@@ -144,6 +146,7 @@ impl Cluster {
             faults_on: true,
             clients_on: true,
             acked_max: LogIndex(0),
+            churn: Vec::new(),
             report,
         }
     }
@@ -241,6 +244,12 @@ impl Cluster {
         // Liveness: heal everything, stop faults and new client operations.
         self.faults_on = false;
         self.clients_on = false;
+        self.churn.clear();
+        for h in &mut self.hosts {
+            if h.paused_until_ms.is_some() {
+                h.paused_until_ms = Some(self.now_ms);
+            }
+        }
         self.net.heal();
         // A healthy network: no loss, and a fixed delay, so each link delivers in order (as a
         // TCP connection does). Reordering stays a safety-phase fault.
@@ -310,9 +319,10 @@ impl Cluster {
             .filter_map(|h| h.raw.as_ref().map(|r| r.term()))
             .max()?;
         self.hosts.iter().position(|h| {
-            h.raw
-                .as_ref()
-                .is_some_and(|r| r.role() == StateRole::Leader && r.term() == max_term)
+            h.is_live()
+                && h.raw
+                    .as_ref()
+                    .is_some_and(|r| r.role() == StateRole::Leader && r.term() == max_term)
         })
     }
 
@@ -394,7 +404,9 @@ impl Cluster {
             next = next.min(t);
         }
         for h in &self.hosts {
-            if h.is_up() {
+            if let Some(t) = h.paused_until_ms {
+                next = next.min(t);
+            } else if h.is_up() {
                 next = next.min(h.next_tick_ms);
                 if let Some(b) = h.unsynced.front() {
                     next = next.min(b.due_ms);
@@ -410,6 +422,9 @@ impl Cluster {
                 None => {}
             }
         }
+        if let Some(&(t, _, _)) = self.churn.iter().min_by_key(|c| c.0) {
+            next = next.min(t);
+        }
         if self.faults_on {
             next = next.min(self.next_fault_ms);
             if let Some(t) = self.heal_at_ms {
@@ -419,6 +434,21 @@ impl Cluster {
         self.now_ms = next.max(self.now_ms);
         let now = self.now_ms;
 
+        // Paused servers whose pause is over resume (their clock missed the ticks meanwhile).
+        for h in 0..self.hosts.len() {
+            if self.hosts[h].paused_until_ms.is_some_and(|t| t <= now) {
+                self.hosts[h].paused_until_ms = None;
+                self.hosts[h].next_tick_ms = now + self.sc.tick_ms;
+                let id = self.hosts[h].id;
+                self.log(|| format!("RESUME {id:?}"));
+            }
+        }
+        // Reactive faults aimed at new leaders.
+        let due: Vec<(u64, NodeId, u64)> = self.churn.iter().copied().filter(|c| c.0 <= now).collect();
+        self.churn.retain(|c| c.0 > now);
+        for (_, id, what) in due {
+            self.churn_leader(id, what)?;
+        }
         // Faults first, so that their effect is visible to the rest of this instant.
         if self.faults_on {
             if self.heal_at_ms.is_some_and(|t| t <= now) {
@@ -439,7 +469,7 @@ impl Cluster {
         }
         // Fsyncs that completed.
         for h in 0..self.hosts.len() {
-            while self.hosts[h].is_up()
+            while self.hosts[h].is_live()
                 && self.hosts[h].unsynced.front().is_some_and(|b| b.due_ms <= now)
             {
                 if let Some(b) = self.hosts[h].unsynced.pop_front() {
@@ -455,6 +485,11 @@ impl Cluster {
             })
         } {
             let h = self.idx(to);
+            if let Some(t) = self.hosts[h].paused_until_ms {
+                let at = t + self.rng.range(0, self.sc.latency_ms * 2);
+                self.net.deliver_at(at, from, to, msg);
+                continue;
+            }
             self.log(|| format!("{from:?} -> {to:?} {:?} {:?}", msg.term, msg.body));
             let Some(raw) = self.hosts[h].raw.as_mut() else {
                 continue;
@@ -466,7 +501,7 @@ impl Cluster {
         }
         // Ticks.
         for h in 0..self.hosts.len() {
-            if self.hosts[h].is_up() && self.hosts[h].next_tick_ms <= now {
+            if self.hosts[h].is_live() && self.hosts[h].next_tick_ms <= now {
                 self.hosts[h].next_tick_ms = now + self.sc.tick_ms;
                 if let Some(raw) = self.hosts[h].raw.as_mut() {
                     raw.tick();
@@ -514,6 +549,11 @@ impl Cluster {
                     self.checker
                         .observe_leader(id, *term)
                         .map_err(|v| self.fail(v.to_string()))?;
+                    if self.faults_on && self.rng.chance(self.sc.churn_per_million) {
+                        let at = now + self.rng.range(0, self.sc.latency_ms * 4);
+                        let what = self.rng.below(3);
+                        self.churn.push((at, id, what));
+                    }
                 }
                 Event::ReadIndexFailed { ctx } => {
                     if let Some((c, s)) = parse_ctx(ctx) {
@@ -899,8 +939,10 @@ impl Cluster {
         let h = self.idx(target);
         let Some(op) = self.clients[c].op.as_ref() else { return Ok(()) };
         let (cmd, via_ri) = (op.cmd.clone(), op.via_read_index);
-        let Some(raw) = self.hosts[h].raw.as_mut() else {
-            // Connection refused: definitely not executed.
+        let paused = self.hosts[h].paused_until_ms.is_some();
+        let Some(raw) = self.hosts[h].raw.as_mut().filter(|_| !paused) else {
+            // Connection refused (or, for a paused server, no answer before the client's
+            // connect timeout): definitely not executed.
             self.client_rejected(c as u64, cmd.seq, None);
             return Ok(());
         };
@@ -1073,6 +1115,16 @@ impl Cluster {
                     self.crash(l, "leader ")?;
                 }
             }
+            10 => {
+                // Pause a server (GC, VM migration): it misses ticks and input for a while.
+                if let Some(&h) = self.rng.pick(&up) {
+                    let ms = self.rng.range(self.sc.tick_ms, self.sc.down_ms_max);
+                    self.hosts[h].paused_until_ms = Some(self.now_ms + ms);
+                    self.report.pauses += 1;
+                    let id = self.hosts[h].id;
+                    self.log(|| format!("PAUSE {id:?} for {ms} ms"));
+                }
+            }
             _ => {
                 // Cut the leader off from a random subset of the others (both ways).
                 if let Some(l) = self.leader() {
@@ -1088,6 +1140,36 @@ impl Cluster {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A reactive fault on a leader elected moments ago, if it still leads.
+    fn churn_leader(&mut self, id: NodeId, what: u64) -> Result<(), Failure> {
+        let h = self.idx(id);
+        if !self.hosts[h].is_live()
+            || self.hosts[h].raw.as_ref().is_none_or(|r| r.role() != StateRole::Leader)
+        {
+            return Ok(());
+        }
+        let ids: Vec<NodeId> = self.hosts.iter().filter(|x| x.started && x.id != id).map(|x| x.id).collect();
+        match what {
+            0 => self.crash(h, "new leader ")?,
+            1 => {
+                self.net.isolate(id, &ids);
+                self.schedule_heal();
+                self.log(|| format!("ISOLATE new leader {id:?}"));
+            }
+            _ => {
+                let mut others = ids;
+                self.rng.shuffle(&mut others);
+                let n = self.rng.range(1, others.len().max(1) as u64) as usize;
+                let cut: Vec<NodeId> = others.into_iter().take(n).collect();
+                self.net.partition(&[id], &cut);
+                self.schedule_heal();
+                self.log(|| format!("CUT new leader {id:?} from {cut:?}"));
+            }
+        }
+        self.report.churned += 1;
         Ok(())
     }
 

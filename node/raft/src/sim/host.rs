@@ -219,6 +219,8 @@ pub struct Host {
     pub next_tick_ms: u64,
     /// When to restart, if crashed.
     pub restart_at_ms: Option<u64>,
+    /// Frozen (a GC or VM pause) until then: no ticks, no input; messages wait.
+    pub paused_until_ms: Option<u64>,
 }
 
 impl Host {
@@ -239,6 +241,7 @@ impl Host {
             pending_reads: BTreeSet::new(),
             next_tick_ms: 0,
             restart_at_ms: None,
+            paused_until_ms: None,
         }
     }
 
@@ -247,12 +250,18 @@ impl Host {
         self.raw.is_some()
     }
 
+    /// Whether the process is running and not paused.
+    pub fn is_live(&self) -> bool {
+        self.raw.is_some() && self.paused_until_ms.is_none()
+    }
+
     /// Kills the process. Unsynced writes survive whole, torn or not at all, as `rng` decides.
     /// Returns a description of what survived, and the deferred observations of the entries
     /// that survived.
     pub fn crash(&mut self, rng: &mut Rng) -> Result<(String, Vec<(EntryId, Term)>), ContractError> {
         let mut surviving = Vec::new();
         self.raw = None;
+        self.paused_until_ms = None;
         let mut kept = 0;
         let mut torn = false;
         while let Some(b) = self.unsynced.pop_front() {

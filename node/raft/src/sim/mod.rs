@@ -92,8 +92,11 @@ pub struct Scenario {
     pub fault_gap_ms: u64,
     /// Relative weights of: crash, partition, one-way cut, isolate leader, membership change,
     /// leadership transfer, network weather, barrier, crash the leader, cut the leader off from
-    /// some of its followers.
-    pub weights: [u64; 10],
+    /// some of its followers, pause a server.
+    pub weights: [u64; 11],
+    /// Probability (per million) that a newly elected leader is crashed, isolated or cut off
+    /// within a few network latencies (short-lived leaders with partly replicated entries).
+    pub churn_per_million: u32,
     /// Longest downtime after a crash.
     pub down_ms_max: u64,
     /// Longest partition.
@@ -119,14 +122,15 @@ impl Scenario {
             latency_ms,
             tick_ms,
             max_inflight: rng.range(1, 8) as usize,
-            max_append_bytes: *rng.pick(&[40, 200, 4096, 1 << 20]).unwrap_or(&4096),
+            max_append_bytes: *rng.pick(&[40, 40, 80, 200, 4096, 1 << 20]).unwrap_or(&4096),
             chunk_bytes: rng.range(16, 512),
             net: NetConfig::perfect(1),
             fsync_ms_max: if rng.below(2) == 0 { 0 } else { rng.range(1, 50) },
             snapshot_every: if rng.below(4) == 0 { None } else { Some(rng.range(3, 50)) },
             trailing: rng.range(0, 5),
             fault_gap_ms: if rng.below(3) == 0 { rng.range(30, 300) } else { rng.range(100, 2000) },
-            weights: [0; 10],
+            weights: [0; 11],
+            churn_per_million: if rng.below(2) == 0 { 0 } else { rng.range(100_000, 700_000) as u32 },
             down_ms_max: rng.range(60, 4 * election_ms),
             partition_ms_max: rng.range(200, 4 * election_ms),
             client_timeout_ms: election_ms * 3,
@@ -180,6 +184,10 @@ pub struct Report {
     pub crashes: u64,
     /// Restarts.
     pub restarts: u64,
+    /// Pauses.
+    pub pauses: u64,
+    /// New leaders hit by a reactive fault.
+    pub churned: u64,
     /// Partitions and cuts.
     pub partitions: u64,
     /// Membership changes accepted.

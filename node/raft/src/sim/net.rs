@@ -111,6 +111,14 @@ impl<M: Clone> Network<M> {
         self.enqueue(now_ms, from, to, msg);
     }
 
+    /// Puts a message back to be delivered at `at_ms` exactly (no loss): used to hold messages
+    /// for a paused server, as its socket buffers would.
+    pub fn deliver_at(&mut self, at_ms: u64, from: NodeId, to: NodeId, msg: M) {
+        self.seq += 1;
+        self.queue.push(Reverse((at_ms, self.seq)));
+        self.slots.insert(self.seq, InFlight { from, to, msg });
+    }
+
     /// When the next message is due, if any.
     pub fn next_due_ms(&self) -> Option<u64> {
         self.queue.peek().map(|Reverse((t, _))| *t)
