@@ -81,6 +81,15 @@ pub enum BatchFailure {
     Sync(io::Error),
 }
 
+impl BatchFailure {
+    /// The underlying OS error.
+    pub fn into_io(self) -> io::Error {
+        match self {
+            BatchFailure::Write(e) | BatchFailure::Sync(e) => e,
+        }
+    }
+}
+
 /// Holds a data directory's lock until dropped.
 pub trait DirLock: Send + fmt::Debug {}
 
@@ -148,14 +157,5 @@ mod tests {
         let b = auto(&dir).expect("backend");
         assert_eq!(b.name(), "io_uring", "io_uring setup failed on Linux");
         let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
-impl BatchFailure {
-    /// The underlying OS error.
-    pub fn into_io(self) -> io::Error {
-        match self {
-            BatchFailure::Write(e) | BatchFailure::Sync(e) => e,
-        }
     }
 }

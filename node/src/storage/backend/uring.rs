@@ -23,7 +23,7 @@ const DIRECT_ALIGN: usize = 4096;
 /// issue one batch at a time).
 pub struct UringBackend {
     dir: PathBuf,
-    ring: Arc<Mutex<IoUring>>,
+    ring: Arc<Mutex<Ring>>,
     direct: bool,
 }
 
@@ -44,15 +44,21 @@ impl UringBackend {
     pub fn with_direct_io(dir: &Path, direct: bool) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let ring = IoUring::new(RING_ENTRIES)?;
-        Ok(UringBackend { dir: dir.to_path_buf(), ring: Arc::new(Mutex::new(ring)), direct })
+        Ok(UringBackend { dir: dir.to_path_buf(), ring: Arc::new(Mutex::new(Ring { ring, broken: false })), direct })
     }
+}
+
+/// The ring and whether a failed submission left it unusable.
+struct Ring {
+    ring: IoUring,
+    broken: bool,
 }
 
 struct UringFile {
     name: String,
     buffered: File,
     direct: Option<File>,
-    ring: Arc<Mutex<IoUring>>,
+    ring: Arc<Mutex<Ring>>,
     /// Bounce buffer for `O_DIRECT` writes; `bounce_off` is where the aligned region starts.
     bounce: Vec<u8>,
 }
@@ -129,7 +135,11 @@ impl UringFile {
         }
 
         let ring = Arc::clone(&self.ring);
-        let mut ring = ring.lock().map_err(|_| Write(ring_err("ring mutex poisoned")))?;
+        let mut guard = ring.lock().map_err(|_| Write(ring_err("ring mutex poisoned")))?;
+        if guard.broken {
+            return Err(Write(ring_err("ring unusable after an earlier submission failure")));
+        }
+        let mut sync_err: Option<io::Error> = None;
         let cap = RING_ENTRIES as usize - 1;
         let mut short: Vec<(usize, usize)> = Vec::new(); // (sub index, bytes done)
         let mut first_err: Option<io::Error> = None;
@@ -142,7 +152,7 @@ impl UringFile {
             let with_sync = sync && last;
             let mut expected = 0usize;
             {
-                let mut sq = ring.submission();
+                let mut sq = guard.ring.submission();
                 for (i, s) in chunk.iter().enumerate() {
                     let mut e = opcode::Write::new(types::Fd(s.fd), s.ptr, s.len as u32)
                         .offset(s.offset)
@@ -173,21 +183,29 @@ impl UringFile {
             }
             let mut reaped = 0usize;
             while reaped < expected {
-                match ring.submit_and_wait(expected - reaped) {
+                match guard.ring.submit_and_wait(expected - reaped) {
                     Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // The kernel may still own the buffers: the ring is unusable and so is
-                    // this store (the caller poisons it on a non-ENOSPC error).
-                    Err(e) => return Err(Write(e)),
+                    Err(e)
+                        if e.kind() == io::ErrorKind::Interrupted
+                            || e.raw_os_error() == Some(libc::EBUSY)
+                            || e.raw_os_error() == Some(libc::EAGAIN) =>
+                    {
+                        continue
+                    }
+                    // Entries may still be in flight: never use this ring again (the caller
+                    // poisons the store on a non-ENOSPC error).
+                    Err(e) => {
+                        guard.broken = true;
+                        return Err(Write(e));
+                    }
                 }
-                for cqe in ring.completion() {
+                let cqes: Vec<(u64, i32)> = guard.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+                for (ud, res) in cqes {
                     reaped += 1;
-                    let res = cqe.result();
-                    let ud = cqe.user_data();
                     if ud == u64::MAX {
                         if res < 0 {
-                            if res != -libc::ECANCELED {
-                                return Err(Sync(io::Error::from_raw_os_error(-res)));
+                            if res != -libc::ECANCELED && sync_err.is_none() {
+                                sync_err = Some(io::Error::from_raw_os_error(-res));
                             }
                         } else {
                             sync_done = true;
@@ -195,6 +213,10 @@ impl UringFile {
                         continue;
                     }
                     let idx = ud as usize;
+                    if idx >= subs.len() {
+                        guard.broken = true;
+                        return Err(Write(ring_err("unexpected completion")));
+                    }
                     if res < 0 {
                         if res != -libc::ECANCELED && first_err.is_none() {
                             first_err = Some(io::Error::from_raw_os_error(-res));
@@ -208,9 +230,12 @@ impl UringFile {
             }
             sub_base += chunk.len();
         }
-        drop(ring);
+        drop(guard);
         if let Some(e) = first_err {
             return Err(Write(e));
+        }
+        if let Some(e) = sync_err {
+            return Err(Sync(e));
         }
         if !short.is_empty() {
             // Rare: finish the remainder synchronously from the same buffers.
