@@ -73,6 +73,9 @@ mod tests {
         assert_eq!(decode::<i64>(&b), 1);
         let t = DqliteValue::new(Value::UnixTime(1_700_000_000));
         assert_eq!(decode::<i64>(&t), 1_700_000_000);
+        // NULL into a non-Option is the usual sqlx error.
+        let e = DqliteValue::new(Value::Null).try_decode_unchecked::<i64>().unwrap_err();
+        assert!(e.to_string().contains("unexpected null"), "{e}");
         // Text is not an integer.
         assert!(DqliteValue::new(Value::Text("1".into())).try_decode::<i64>().is_err());
     }
