@@ -1,6 +1,7 @@
 //! io_uring backend (Linux): a batch's writes are linked to one `fdatasync` and submitted with
 //! one system call (group commit). Block-aligned writes go through an `O_DIRECT` descriptor when
-//! the file system accepts one, from a 4096-aligned bounce buffer; everything else goes through
+//! the file system accepts one (straight from the caller's buffer when it is 4096-aligned, else
+//! through an aligned bounce buffer); everything else goes through
 //! an ordinary descriptor of the same file. Reads use `pread` on the ordinary descriptor.
 
 use std::fs::{File, OpenOptions};
@@ -19,11 +20,11 @@ const RING_ENTRIES: u32 = 64;
 /// `O_DIRECT` alignment of offsets, lengths and buffers.
 const DIRECT_ALIGN: usize = 4096;
 
-/// The io_uring backend. One ring per backend, shared by its files behind a mutex (the stores
-/// issue one batch at a time).
+/// The io_uring backend. Each open file has its own small ring, so writes to different files
+/// (a log segment and a metadata file, or a segment being preallocated) never wait for each
+/// other's submissions.
 pub struct UringBackend {
     dir: PathBuf,
-    ring: Arc<Mutex<Ring>>,
     direct: bool,
 }
 
@@ -43,8 +44,9 @@ impl UringBackend {
     /// Like [`UringBackend::new`], choosing whether to try `O_DIRECT` for aligned writes.
     pub fn with_direct_io(dir: &Path, direct: bool) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let ring = IoUring::new(RING_ENTRIES)?;
-        Ok(UringBackend { dir: dir.to_path_buf(), ring: Arc::new(Mutex::new(Ring { ring, broken: false })), direct })
+        // Probe: fail here (so `auto` can fall back) rather than at the first open.
+        drop(IoUring::new(RING_ENTRIES)?);
+        Ok(UringBackend { dir: dir.to_path_buf(), direct })
     }
 }
 
@@ -59,7 +61,7 @@ struct UringFile {
     buffered: File,
     direct: Option<File>,
     ring: Arc<Mutex<Ring>>,
-    /// Bounce buffer for `O_DIRECT` writes; `bounce_off` is where the aligned region starts.
+    /// Bounce buffer for `O_DIRECT` writes whose source buffer is not aligned.
     bounce: Vec<u8>,
 }
 
@@ -99,11 +101,9 @@ impl UringFile {
         use BatchFailure::{Sync, Write};
         // Lay the O_DIRECT-eligible writes out in the aligned bounce buffer first, so no
         // reallocation moves it while the kernel reads from it.
-        let direct_total: usize = writes
-            .iter()
-            .filter(|(o, d)| self.is_direct_ok(*o, d.len()))
-            .map(|(_, d)| d.len())
-            .sum();
+        let needs_bounce =
+            |o: u64, d: &[u8]| self.is_direct_ok(o, d.len()) && d.as_ptr().align_offset(DIRECT_ALIGN) != 0;
+        let direct_total: usize = writes.iter().filter(|(o, d)| needs_bounce(*o, d)).map(|(_, d)| d.len()).sum();
         if direct_total > 0 {
             let need = direct_total + DIRECT_ALIGN;
             if self.bounce.len() < need {
@@ -113,10 +113,13 @@ impl UringFile {
         let base = self.bounce.as_ptr().align_offset(DIRECT_ALIGN);
         let mut pos = base;
         let mut subs = Vec::with_capacity(writes.len());
+        let direct_fd = self.direct.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
         for (offset, data) in writes {
-            if self.is_direct_ok(*offset, data.len()) {
+            if self.is_direct_ok(*offset, data.len()) && data.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
+                subs.push(Submitted { fd: direct_fd, offset: *offset, ptr: data.as_ptr(), len: data.len() });
+            } else if self.is_direct_ok(*offset, data.len()) {
                 self.bounce[pos..pos + data.len()].copy_from_slice(data);
-                let fd = self.direct.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+                let fd = direct_fd;
                 subs.push(Submitted {
                     fd,
                     offset: *offset,
@@ -312,7 +315,7 @@ impl Backend for UringBackend {
             name: name.to_owned(),
             buffered,
             direct,
-            ring: Arc::clone(&self.ring),
+            ring: Arc::new(Mutex::new(Ring { ring: IoUring::new(RING_ENTRIES)?, broken: false })),
             bounce: Vec::new(),
         }))
     }
