@@ -200,6 +200,9 @@ mod tests {
         let b = c.encode();
         assert_eq!(Configuration::decode(&b).unwrap(), c);
         assert_eq!(c.voters().collect::<Vec<_>>(), vec![NodeId(1), NodeId(3)]);
+        assert_eq!(c.servers().iter().map(|s| s.id).collect::<Vec<_>>(), vec![NodeId(1), NodeId(3), NodeId(7)]);
+        assert_eq!(c.replicas().count(), 3);
+        assert_eq!(c.role(NodeId(7)), Some(Role::Standby));
         for n in 0..b.len() {
             assert!(Configuration::decode(&b[..n]).is_err(), "prefix {n} decoded");
         }
