@@ -32,6 +32,8 @@ pub(crate) enum Started {
 enum RunError {
     /// The server certainly did not run the request; the session must be replaced.
     Retry(Error),
+    /// The server does not know a cached statement id (did not run it): re-prepare.
+    Reprepare(Error),
     /// Report to the caller.
     Fatal(Error),
 }
@@ -99,6 +101,9 @@ impl DqliteConnection {
     }
 
     fn classify_failure(&mut self, f: Failure, params: usize) -> RunError {
+        if f.is_unknown_statement() {
+            return RunError::Reprepare(Error::Database(Box::new(f.into_error())));
+        }
         if f.is_not_leader() {
             return RunError::Retry(Error::Database(Box::new(f.into_error())));
         }
@@ -245,6 +250,15 @@ impl DqliteConnection {
             match self.run_once(sql, params, prepared).await {
                 Ok(started) => return Ok(started),
                 Err(RunError::Fatal(e)) => return Err(e),
+                Err(RunError::Reprepare(e)) => {
+                    if attempt >= MAX_ATTEMPTS {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "server forgot a prepared statement; re-preparing");
+                    // The cache cannot drop one entry; its ids are suspect anyway.
+                    self.statements.clear();
+                    attempt += 1;
+                }
                 Err(RunError::Retry(e)) => {
                     self.lose_session();
                     if self.transaction_depth > 0 {
@@ -300,7 +314,7 @@ impl DqliteConnection {
             } else {
                 match self.prepare_cached(sql).await {
                     Ok(st) => return Ok(st.params),
-                    Err(RunError::Fatal(e)) => return Err(e),
+                    Err(RunError::Fatal(e) | RunError::Reprepare(e)) => return Err(e),
                     Err(RunError::Retry(e)) => {
                         self.lose_session();
                         if self.transaction_depth > 0 || attempt >= MAX_ATTEMPTS {

@@ -290,3 +290,15 @@ async fn request_timeout_drops_a_silent_leader_and_reports_the_write_unknown() {
     conn.execute("UPDATE t SET x = 2").await.unwrap();
     assert_eq!(node.state.accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_forgotten_statement_is_prepared_again() {
+    let node = FakeNode::leader().await;
+    let mut conn = opts(&[&node]).connect().await.unwrap();
+    let q = || query("SELECT 2 WHERE ? = ?").bind(1i64).bind(1i64);
+    assert_eq!(q().fetch_all(&mut conn).await.unwrap().len(), 2);
+    node.fault("QUERY #0", Fault::Fail(12, "no statement with the given id"));
+    assert_eq!(q().fetch_all(&mut conn).await.unwrap().len(), 2);
+    assert_eq!(node.count("PREPARE"), 2);
+    assert_eq!(node.state.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

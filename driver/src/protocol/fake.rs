@@ -131,9 +131,9 @@ fn describe(req: &Request<'_>) -> String {
     }
 }
 
-/// `SELECT <n>` → Some(n).
+/// `SELECT <n> ...` → Some(n).
 fn row_count(sql: &str) -> Option<usize> {
-    sql.strip_prefix("SELECT ")?.trim().parse().ok()
+    sql.strip_prefix("SELECT ")?.split_whitespace().next()?.parse().ok()
 }
 
 async fn send(sock: &mut TcpStream, resp: &Response<'_>) -> bool {

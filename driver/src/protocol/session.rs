@@ -31,6 +31,12 @@ impl Failure {
         self.code == dqlite_wire::codes::SQLITE_ERROR && self.message == "not an error"
     }
 
+    /// The prepared statement id is unknown to the server (the request did not run).
+    pub fn is_unknown_statement(&self) -> bool {
+        self.code == dqlite_wire::codes::SQLITE_NOTFOUND
+            && self.message == "no statement with the given id"
+    }
+
     /// The server did not run the request because this connection no longer has a database
     /// on a leader: not leader, or (after leadership loss) "no database opened".
     pub fn is_not_leader(&self) -> bool {
