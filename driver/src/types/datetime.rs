@@ -153,6 +153,7 @@ pub(crate) fn parse_error(text: &str) -> sqlx_core::error::BoxDynError {
 }
 
 /// Format an offset in seconds as `+HH:MM`.
+#[cfg_attr(not(feature = "time"), allow(dead_code))]
 pub(crate) fn format_offset(offset_seconds: i32) -> String {
     let sign = if offset_seconds < 0 { '-' } else { '+' };
     let a = offset_seconds.unsigned_abs();
