@@ -111,7 +111,33 @@ impl RawNode {
     ) -> Result<RawNode> {
         config.validate()?;
         let (base_index, base_term) = snapshot.as_ref().map_or((LogIndex::ZERO, Term::ZERO), |s| (s.index, s.term));
+        // Entries kept behind the snapshot (trailing) stay in memory if they are contiguous up
+        // to the snapshot's own entry: lagging followers then need no snapshot.
+        let mut entries = entries.into_iter().peekable();
+        let trailing_ok = {
+            let first = entries.peek().map(|e| e.index);
+            first.is_some_and(|f| f < base_index)
+        };
         let mut log = RaftLog::new(base_index, base_term);
+        if trailing_ok {
+            let all: Vec<Entry> = entries.collect();
+            let f = all[0].index;
+            let at_base = (base_index.0 - f.0) as usize;
+            let contiguous = all.iter().enumerate().all(|(k, e)| e.index.0 == f.0 + k as u64);
+            if contiguous && all.get(at_base).is_some_and(|e| e.term == base_term) {
+                log = RaftLog::new(f, all[0].term);
+                for e in &all[1..=at_base] {
+                    if e.term < log.last_term() {
+                        return Err(Error::InvalidRestore(RestoreError::TermDecreases(e.index)));
+                    }
+                    log.push(e.clone());
+                }
+                log.committed = base_index;
+                log.applying = base_index;
+                log.applied = base_index;
+            }
+            entries = all.into_iter().peekable();
+        }
         let mut conf_history = vec![match &snapshot {
             Some(s) => (s.configuration_index, s.configuration.clone()),
             None => (LogIndex::ZERO, Configuration::new()),
@@ -552,5 +578,44 @@ mod tests {
         assert_eq!(st.leader, Some(NodeId(2)));
         assert_eq!(st.role, StateRole::Follower);
         assert_eq!(c.node(3).id(), NodeId(3));
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use crate::test_harness::config;
+    use crate::{Configuration, Entry, EntryKind, HardState, LogIndex, NodeId, RawNode, SnapshotMeta, Term};
+
+    fn e(i: u64, t: u64) -> Entry {
+        Entry { term: Term(t), index: LogIndex(i), kind: EntryKind::Command, data: vec![i as u8] }
+    }
+
+    fn meta(i: u64, t: u64) -> SnapshotMeta {
+        SnapshotMeta { index: LogIndex(i), term: Term(t), configuration: Configuration::with_voters([NodeId(1)]), configuration_index: LogIndex(1) }
+    }
+
+    #[test]
+    fn restore_keeps_trailing_entries_behind_the_snapshot() {
+        let hs = HardState { term: Term(2), vote: None, commit: LogIndex(7) };
+        let log: Vec<Entry> = (3..=8).map(|i| e(i, if i < 6 { 1 } else { 2 })).collect();
+        let mut n = RawNode::restore(config(1, 0), hs, Some(meta(5, 1)), log).unwrap();
+        assert_eq!(n.log().compacted_index(), LogIndex(3));
+        assert_eq!(n.log().first_index(), LogIndex(4));
+        assert_eq!(n.log().last_index(), LogIndex(8));
+        assert_eq!(n.log().applied(), LogIndex(5));
+        let rd = n.ready();
+        assert!(rd.entries.is_empty(), "restored entries are already durable");
+        assert_eq!(rd.committed_entries.iter().map(|e| e.index.0).collect::<Vec<_>>(), vec![6, 7]);
+        assert_eq!(n.configuration(), &Configuration::with_voters([NodeId(1)]));
+    }
+
+    #[test]
+    fn restore_drops_trailing_entries_that_disagree_with_the_snapshot() {
+        let hs = HardState { term: Term(2), vote: None, commit: LogIndex(5) };
+        let log: Vec<Entry> = (3..=6).map(|i| e(i, if i < 6 { 1 } else { 2 })).collect();
+        let n = RawNode::restore(config(1, 0), hs, Some(meta(5, 2)), log).unwrap();
+        assert_eq!(n.log().compacted_index(), LogIndex(5));
+        assert_eq!(n.log().term(LogIndex(5)), Some(Term(2)));
+        assert_eq!(n.log().last_index(), LogIndex(6));
     }
 }
