@@ -46,6 +46,13 @@ async fn discovery_follows_the_redirect() {
     assert_eq!(follower.count("LEADER"), 1);
     assert_eq!(follower.count("OPEN"), 0);
     assert_eq!(leader.log(), ["LEADER", "CLIENT", "OPEN test.db"]);
+
+    // The next connection from the same options asks the last known leader first.
+    let o = opts(&[&follower]);
+    let _first = o.connect().await.unwrap();
+    let _second = o.connect().await.unwrap();
+    assert_eq!(follower.count("LEADER"), 2, "only the first search asked the follower");
+    assert_eq!(leader.count("OPEN"), 3);
 }
 
 #[tokio::test]

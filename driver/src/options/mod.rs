@@ -4,6 +4,7 @@ mod connect;
 pub(crate) mod parse;
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx_core::connection::LogSettings;
@@ -116,6 +117,9 @@ pub struct DqliteConnectOptions {
     pub(crate) statement_cache_capacity: usize,
     pub(crate) client_id: u64,
     pub(crate) request_timeout: Duration,
+    /// The leader found last by any connection made from these options (or their clones):
+    /// tried first by the next leader search.
+    pub(crate) leader_hint: Arc<Mutex<Option<NodeAddress>>>,
     pub(crate) log_settings: LogSettings,
 }
 
@@ -156,6 +160,7 @@ impl DqliteConnectOptions {
             statement_cache_capacity: DEFAULT_STATEMENT_CACHE_CAPACITY,
             client_id: 0,
             request_timeout: Duration::ZERO,
+            leader_hint: Arc::new(Mutex::new(None)),
             log_settings: LogSettings::default(),
         }
     }

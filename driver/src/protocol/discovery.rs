@@ -107,9 +107,26 @@ async fn open_on_leader(
         })?
 }
 
+fn leader_hint(opts: &DqliteConnectOptions) -> Option<NodeAddress> {
+    opts.leader_hint.lock().ok().and_then(|h| h.clone())
+}
+
+fn set_leader_hint(opts: &DqliteConnectOptions, leader: Option<NodeAddress>) {
+    if let Ok(mut h) = opts.leader_hint.lock() {
+        *h = leader;
+    }
+}
+
 /// Find the leader among the seeds and open the database on it.
+///
+/// The leader last found through these options (shared by their clones, e.g. a pool's
+/// connections) is asked first; then every seed in order.
 pub(crate) async fn connect_leader(opts: &DqliteConnectOptions) -> Result<Session, Error> {
-    let seeds = opts.get_seeds();
+    let mut seeds = opts.get_seeds();
+    if let Some(hint) = leader_hint(opts) {
+        seeds.retain(|s| *s != hint);
+        seeds.insert(0, hint);
+    }
     let deadline = Instant::now() + opts.leader_timeout;
     let mut backoff = BACKOFF_START;
     let mut last_error: Option<Error> = None;
@@ -151,6 +168,7 @@ pub(crate) async fn connect_leader(opts: &DqliteConnectOptions) -> Result<Sessio
                 match open_on_leader(stream, opts).await {
                     Ok(Some(mut session)) => {
                         session.set_request_timeout(opts.request_timeout);
+                        set_leader_hint(opts, Some(leader.clone()));
                         tracing::debug!(%leader, sweeps, "connected to the dqlite leader");
                         return Ok(session);
                     }
