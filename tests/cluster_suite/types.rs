@@ -271,7 +271,7 @@ async fn json_round_trip() {
     )
     .await;
     let value = serde_json::json!({"k": [1, 2, {"n": null}], "s": "x"});
-    round_trip(&pool, "json_value", "TEXT", &[value.clone()]).await;
+    round_trip(&pool, "json_value", "TEXT", std::slice::from_ref(&value)).await;
     // SQLite's JSON functions see valid JSON text.
     let kind: String = sqlx::query_scalar("SELECT json_type(?, '$.k')")
         .bind(Json(&value))
