@@ -290,7 +290,7 @@ fn snapshot_received_in_chunks(dir: &dyn Dir) {
 }
 
 fn default_options_many_entries(dir: &dyn Dir) {
-    let opts = StorageOptions { log: LogOptions { segment_size_bytes: 256 * 1024 } };
+    let opts = StorageOptions { log: LogOptions { segment_size_bytes: 256 * 1024, ..LogOptions::default() } };
     let mut s = open(dir, opts);
     let mut next = 1;
     while next < 2000 {

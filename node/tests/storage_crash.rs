@@ -105,7 +105,7 @@ impl Model {
 }
 
 fn opts() -> StorageOptions {
-    small_segments()
+    small_segments_deterministic()
 }
 
 /// A deterministic workload of `n` operations.

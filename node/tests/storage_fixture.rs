@@ -20,7 +20,7 @@ fn fixture_dir() -> PathBuf {
 }
 
 fn opts() -> StorageOptions {
-    StorageOptions { log: LogOptions { segment_size_bytes: 8192 } }
+    StorageOptions { log: LogOptions { segment_size_bytes: 8192, background_preallocation: false } }
 }
 
 fn snapshot_data() -> Vec<u8> {

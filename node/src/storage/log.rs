@@ -29,11 +29,15 @@ pub struct LogOptions {
     /// Size a segment is preallocated to (written with zeros ahead of use). Rounded up to a
     /// multiple of 4096; a batch larger than a segment gets a segment of its own size.
     pub segment_size_bytes: u64,
+    /// Prepare the next segment on a background thread while the current one fills, so an
+    /// append rarely waits for zeros to be written. When `false` the same files are prepared
+    /// inline at rollover (deterministic, for simulation and crash tests).
+    pub background_preallocation: bool,
 }
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions { segment_size_bytes: 8 * 1024 * 1024 }
+        LogOptions { segment_size_bytes: 8 * 1024 * 1024, background_preallocation: true }
     }
 }
 
@@ -42,6 +46,10 @@ const ZERO_CHUNK: usize = 1024 * 1024;
 
 fn round_up(n: u64, a: u64) -> u64 {
     n.div_ceil(a) * a
+}
+
+fn spare_name(seq: u64) -> String {
+    format!("prealloc-{seq:020}")
 }
 
 fn open_name(seq: u64) -> String {
@@ -110,6 +118,8 @@ pub struct LogStore {
     started: bool,
     next_seq: u64,
     scratch: Vec<u8>,
+    /// The next segment, being preallocated in the background.
+    spare: Option<SpareJob>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -135,7 +145,10 @@ impl LogStore {
         poison: Arc<Poison>,
         opts: LogOptions,
     ) -> Result<LogStore> {
-        let opts = LogOptions { segment_size_bytes: round_up(opts.segment_size_bytes.max(2 * ALIGN), ALIGN) };
+        let opts = LogOptions {
+            segment_size_bytes: round_up(opts.segment_size_bytes.max(2 * ALIGN), ALIGN),
+            ..opts
+        };
         let mut log = LogStore {
             backend,
             poison,
@@ -147,8 +160,12 @@ impl LogStore {
             started: false,
             next_seq: 1,
             scratch: Vec::new(),
+            spare: None,
         };
         log.recover()?;
+        if log.segments.values().next_back().is_some_and(|s| !s.closed) {
+            log.start_spare();
+        }
         Ok(log)
     }
 
@@ -163,6 +180,14 @@ impl LogStore {
             .filter_map(|n| parse_segment_name(n).map(|(s, o)| (s, o, n.clone())))
             .collect();
         segs.sort();
+        // Spares never got into use: remove them.
+        let spares: Vec<&String> = names.iter().filter(|n| n.starts_with("prealloc-")).collect();
+        for n in &spares {
+            self.backend.remove(n).map_err(|e| self.poison.write_error("remove", n, e))?;
+        }
+        if !spares.is_empty() {
+            self.sync_dir()?;
+        }
         let count = segs.len();
         for (i, (seq, is_open, name)) in segs.into_iter().enumerate() {
             let newest = i + 1 == count;
@@ -550,8 +575,8 @@ impl LogStore {
         Ok(())
     }
 
-    /// The open segment with room for `len` more bytes, closing the current one and creating a
-    /// preallocated new one if needed.
+    /// The open segment with room for `len` more bytes, closing the current one and installing
+    /// a preallocated new one if needed.
     fn segment_for(&mut self, len: u64) -> Result<u64> {
         if let Some((&seq, seg)) = self.segments.iter().next_back() {
             if !seg.closed && seg.end + len <= seg.capacity {
@@ -560,10 +585,15 @@ impl LogStore {
         }
         let size = self.opts.segment_size_bytes.max(round_up(SEGMENT_HEADER_LEN as u64 + len, ALIGN));
         let seq = self.next_seq;
+        let spare = spare_name(seq);
+        // Preallocate first (or take the spare prepared in the background): if that fails
+        // (disk full), nothing changed and the current segment stays open.
+        let file = match self.take_spare(seq, size) {
+            Some(f) => f,
+            None => preallocate(&*self.backend, &spare, seq, size).map_err(|e| self.prealloc_err(&spare, e))?,
+        };
         let name = open_name(seq);
-        // Create and preallocate the new segment first: if that fails (disk full), nothing
-        // changed and the current segment stays open.
-        let file = self.create_segment(&name, seq, size)?;
+        self.backend.rename(&spare, &name).map_err(|e| self.write_err("rename", &spare, e))?;
         self.next_seq += 1;
         if let Some((&old_seq, old)) = self.segments.iter_mut().next_back() {
             if !old.closed {
@@ -597,52 +627,115 @@ impl LogStore {
                 live: 0,
             },
         );
+        self.start_spare();
         Ok(seq)
     }
 
-    /// Creates `name`, writes its header and zeros up to `size`, syncs it and the directory.
-    fn create_segment(&mut self, name: &str, seq: u64, size: u64) -> Result<Box<dyn BackendFile>> {
-        let mut file = match self.backend.open(name, OpenMode::CreateNew) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // Left by an interrupted rollover that never got a batch: start it afresh.
-                self.backend.remove(name).map_err(|e| self.write_err("remove", name, e))?;
-                self.backend.open(name, OpenMode::CreateNew).map_err(|e| self.write_err("create", name, e))?
-            }
-            Err(e) => return Err(self.write_err("create", name, e)),
-        };
-        let header = encode_header_block(seq);
-        // 4096-aligned in memory, so an O_DIRECT backend can write it without a copy.
-        let zero_buf = vec![0u8; ZERO_CHUNK + ALIGN as usize];
-        let at = zero_buf.as_ptr().align_offset(ALIGN as usize).min(ALIGN as usize);
-        let zeros = &zero_buf[at..at + ZERO_CHUNK];
-        let mut writes: Vec<(u64, &[u8])> = vec![(0, &header[..])];
-        let mut off = ALIGN;
-        while off < size {
-            let n = (size - off).min(ZERO_CHUNK as u64) as usize;
-            writes.push((off, &zeros[..n]));
-            off += n as u64;
-        }
-        let res = file.write_all_sync(&writes);
-        if let Err(f) = res {
-            drop(file);
-            return Err(match f {
-                BatchFailure::Write(e) => {
-                    let err = self.poison.write_error("preallocate", name, e);
-                    if matches!(err, StorageError::DiskFull { .. }) {
-                        // Give the space back; the segment never held data.
-                        if self.backend.remove(name).is_ok() {
-                            let _ = self.backend.sync_dir();
-                        }
-                    }
-                    err
+    fn prealloc_err(&self, name: &str, e: PreallocError) -> StorageError {
+        match e {
+            PreallocError::Create(e) => self.poison.write_error("create", name, e),
+            PreallocError::Batch(BatchFailure::Write(e)) => {
+                let err = self.poison.write_error("preallocate", name, e);
+                if matches!(err, StorageError::DiskFull { .. }) {
+                    // Give the space back; the segment never held data.
+                    let _ = self.backend.remove(name);
                 }
-                BatchFailure::Sync(e) => self.poison.sync_error(name, e),
-            });
+                err
+            }
+            PreallocError::Batch(BatchFailure::Sync(e)) => self.poison.sync_error(name, e),
         }
-        tracing::debug!(file = name, size, "created segment");
-        Ok(file)
     }
+
+    /// Starts preparing the spare for the next segment in the background (if enabled).
+    fn start_spare(&mut self) {
+        if !self.opts.background_preallocation || self.spare.is_some() {
+            return;
+        }
+        let seq = self.next_seq;
+        let size = self.opts.segment_size_bytes;
+        let backend = Arc::clone(&self.backend);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new().name("dqlite-log-prealloc".into()).spawn(move || {
+            let name = spare_name(seq);
+            let res = preallocate(&*backend, &name, seq, size);
+            // The store may be gone; then the spare is removed at the next open.
+            let _ = tx.send(res);
+        });
+        match spawned {
+            Ok(handle) => self.spare = Some(SpareJob { seq, size, rx, handle }),
+            Err(e) => tracing::warn!(error = %e, "could not start the preallocation thread"),
+        }
+    }
+
+    /// The spare segment for `seq` if one of at least `size` bytes was prepared (waits for it
+    /// if it is still being written). A failed or unsuitable spare is discarded.
+    fn take_spare(&mut self, seq: u64, size: u64) -> Option<Box<dyn BackendFile>> {
+        let job = self.spare.take()?;
+        let res = job.rx.recv();
+        let _ = job.handle.join();
+        let name = spare_name(job.seq);
+        match res {
+            Ok(Ok(file)) if job.seq == seq && job.size >= size => return Some(file),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(file = %name, error = ?e, "background preallocation failed; retrying inline"),
+            Err(_) => tracing::warn!(file = %name, "background preallocation thread died; retrying inline"),
+        }
+        let _ = self.backend.remove(&name);
+        None
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        // Do not leave a thread writing into the directory after the lock is released.
+        if let Some(job) = self.spare.take() {
+            let _ = job.rx.recv();
+            let _ = job.handle.join();
+        }
+    }
+}
+
+/// A spare segment being prepared by a background thread.
+struct SpareJob {
+    seq: u64,
+    size: u64,
+    rx: std::sync::mpsc::Receiver<Result<Box<dyn BackendFile>, PreallocError>>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+/// Why preallocating a segment failed.
+#[derive(Debug)]
+enum PreallocError {
+    Create(std::io::Error),
+    Batch(BatchFailure),
+}
+
+/// Creates `name` (replacing a leftover), writes the segment header for `seq` and zeros up to
+/// `size`, and syncs it. The caller renames it into place and syncs the directory.
+fn preallocate(backend: &dyn Backend, name: &str, seq: u64, size: u64) -> Result<Box<dyn BackendFile>, PreallocError> {
+    let mut file = match backend.open(name, OpenMode::CreateNew) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            backend.remove(name).map_err(PreallocError::Create)?;
+            backend.open(name, OpenMode::CreateNew).map_err(PreallocError::Create)?
+        }
+        Err(e) => return Err(PreallocError::Create(e)),
+    };
+    let header = encode_header_block(seq);
+    // 4096-aligned in memory, so an O_DIRECT backend can write it without a copy.
+    let zero_buf = vec![0u8; ZERO_CHUNK + ALIGN as usize];
+    let at = zero_buf.as_ptr().align_offset(ALIGN as usize).min(ALIGN as usize);
+    let zeros = &zero_buf[at..at + ZERO_CHUNK];
+    let mut writes: Vec<(u64, &[u8])> = vec![(0, &header[..])];
+    let mut off = ALIGN;
+    while off < size {
+        let n = (size - off).min(ZERO_CHUNK as u64) as usize;
+        writes.push((off, &zeros[..n]));
+        off += n as u64;
+    }
+    file.write_all_sync(&writes).map_err(PreallocError::Batch)?;
+    tracing::debug!(file = name, size, "preallocated segment");
+    Ok(file)
 }
 
 /// The first 4096 bytes of a segment: header then zeros.

@@ -60,7 +60,12 @@ pub fn tempdir() -> tempfile::TempDir {
 }
 
 pub fn small_segments() -> StorageOptions {
-    StorageOptions { log: LogOptions { segment_size_bytes: 16 * 1024 } }
+    StorageOptions { log: LogOptions { segment_size_bytes: 16 * 1024, ..LogOptions::default() } }
+}
+
+/// Small segments, preallocated inline: every file operation happens in a fixed order.
+pub fn small_segments_deterministic() -> StorageOptions {
+    StorageOptions { log: LogOptions { segment_size_bytes: 16 * 1024, background_preallocation: false } }
 }
 
 pub fn open(dir: &dyn Dir, opts: StorageOptions) -> Storage {
