@@ -137,8 +137,23 @@ impl DqliteConnectOptions {
     }
 
     pub(crate) fn build_url(&self) -> Url {
+        match Url::parse(&self.url_string(&self.host.to_string())) {
+            Ok(url) => url,
+            // Only a host set through the builder can be invalid (from_url rejects them):
+            // percent-encode it, which an opaque host accepts. Lossy, as the name says.
+            Err(_) => {
+                let host = utf8_percent_encode(&self.host.host, NON_ALPHANUMERIC).to_string();
+                let url = self.url_string(&format!("{host}:{}", self.host.port));
+                Url::parse(&url).unwrap_or_else(|e| {
+                    unreachable!("percent-encoded dqlite URL {url:?} must parse: {e}")
+                })
+            }
+        }
+    }
+
+    fn url_string(&self, host: &str) -> String {
         let db = utf8_percent_encode(&self.database, NON_ALPHANUMERIC).to_string();
-        let mut s = format!("dqlite://{}/{}", self.host, db);
+        let mut s = format!("dqlite://{host}/{db}");
         let mut sep = '?';
         let mut push = |k: &str, v: &str| {
             s.push(sep);
@@ -151,31 +166,12 @@ impl DqliteConnectOptions {
             let peers: Vec<String> = self.peers.iter().map(ToString::to_string).collect();
             push("peers", &peers.join(","));
         }
-        push(
-            "connect_timeout",
-            &format!("{}ms", self.connect_timeout.as_millis()),
-        );
-        push(
-            "leader_timeout",
-            &format!("{}ms", self.leader_timeout.as_millis()),
-        );
-        push(
-            "statement_cache_capacity",
-            &self.statement_cache_capacity.to_string(),
-        );
-        push(
-            "request_timeout",
-            &format!("{}ms", self.request_timeout.as_millis()),
-        );
+        push("connect_timeout", &format!("{}ms", self.connect_timeout.as_millis()));
+        push("leader_timeout", &format!("{}ms", self.leader_timeout.as_millis()));
+        push("statement_cache_capacity", &self.statement_cache_capacity.to_string());
+        push("request_timeout", &format!("{}ms", self.request_timeout.as_millis()));
         push("client_id", &self.client_id.to_string());
-        // Everything above is ASCII we produced ourselves; `Url::parse` cannot fail on it
-        // unless the host itself is invalid, which `from_url` already rejected.
-        Url::parse(&s).unwrap_or_else(|_| {
-            // Fall back to a URL without options rather than panicking.
-            let mut u = Url::parse("dqlite://localhost/").expect("static URL parses");
-            u.set_path(&db);
-            u
-        })
+        s
     }
 }
 
@@ -242,6 +238,15 @@ mod tests {
         }
         let a: DqliteConnectOptions = "dqlite://h:1/my%20db".parse().unwrap();
         assert_eq!(a.database, "my db");
+    }
+
+    #[test]
+    fn invalid_builder_host_still_prints_a_url() {
+        let o = DqliteConnectOptions::new().host("bad host", 7).database("d");
+        let url = o.to_url_lossy();
+        assert_eq!(url.scheme(), "dqlite");
+        assert_eq!(url.port(), Some(7));
+        assert!(url.as_str().contains("bad%20host"), "{url}");
     }
 
     #[test]
