@@ -317,4 +317,23 @@ fn single_node_cluster() {
     let members = cluster.members().unwrap();
     assert_eq!(members.len(), 1);
     assert_eq!(members[0].role, dqlite::testing::Role::Voter);
+
+    // With its only node dead, a bounded wait for a leader times out, saying what it waited for.
+    cluster.kill(0).unwrap();
+    let err = cluster
+        .wait_for_leader(Duration::from_millis(300))
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("timed out after")
+            && message.contains("no node reported itself as leader"),
+        "{message}"
+    );
+    assert!(
+        message.contains("node 0"),
+        "timeout errors show each node's log: {message}"
+    );
+    // Restarted on its data, it leads again.
+    cluster.restart(0).unwrap();
+    assert_eq!(cluster.wait_for_leader(ELECTION_BOUND).unwrap(), 0);
 }
