@@ -127,7 +127,7 @@ pub use type_info::DqliteTypeInfo;
 pub use value::{DqliteValue, DqliteValueRef};
 
 /// The wire codec, re-exported: custom [`Encode`](sqlx_core::encode::Encode) impls push
-/// [`wire::Value`](dqlite_wire::Value)s into a [`DqliteArgumentBuffer`].
+/// [`wire::Value`]s into a [`DqliteArgumentBuffer`].
 pub use dqlite_wire as wire;
 
 /// A pool of connections to a dqlite cluster.
