@@ -310,6 +310,23 @@ mod tests {
     }
 
     #[test]
+    fn leader_heartbeats_every_heartbeat_interval() {
+        let mut c = Cluster::new(3, 82);
+        c.elect(1);
+        c.run(1);
+        let hb = c.nodes[&NodeId(1)].heartbeat_ticks;
+        assert!(hb >= 2);
+        let _ = c.node(1).ready();
+        let mut beats = 0;
+        for _ in 0..hb * 5 {
+            c.node(1).tick();
+            let rd = c.node(1).ready();
+            beats += rd.messages.iter().filter(|m| m.to == NodeId(2) && matches!(m.body, MessageBody::Heartbeat(_))).count();
+        }
+        assert_eq!(beats, 5);
+    }
+
+    #[test]
     fn single_voter_elects_itself_after_timeout() {
         let mut c = Cluster::new(1, 81);
         let l = c.wait_leader(100);
