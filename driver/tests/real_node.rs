@@ -155,17 +155,24 @@ async fn crud_types_and_errors() {
     let err = conn.execute("SELEC 1").await.expect_err("syntax");
     assert!(err.to_string().contains("syntax error"), "{err}");
 
-    // More than 255 parameters on a server without params32 tuples: a clear error.
-    let sql = format!("SELECT {}", vec!["?"; 300].join(", "));
-    let mut q = query(sqlx_core::sql_str::AssertSqlSafe(sql.clone()));
-    for i in 0..300i64 {
-        q = q.bind(i);
+    // More than 255 parameters on a server without params32 tuples: a clear error, decided
+    // before sending (dqlite 1.11 would read 256 or 512 values as none and run the statement).
+    conn.execute("CREATE TABLE sink (x INTEGER)").await.unwrap();
+    for n in [256usize, 300, 512] {
+        // (Not coalesce(): SQLite functions take at most 127 arguments.)
+        let sql = format!("INSERT INTO sink (x) VALUES ({})", vec!["?"; n].join(" + "));
+        let mut q = query(sqlx_core::sql_str::AssertSqlSafe(sql));
+        for i in 0..n as i64 {
+            q = q.bind(i + 1);
+        }
+        let err = q.execute(&mut conn).await.expect_err("too many params");
+        assert!(
+            err.to_string().contains("more than 255 parameters"),
+            "{n}: unexpected error: {err}"
+        );
     }
-    let err = q.fetch_all(&mut conn).await.expect_err("too many params");
-    assert!(
-        err.to_string().contains("more than 255 parameters"),
-        "unexpected error: {err}"
-    );
+    let written: i64 = query_scalar("SELECT count(*) FROM sink").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(written, 0, "nothing was written");
     // 255 works.
     let sql = format!("SELECT {}", vec!["?"; 255].join(", "));
     let mut q = query(sqlx_core::sql_str::AssertSqlSafe(sql.clone()));
@@ -174,6 +181,20 @@ async fn crud_types_and_errors() {
     }
     let row = q.fetch_one(&mut conn).await.expect("255 params");
     assert_eq!(row.get::<i64, _>(254), 254);
+
+    // Several statements with arguments: dqlite 1.11 would prepare only the first; refused.
+    let err = query("INSERT INTO t (name) VALUES (?); INSERT INTO t (name) VALUES (?)")
+        .bind("x1")
+        .bind("x2")
+        .execute(&mut conn)
+        .await
+        .expect_err("multi-statement with arguments");
+    assert!(matches!(err, sqlx_core::Error::InvalidArgument(_)), "{err}");
+    let n: i64 = query_scalar("SELECT count(*) FROM t WHERE name LIKE 'x%'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "nothing ran");
 
     conn.ping().await.expect("ping");
     conn.close().await.expect("close");

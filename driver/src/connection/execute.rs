@@ -187,6 +187,18 @@ impl DqliteConnection {
     ) -> Result<Started, RunError> {
         let (stmt, known): (Option<StmtId>, Option<bool>) = if prepared {
             let st = self.prepare_cached(sql).await?;
+            if st.params != params.len() {
+                // dqlite would bind min(declared, supplied) and ignore the rest; dqlite 1.11
+                // also ignores any statement after the first in a prepared string. Refuse
+                // rather than run something other than what was asked.
+                return Err(RunError::Fatal(Error::InvalidArgument(format!(
+                    "statement takes {} parameter(s) but {} were bound (note: a string of \
+                     several statements with arguments is not supported; without arguments it \
+                     runs as a batch)",
+                    st.params,
+                    params.len()
+                ))));
+            }
             (Some(st.id), st.returns_rows)
         } else {
             (None, self.sql_returns_rows.get_mut(sql).copied())

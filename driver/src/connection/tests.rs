@@ -239,19 +239,39 @@ async fn autocommit_write_lost_after_send_is_not_retried() {
 }
 
 #[tokio::test]
-async fn too_many_parameters_on_an_old_server_is_a_clear_error() {
+async fn too_many_parameters_on_an_old_server_is_refused_before_sending() {
     let node = FakeNode::leader().await;
     let mut conn = opts(&[&node]).connect().await.unwrap();
-    node.fault("QUERY", Fault::Fail(1005, "not an error"));
-    let sql = format!("SELECT {}", vec!["?"; 300].join(","));
+    for n in [256usize, 300, 512] {
+        let sql = format!("INSERT INTO t VALUES ({})", vec!["?"; n].join(","));
+        let mut q = query(sqlx_core::sql_str::AssertSqlSafe(sql));
+        for i in 0..n as i64 {
+            q = q.bind(i);
+        }
+        let err = q.execute(&mut conn).await.expect_err("too many");
+        let e = dqlite_error(&err).expect("dqlite error");
+        assert_eq!(e.reason(), crate::DqliteErrorReason::TooManyParameters);
+        assert!(err.to_string().contains("more than 255 parameters"));
+    }
+    // dqlite 1.11 would misread a params32 tuple: nothing with more than 255 values was sent,
+    // and the capability was probed once, side-effect free.
+    assert!(node.log().iter().all(|l| !l.starts_with("EXEC #") && !l.starts_with("QUERY #")));
+    assert_eq!(node.count("PREPARE/1 SELECT 1"), 1);
+    assert_eq!(node.count("FINALIZE"), 1);
+}
+
+#[tokio::test]
+async fn more_than_255_parameters_use_params32_on_a_new_server() {
+    let node = FakeNode::leader().await;
+    node.state.params32.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut conn = opts(&[&node]).connect().await.unwrap();
+    let sql = format!("INSERT INTO t VALUES ({})", vec!["?"; 300].join(","));
     let mut q = query(sqlx_core::sql_str::AssertSqlSafe(sql));
     for i in 0..300i64 {
         q = q.bind(i);
     }
-    let err = q.execute(&mut conn).await.expect_err("too many");
-    let e = dqlite_error(&err).expect("dqlite error");
-    assert_eq!(e.reason(), crate::DqliteErrorReason::TooManyParameters);
-    assert!(err.to_string().contains("more than 255 parameters"));
+    q.execute(&mut conn).await.expect("params32 accepted");
+    assert_eq!(node.count("EXEC #0 (300)"), 1, "{:?}", node.log());
 }
 
 #[tokio::test]
@@ -308,4 +328,18 @@ async fn a_forgotten_statement_is_prepared_again() {
     assert_eq!(q().fetch_all(&mut conn).await.unwrap().len(), 2);
     assert_eq!(node.count("PREPARE"), 2);
     assert_eq!(node.state.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn argument_count_must_match_the_prepared_statement() {
+    let node = FakeNode::leader().await;
+    let mut conn = opts(&[&node]).connect().await.unwrap();
+    let err = query("INSERT INTO t VALUES (?)")
+        .bind(1i64)
+        .bind(2i64)
+        .execute(&mut conn)
+        .await
+        .expect_err("mismatch");
+    assert!(matches!(err, sqlx_core::Error::InvalidArgument(_)), "{err}");
+    assert_eq!(node.count("EXEC") + node.count("QUERY #"), 0, "nothing ran");
 }

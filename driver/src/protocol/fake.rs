@@ -46,6 +46,9 @@ pub(crate) struct FakeState {
     pub kill: Notify,
     /// LEADER requests answered with "" before answering with `leader`.
     pub leader_unknown_for: AtomicU64,
+    /// Answer PREPARE schema 1 with STMT schema 1 (a dqlite >= 1.15 server); else STMT
+    /// schema 0 (what dqlite 1.11 does: it ignores the schema byte).
+    pub params32: AtomicBool,
 }
 
 pub(crate) struct FakeNode {
@@ -120,7 +123,7 @@ fn describe(req: &Request<'_>) -> String {
         Request::Leader => "LEADER".into(),
         Request::Client { .. } => "CLIENT".into(),
         Request::Open { name, .. } => format!("OPEN {name}"),
-        Request::Prepare { sql, .. } => format!("PREPARE {sql}"),
+        Request::Prepare { sql, schema, .. } => format!("PREPARE/{} {sql}", schema.code()),
         Request::Exec { stmt, params, .. } => format!("EXEC #{} ({})", stmt.0, params.len()),
         Request::Query { stmt, params, .. } => format!("QUERY #{} ({})", stmt.0, params.len()),
         Request::Finalize { stmt, .. } => format!("FINALIZE #{}", stmt.0),
@@ -245,13 +248,14 @@ fn handle(req: &Request<'_>, st: &FakeState, stmts: &mut Vec<String>) -> Vec<Res
         Request::Open { .. } => vec![Response::Db { id: DbId(0) }],
         Request::Interrupt { .. } | Request::Finalize { .. } => vec![Response::Empty],
         _ if !leader => not_leader(),
-        Request::Prepare { sql, .. } => {
+        Request::Prepare { sql, schema, .. } => {
             stmts.push((*sql).to_owned());
+            let v1 = *schema == dqlite_wire::Schema::V1 && st.params32.load(Ordering::SeqCst);
             vec![Response::Stmt {
                 db: DbId(0),
                 id: StmtId(stmts.len() as u32 - 1),
                 params: sql.matches('?').count() as u64,
-                tail_offset: None,
+                tail_offset: v1.then_some(sql.len() as u64),
             }]
         }
         // QUERY of something that is not `SELECT n`: no result columns.

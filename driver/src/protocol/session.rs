@@ -79,6 +79,8 @@ pub(crate) struct Session {
     stream: WireStream,
     db: DbId,
     outstanding: Outstanding,
+    /// Whether the server understands schema-1 (params32) tuples; probed on first need.
+    params32: Option<bool>,
 }
 
 fn unexpected(what: &str, resp: &Response<'_>) -> Error {
@@ -113,6 +115,7 @@ impl Session {
                 stream,
                 db: id,
                 outstanding: Outstanding::None,
+                params32: None,
             })),
             Response::Failure { code, message } => Ok(Err(Failure {
                 code,
@@ -237,8 +240,60 @@ impl Session {
         }
     }
 
+    /// Does the server understand schema-1 (params32) tuples (dqlite >= 1.15.1)?
+    ///
+    /// It must be known *before* sending one: dqlite 1.11 ignores the schema byte of
+    /// EXEC/QUERY and reads a params32 tuple as a params tuple whose count is the low byte of
+    /// the u32 — 256 parameters run the statement with none (all NULL), without an error.
+    /// The probe is side-effect free: `PREPARE` in schema 1 of `SELECT 1`. A server with
+    /// schema 1 answers STMT schema 1 (with the tail offset); an older one answers STMT
+    /// schema 0 or a FAILURE. The probe statement is finalized.
+    async fn supports_params32(&mut self) -> Result<bool, WireError> {
+        if let Some(known) = self.params32 {
+            return Ok(known);
+        }
+        let frame = self
+            .single(&Request::Prepare {
+                db: self.db,
+                sql: "SELECT 1",
+                schema: Schema::V1,
+            })
+            .await?;
+        let resp = frame.decode(self.stream.ctx()).map_err(WireError::Lost)?;
+        let (supported, stmt) = match resp {
+            Response::Stmt { id, tail_offset, .. } => (tail_offset.is_some(), Some(id)),
+            Response::Failure { .. } => (false, None),
+            other => return Err(WireError::Lost(unexpected("PREPARE", &other))),
+        };
+        if let Some(id) = stmt {
+            if let Ok(Err(f)) = self.finalize(id).await.map_err(|e| e.into_inner()) {
+                tracing::debug!(code = f.code, message = %f.message, "FINALIZE of the probe failed");
+            }
+        }
+        tracing::debug!(supported, "probed schema-1 (params32) support");
+        self.params32 = Some(supported);
+        Ok(supported)
+    }
+
+    /// A FAILURE standing in for a params32 request the server would misread.
+    async fn check_param_count(&mut self, n: usize) -> Result<Option<Failure>, WireError> {
+        if n <= Schema::V0.max_params() || self.supports_params32().await? {
+            return Ok(None);
+        }
+        Ok(Some(Failure {
+            code: dqlite_wire::codes::DQLITE_PARSE,
+            message: format!(
+                "server does not support more than 255 parameters ({n} given; params32 \
+                 tuples need dqlite >= 1.15.1)"
+            ),
+        }))
+    }
+
     /// EXEC / EXEC_SQL: `(rows affected, last insert rowid)`.
     pub async fn exec(&mut self, target: Target<'_>, params: &[WireValue]) -> Reply<(u64, i64)> {
+        if let Some(f) = self.check_param_count(params.len()).await? {
+            return Ok(Err(f));
+        }
         let schema = schema_for(params.len());
         let params = Params::from_values(params);
         let req = match target {
@@ -273,6 +328,9 @@ impl Session {
     /// session stays in the streaming state until [`next_batch`](Self::next_batch) sees DONE.
     pub async fn query(&mut self, target: Target<'_>, params: &[WireValue]) -> Reply<Batch> {
         debug_assert_eq!(self.outstanding, Outstanding::None);
+        if let Some(f) = self.check_param_count(params.len()).await? {
+            return Ok(Err(f));
+        }
         let schema = schema_for(params.len());
         let params = Params::from_values(params);
         let req = match target {
