@@ -2,7 +2,7 @@
 //!
 //! Values are strings so that `append` histories stay readable in failure reports.
 
-use super::linearizability::{Model, Partitioned};
+use super::linearizability::{Model, Operation, Partitioned};
 
 /// A key-value operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +96,49 @@ impl Model for KvModel {
 
     fn is_read_only(&self, input: &KvInput) -> bool {
         matches!(input, KvInput::Get(_))
+    }
+
+    /// An unknown-outcome write (put, append or cas) whose written string never occurs in
+    /// anything observed about the key (a known get's result, a cas's expected value) may be
+    /// assumed never to have happened, provided no known cas on the key that failed returned
+    /// after the write was invoked.
+    ///
+    /// Why: take any linearization in which such a write `w` takes effect. From that point the
+    /// value contains `w`'s string until a put overwrites it. No known get can come in between
+    /// (it would show the string), nor a successful cas (its expected value would contain it),
+    /// nor a failed cas (none can be placed after `w`'s invocation). What remains in between are
+    /// blind writes (put, append) and unknown operations, which do not observe the value. So
+    /// removing `w` leaves a valid linearization; and the converse holds because `w`'s outcome
+    /// is unknown. An empty written string occurs everywhere and is never pruned.
+    fn prunable_unknowns(&self, ops: &[&Operation<KvInput, KvOutput>]) -> Vec<bool> {
+        let last_failed_cas = ops
+            .iter()
+            .filter_map(|o| match (&o.input, &o.response) {
+                (KvInput::Cas { .. }, Some((t, KvOutput::Swapped(false)))) => Some(*t),
+                _ => None,
+            })
+            .max();
+        let mut observed: Vec<&str> = Vec::new();
+        for o in ops {
+            if let (KvInput::Get(_), Some((_, KvOutput::Value(Some(v))))) = (&o.input, &o.response) {
+                observed.push(v);
+            }
+            if let KvInput::Cas { expected: Some(e), .. } = &o.input {
+                observed.push(e);
+            }
+        }
+        ops.iter()
+            .map(|o| {
+                let written = match &o.input {
+                    _ if o.response.is_some() => return false,
+                    KvInput::Get(_) => return false,
+                    KvInput::Put(_, v) | KvInput::Append(_, v) => v,
+                    KvInput::Cas { new, .. } => new,
+                };
+                let cas_after = last_failed_cas.is_some_and(|t| t >= o.invoke);
+                !cas_after && !written.is_empty() && !observed.iter().any(|s| s.contains(written.as_str()))
+            })
+            .collect()
     }
 }
 
@@ -286,6 +329,41 @@ mod tests {
         ]);
         // And it cannot take effect before it was invoked.
         assert_rejected(&[get(2, "x", 0, 1, Some("a")), put(1, "x", "a", 2, None)]);
+    }
+
+    #[test]
+    fn unobserved_unknown_writes_are_pruned_without_changing_verdicts() {
+        // Many unknown appends nobody ever saw: without pruning this search is exponential.
+        let mut h: Vec<Op> = (0..40).map(|c| append(c, "x", &format!("[{c}]"), c, None)).collect();
+        h.push(append(100, "x", "[a]", 50, Some(51)));
+        h.push(get(101, "x", 60, 61, Some("[a]")));
+        assert_eq!(
+            check(&KvModel, &h, Limits { steps_max: 10_000 }),
+            Ok(Outcome::Linearizable)
+        );
+        // One of them observed: still decided, and still right.
+        h.push(get(102, "x", 70, 71, Some("[a][7]")));
+        assert_eq!(check(&KvModel, &h, Limits { steps_max: 10_000 }), Ok(Outcome::Linearizable));
+        h.push(get(103, "x", 80, 81, Some("[a]")));
+        assert!(matches!(
+            check(&KvModel, &h, Limits { steps_max: 10_000 }),
+            Ok(Outcome::NotLinearizable(_))
+        ));
+        // A failed cas returning after the unknown write's invocation disables pruning (the
+        // unseen write may explain it); one that returned before does not.
+        let h = [
+            put(1, "x", "a", 0, Some(1)),
+            put(2, "x", "b", 2, None),
+            cas(3, "x", Some("a"), "c", 5, Some((6, false))),
+        ];
+        assert_eq!(verdict(&h), Outcome::Linearizable);
+        assert_eq!(KvModel.prunable_unknowns(&h.iter().collect::<Vec<_>>()), vec![false; 3]);
+        let h = [
+            put(1, "x", "a", 0, Some(1)),
+            cas(3, "x", Some("z"), "c", 2, Some((3, false))),
+            put(2, "x", "b", 4, None),
+        ];
+        assert_eq!(KvModel.prunable_unknowns(&h.iter().collect::<Vec<_>>()), vec![false, false, true]);
     }
 
     #[test]

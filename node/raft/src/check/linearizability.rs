@@ -54,6 +54,13 @@ pub trait Model {
     fn is_read_only(&self, _input: &Self::Input) -> bool {
         false
     }
+
+    /// Marks operations with an unknown outcome that may be assumed never to have taken effect
+    /// without changing the verdict (the model must prove that). `ops` is one partition; the
+    /// default prunes nothing.
+    fn prunable_unknowns(&self, ops: &[&Operation<Self::Input, Self::Output>]) -> Vec<bool> {
+        vec![false; ops.len()]
+    }
 }
 
 /// A model whose operations each touch one independent part of the state (e.g. one key).
@@ -296,9 +303,14 @@ fn search<M: Model>(
     ops_all: &[&Operation<M::Input, M::Output>],
     steps_left: &mut u64,
 ) -> Search {
-    // Reads with unknown outcome constrain nothing: drop them.
+    // Reads with unknown outcome constrain nothing: drop them, and whatever the model says
+    // may be assumed not to have happened.
+    let prunable = model.prunable_unknowns(ops_all);
     let keep: Vec<usize> = (0..ops_all.len())
-        .filter(|&i| ops_all[i].response.is_some() || !model.is_read_only(&ops_all[i].input))
+        .filter(|&i| {
+            ops_all[i].response.is_some()
+                || (!model.is_read_only(&ops_all[i].input) && !prunable.get(i).copied().unwrap_or(false))
+        })
         .collect();
     let ops: Vec<&Operation<M::Input, M::Output>> = keep.iter().map(|&i| ops_all[i]).collect();
     let n = ops.len();

@@ -205,6 +205,7 @@ impl Cluster {
         host.view = View::from_disk(&host.disk);
         host.started = true;
         host.restart_at_ms = None;
+        host.last_hard = host.disk.hard;
         host.next_tick_ms = self.now_ms + 1 + self.rng.below(self.sc.tick_ms);
         let (commit, term) = (raw.log().committed(), raw.term());
         host.raw = Some(raw);
@@ -642,6 +643,17 @@ impl Cluster {
             }
             self.hosts[h].view.append(&rd.entries);
         }
+        // A crash aimed at the fsync window of a new term or vote.
+        if let Some(hs) = rd.hard_state {
+            let prev = std::mem::replace(&mut self.hosts[h].last_hard, hs);
+            if (hs.term, hs.vote) != (prev.term, prev.vote)
+                && self.faults_on
+                && self.sc.fsync_ms_max > 0
+                && self.rng.chance(self.sc.crash_after_vote_per_million)
+            {
+                self.churn.push((now, id, 3));
+            }
+        }
         // 5-6. Durability, then persisted and the messages that wait for it.
         let marker = match (rd.entries.last(), &install) {
             (Some(e), _) => Some((e.index, e.term)),
@@ -896,13 +908,13 @@ impl Cluster {
         let (op, via_read_index) = match self.rng.below(100) {
             0..=19 => (KvInput::Get(key), true),
             20..=34 => (KvInput::Get(key), false),
-            35..=49 => (KvInput::Put(key, format!("p{cid}.{seq}")), false),
-            50..=89 => (KvInput::Append(key, format!("{cid}.{seq} ")), false),
+            35..=49 => (KvInput::Put(key, format!("p[{cid}.{seq}]")), false),
+            50..=89 => (KvInput::Append(key, format!("[{cid}.{seq}]")), false),
             _ => (
                 KvInput::Cas {
                     key,
                     expected: self.clients[c].last_seen[k].clone(),
-                    new: format!("c{cid}.{seq}"),
+                    new: format!("c[{cid}.{seq}]"),
                 },
                 false,
             ),
@@ -1143,9 +1155,16 @@ impl Cluster {
         Ok(())
     }
 
-    /// A reactive fault on a leader elected moments ago, if it still leads.
+    /// A reactive fault: on a leader elected moments ago, if it still leads (`what` 0 to 2),
+    /// or a crash of any running server (`what` 3).
     fn churn_leader(&mut self, id: NodeId, what: u64) -> Result<(), Failure> {
         let h = self.idx(id);
+        if what == 3 {
+            if self.hosts[h].is_up() {
+                self.crash(h, "after a vote ")?;
+            }
+            return Ok(());
+        }
         if !self.hosts[h].is_live()
             || self.hosts[h].raw.as_ref().is_none_or(|r| r.role() != StateRole::Leader)
         {
@@ -1186,9 +1205,9 @@ impl Cluster {
                 .map_err(|v| self.fail(v.to_string()))?;
         }
         let down_ms = if self.rng.below(3) == 0 {
-            self.rng.range(1, 20)
+            self.rng.range(1, 2 * self.sc.latency_ms)
         } else {
-            self.rng.range(50, self.sc.down_ms_max)
+            self.rng.range(self.sc.down_ms_max / 10, self.sc.down_ms_max).max(1)
         };
         self.hosts[h].restart_at_ms = Some(self.now_ms + down_ms);
         self.report.crashes += 1;
@@ -1197,7 +1216,7 @@ impl Cluster {
     }
 
     fn schedule_heal(&mut self) {
-        let t = self.now_ms + self.rng.range(100, self.sc.partition_ms_max);
+        let t = self.now_ms + self.rng.range(self.sc.partition_ms_max / 10, self.sc.partition_ms_max).max(1);
         self.heal_at_ms = Some(self.heal_at_ms.map_or(t, |x| x.max(t)));
     }
 

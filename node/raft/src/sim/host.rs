@@ -221,6 +221,8 @@ pub struct Host {
     pub restart_at_ms: Option<u64>,
     /// Frozen (a GC or VM pause) until then: no ticks, no input; messages wait.
     pub paused_until_ms: Option<u64>,
+    /// The last hard state a `Ready` asked to store (durable or not).
+    pub last_hard: HardState,
 }
 
 impl Host {
@@ -242,6 +244,7 @@ impl Host {
             next_tick_ms: 0,
             restart_at_ms: None,
             paused_until_ms: None,
+            last_hard: HardState::default(),
         }
     }
 

@@ -53,7 +53,8 @@ impl Options {
             safety_ms: 10_000,
             liveness_ms: 30_000,
             trace: false,
-            lin_steps_max: 300_000,
+            // Optimized builds (the long runs) can afford a deeper search.
+            lin_steps_max: if cfg!(debug_assertions) { 300_000 } else { 5_000_000 },
             ops_max: 3_000,
         }
     }
@@ -97,6 +98,9 @@ pub struct Scenario {
     /// Probability (per million) that a newly elected leader is crashed, isolated or cut off
     /// within a few network latencies (short-lived leaders with partly replicated entries).
     pub churn_per_million: u32,
+    /// Probability (per million) that a server is crashed right after a `Ready` that changes
+    /// its term or vote, before that write's fsync (asynchronous-fsync scenarios only).
+    pub crash_after_vote_per_million: u32,
     /// Longest downtime after a crash.
     pub down_ms_max: u64,
     /// Longest partition.
@@ -110,29 +114,41 @@ pub struct Scenario {
 impl Scenario {
     /// Draws a scenario.
     pub fn from_rng(rng: &mut Rng) -> Scenario {
+        // Timing: the default `Config` (LAN latency, tick = latency x 5) or a faster one with the
+        // same tick counts, so that short-latency seeds go through many more elections.
         let base = crate::Config::new(crate::NodeId(1));
-        let latency_ms = (base.network_latency.as_millis() as u64).max(1);
-        let tick_ms = (base.tick.as_millis() as u64).max(1);
-        let election_ms = (base.election_timeout().as_millis() as u64).max(tick_ms * 2);
+        let default_latency = (base.network_latency.as_millis() as u64).max(1);
+        let latency_ms = *rng.pick(&[1, 2, 5, default_latency]).unwrap_or(&default_latency);
+        let tick_ms = (base.tick.as_millis() as u64 * latency_ms / default_latency).max(1);
+        let mut cfg = base.clone();
+        cfg.network_latency = std::time::Duration::from_millis(latency_ms);
+        cfg.tick = std::time::Duration::from_millis(tick_ms);
+        let election_ms = (u64::from(cfg.election_ticks()) * tick_ms).max(tick_ms * 2);
         let mut s = Scenario {
             voters: *rng.pick(&[3, 3, 5, 5, 1]).unwrap_or(&3),
             extra: rng.range(0, 2) as usize,
             clients: rng.range(2, 5) as usize,
-            keys: rng.range(1, 4) as usize,
+            keys: rng.range(1, 8) as usize,
             latency_ms,
             tick_ms,
             max_inflight: rng.range(1, 8) as usize,
             max_append_bytes: *rng.pick(&[40, 40, 80, 200, 4096, 1 << 20]).unwrap_or(&4096),
             chunk_bytes: rng.range(16, 512),
             net: NetConfig::perfect(1),
-            fsync_ms_max: if rng.below(2) == 0 { 0 } else { rng.range(1, 50) },
+            fsync_ms_max: if rng.below(2) == 0 { 0 } else { rng.range(1, 5 * latency_ms) },
             snapshot_every: if rng.below(4) == 0 { None } else { Some(rng.range(3, 50)) },
             trailing: rng.range(0, 5),
-            fault_gap_ms: if rng.below(3) == 0 { rng.range(30, 300) } else { rng.range(100, 2000) },
+            fault_gap_ms: if rng.below(3) == 0 {
+                rng.range(election_ms / 30, election_ms / 3)
+            } else {
+                rng.range(election_ms / 10, 2 * election_ms)
+            }
+            .max(1),
             weights: [0; 11],
             churn_per_million: if rng.below(2) == 0 { 0 } else { rng.range(100_000, 700_000) as u32 },
-            down_ms_max: rng.range(60, 4 * election_ms),
-            partition_ms_max: rng.range(200, 4 * election_ms),
+            crash_after_vote_per_million: if rng.below(2) == 0 { 0 } else { rng.range(20_000, 300_000) as u32 },
+            down_ms_max: rng.range(election_ms / 16, 4 * election_ms).max(2),
+            partition_ms_max: rng.range(election_ms / 5, 4 * election_ms).max(2),
             client_timeout_ms: election_ms * 3,
             think_ms: rng.range(5, 50),
         };
