@@ -84,6 +84,30 @@ async fn main() {
         base.as_secs_f64() / prepared.as_secs_f64()
     );
 
+    // The same through a one-connection pool (sqlx pings on release and before acquire).
+    let pool = sqlx_dqlite::DqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts.clone())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    for i in 0..n {
+        let v: i64 = query_scalar("SELECT v FROM kv WHERE k = ?")
+            .bind(i % 100)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(v, (i % 100) * 2);
+    }
+    let pooled = start.elapsed();
+    println!(
+        "point query x{n} through a pool: {:?} ({:.0}/s), {:.2}x the direct connection's time",
+        pooled,
+        n as f64 / pooled.as_secs_f64(),
+        pooled.as_secs_f64() / prepared.as_secs_f64()
+    );
+    pool.close().await;
+
     let writes = n.min(1000);
     let start = Instant::now();
     for i in 0..writes {

@@ -7,6 +7,9 @@ use super::DqliteConnection;
 use crate::protocol::discovery::connect_leader;
 use crate::DqliteConnectOptions;
 
+/// `ping()` trusts a leader that answered more recently than this (see `Connection::ping`).
+const PING_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Capacity of the per-connection "does this SQL return rows?" memo for argument-less SQL.
 const SQL_KIND_CACHE_CAPACITY: usize = 256;
 
@@ -21,6 +24,7 @@ impl DqliteConnection {
             transaction_depth: 0,
             transaction_lost: false,
             pending_rollbacks: Vec::new(),
+            ping_fresh: PING_FRESH,
         })
     }
 

@@ -59,6 +59,8 @@ pub struct DqliteConnection {
     pub(crate) transaction_lost: bool,
     /// Rollbacks queued by dropped transactions, run before the next request.
     pub(crate) pending_rollbacks: Vec<String>,
+    /// `ping()` skips its round trip if the leader answered more recently than this.
+    pub(crate) ping_fresh: std::time::Duration,
 }
 
 impl Debug for DqliteConnection {
@@ -124,11 +126,25 @@ impl Connection for DqliteConnection {
     }
 
     /// Checks that the connection still talks to the leader: drains abandoned results, runs
-    /// queued rollbacks, then `SELECT 1` (which fails with "not leader" on a deposed leader).
-    /// Does not reconnect: a pool discards a connection whose ping fails.
+    /// queued rollbacks, checks the socket is open, then runs `SELECT 1` (which fails with
+    /// "not leader" on a deposed leader). Does not reconnect: a pool discards a connection
+    /// whose ping fails.
+    ///
+    /// The `SELECT 1` round trip is skipped when the leader answered on this connection less
+    /// than a second ago (sqlx pings on every pool release and acquire; that would triple the
+    /// round trips of a pooled query). A leader deposed within that second is still handled:
+    /// its "not leader" answer to the next request is retried on the new leader outside a
+    /// transaction, and a closed socket is always detected.
     async fn ping(&mut self) -> Result<(), Error> {
         self.flush_pending().await?;
         let alive = self.session.as_mut().is_some_and(Session::is_idle_alive);
+        let fresh = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.since_last_response() < self.ping_fresh);
+        if alive && fresh {
+            return Ok(());
+        }
         let session = match self.session.as_mut() {
             Some(s) if alive => s,
             _ => {

@@ -181,6 +181,10 @@ async fn ping_detects_dead_and_deposed_connections() {
     let node = FakeNode::leader().await;
     let mut conn = opts(&[&node]).connect().await.unwrap();
     conn.ping().await.expect("ping");
+    assert_eq!(node.count("QUERY_SQL SELECT 1"), 0, "fresh connection: no round trip");
+    conn.ping_fresh = Duration::ZERO;
+    conn.ping().await.expect("ping");
+    assert_eq!(node.count("QUERY_SQL SELECT 1"), 1);
     node.set_leader("", false);
     assert!(conn.ping().await.is_err(), "deposed leader");
     node.set_leader(&node.addr.clone(), true);

@@ -134,6 +134,11 @@ impl Session {
         self.stream.set_request_timeout(timeout);
     }
 
+    /// Time since the server last answered on this session.
+    pub fn since_last_response(&self) -> std::time::Duration {
+        self.stream.since_last_received()
+    }
+
     pub fn leader(&self) -> &NodeAddress {
         self.stream.peer()
     }

@@ -4,14 +4,12 @@
 //! is cancelled half-way leaves `write_incomplete` set and the stream must be discarded.
 
 use std::io;
-use std::task::Context;
 use std::time::Duration;
 
 use dqlite_wire::header::{self, Header};
 use dqlite_wire::{DecodeContext, ProtocolVersion, Request, Response, DEFAULT_MAX_BODY_BYTES};
-use futures_util::task::noop_waker_ref;
 use sqlx_core::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::options::NodeAddress;
@@ -45,6 +43,8 @@ pub(crate) struct WireStream {
     frames_received: u64,
     /// Longest wait for one message (None = forever).
     request_timeout: Option<Duration>,
+    /// When the last whole message arrived.
+    last_received: std::time::Instant,
 }
 
 /// Connection-level failures, classified for the retry rules.
@@ -86,6 +86,7 @@ impl WireStream {
             peer: addr.clone(),
             frames_received: 0,
             request_timeout: None,
+            last_received: std::time::Instant::now(),
         };
         let hs = ProtocolVersion::V1.encode();
         stream.write_incomplete = true;
@@ -101,6 +102,11 @@ impl WireStream {
     #[cfg(test)]
     pub fn frames_received(&self) -> u64 {
         self.frames_received
+    }
+
+    /// Time since the server last sent a whole message.
+    pub fn since_last_received(&self) -> Duration {
+        self.last_received.elapsed()
     }
 
     pub fn ctx(&self) -> &DecodeContext {
@@ -166,6 +172,7 @@ impl WireStream {
                 };
                 self.read_buf.drain(..used);
                 self.frames_received += 1;
+                self.last_received = std::time::Instant::now();
                 return Ok(frame);
             }
             let mut chunk = [0u8; 16 * 1024];
@@ -182,14 +189,22 @@ impl WireStream {
 
     /// Without blocking: is this idle socket still open? Returns false if the peer closed or
     /// reset it, or sent bytes nobody asked for (a protocol violation on an idle connection).
+    ///
+    /// This asks the kernel (a non-blocking `MSG_PEEK`), not tokio's readiness cache, which
+    /// only learns about a FIN when the reactor next polls: a leader killed a moment ago must
+    /// be noticed *before* the next request is written, or that request's fate is unknown.
     pub fn is_idle_alive(&mut self) -> bool {
         if !self.read_buf.is_empty() || self.write_incomplete {
             return false;
         }
-        let mut cx = Context::from_waker(noop_waker_ref());
-        let mut byte = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut byte);
-        self.socket.poll_peek(&mut cx, &mut buf).is_pending()
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(&self.socket).peek(&mut byte) {
+            // Nothing to read: open and idle (tokio sockets are non-blocking).
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            // EOF (Ok(0)), unsolicited data (Ok(n)), or reset/other errors.
+            _ => false,
+        }
     }
 
     /// Shut the socket down (best effort).
