@@ -310,6 +310,26 @@ mod tests {
     }
 
     #[test]
+    fn prevote_needs_an_up_to_date_log_even_for_a_later_term() {
+        let mut n = node3();
+        let stale = VoteRequest { last_log_index: LogIndex(0), last_log_term: Term(0), transfer: false };
+        n.step(m(2, 5, MessageBody::PreVote(stale))).unwrap();
+        let ok = VoteRequest { last_log_index: LogIndex(1), last_log_term: Term(1), transfer: false };
+        n.step(m(3, 5, MessageBody::PreVote(ok))).unwrap();
+        let rd = n.ready();
+        let grants: Vec<(NodeId, bool)> = rd
+            .messages
+            .iter()
+            .filter_map(|x| match x.body {
+                MessageBody::PreVoteResponse(r) => Some((x.to, r.granted)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(grants, vec![(NodeId(2), false), (NodeId(3), true)]);
+        assert_eq!(n.term(), Term(1), "pre-votes change no term");
+    }
+
+    #[test]
     fn leader_heartbeats_every_heartbeat_interval() {
         let mut c = Cluster::new(3, 82);
         c.elect(1);

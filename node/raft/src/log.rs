@@ -273,6 +273,17 @@ mod tests {
     }
 
     #[test]
+    fn slice_respects_byte_limit_but_returns_at_least_one_entry() {
+        let mut l = RaftLog::new(LogIndex(0), Term(0));
+        l.merge(&[e(1, 1), e(2, 1), e(3, 1)]);
+        assert_eq!(l.slice(LogIndex(1), LogIndex(3), 0).len(), 1);
+        assert_eq!(l.slice(LogIndex(1), LogIndex(3), 1).len(), 1);
+        assert_eq!(l.slice(LogIndex(1), LogIndex(3), 2).len(), 2);
+        assert_eq!(l.slice(LogIndex(2), LogIndex(3), 100).len(), 2);
+        assert!(l.slice(LogIndex(4), LogIndex(9), 100).is_empty());
+    }
+
+    #[test]
     fn up_to_date_compares_term_then_index() {
         let mut l = RaftLog::new(LogIndex(0), Term(0));
         l.merge(&[e(1, 1), e(2, 2)]);

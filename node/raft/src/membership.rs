@@ -276,6 +276,42 @@ mod tests {
     }
 
     #[test]
+    fn promotion_gets_exactly_max_rounds() {
+        let mut c = Cluster::new(3, 64);
+        c.elect(1);
+        c.run(1);
+        c.add_blank(4);
+        c.crash(4);
+        c.node(1).propose_conf_change(ConfChange::Add { id: NodeId(4), address: String::new(), role: Role::Voter }).unwrap();
+        let et = c.nodes[&NodeId(1)].election_ticks;
+        let aborted = |c: &Cluster| c.events.get(&NodeId(1)).is_some_and(|e| e.contains(&Event::ConfChangeAborted { node: NodeId(4) }));
+        for _ in 0..et * super::MAX_CATCH_UP_ROUNDS - 1 {
+            c.tick_all();
+            c.deliver();
+        }
+        assert!(!aborted(&c), "aborted before {} rounds", super::MAX_CATCH_UP_ROUNDS);
+        c.run(2);
+        assert!(aborted(&c));
+    }
+
+    #[test]
+    fn slow_promotion_round_starts_another_round() {
+        let mut c = Cluster::new(3, 65);
+        c.elect(1);
+        c.run(1);
+        c.add_blank(4);
+        c.node(1).propose_conf_change(ConfChange::Add { id: NodeId(4), address: String::new(), role: Role::Voter }).unwrap();
+        // Node 4 is unreachable for one and a half rounds, then catches up.
+        c.isolate(4);
+        let et = c.nodes[&NodeId(1)].election_ticks;
+        c.run(et + et / 2);
+        assert_eq!(c.node(1).promotion.as_ref().map(|p| p.round), Some(2));
+        c.heal();
+        c.run(et);
+        assert!(c.node(1).configuration().is_voter(NodeId(4)));
+    }
+
+    #[test]
     fn assign_standby_to_voter_catches_up_then_counts_for_quorum() {
         let mut c = Cluster::new(2, 61);
         c.elect(1);
