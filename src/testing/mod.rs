@@ -20,6 +20,10 @@
 //! and shows the tail of the nodes' logs. It never sleeps to hope a condition became true: it
 //! polls the condition at [`POLL_INTERVAL`] until a deadline.
 //!
+//! The API is blocking (plain threads and sockets, no async runtime), so it works from any
+//! test. From async code, call it through `tokio::task::block_in_place` (multi-threaded
+//! runtime) or `spawn_blocking`, so the runtime keeps driving connections meanwhile.
+//!
 //! Processes are cleaned up by [`Cluster`]'s `Drop` (SIGKILL, then the data directory is
 //! removed) and, should the test process die without unwinding, by a small supervising shell
 //! that kills its node when the test process's end of a pipe closes.
@@ -272,11 +276,12 @@ impl Cluster {
         let start = Instant::now();
         let mut last = None;
         loop {
-            last = self.leader().or(last);
-            if let Some(i) = last.filter(|&i| accept(i)) {
+            let now = self.leader();
+            if let Some(i) = now.filter(|&i| accept(i)) {
                 tracing::info!(node = i, waited = ?start.elapsed(), "leader found");
                 return Ok(i);
             }
+            last = now.or(last);
             if start.elapsed() >= bound {
                 let observed = match last {
                     Some(i) => format!("last leader seen: node {i}"),
@@ -380,6 +385,69 @@ pub fn wait_until<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node that is never running; enough for the cluster's bookkeeping.
+    struct Stopped(SocketAddr);
+
+    impl NodeProcess for Stopped {
+        fn address(&self) -> SocketAddr {
+            self.0
+        }
+        fn kill(&mut self) -> Result<(), LaunchError> {
+            Err(LaunchError::Invalid("not running".into()))
+        }
+        fn restart(&mut self) -> Result<(), LaunchError> {
+            Err(LaunchError::Invalid("cannot start".into()))
+        }
+        fn is_running(&mut self) -> bool {
+            false
+        }
+        fn log_tail(&self, _: usize) -> String {
+            "last log line".into()
+        }
+    }
+
+    fn stopped_cluster(n: u8) -> Cluster {
+        let nodes = (0..n)
+            .map(|i| {
+                Box::new(Stopped(SocketAddr::from(([127, 0, 0, 2 + i], 9001))))
+                    as Box<dyn NodeProcess>
+            })
+            .collect();
+        Cluster::from_nodes("test", nodes)
+    }
+
+    #[test]
+    fn urls_name_every_node() {
+        let three = stopped_cluster(3);
+        assert_eq!(
+            three.url("app.db"),
+            "dqlite://127.0.0.2:9001/app.db?peers=127.0.0.3:9001,127.0.0.4:9001"
+        );
+        assert_eq!(
+            three.url_with("app.db", "leader_timeout=30s"),
+            "dqlite://127.0.0.2:9001/app.db?peers=127.0.0.3:9001,127.0.0.4:9001&leader_timeout=30s"
+        );
+        let one = stopped_cluster(1);
+        assert_eq!(one.url("a.db"), "dqlite://127.0.0.2:9001/a.db");
+        assert_eq!(
+            one.url_with("a.db", "x=1"),
+            "dqlite://127.0.0.2:9001/a.db?x=1"
+        );
+    }
+
+    #[test]
+    fn no_leader_among_stopped_nodes_and_bad_indexes_are_errors() {
+        let mut cluster = stopped_cluster(2);
+        assert_eq!(cluster.leader(), None);
+        let err = cluster
+            .wait_for_leader(Duration::from_millis(100))
+            .unwrap_err();
+        assert!(err.to_string().contains("last log line"), "{err}");
+        assert!(matches!(cluster.kill(2), Err(LaunchError::Invalid(_))));
+        assert!(matches!(cluster.restart(9), Err(LaunchError::Invalid(_))));
+        assert!(cluster.members().is_err());
+    }
 
     #[test]
     fn unknown_launcher_names_the_known_ones() {
