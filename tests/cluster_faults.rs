@@ -20,7 +20,8 @@ use common::ELECTION_BOUND;
 const POOL_SIZE: u32 = 4;
 
 /// Writes rows with client-chosen ids until told to stop; returns (acknowledged, uncertain):
-/// every acknowledged id must survive failover, an uncertain one may or may not.
+/// every acknowledged id must survive failover, an uncertain one (reported as "outcome
+/// unknown") may or may not.
 async fn background_writer(
     pool: DqlitePool,
     first_id: i64,
@@ -36,7 +37,16 @@ async fn background_writer(
             .await
         {
             Ok(_) => acked.push(id),
-            Err(_) => uncertain.push(id),
+            Err(e) => {
+                eprintln!("background write {id} failed: {e}");
+                // The only write that can fail is the one in flight when the leader died, and
+                // the driver must say its outcome is unknown (it never replays it).
+                assert!(
+                    sqlx_dqlite::is_outcome_unknown(&e),
+                    "write {id} failed without 'outcome unknown': {e:?}"
+                );
+                uncertain.push(id);
+            }
         }
         id += 1;
         tokio::task::yield_now().await;
