@@ -9,7 +9,6 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
@@ -20,9 +19,9 @@ const RING_ENTRIES: u32 = 64;
 /// `O_DIRECT` alignment of offsets, lengths and buffers.
 const DIRECT_ALIGN: usize = 4096;
 
-/// The io_uring backend. Each open file has its own small ring, so writes to different files
-/// (a log segment and a metadata file, or a segment being preallocated) never wait for each
-/// other's submissions.
+/// The io_uring backend. Each file written to gets its own small ring, so writes to different
+/// files (a log segment and a metadata file, or a segment being preallocated) never wait for
+/// each other's submissions.
 pub struct UringBackend {
     dir: PathBuf,
     direct: bool,
@@ -60,7 +59,8 @@ struct UringFile {
     name: String,
     buffered: File,
     direct: Option<File>,
-    ring: Arc<Mutex<Ring>>,
+    /// Created on the first write, so files only read (closed segments) hold no ring.
+    ring: Option<Ring>,
     /// Bounce buffer for `O_DIRECT` writes whose source buffer is not aligned.
     bounce: Vec<u8>,
 }
@@ -137,8 +137,12 @@ impl UringFile {
             }
         }
 
-        let ring = Arc::clone(&self.ring);
-        let mut guard = ring.lock().map_err(|_| Write(ring_err("ring mutex poisoned")))?;
+        if self.ring.is_none() {
+            self.ring = Some(Ring { ring: IoUring::new(RING_ENTRIES).map_err(Write)?, broken: false });
+        }
+        let Some(guard) = self.ring.as_mut() else {
+            return Err(Write(ring_err("no ring")));
+        };
         if guard.broken {
             return Err(Write(ring_err("ring unusable after an earlier submission failure")));
         }
@@ -233,7 +237,6 @@ impl UringFile {
             }
             sub_base += chunk.len();
         }
-        drop(guard);
         if let Some(e) = first_err {
             return Err(Write(e));
         }
@@ -315,7 +318,7 @@ impl Backend for UringBackend {
             name: name.to_owned(),
             buffered,
             direct,
-            ring: Arc::new(Mutex::new(Ring { ring: IoUring::new(RING_ENTRIES)?, broken: false })),
+            ring: None,
             bounce: Vec::new(),
         }))
     }
