@@ -1,5 +1,6 @@
 //! One conformance suite, run against every backend: the io_uring one (Linux; fails loudly if
-//! io_uring cannot be set up), the portable `pwrite`+`fdatasync` one and the in-memory one.
+//! io_uring cannot be set up; with and without `O_DIRECT`), the portable `pwrite`+`fdatasync`
+//! one and the in-memory one (with 1- and 4096-byte write alignment).
 //! Each test is instantiated once per backend by `conformance!` at the bottom.
 
 mod storage_common;
@@ -364,6 +365,8 @@ macro_rules! conformance {
 
 #[cfg(target_os = "linux")]
 conformance!(io_uring, Box::new(UringDir(tempdir())));
+#[cfg(target_os = "linux")]
+conformance!(io_uring_buffered, Box::new(UringBufferedDir(tempdir())));
 conformance!(portable, Box::new(PortableDir(tempdir())));
 conformance!(memory, Box::new(MemDir(dqlite_node::storage::backend::MemDisk::new())));
 conformance!(memory_aligned, {

@@ -39,6 +39,22 @@ impl Dir for UringDir {
     }
 }
 
+/// io_uring without `O_DIRECT` (the path taken where the file system refuses it).
+#[cfg(target_os = "linux")]
+pub struct UringBufferedDir(pub tempfile::TempDir);
+#[cfg(target_os = "linux")]
+impl Dir for UringBufferedDir {
+    fn backend(&self) -> Arc<dyn Backend> {
+        match dqlite_node::storage::backend::UringBackend::with_direct_io(self.0.path(), false) {
+            Ok(b) => Arc::new(b),
+            Err(e) => panic!("io_uring backend unavailable on Linux ({e})"),
+        }
+    }
+    fn kind(&self) -> &'static str {
+        "io_uring (buffered)"
+    }
+}
+
 pub struct MemDir(pub MemDisk);
 impl Dir for MemDir {
     fn backend(&self) -> Arc<dyn Backend> {
