@@ -432,6 +432,11 @@ impl LogStore {
         Ok(out)
     }
 
+    /// Reads every entry in the log (e.g. to hand to `RawNode::restore` at start-up).
+    pub fn read_all(&self) -> Result<Vec<Entry>> {
+        self.entries(self.first..self.next)
+    }
+
     /// Appends `entries` (consecutive indexes) durably: one batch, one `fdatasync`. If the first
     /// index is at or below the last index, the conflicting suffix from there on is replaced.
     /// Returns once the entries are on disk.

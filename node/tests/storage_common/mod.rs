@@ -103,10 +103,7 @@ pub fn entries(term: u64, from: u64, to_incl: u64, len: usize) -> Vec<Entry> {
 
 /// Reads the whole log.
 pub fn read_all(s: &Storage) -> Vec<Entry> {
-    if s.log.is_empty() {
-        return Vec::new();
-    }
-    s.log.entries(s.log.first_index()..s.log.last_index().next()).expect("read whole log")
+    s.log.read_all().expect("read whole log")
 }
 
 /// SplitMix64: small, seedable, good enough for test inputs.
