@@ -442,6 +442,13 @@ impl Cluster {
                 self.hosts[h].next_tick_ms = now + self.sc.tick_ms;
                 let id = self.hosts[h].id;
                 self.log(|| format!("RESUME {id:?}"));
+                // Requests queued while it was frozen, served first.
+                for c in std::mem::take(&mut self.hosts[h].inbox) {
+                    let waiting = self.clients[c].op.as_ref().is_some_and(|o| o.at == Some(id));
+                    if waiting {
+                        self.client_submit(c, h)?;
+                    }
+                }
             }
         }
         // Reactive faults aimed at new leaders.
@@ -949,12 +956,27 @@ impl Cluster {
             }
         };
         let h = self.idx(target);
+        if self.hosts[h].paused_until_ms.is_some() {
+            // The kernel accepts the connection and queues the request: the process serves
+            // it the moment it wakes up, before it has heard of anything that happened meanwhile.
+            if !self.hosts[h].inbox.contains(&c) {
+                self.hosts[h].inbox.push(c);
+            }
+            if let Some(op) = self.clients[c].op.as_mut() {
+                op.at = Some(target);
+            }
+            return Ok(());
+        }
+        self.client_submit(c, h)
+    }
+
+    /// Hands client `c`'s pending operation to server `h`.
+    fn client_submit(&mut self, c: usize, h: usize) -> Result<(), Failure> {
+        let target = self.hosts[h].id;
         let Some(op) = self.clients[c].op.as_ref() else { return Ok(()) };
         let (cmd, via_ri) = (op.cmd.clone(), op.via_read_index);
-        let paused = self.hosts[h].paused_until_ms.is_some();
-        let Some(raw) = self.hosts[h].raw.as_mut().filter(|_| !paused) else {
-            // Connection refused (or, for a paused server, no answer before the client's
-            // connect timeout): definitely not executed.
+        let Some(raw) = self.hosts[h].raw.as_mut() else {
+            // Connection refused: definitely not executed.
             self.client_rejected(c as u64, cmd.seq, None);
             return Ok(());
         };

@@ -223,6 +223,8 @@ pub struct Host {
     pub paused_until_ms: Option<u64>,
     /// The last hard state a `Ready` asked to store (durable or not).
     pub last_hard: HardState,
+    /// Clients whose requests wait in the socket buffers while the server is paused.
+    pub inbox: Vec<usize>,
 }
 
 impl Host {
@@ -245,6 +247,7 @@ impl Host {
             restart_at_ms: None,
             paused_until_ms: None,
             last_hard: HardState::default(),
+            inbox: Vec::new(),
         }
     }
 
@@ -265,6 +268,7 @@ impl Host {
         let mut surviving = Vec::new();
         self.raw = None;
         self.paused_until_ms = None;
+        self.inbox.clear();
         let mut kept = 0;
         let mut torn = false;
         while let Some(b) = self.unsynced.pop_front() {
