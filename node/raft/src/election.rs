@@ -330,6 +330,15 @@ mod tests {
     }
 
     #[test]
+    fn rejected_prevote_from_a_later_term_moves_the_precandidate_to_it() {
+        let mut n = node3();
+        n.campaign(true, false);
+        n.step(m(2, 7, MessageBody::PreVoteResponse(VoteResponse { granted: false }))).unwrap();
+        assert_eq!(n.term(), Term(7));
+        assert_eq!(n.role(), StateRole::Follower);
+    }
+
+    #[test]
     fn leader_heartbeats_every_heartbeat_interval() {
         let mut c = Cluster::new(3, 82);
         c.elect(1);

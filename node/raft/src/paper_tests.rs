@@ -460,6 +460,62 @@ fn s8_client_read_index_waits_for_first_commit_in_term_and_fails_on_step_down() 
 }
 
 #[test]
+fn s8_client_read_index_parked_until_first_commit_is_then_served() {
+    let mut c = Cluster::new(3, 30);
+    for n in c.nodes.values_mut() {
+        n.election_elapsed = n.election_ticks;
+    }
+    c.node(1).campaign(false, false);
+    c.process(NodeId(1));
+    // Deliver only the vote traffic: node 1 leads but has not committed its no-op.
+    while let Some(m) = c.queue.pop_front() {
+        if matches!(m.body, MessageBody::AppendEntries(_) | MessageBody::Heartbeat(_)) {
+            continue;
+        }
+        let to = m.to;
+        c.nodes.get_mut(&to).unwrap().step(m).unwrap();
+        c.process(to);
+    }
+    assert!(c.node(1).is_leader());
+    c.node(1).read_index(b"early".to_vec()).unwrap();
+    c.process(NodeId(1));
+    assert!(c.reads.get(&NodeId(1)).is_none_or(|r| r.is_empty()));
+    c.run(30);
+    let reads = c.reads[&NodeId(1)].clone();
+    assert_eq!(reads.len(), 1);
+    assert_eq!(c.node(1).log().term(reads[0].index), Some(c.node(1).term()), "read index is the no-op of the term");
+}
+
+#[test]
+fn s5_3_log_replication_append_below_the_compaction_point_is_acknowledged() {
+    // Follower: snapshot at 5 (term 1), entries 6..=8, all committed.
+    let conf = Configuration::with_voters((1..=3).map(NodeId));
+    let meta = crate::SnapshotMeta { index: LogIndex(5), term: Term(1), configuration: conf, configuration_index: LogIndex(1) };
+    let hs = HardState { term: Term(1), vote: None, commit: LogIndex(8) };
+    let mut n = RawNode::restore(config(1, 1), hs, Some(meta), (6..=8).map(|i| entry(i, 1)).collect()).unwrap();
+    let ae = AppendEntries { prev_log_index: LogIndex(2), prev_log_term: Term(1), entries: (3..=9).map(|i| entry(i, 1)).collect(), leader_commit: LogIndex(9) };
+    n.step(msg(2, 1, 1, MessageBody::AppendEntries(ae))).unwrap();
+    let rd = n.ready();
+    assert!(rd.persisted_messages.iter().any(|m| matches!(m.body, MessageBody::AppendEntriesResponse(r) if r.success && r.index == LogIndex(9))), "{rd:?}");
+    assert_eq!(n.log().last_index(), LogIndex(9));
+}
+
+#[test]
+fn s6_membership_truncated_configuration_entry_is_rolled_back() {
+    // Follower holds an uncommitted configuration at 2 (adds node 4); the new leader's log has a
+    // command there instead.
+    let mut with4 = Configuration::with_voters((1..=3).map(NodeId));
+    with4.upsert(crate::Server { id: NodeId(4), address: String::new(), role: Role::Standby });
+    let conf_entry = Entry { term: Term(1), index: LogIndex(2), kind: EntryKind::Configuration, data: with4.encode() };
+    let mut n = follower_with(1, 3, 1, &[conf_entry]);
+    assert_eq!(n.configuration(), &with4);
+    let ae = AppendEntries { prev_log_index: LogIndex(1), prev_log_term: Term(1), entries: vec![entry(2, 2)], leader_commit: LogIndex(1) };
+    n.step(msg(2, 1, 2, MessageBody::AppendEntries(ae))).unwrap();
+    assert_eq!(n.configuration(), &Configuration::with_voters((1..=3).map(NodeId)));
+    assert_eq!(n.configuration_index(), LogIndex(1));
+}
+
+#[test]
 fn s8_client_barrier_is_committed_and_applied_in_order() {
     let mut c = Cluster::new(3, 17);
     c.elect(1);
