@@ -641,9 +641,10 @@ impl LogStore {
             PreallocError::Create(e) => self.poison.write_error("create", name, e),
             PreallocError::Batch(BatchFailure::Write(e)) => {
                 let err = self.poison.write_error("preallocate", name, e);
-                if matches!(err, StorageError::DiskFull { .. }) {
-                    // Give the space back; the segment never held data.
-                    let _ = self.backend.remove(name);
+                if matches!(err, StorageError::DiskFull { .. }) && self.backend.remove(name).is_ok() {
+                    // Space given back (the segment never held data). A failed directory sync
+                    // poisons the store; the disk-full error is still the one to report.
+                    let _ = self.sync_dir();
                 }
                 err
             }
@@ -685,7 +686,10 @@ impl LogStore {
             Ok(Err(e)) => tracing::warn!(file = %name, error = ?e, "background preallocation failed; retrying inline"),
             Err(_) => tracing::warn!(file = %name, "background preallocation thread died; retrying inline"),
         }
-        let _ = self.backend.remove(&name);
+        if self.backend.remove(&name).is_ok() {
+            // A failed directory sync poisons the store; the next write reports it.
+            let _ = self.sync_dir();
+        }
         None
     }
 }

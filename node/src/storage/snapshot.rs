@@ -292,7 +292,10 @@ impl SnapshotStore {
     fn abort(&mut self) {
         if let Some(inc) = self.incoming.take() {
             drop(inc.file);
-            if self.backend.remove(&inc.tmp_name).is_err() {
+            if self.backend.remove(&inc.tmp_name).is_ok() {
+                // A failed directory sync poisons the store; the next write reports it.
+                let _ = self.sync_dir();
+            } else {
                 tracing::debug!(file = %inc.tmp_name, "partial snapshot left for removal at next open");
             }
         }
