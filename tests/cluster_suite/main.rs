@@ -15,6 +15,7 @@ mod crud;
 mod errors;
 mod example;
 mod migrate;
+mod params_limit;
 mod sqlx_test_attr;
 mod streaming;
 mod transactions;
