@@ -894,7 +894,11 @@ impl Cluster {
                     self.hosts[h].pending_reads.remove(&(c as u64, seq));
                 }
                 self.clients[c].op = None;
-                self.clients[c].leader_hint = None;
+                // Half the clients keep trusting the server that timed out (it may be a
+                // deposed leader that is merely slow).
+                if self.rng.below(2) == 0 {
+                    self.clients[c].leader_hint = None;
+                }
                 self.clients[c].next_ms = now + self.rng.range(0, 20);
                 return Ok(());
             }
@@ -980,6 +984,10 @@ impl Cluster {
             self.client_rejected(c as u64, cmd.seq, None);
             return Ok(());
         };
+        if self.opts.trace {
+            let line = format!("{:>7}ms client {} seq {} submits {:?} to {target:?} (read_index {via_ri})", self.now_ms, cmd.client, cmd.seq, cmd.op);
+            TRACE.with(|tr| tr.borrow_mut().push(line));
+        }
         let res = if via_ri {
             raw.read_index(ctx_of(cmd.client, cmd.seq)).map(|_| ())
         } else {
@@ -1040,6 +1048,10 @@ impl Cluster {
             }
         }
         cl.next_ms = self.now_ms + self.rng.range(0, self.sc.think_ms);
+        if self.opts.trace {
+            let line = format!("{:>7}ms client {client} #{} {:?} -> {out:?}", self.now_ms, op.hist, op.cmd.op);
+            TRACE.with(|tr| tr.borrow_mut().push(line));
+        }
         self.history[op.hist].response = Some((t, out));
         self.report.ops_ok += 1;
         if let Some(i) = index {

@@ -139,9 +139,9 @@ impl Scenario {
             snapshot_every: if rng.below(4) == 0 { None } else { Some(rng.range(3, 50)) },
             trailing: rng.range(0, 5),
             fault_gap_ms: if rng.below(3) == 0 {
-                rng.range(election_ms / 30, election_ms / 3)
+                rng.range(election_ms / 10, election_ms)
             } else {
-                rng.range(election_ms / 10, 2 * election_ms)
+                rng.range(election_ms / 2, 4 * election_ms)
             }
             .max(1),
             weights: [0; 11],
@@ -266,6 +266,16 @@ pub fn run(opts: Options) -> Result<Report, Failure> {
             })
         }
     }
+}
+
+/// Runs one seed with tracing on and returns its trace, whatever the outcome.
+pub fn trace_seed(opts: Options) -> (Result<Report, Failure>, Vec<String>) {
+    let r = run(Options { trace: true, ..opts });
+    let trace = match &r {
+        Err(f) => f.trace.clone(),
+        Ok(_) => cluster::TRACE.with(|t| std::mem::take(&mut *t.borrow_mut())),
+    };
+    (r, trace)
 }
 
 /// Runs one seed; on failure replays it with tracing on and returns the traced failure.
