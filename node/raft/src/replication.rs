@@ -382,6 +382,24 @@ mod tests {
     }
 
     #[test]
+    fn slow_but_not_lost_appends_keep_the_pipeline() {
+        let (mut c, t) = leader_with(0);
+        // An append is in flight (never delivered); heartbeat answers keep coming for less than
+        // the stall window: the follower stays in the replicate state.
+        c.node(1).propose(b"slow".to_vec()).unwrap();
+        let rd = c.node(1).ready();
+        c.node(1).advance(&rd);
+        let hb = crate::HeartbeatResponse { read_seq: 0 };
+        for _ in 0..3 {
+            c.node(1).tick();
+            c.node(1)
+                .step(Message { from: NodeId(2), to: NodeId(1), term: t, body: MessageBody::HeartbeatResponse(hb) })
+                .unwrap();
+        }
+        assert!(matches!(c.node(1).progress(NodeId(2)).unwrap().state, ProgressState::Replicate { .. }));
+    }
+
+    #[test]
     fn stalled_pipeline_falls_back_to_probe_on_heartbeat() {
         let (mut c, _) = leader_with(0);
         c.drop_if = Some(|m| matches!(m.body, MessageBody::AppendEntries(_)));

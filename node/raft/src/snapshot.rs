@@ -186,14 +186,9 @@ impl RawNode {
         let now = self.ticks;
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.last_active = now;
-        let ProgressState::Snapshot { meta, acked_offset, waiting, idle_rounds } = &mut pr.state else {
-            if r.done && r.match_index > pr.match_index && r.match_index <= self.log.last_index() {
-                pr.match_index = r.match_index;
-                pr.next_index = pr.next_index.max(r.match_index.next());
-                self.maybe_commit();
-            }
-            return;
-        };
+        // Answers to a snapshot no longer being sent (duplicates, or after a restart of the
+        // transfer) are ignored: appends take over once the first `done` arrives.
+        let ProgressState::Snapshot { meta, acked_offset, waiting, idle_rounds } = &mut pr.state else { return };
         if meta.index != r.snapshot_index {
             return;
         }
@@ -332,6 +327,42 @@ mod tests {
         let rd = c.node(2).ready();
         assert!(rd.snapshot.is_none());
         assert!(rd.persisted_messages.iter().any(|m| matches!(m.body, MessageBody::InstallSnapshotResponse(r) if r.done && r.match_index >= meta.index)));
+    }
+
+    #[test]
+    fn snapshot_older_than_the_current_one_is_refused_even_if_its_entries_are_held() {
+        let mut c = Cluster::new(1, 51);
+        c.elect(1);
+        for i in 0..5u8 {
+            c.propose(1, &[i]);
+        }
+        c.run(1);
+        let applied = c.node(1).log().applied();
+        c.node(1).snapshot_taken(applied).unwrap();
+        assert!(c.node(1).log().term(applied.prev()).is_some());
+        assert_eq!(
+            c.node(1).snapshot_taken(applied.prev()),
+            Err(Error::SnapshotTooOld { index: applied.prev(), current: applied })
+        );
+        // The same index again is fine (idempotent).
+        c.node(1).snapshot_taken(applied).unwrap();
+    }
+
+    #[test]
+    fn compaction_keeps_the_configuration_in_force_at_the_compaction_point() {
+        let mut c = Cluster::new(1, 53);
+        c.elect(1);
+        c.run(1);
+        c.propose(1, b"a");
+        c.run(1);
+        let old = c.node(1).log().applied();
+        c.node(1).propose_conf_change(crate::ConfChange::Add { id: NodeId(2), address: String::new(), role: crate::Role::Spare }).unwrap();
+        c.run(1);
+        let first = c.node(1).snapshot_taken(old.prev()).unwrap();
+        c.node(1).compact(old.prev());
+        let m = c.node(1).snapshot_taken(old).unwrap();
+        assert!(m.configuration.get(NodeId(2)).is_none(), "configuration at {old:?} lost by compaction to {:?}", first.index);
+        assert_eq!(m.configuration_index, LogIndex(1));
     }
 
     #[test]

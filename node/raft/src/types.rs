@@ -122,6 +122,28 @@ impl fmt::Debug for Entry {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_codes_round_trip() {
+        for k in [EntryKind::Command, EntryKind::Configuration, EntryKind::Barrier] {
+            assert_eq!(EntryKind::from_u8(k as u8), Some(k));
+        }
+        assert_eq!(EntryKind::from_u8(0), None);
+        assert_eq!(EntryKind::from_u8(4), None);
+        for r in [Role::Voter, Role::Standby, Role::Spare] {
+            assert_eq!(Role::from_u8(r as u8), Some(r));
+        }
+        assert_eq!(Role::from_u8(3), None);
+        assert_eq!(LogIndex(5).prev(), LogIndex(4));
+        assert_eq!(LogIndex(0).prev(), LogIndex(0));
+        assert_eq!(Term(1).next(), Term(2));
+        assert_eq!(format!("{:?} {}", NodeId(3), NodeId(3)), "n3 3");
+    }
+}
+
 /// What a server does in the cluster (dqlite's meaning).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
