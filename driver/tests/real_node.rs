@@ -2,8 +2,7 @@
 //! `go-dqlite`). The cross-crate suite in the workspace's `tests/` covers 3-node clusters and
 //! failover; these check the driver's protocol handling on the reference server quickly.
 //!
-//! Skipped (with a message) when `dqlite-demo` is not installed; set
-//! `SQLX_DQLITE_REQUIRE_NODE=1` to make a missing binary a failure (CI does).
+//! A missing `dqlite-demo` is a test failure, never a skip.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -40,15 +39,11 @@ fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-/// Start a single-node cluster; `None` if dqlite-demo is missing (and not required).
-fn start_node() -> Option<Node> {
+/// Start a single-node cluster; panics if dqlite-demo is missing.
+fn start_node() -> Node {
     let bin = std::env::var("DQLITE_DEMO").unwrap_or_else(|_| "dqlite-demo".into());
     if Command::new(&bin).arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
-        if std::env::var_os("SQLX_DQLITE_REQUIRE_NODE").is_some() {
-            panic!("{bin} not found but SQLX_DQLITE_REQUIRE_NODE is set");
-        }
-        eprintln!("skipping: {bin} not installed (apt-get install go-dqlite)");
-        return None;
+        panic!("{bin} not found: these tests need real dqlite nodes (apt-get install -y go-dqlite)");
     }
     let db_port = free_port();
     let api_port = free_port();
@@ -63,7 +58,7 @@ fn start_node() -> Option<Node> {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn dqlite-demo");
-    Some(Node { child, dir, db_addr })
+    Node { child, dir, db_addr }
 }
 
 fn url(node: &Node, db: &str) -> String {
@@ -79,7 +74,7 @@ async fn connect(node: &Node, db: &str) -> DqliteConnection {
 
 #[tokio::test]
 async fn crud_types_and_errors() {
-    let Some(node) = start_node() else { return };
+    let node = start_node();
     let mut conn = connect(&node, "crud.db").await;
 
     conn.execute(
@@ -202,7 +197,7 @@ async fn crud_types_and_errors() {
 
 #[tokio::test]
 async fn streaming_interrupt_and_transactions() {
-    let Some(node) = start_node() else { return };
+    let node = start_node();
     let mut conn = connect(&node, "stream.db").await;
 
     // A multi-statement batch without arguments (as migrations send).
@@ -273,7 +268,7 @@ async fn streaming_interrupt_and_transactions() {
 
 #[tokio::test]
 async fn pool_reuses_connections() {
-    let Some(node) = start_node() else { return };
+    let node = start_node();
     let pool = DqlitePoolOptions::new()
         .max_connections(3)
         .connect(&url(&node, "pool.db"))
@@ -307,7 +302,7 @@ async fn migrations_and_database_lifecycle() {
     use sqlx_core::sql_str::SqlStr;
     use sqlx_dqlite::Dqlite;
 
-    let Some(node) = start_node() else { return };
+    let node = start_node();
     let url = url(&node, "migrate.db");
     assert!(!Dqlite::database_exists(&url).await.unwrap(), "fresh database does not exist");
     Dqlite::create_database(&url).await.unwrap();
@@ -362,7 +357,7 @@ async fn any_driver() {
     use sqlx_core::any::driver::install_drivers;
     use sqlx_core::any::AnyConnection;
 
-    let Some(node) = start_node() else { return };
+    let node = start_node();
     // Other tests in this binary do not install drivers; ignore "already installed".
     let _ = install_drivers(&[sqlx_dqlite::any::DRIVER]);
     let mut conn = AnyConnection::connect(&url(&node, "any.db")).await.expect("any connect");
@@ -389,7 +384,7 @@ fn test_support_runs_a_pool_test() {
     use sqlx_core::testing::{TestArgs, TestFn};
     use sqlx_dqlite::Dqlite;
 
-    let Some(node) = start_node() else { return };
+    let node = start_node();
     // Only this test in the binary reads DATABASE_URL.
     std::env::set_var("DATABASE_URL", url(&node, "unused.db"));
 
