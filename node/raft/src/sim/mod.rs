@@ -132,7 +132,7 @@ impl Scenario {
             latency_ms,
             tick_ms,
             max_inflight: rng.range(1, 8) as usize,
-            max_append_bytes: *rng.pick(&[40, 40, 80, 200, 4096, 1 << 20]).unwrap_or(&4096),
+            max_append_bytes: *rng.pick(&[1, 1, 40, 80, 200, 4096, 1 << 20]).unwrap_or(&4096),
             chunk_bytes: rng.range(16, 512),
             net: NetConfig::perfect(1),
             fsync_ms_max: if rng.below(2) == 0 { 0 } else { rng.range(1, 5 * latency_ms) },
