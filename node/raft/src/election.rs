@@ -210,6 +210,7 @@ impl RawNode {
         }
         tracing::info!(id = ?self.id, term = ?self.term, "became leader");
         // A no-op of the new term, so that earlier entries get committed (§5.4.2, §8).
+        self.leader_first_index = self.log.last_index().next();
         self.append_local(EntryKind::Barrier, Vec::new());
     }
 

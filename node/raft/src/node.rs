@@ -59,6 +59,8 @@ pub struct RawNode {
     pub(crate) heartbeat_elapsed: u32,
     /// Ticks since this node started (a logical clock for check-quorum).
     pub(crate) ticks: u64,
+    /// Leader: index of its first entry (the no-op) of its term.
+    pub(crate) leader_first_index: LogIndex,
     /// Votes received in the current (pre-)election: `true` = granted.
     pub(crate) votes: BTreeMap<NodeId, bool>,
     /// Leader only: followers' progress.
@@ -187,6 +189,7 @@ impl RawNode {
             randomized_timeout: election_ticks,
             heartbeat_elapsed: 0,
             ticks: 0,
+            leader_first_index: LogIndex::ZERO,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             conf_history,
@@ -490,7 +493,15 @@ impl RawNode {
     // ----- helpers ----------------------------------------------------------------------
 
     pub(crate) fn send(&mut self, to: NodeId, body: MessageBody) {
-        self.msgs.push(Message { from: self.id, to, term: self.term, body });
+        let m = Message { from: self.id, to, term: self.term, body };
+        if self.role == StateRole::Leader && self.log.persisted < self.leader_first_index {
+            // Until the leader's first entry of its term is durable, its term may not be
+            // either (a lone voter elects itself in the `Ready` that first carries the term):
+            // nothing of the term may leave the node before that.
+            self.persisted_msgs.push(m);
+        } else {
+            self.msgs.push(m);
+        }
     }
 
     pub(crate) fn send_after_persist(&mut self, to: NodeId, body: MessageBody) {

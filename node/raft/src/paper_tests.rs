@@ -643,6 +643,34 @@ fn ready_contract_acks_wait_for_persistence_and_unpersisted_entries_are_lost_on_
 }
 
 #[test]
+fn ready_contract_self_elected_leader_sends_nothing_before_its_term_is_durable() {
+    // A lone voter with a standby elects itself in the Ready that first carries its new term.
+    // Were its appends sent before that Ready is durable, a crash could make it win the same
+    // term again and write different entries under the same (index, term).
+    let mut conf = Configuration::with_voters([NodeId(1)]);
+    conf.upsert(crate::Server { id: NodeId(2), address: String::new(), role: Role::Standby });
+    let mut n = RawNode::restore(config(1, 2), HardState::default(), None, vec![RawNode::bootstrap_entry(&conf)]).unwrap();
+    while !n.is_leader() {
+        n.tick();
+    }
+    let rd = n.ready();
+    assert!(rd.hard_state.is_some());
+    assert!(rd.messages.is_empty(), "sent before the term is durable: {:?}", rd.messages);
+    assert!(rd.persisted_messages.iter().any(|m| matches!(m.body, MessageBody::AppendEntries(_))));
+    n.propose(b"x".to_vec()).unwrap();
+    let rd2 = n.ready();
+    assert!(rd2.messages.is_empty());
+    n.advance(&rd);
+    // Once the no-op (and with it the term) is durable, appends go out at once again.
+    n.propose(b"y".to_vec()).unwrap();
+    n.advance(&rd2);
+    n.tick();
+    n.tick();
+    let rd3 = n.ready();
+    assert!(rd3.messages.iter().any(|m| matches!(m.body, MessageBody::Heartbeat(_))), "{rd3:?}");
+}
+
+#[test]
 fn step_rejects_misaddressed_messages() {
     let mut n = follower_with(1, 3, 1, &[]);
     assert!(matches!(n.step(msg(2, 3, 1, MessageBody::TimeoutNow)), Err(Error::WrongRecipient { .. })));

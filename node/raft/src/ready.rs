@@ -5,7 +5,8 @@
 //! Handle each `Ready` in the order they were returned, doing the steps in this order:
 //!
 //! 1. Send [`Ready::messages`] (they need nothing durable: a leader's appends may go out while
-//!    its own disk write is running, thesis §10.2.1).
+//!    its own disk write is running, thesis §10.2.1; a new leader's messages wait in
+//!    `persisted_messages` until its first entry of the term, and so its term, is durable).
 //! 2. Store [`Ready::snapshot_chunks`] (bytes of a snapshot being received, at their offsets).
 //! 3. If [`Ready::snapshot`] is set, install it: restore the state machine from the received
 //!    snapshot and make it the base of the durable log. If [`SnapshotInstall::keep_log`] is false,
