@@ -340,6 +340,23 @@ mod tests {
     }
 
     #[test]
+    fn check_quorum_steps_down_exactly_one_election_timeout_after_last_contact() {
+        let mut c = Cluster::new(3, 83);
+        c.elect(1);
+        c.run(1);
+        c.isolate(1);
+        // The latest answer from a follower came at leader tick `t0`.
+        let et = u64::from(c.nodes[&NodeId(1)].election_ticks);
+        let t0 = [2, 3].iter().map(|i| c.nodes[&NodeId(1)].progress(NodeId(*i)).unwrap().last_active).max().unwrap();
+        while c.nodes[&NodeId(1)].ticks < t0 + et - 1 {
+            c.node(1).tick();
+        }
+        assert!(c.node(1).is_leader(), "stepped down early");
+        c.node(1).tick();
+        assert_eq!(c.node(1).role(), StateRole::Follower);
+    }
+
+    #[test]
     fn leader_heartbeats_every_heartbeat_interval() {
         let mut c = Cluster::new(3, 82);
         c.elect(1);
