@@ -357,6 +357,22 @@ mod tests {
     }
 
     #[test]
+    fn timeout_now_is_ignored_by_non_voters_and_leaders() {
+        let mut c = Cluster::new(3, 84);
+        c.elect(1);
+        c.run(1);
+        c.node(1).propose_conf_change(crate::ConfChange::Assign { id: NodeId(3), role: crate::Role::Standby }).unwrap();
+        c.run(2);
+        let t = c.node(1).term();
+        c.node(3).step(Message { from: NodeId(1), to: NodeId(3), term: t, body: MessageBody::TimeoutNow }).unwrap();
+        assert_eq!(c.node(3).role(), StateRole::Follower);
+        assert_eq!(c.node(3).term(), t);
+        c.node(1).step(Message { from: NodeId(2), to: NodeId(1), term: t, body: MessageBody::TimeoutNow }).unwrap();
+        assert!(c.node(1).is_leader());
+        assert_eq!(c.node(1).term(), t);
+    }
+
+    #[test]
     fn leader_heartbeats_every_heartbeat_interval() {
         let mut c = Cluster::new(3, 82);
         c.elect(1);
