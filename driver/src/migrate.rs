@@ -203,13 +203,7 @@ impl Migrate for DqliteConnection {
     ) -> BoxFuture<'e, Result<Duration, MigrateError>> {
         Box::pin(async move {
             let start = Instant::now();
-            if migration.no_tx {
-                execute_migration(self, table_name, migration).await?;
-            } else {
-                let mut tx = self.begin().await?;
-                execute_migration(&mut tx, table_name, migration).await?;
-                tx.commit().await?;
-            }
+            run_migration(self, table_name, migration, Direction::Apply).await?;
             let elapsed = start.elapsed();
             let nanos = i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX);
             query(AssertSqlSafe(format!(
@@ -230,13 +224,7 @@ impl Migrate for DqliteConnection {
     ) -> BoxFuture<'e, Result<Duration, MigrateError>> {
         Box::pin(async move {
             let start = Instant::now();
-            if migration.no_tx {
-                revert_migration(self, table_name, migration).await?;
-            } else {
-                let mut tx = self.begin().await?;
-                revert_migration(&mut tx, table_name, migration).await?;
-                tx.commit().await?;
-            }
+            run_migration(self, table_name, migration, Direction::Revert).await?;
             Ok(start.elapsed())
         })
     }
@@ -270,32 +258,53 @@ async fn record_migration(
     Ok(())
 }
 
-async fn execute_migration(
-    conn: &mut DqliteConnection,
-    table_name: &str,
-    migration: &Migration,
-) -> Result<(), MigrateError> {
-    conn.exec_batch(migration.sql.as_str())
-        .await
-        .map_err(|e| MigrateError::ExecuteMigration(e, migration.version))?;
-    record_migration(conn, table_name, migration).await?;
-    Ok(())
+/// Whether a migration's SQL moves the schema forward (and records the version) or back
+/// (and forgets it).
+#[derive(Clone, Copy)]
+enum Direction {
+    Apply,
+    Revert,
 }
 
-async fn revert_migration(
+/// Run `migration` in `direction`, inside one transaction unless the migration says
+/// `-- no-transaction`.
+async fn run_migration(
     conn: &mut DqliteConnection,
     table_name: &str,
     migration: &Migration,
+    direction: Direction,
+) -> Result<(), MigrateError> {
+    if migration.no_tx {
+        migration_steps(conn, table_name, migration, direction).await
+    } else {
+        let mut tx = conn.begin().await?;
+        migration_steps(&mut tx, table_name, migration, direction).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The migration's SQL, then the bookkeeping row: inserted on apply, deleted on revert.
+async fn migration_steps(
+    conn: &mut DqliteConnection,
+    table_name: &str,
+    migration: &Migration,
+    direction: Direction,
 ) -> Result<(), MigrateError> {
     conn.exec_batch(migration.sql.as_str())
         .await
         .map_err(|e| MigrateError::ExecuteMigration(e, migration.version))?;
-    query(AssertSqlSafe(format!(
-        "DELETE FROM {table_name} WHERE version = ?1"
-    )))
-    .bind(migration.version)
-    .execute(&mut *conn)
-    .await?;
+    match direction {
+        Direction::Apply => record_migration(conn, table_name, migration).await?,
+        Direction::Revert => {
+            query(AssertSqlSafe(format!(
+                "DELETE FROM {table_name} WHERE version = ?1"
+            )))
+            .bind(migration.version)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
     Ok(())
 }
 
