@@ -212,11 +212,7 @@ pub fn encode_params(
     };
     out.extend(params.iter().map(|v| v.value_type().code()));
     pad(out, count_len + n);
-    let result = params.iter().try_for_each(|v| v.encode(out));
-    if result.is_err() {
-        out.truncate(start);
-    }
-    result
+    encode_values(params.iter(), start, out)
 }
 
 /// Decode a params tuple in `schema` that extends to the end of `r`.
@@ -239,27 +235,21 @@ pub fn decode_params<'a>(
             (n, 4usize)
         }
     };
-    let header_len =
-        count_len
-            .checked_add(n)
-            .and_then(round_up8)
-            .ok_or(DecodeError::CountTooLarge {
-                what: "params",
-                count: n as u64,
-            })?;
+    let too_large = || DecodeError::CountTooLarge {
+        what: "params",
+        count: n as u64,
+    };
+    let header_len = count_len
+        .checked_add(n)
+        .and_then(round_up8)
+        .ok_or_else(too_large)?;
     // Every value takes at least one word after the header.
     let min_len = n
         .checked_mul(8)
         .and_then(|v| v.checked_add(header_len - count_len))
-        .ok_or(DecodeError::CountTooLarge {
-            what: "params",
-            count: n as u64,
-        })?;
+        .ok_or_else(too_large)?;
     if min_len > r.remaining() {
-        return Err(DecodeError::CountTooLarge {
-            what: "params",
-            count: n as u64,
-        });
+        return Err(too_large());
     }
     let types = r.bytes(n, "params types")?;
     r.align("params header padding")?;
@@ -291,7 +281,17 @@ pub fn encode_row(values: &[ValueRef<'_>], out: &mut Vec<u8>) -> Result<(), Enco
             *byte |= code << 4;
         }
     }
-    let result = values.iter().try_for_each(|v| v.encode(out));
+    encode_values(values.iter().copied(), start, out)
+}
+
+/// Append the values of a tuple whose header starts at `start`. On error the whole tuple is
+/// removed again, so `out` is left as it was before the tuple.
+fn encode_values<'v>(
+    values: impl IntoIterator<Item = ValueRef<'v>>,
+    start: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let result = values.into_iter().try_for_each(|v| v.encode(out));
     if result.is_err() {
         out.truncate(start);
     }
