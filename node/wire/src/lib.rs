@@ -121,3 +121,16 @@ pub use response::{DecodeContext, File, NodeInfo, Response, ResponseType};
 pub use rows::{Rows, RowsBatch, RowsCursor, RowsEnd, RowsStep, RowsWriter};
 pub use tuple::{Params, Schema};
 pub use value::{Value, ValueRef, ValueType};
+
+#[cfg(test)]
+mod test_util {
+    /// The bytes spelled by the hex digits of `s`; anything else (spaces, `|`, newlines) is
+    /// layout and skipped, so expected messages can be written word by word.
+    pub(crate) fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+}

@@ -377,14 +377,7 @@ impl Drop for RowsWriter<'_> {
 mod tests {
     use super::*;
     use crate::header::parse;
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::test_util::hex;
 
     #[test]
     fn worked_example_response_is_byte_exact() {

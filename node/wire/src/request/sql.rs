@@ -164,15 +164,8 @@ pub(super) fn decode_body(
 mod tests {
     use super::*;
     use crate::header::Header;
+    use crate::test_util::hex;
     use crate::value::Value;
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
 
     #[test]
     fn query_sql_matches_the_worked_example() {
