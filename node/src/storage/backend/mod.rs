@@ -18,6 +18,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+mod dir;
 mod memory;
 mod portable;
 #[allow(unsafe_code)]

@@ -1,24 +1,23 @@
 //! `pwrite` + `fdatasync` on ordinary files: the backend for systems without io_uring.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::{sys, Backend, BackendFile, DirLock, OpenMode};
+use super::{dir::DataDir, Backend, BackendFile, DirLock, OpenMode};
 
 /// Blocking positional I/O through `std::fs`. Chosen by [`super::auto`] when io_uring is not
 /// available; also the macOS path.
 #[derive(Debug)]
 pub struct PortableBackend {
-    dir: PathBuf,
+    dir: DataDir,
 }
 
 impl PortableBackend {
     /// A backend rooted at `dir` (created if missing).
     pub fn new(dir: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        Ok(PortableBackend { dir: dir.to_path_buf() })
+        Ok(PortableBackend { dir: DataDir::create(dir)? })
     }
 }
 
@@ -50,42 +49,29 @@ impl BackendFile for PortableFile {
     }
 }
 
-pub(crate) fn open_std(dir: &Path, name: &str, mode: OpenMode) -> io::Result<File> {
-    sys::check_name(name)?;
-    let mut opts = OpenOptions::new();
-    opts.read(true).write(true);
-    if mode == OpenMode::CreateNew {
-        opts.create_new(true);
-    }
-    opts.open(dir.join(name))
-}
-
 impl Backend for PortableBackend {
     fn name(&self) -> &'static str {
         "portable"
     }
     fn open(&self, name: &str, mode: OpenMode) -> io::Result<Box<dyn BackendFile>> {
-        Ok(Box::new(PortableFile { file: open_std(&self.dir, name, mode)? }))
+        Ok(Box::new(PortableFile { file: self.dir.open_std(name, mode)? }))
     }
     fn remove(&self, name: &str) -> io::Result<()> {
-        sys::check_name(name)?;
-        std::fs::remove_file(self.dir.join(name))
+        self.dir.remove(name)
     }
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        sys::check_name(from)?;
-        sys::check_name(to)?;
-        std::fs::rename(self.dir.join(from), self.dir.join(to))
+        self.dir.rename(from, to)
     }
     fn sync_dir(&self) -> io::Result<()> {
-        sys::sync_dir(&self.dir)
+        self.dir.sync()
     }
     fn list(&self) -> io::Result<Vec<String>> {
-        sys::list_dir(&self.dir)
+        self.dir.list()
     }
     fn lock(&self) -> io::Result<Box<dyn DirLock>> {
-        Ok(Box::new(sys::lock_dir(&self.dir)?))
+        self.dir.lock()
     }
     fn describe(&self) -> String {
-        self.dir.display().to_string()
+        self.dir.describe()
     }
 }

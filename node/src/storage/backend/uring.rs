@@ -8,11 +8,11 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::{portable::open_std, sys, Backend, BackendFile, BatchFailure, DirLock, OpenMode};
+use super::{dir::DataDir, Backend, BackendFile, BatchFailure, DirLock, OpenMode};
 
 /// Submission queue size. Batches with more writes are submitted in several rounds.
 const RING_ENTRIES: u32 = 64;
@@ -23,7 +23,7 @@ const DIRECT_ALIGN: usize = 4096;
 /// files (a log segment and a metadata file, or a segment being preallocated) never wait for
 /// each other's submissions.
 pub struct UringBackend {
-    dir: PathBuf,
+    dir: DataDir,
     direct: bool,
 }
 
@@ -42,10 +42,10 @@ impl UringBackend {
 
     /// Like [`UringBackend::new`], choosing whether to try `O_DIRECT` for aligned writes.
     pub fn with_direct_io(dir: &Path, direct: bool) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        let dir = DataDir::create(dir)?;
         // Probe: fail here (so `auto` can fall back) rather than at the first open.
         drop(IoUring::new(RING_ENTRIES)?);
-        Ok(UringBackend { dir: dir.to_path_buf(), direct })
+        Ok(UringBackend { dir, direct })
     }
 }
 
@@ -296,7 +296,7 @@ impl Backend for UringBackend {
         "io_uring"
     }
     fn open(&self, name: &str, mode: OpenMode) -> io::Result<Box<dyn BackendFile>> {
-        let buffered = open_std(&self.dir, name, mode)?;
+        let buffered = self.dir.open_std(name, mode)?;
         let direct = if self.direct {
             match OpenOptions::new()
                 .read(true)
@@ -323,24 +323,21 @@ impl Backend for UringBackend {
         }))
     }
     fn remove(&self, name: &str) -> io::Result<()> {
-        sys::check_name(name)?;
-        std::fs::remove_file(self.dir.join(name))
+        self.dir.remove(name)
     }
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        sys::check_name(from)?;
-        sys::check_name(to)?;
-        std::fs::rename(self.dir.join(from), self.dir.join(to))
+        self.dir.rename(from, to)
     }
     fn sync_dir(&self) -> io::Result<()> {
-        sys::sync_dir(&self.dir)
+        self.dir.sync()
     }
     fn list(&self) -> io::Result<Vec<String>> {
-        sys::list_dir(&self.dir)
+        self.dir.list()
     }
     fn lock(&self) -> io::Result<Box<dyn DirLock>> {
-        Ok(Box::new(sys::lock_dir(&self.dir)?))
+        self.dir.lock()
     }
     fn describe(&self) -> String {
-        self.dir.display().to_string()
+        self.dir.describe()
     }
 }
