@@ -7,15 +7,17 @@ use sqlx_core::types::Type;
 use crate::type_info::DataType;
 use crate::{Dqlite, DqliteArgumentBuffer, DqliteTypeInfo, DqliteValueRef};
 
-macro_rules! int_type {
-    ($($t:ty),*) => {$(
+/// `Type`, `Encode` and `Decode` for integer types that fit in SQLite's signed 64 bits:
+/// encoded as INTEGER, decoded from `$compatible` wire types with a range check.
+macro_rules! integer_type {
+    ($compatible:pat => $($t:ty),*) => {$(
         impl Type<Dqlite> for $t {
             fn type_info() -> DqliteTypeInfo {
                 DqliteTypeInfo::INTEGER
             }
 
             fn compatible(ty: &DqliteTypeInfo) -> bool {
-                matches!(ty.0, DataType::Integer | DataType::Boolean | DataType::UnixTime)
+                matches!(ty.0, $compatible)
             }
         }
 
@@ -36,8 +38,9 @@ macro_rules! int_type {
         }
     )*};
 }
+pub(super) use integer_type;
 
-int_type!(i8, i16, i32, i64);
+integer_type!(DataType::Integer | DataType::Boolean | DataType::UnixTime => i8, i16, i32, i64);
 
 #[cfg(test)]
 mod tests {

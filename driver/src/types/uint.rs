@@ -4,41 +4,13 @@ use sqlx_core::encode::{Encode, IsNull};
 use sqlx_core::error::BoxDynError;
 use sqlx_core::types::Type;
 
+use super::int::integer_type;
 use crate::type_info::DataType;
 use crate::{Dqlite, DqliteArgumentBuffer, DqliteTypeInfo, DqliteValueRef};
 
-// u64 is deliberately absent: SQLite integers are signed 64-bit.
-macro_rules! uint_type {
-    ($($t:ty),*) => {$(
-        impl Type<Dqlite> for $t {
-            fn type_info() -> DqliteTypeInfo {
-                DqliteTypeInfo::INTEGER
-            }
-
-            fn compatible(ty: &DqliteTypeInfo) -> bool {
-                matches!(ty.0, DataType::Integer | DataType::Boolean)
-            }
-        }
-
-        impl Encode<'_, Dqlite> for $t {
-            fn encode_by_ref(&self, buf: &mut DqliteArgumentBuffer) -> Result<IsNull, BoxDynError> {
-                buf.push(WireValue::Integer(i64::from(*self)));
-                Ok(IsNull::No)
-            }
-        }
-
-        impl<'r> Decode<'r, Dqlite> for $t {
-            fn decode(value: DqliteValueRef<'r>) -> Result<Self, BoxDynError> {
-                let v = value.int()?;
-                <$t>::try_from(v).map_err(|_| {
-                    format!("integer {v} out of range for {}", stringify!($t)).into()
-                })
-            }
-        }
-    )*};
-}
-
-uint_type!(u8, u16, u32);
+// u64 is deliberately absent: SQLite integers are signed 64-bit. Unlike the signed types,
+// these do not accept UNIXTIME.
+integer_type!(DataType::Integer | DataType::Boolean => u8, u16, u32);
 
 #[cfg(test)]
 mod tests {
