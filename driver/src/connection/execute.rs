@@ -102,21 +102,21 @@ impl DqliteConnection {
 
     fn classify_failure(&mut self, f: Failure, params: usize) -> RunError {
         if f.is_unknown_statement() {
-            return RunError::Reprepare(Error::Database(Box::new(f.into_error())));
+            return RunError::Reprepare(f.into_error());
         }
         if f.is_not_leader() {
-            return RunError::Retry(Error::Database(Box::new(f.into_error())));
+            return RunError::Retry(f.into_error());
         }
         if dqlite_wire::codes::is_leadership_lost(f.code) {
             self.lose_session();
-            return RunError::Fatal(Error::Database(Box::new(f.into_error())));
+            return RunError::Fatal(f.into_error());
         }
         if f.code == dqlite_wire::codes::DQLITE_PARSE && params > 255 {
             return RunError::Fatal(Error::Database(Box::new(
                 DqliteError::too_many_parameters(params),
             )));
         }
-        RunError::Fatal(Error::Database(Box::new(f.into_error())))
+        RunError::Fatal(f.into_error())
     }
 
     /// The connection died after a request was sent: never retried.
@@ -308,12 +308,12 @@ impl DqliteConnection {
                         return Ok(params);
                     }
                     Ok(Err(f)) if !f.is_not_leader() => {
-                        return Err(Error::Database(Box::new(f.into_error())))
+                        return Err(f.into_error())
                     }
                     Ok(Err(f)) => {
                         self.lose_session();
                         if self.transaction_depth > 0 || attempt >= MAX_ATTEMPTS {
-                            return Err(Error::Database(Box::new(f.into_error())));
+                            return Err(f.into_error());
                         }
                     }
                     Err(e) => {
@@ -348,7 +348,7 @@ impl DqliteConnection {
                 if f.is_not_leader() || dqlite_wire::codes::is_leadership_lost(f.code) {
                     self.lose_session();
                 }
-                Err(Error::Database(Box::new(f.into_error())))
+                Err(f.into_error())
             }
             Err(e) => Err(self.lost_after_send(e, false)),
         }
@@ -363,12 +363,12 @@ impl DqliteConnection {
             let session = self.session.as_mut().ok_or_else(not_connected)?;
             let retry_cause = match session.exec(Target::Sql(sql), &[]).await {
                 Ok(Ok(_)) => return Ok(()),
-                Ok(Err(f)) if f.is_not_leader() => Error::Database(Box::new(f.into_error())),
+                Ok(Err(f)) if f.is_not_leader() => f.into_error(),
                 Ok(Err(f)) => {
                     if dqlite_wire::codes::is_leadership_lost(f.code) {
                         self.lose_session();
                     }
-                    return Err(Error::Database(Box::new(f.into_error())));
+                    return Err(f.into_error());
                 }
                 Err(WireError::NotSent(e)) => e,
                 Err(WireError::Lost(e)) => {
@@ -404,7 +404,7 @@ impl DqliteConnection {
         };
         match session.finalize(id).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(f)) => Err(Error::Database(Box::new(f.into_error()))),
+            Ok(Err(f)) => Err(f.into_error()),
             Err(e) => {
                 self.lose_session();
                 Err(e.into_inner())

@@ -165,7 +165,7 @@ impl Connection for DqliteConnection {
                 if f.is_not_leader() {
                     self.lose_session();
                 }
-                Err(Error::Database(Box::new(f.into_error())))
+                Err(f.into_error())
             }
             Err(e) => {
                 self.lose_session();

@@ -94,7 +94,7 @@ async fn open_on_leader(
         match Session::open(stream, &opts.database).await? {
             Ok(session) => Ok(Some(session)),
             Err(f) if f.is_not_leader() => Ok(None),
-            Err(f) => Err(Error::Database(Box::new(f.into_error()))),
+            Err(f) => Err(f.into_error()),
         }
     };
     tokio::time::timeout(opts.connect_timeout, work)

@@ -21,8 +21,9 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
-    pub fn into_error(self) -> DqliteError {
-        DqliteError::new(self.code, self.message)
+    /// The failure as the caller sees it: an [`Error::Database`] holding a [`DqliteError`].
+    pub fn into_error(self) -> Error {
+        Error::Database(Box::new(DqliteError::new(self.code, self.message)))
     }
 
     /// QUERY of a statement without result columns: dqlite rejects it (before stepping it)
