@@ -62,6 +62,13 @@ pub(crate) enum Target<'a> {
     Sql(&'a str),
 }
 
+/// Whether a statement is run for its effect (EXEC) or its rows (QUERY).
+#[derive(Debug, Clone, Copy)]
+enum Run {
+    Exec,
+    Query,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outstanding {
     None,
@@ -295,27 +302,51 @@ impl Session {
         }))
     }
 
+    /// The EXEC, EXEC_SQL, QUERY or QUERY_SQL request running `target` with `params`, in the
+    /// smallest params schema that holds them.
+    fn statement_request<'r>(
+        &self,
+        run: Run,
+        target: Target<'r>,
+        params: &'r [WireValue],
+    ) -> Request<'r> {
+        let db = self.db;
+        let schema = schema_for(params.len());
+        let params = Params::from_values(params);
+        match (run, target) {
+            (Run::Exec, Target::Stmt(stmt)) => Request::Exec {
+                db,
+                stmt,
+                params,
+                schema,
+            },
+            (Run::Exec, Target::Sql(sql)) => Request::ExecSql {
+                db,
+                sql,
+                params,
+                schema,
+            },
+            (Run::Query, Target::Stmt(stmt)) => Request::Query {
+                db,
+                stmt,
+                params,
+                schema,
+            },
+            (Run::Query, Target::Sql(sql)) => Request::QuerySql {
+                db,
+                sql,
+                params,
+                schema,
+            },
+        }
+    }
+
     /// EXEC / EXEC_SQL: `(rows affected, last insert rowid)`.
     pub async fn exec(&mut self, target: Target<'_>, params: &[WireValue]) -> Reply<(u64, i64)> {
         if let Some(f) = self.check_param_count(params.len()).await? {
             return Ok(Err(f));
         }
-        let schema = schema_for(params.len());
-        let params = Params::from_values(params);
-        let req = match target {
-            Target::Stmt(stmt) => Request::Exec {
-                db: self.db,
-                stmt,
-                params,
-                schema,
-            },
-            Target::Sql(sql) => Request::ExecSql {
-                db: self.db,
-                sql,
-                params,
-                schema,
-            },
-        };
+        let req = self.statement_request(Run::Exec, target, params);
         let frame = self.single(&req).await?;
         let resp = frame.decode(self.stream.ctx()).map_err(WireError::Lost)?;
         if let Some(f) = Self::failure(&resp) {
@@ -337,22 +368,7 @@ impl Session {
         if let Some(f) = self.check_param_count(params.len()).await? {
             return Ok(Err(f));
         }
-        let schema = schema_for(params.len());
-        let params = Params::from_values(params);
-        let req = match target {
-            Target::Stmt(stmt) => Request::Query {
-                db: self.db,
-                stmt,
-                params,
-                schema,
-            },
-            Target::Sql(sql) => Request::QuerySql {
-                db: self.db,
-                sql,
-                params,
-                schema,
-            },
-        };
+        let req = self.statement_request(Run::Query, target, params);
         self.stream.send(&req).await?;
         self.outstanding = Outstanding::Rows;
         self.read_batch().await.map_err(WireError::Lost)
