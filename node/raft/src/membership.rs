@@ -163,12 +163,8 @@ impl RawNode {
         for r in added {
             self.send_appends(r);
         }
-        if let Some(t) = self.transfer.as_ref().map(|t| t.target) {
-            if !conf.is_voter(t) {
-                self.transfer = None;
-                self.events.push(Event::TransferAborted { target: t });
-            }
-        }
+        // No transfer check is needed: membership changes are refused while a transfer runs,
+        // and a promotion finishing meanwhile only adds a voter.
     }
 
     /// Leader: a follower's match index moved; finish a catch-up round if it is done.
@@ -309,6 +305,24 @@ mod tests {
         c.heal();
         c.run(et);
         assert!(c.node(1).configuration().is_voter(NodeId(4)));
+    }
+
+    #[test]
+    fn removed_leader_keeps_leading_until_the_change_commits() {
+        let mut c = Cluster::new(3, 66);
+        c.elect(1);
+        c.run(1);
+        c.isolate(2);
+        c.isolate(3);
+        c.node(1).propose_conf_change(ConfChange::Remove { id: NodeId(1) }).unwrap();
+        c.process(NodeId(1));
+        c.deliver();
+        assert!(c.node(1).is_leader(), "stepped down before the removal committed");
+        assert!(!c.node(1).configuration().is_voter(NodeId(1)));
+        c.heal();
+        c.run(30);
+        assert!(!c.node(1).is_leader());
+        assert!(c.node(2).configuration().voters().eq([NodeId(2), NodeId(3)]));
     }
 
     #[test]
