@@ -173,6 +173,13 @@ pub enum StorageError {
     UringUnavailable(#[source] io::Error),
 }
 
+impl StorageError {
+    /// An [`StorageError::Io`] for `op` on `file`.
+    pub(crate) fn io(op: &'static str, file: &str, source: io::Error) -> Self {
+        StorageError::Io { op, file: file.to_owned(), source }
+    }
+}
+
 /// Result alias for storage calls.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 

@@ -21,7 +21,7 @@ use dqlite_raft::{Entry, LogIndex, Term};
 use super::backend::{Backend, BackendFile, BatchFailure, OpenMode};
 use super::error::{CorruptReason, InvalidRequest, Result, StorageError};
 use super::format::{self, SegmentHeaderError, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN};
-use super::Poison;
+use super::{open_and_read, Poison};
 
 /// Tuning for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,12 +169,8 @@ impl LogStore {
         Ok(log)
     }
 
-    fn io_err(&self, op: &'static str, file: &str, e: std::io::Error) -> StorageError {
-        StorageError::Io { op, file: file.to_owned(), source: e }
-    }
-
     fn recover(&mut self) -> Result<()> {
-        let names = self.backend.list().map_err(|e| self.io_err("list", &self.backend.describe(), e))?;
+        let names = self.backend.list().map_err(|e| StorageError::io("list", &self.backend.describe(), e))?;
         let mut segs: Vec<(u64, bool, String)> = names
             .iter()
             .filter_map(|n| parse_segment_name(n).map(|(s, o)| (s, o, n.clone())))
@@ -199,13 +195,8 @@ impl LogStore {
     }
 
     fn recover_segment(&mut self, seq: u64, is_open: bool, newest: bool, name: &str) -> Result<()> {
-        let file = self
-            .backend
-            .open(name, OpenMode::Existing)
-            .map_err(|e| self.io_err("open", name, e))?;
-        let len = file.len().map_err(|e| self.io_err("stat", name, e))? as usize;
-        let mut buf = vec![0u8; len];
-        file.read_at(0, &mut buf).map_err(|e| self.io_err("read", name, e))?;
+        let (file, buf) = open_and_read(&*self.backend, name)?;
+        let len = buf.len();
         let corrupt = |offset: u64, reason| StorageError::Corrupt { file: name.to_owned(), offset, reason };
 
         // The header. A torn header is only acceptable on the newest open segment, and only if
@@ -220,10 +211,10 @@ impl LogStore {
                 if newest && is_open && find_valid_batch(&buf, 0, seq).is_none() {
                     tracing::warn!(file = name, "removing a segment whose preallocation was interrupted");
                     drop(file);
-                    self.backend.remove(name).map_err(|e| self.io_err("remove", name, e))?;
+                    self.backend.remove(name).map_err(|e| StorageError::io("remove", name, e))?;
                     self.backend
                         .sync_dir()
-                        .map_err(|e| self.io_err("fsync directory", &self.backend.describe(), e))?;
+                        .map_err(|e| StorageError::io("fsync directory", &self.backend.describe(), e))?;
                     return Ok(());
                 }
                 return Err(corrupt(0, reason));
@@ -300,7 +291,7 @@ impl LogStore {
             let mut fix = buf[start as usize..off].to_vec();
             fix.resize((stop - start) as usize, 0);
             seg.file.write_all_sync(&[(start, &fix)]).map_err(|f| match f {
-                BatchFailure::Write(e) => StorageError::Io { op: "write", file: name.to_owned(), source: e },
+                BatchFailure::Write(e) => StorageError::io("write", name, e),
                 BatchFailure::Sync(e) => StorageError::SyncFailed { file: name.to_owned(), source: e },
             })?;
         }
@@ -409,7 +400,7 @@ impl LogStore {
             buf.resize(loc.batch_len as usize, 0);
             seg.file
                 .read_at(loc.batch_off, &mut buf)
-                .map_err(|e| self.io_err("read", &seg.name, e))?;
+                .map_err(|e| StorageError::io("read", &seg.name, e))?;
             let info = format::decode_batch(&buf, loc.seg).map_err(|reason| StorageError::Corrupt {
                 file: seg.name.clone(),
                 offset: loc.batch_off,

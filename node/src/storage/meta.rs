@@ -50,14 +50,14 @@ impl MetaStore {
                     })?;
                     f
                 }
-                Err(e) => return Err(StorageError::Io { op: "open", file: name.to_owned(), source: e }),
+                Err(e) => return Err(StorageError::io("open", name, e)),
             };
             let len = file
                 .len()
-                .map_err(|e| StorageError::Io { op: "stat", file: name.to_owned(), source: e })?;
+                .map_err(|e| StorageError::io("stat", name, e))?;
             let mut buf = vec![0u8; (len as usize).min(META_LEN)];
             file.read_at(0, &mut buf)
-                .map_err(|e| StorageError::Io { op: "read", file: name.to_owned(), source: e })?;
+                .map_err(|e| StorageError::io("read", name, e))?;
             copies.push(format::decode_meta(&buf));
             files.push(file);
         }

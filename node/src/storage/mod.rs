@@ -75,7 +75,7 @@ pub use dqlite_raft::HardState;
 pub use meta::{MetaStore, META_FILES};
 pub use snapshot::{SnapshotInfo, SnapshotStore, SNAPSHOTS_KEPT};
 
-use backend::{Backend, DirLock};
+use backend::{Backend, BackendFile, DirLock, OpenMode};
 
 /// Options for [`Storage::open`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -119,7 +119,7 @@ impl Poison {
             return StorageError::DiskFull { op, file: file.to_owned() };
         }
         self.set(op, file);
-        StorageError::Io { op, file: file.to_owned(), source: e }
+        StorageError::io(op, file, e)
     }
 
     /// Maps a failed `fsync`: always poisons.
@@ -127,6 +127,17 @@ impl Poison {
         self.set("fsync", file);
         StorageError::SyncFailed { file: file.to_owned(), source: e }
     }
+}
+
+/// Opens the existing file `name` and reads all of it.
+fn open_and_read(backend: &dyn Backend, name: &str) -> Result<(Box<dyn BackendFile>, Vec<u8>)> {
+    let file = backend
+        .open(name, OpenMode::Existing)
+        .map_err(|e| StorageError::io("open", name, e))?;
+    let len = file.len().map_err(|e| StorageError::io("stat", name, e))?;
+    let mut buf = vec![0u8; len as usize];
+    file.read_at(0, &mut buf).map_err(|e| StorageError::io("read", name, e))?;
+    Ok((file, buf))
 }
 
 /// A node's data directory, locked for exclusive use while this value lives.
@@ -154,7 +165,7 @@ impl Storage {
             if e.kind() == io::ErrorKind::WouldBlock {
                 StorageError::Locked { dir: backend.describe() }
             } else {
-                StorageError::Io { op: "lock", file: backend.describe(), source: e }
+                StorageError::io("lock", &backend.describe(), e)
             }
         })?;
         let poison = Arc::new(Poison::default());
@@ -168,7 +179,7 @@ impl Storage {
     /// Opens `dir` with the best backend available ([`backend::auto`]).
     pub fn open_dir(dir: &std::path::Path, opts: StorageOptions) -> Result<Storage> {
         let backend = backend::auto(dir)
-            .map_err(|e| StorageError::Io { op: "open", file: dir.display().to_string(), source: e })?;
+            .map_err(|e| StorageError::io("open", &dir.display().to_string(), e))?;
         Storage::open(backend, opts)
     }
 

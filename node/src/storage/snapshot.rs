@@ -17,7 +17,7 @@ use dqlite_raft::{LogIndex, Term};
 use super::backend::{Backend, BackendFile, BatchFailure, OpenMode};
 use super::error::{CorruptReason, InvalidRequest, Result, StorageError};
 use super::format::{self, SegmentHeaderError, SnapshotMetaFields};
-use super::Poison;
+use super::{open_and_read, Poison};
 
 /// How many snapshots are kept.
 pub const SNAPSHOTS_KEPT: usize = 2;
@@ -93,8 +93,7 @@ impl std::fmt::Debug for SnapshotStore {
 
 impl SnapshotStore {
     pub(crate) fn open(backend: Arc<dyn Backend>, poison: Arc<Poison>) -> Result<SnapshotStore> {
-        let io = |op, file: &str, e| StorageError::Io { op, file: file.to_owned(), source: e };
-        let names = backend.list().map_err(|e| io("list", &backend.describe(), e))?;
+        let names = backend.list().map_err(|e| StorageError::io("list", &backend.describe(), e))?;
         let mut removed = false;
         let mut snapshots = Vec::new();
         for name in &names {
@@ -104,10 +103,7 @@ impl SnapshotStore {
                 continue;
             }
             let Some((index, term, true)) = parse_name(name) else { continue };
-            let file = backend.open(name, OpenMode::Existing).map_err(|e| io("open", name, e))?;
-            let len = file.len().map_err(|e| io("stat", name, e))?;
-            let mut buf = vec![0u8; len as usize];
-            file.read_at(0, &mut buf).map_err(|e| io("read", name, e))?;
+            let (_, buf) = open_and_read(&*backend, name)?;
             let f = format::decode_snapshot_meta(&buf).map_err(|e| match e {
                 SegmentHeaderError::Corrupt(reason) => StorageError::Corrupt { file: name.clone(), offset: 0, reason },
                 SegmentHeaderError::Version(version) => StorageError::UnsupportedVersion { file: name.clone(), version },
@@ -119,7 +115,7 @@ impl SnapshotStore {
             let dlen = backend
                 .open(&dname, OpenMode::Existing)
                 .and_then(|f| f.len())
-                .map_err(|e| io("open", &dname, e))?;
+                .map_err(|e| StorageError::io("open", &dname, e))?;
             if dlen != f.data_len {
                 return Err(StorageError::Corrupt {
                     file: dname,
@@ -181,7 +177,7 @@ impl SnapshotStore {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.abort();
-                    return Err(StorageError::Io { op: "read snapshot source", file: String::new(), source: e });
+                    return Err(StorageError::io("read snapshot source", "", e));
                 }
             };
             self.append_data(&buf[..n])?;
@@ -303,13 +299,9 @@ impl SnapshotStore {
 
     /// Reads a whole snapshot's data, checking it against its metadata.
     pub fn read(&self, info: &SnapshotInfo) -> Result<Vec<u8>> {
-        let name = data_name(info.index, info.term);
-        let f = self
-            .backend
-            .open(&name, OpenMode::Existing)
-            .map_err(|e| StorageError::Io { op: "open", file: name.clone(), source: e })?;
+        let (name, f) = self.open_data(info)?;
         let mut buf = vec![0u8; info.data_len as usize];
-        f.read_at(0, &mut buf).map_err(|e| StorageError::Io { op: "read", file: name.clone(), source: e })?;
+        f.read_at(0, &mut buf).map_err(|e| StorageError::io("read", &name, e))?;
         if crc32c::crc32c(&buf) != info.data_crc {
             return Err(StorageError::Corrupt { file: name, offset: 0, reason: CorruptReason::SnapshotData });
         }
@@ -319,13 +311,19 @@ impl SnapshotStore {
     /// Reads up to `buf.len()` bytes of a snapshot's data at `offset` (for streaming it to a
     /// follower in chunks; the receiver checks the whole CRC). Returns the count read.
     pub fn read_chunk(&self, info: &SnapshotInfo, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let (name, f) = self.open_data(info)?;
+        let n = (info.data_len.saturating_sub(offset) as usize).min(buf.len());
+        f.read_at(offset, &mut buf[..n]).map_err(|e| StorageError::io("read", &name, e))?;
+        Ok(n)
+    }
+
+    /// Opens a snapshot's data file; returns its name with it for error messages.
+    fn open_data(&self, info: &SnapshotInfo) -> Result<(String, Box<dyn BackendFile>)> {
         let name = data_name(info.index, info.term);
         let f = self
             .backend
             .open(&name, OpenMode::Existing)
-            .map_err(|e| StorageError::Io { op: "open", file: name.clone(), source: e })?;
-        let n = (info.data_len.saturating_sub(offset) as usize).min(buf.len());
-        f.read_at(offset, &mut buf[..n]).map_err(|e| StorageError::Io { op: "read", file: name, source: e })?;
-        Ok(n)
+            .map_err(|e| StorageError::io("open", &name, e))?;
+        Ok((name, f))
     }
 }
