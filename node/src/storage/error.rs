@@ -168,9 +168,6 @@ pub enum StorageError {
     /// The request was refused before any I/O.
     #[error("invalid request: {0}")]
     Invalid(InvalidRequest),
-    /// No io_uring backend could be set up (see [`super::backend::UringBackend::new`]).
-    #[error("io_uring unavailable: {0}")]
-    UringUnavailable(#[source] io::Error),
 }
 
 impl StorageError {
