@@ -169,19 +169,28 @@ pub(crate) fn write_message(
 ) -> Result<(), EncodeError> {
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER_LEN]);
-    let result = body(out).and_then(|()| {
-        let body_bytes = out.len() - start - HEADER_LEN;
-        debug_assert_eq!(body_bytes % WORD, 0, "encoders keep bodies word-aligned");
-        let words = u32::try_from(body_bytes / WORD)
-            .map_err(|_| EncodeError::MessageTooLarge { body_bytes })?;
-        let header = Header::new(message_type, schema, words).encode();
-        out[start..start + HEADER_LEN].copy_from_slice(&header);
-        Ok(())
-    });
+    let result = body(out).and_then(|()| patch_header(out, start, message_type, schema));
     if result.is_err() {
         out.truncate(start);
     }
     result
+}
+
+/// Fill in the placeholder header at `out[start..]` with the word count of the body that
+/// follows it (everything up to the end of `out`).
+pub(crate) fn patch_header(
+    out: &mut [u8],
+    start: usize,
+    message_type: u8,
+    schema: u8,
+) -> Result<(), EncodeError> {
+    let body_bytes = out.len() - start - HEADER_LEN;
+    debug_assert_eq!(body_bytes % WORD, 0, "encoders keep bodies word-aligned");
+    let words = u32::try_from(body_bytes / WORD)
+        .map_err(|_| EncodeError::MessageTooLarge { body_bytes })?;
+    let header = Header::new(message_type, schema, words).encode();
+    out[start..start + HEADER_LEN].copy_from_slice(&header);
+    Ok(())
 }
 
 #[cfg(test)]

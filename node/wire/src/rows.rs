@@ -18,7 +18,7 @@
 
 use crate::buf::{put_text, put_u64, Reader};
 use crate::error::{DecodeError, EncodeError};
-use crate::header::{write_message, Header, HEADER_LEN};
+use crate::header::{patch_header, write_message, HEADER_LEN};
 use crate::response::ResponseType;
 use crate::tuple::{decode_row_into, encode_row, row_header_len};
 use crate::value::ValueRef;
@@ -355,11 +355,7 @@ impl<'o> RowsWriter<'o> {
     /// Write the marker and patch the header.
     pub fn finish(mut self, end: RowsEnd) -> Result<(), EncodeError> {
         put_u64(self.out, end.marker());
-        let body_bytes = self.out.len() - self.start - HEADER_LEN;
-        let words = u32::try_from(body_bytes / 8)
-            .map_err(|_| EncodeError::MessageTooLarge { body_bytes })?;
-        let header = Header::new(ResponseType::Rows.code(), 0, words).encode();
-        self.out[self.start..self.start + HEADER_LEN].copy_from_slice(&header);
+        patch_header(self.out, self.start, ResponseType::Rows.code(), 0)?;
         self.finished = true;
         Ok(())
     }
@@ -376,7 +372,7 @@ impl Drop for RowsWriter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::header::parse;
+    use crate::header::{parse, Header};
     use crate::test_util::hex;
 
     #[test]
