@@ -175,15 +175,16 @@ impl WireStream {
                 self.last_received = std::time::Instant::now();
                 return Ok(frame);
             }
-            let mut chunk = [0u8; 16 * 1024];
-            let n = self.socket.read(&mut chunk).await?;
+            // Read straight into the buffer's spare capacity (no zeroed bounce buffer to copy
+            // from). `read_buf` is cancel-safe: bytes read stay in `read_buf`.
+            self.read_buf.reserve(16 * 1024);
+            let n = self.socket.read_buf(&mut self.read_buf).await?;
             if n == 0 {
                 return Err(Error::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("dqlite node {} closed the connection", self.peer),
                 )));
             }
-            self.read_buf.extend_from_slice(&chunk[..n]);
         }
     }
 
