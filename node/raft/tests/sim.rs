@@ -4,6 +4,8 @@
 //! * `SIM_SEEDS=N` runs seeds `0..N` (`SIM_SEED_BASE=B` starts at `B` instead of 0).
 //! * `SIM_SEED=S` replays exactly one seed; `SIM_TRACE=1` prints its whole trace.
 //! * `SIM_THREADS=T` spreads seeds over T threads (default: available parallelism).
+//! * `SIM_LIN_STEPS=K` sets the linearizability search budget per seed (default: 300,000 in
+//!   debug builds, 5,000,000 in optimized ones).
 //!
 //! A failing seed prints itself first, then what broke, the tail of its trace, and the command
 //! that replays it.
@@ -22,6 +24,15 @@ fn env_u64(name: &str) -> Option<u64> {
         Ok(n) => Some(n),
         Err(_) => panic!("{name}={v:?} is not an unsigned integer"),
     }
+}
+
+/// Options for one seed, with the environment's overrides.
+fn options(seed: u64) -> Options {
+    let mut o = Options::new(seed);
+    if let Some(k) = env_u64("SIM_LIN_STEPS") {
+        o.lin_steps_max = k;
+    }
+    o
 }
 
 fn report_failure(f: &Failure) -> String {
@@ -99,13 +110,13 @@ fn simulated_clusters_stay_safe_live_and_linearizable() {
         eprintln!("SIM replaying seed {seed}");
         let opts = Options {
             trace: std::env::var_os("SIM_TRACE").is_some(),
-            ..Options::new(seed)
+            ..options(seed)
         };
         match run_seed(opts) {
             Ok(r) => {
                 if std::env::var_os("SIM_TRACE").is_some() {
                     // A passing traced run: show its trace anyway.
-                    let (_, trace) = trace_seed(Options::new(seed));
+                    let (_, trace) = trace_seed(options(seed));
                     for line in trace {
                         eprintln!("{line}");
                     }
@@ -136,7 +147,7 @@ fn simulated_clusters_stay_safe_live_and_linearizable() {
                 if seed >= base + n {
                     return;
                 }
-                match run_seed(Options::new(seed)) {
+                match run_seed(options(seed)) {
                     Ok(r) => totals.lock().expect("totals lock").add(&r),
                     Err(f) => {
                         eprintln!("SIM seed {seed} FAILED");
