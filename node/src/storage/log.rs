@@ -250,8 +250,6 @@ impl LogStore {
             match format::decode_batch(rest, seq) {
                 Ok(info) => {
                     let batch_len = info.len;
-                    let metas: Vec<(Term, u32)> =
-                        info.entries.iter().enumerate().map(|(p, e)| (e.term, p as u32)).collect();
                     if let (Some(f), Some(l), Some(s)) =
                         (info.entries.first(), info.entries.last(), self.segments.get_mut(&seq))
                     {
@@ -259,7 +257,14 @@ impl LogStore {
                         s.max_index = s.max_index.max(l.index.0);
                     }
                     if self
-                        .apply(seq, off as u64, batch_len, info.first_index, info.flags, &metas)
+                        .apply(
+                            seq,
+                            off as u64,
+                            batch_len,
+                            info.first_index,
+                            info.flags,
+                            info.entries.iter().map(|e| e.term),
+                        )
                         .is_err()
                     {
                         return Err(corrupt(off as u64, CorruptReason::IndexGap));
@@ -309,7 +314,7 @@ impl LogStore {
         batch_len: u32,
         first_index: LogIndex,
         flags: u32,
-        entries: &[(Term, u32)],
+        terms: impl ExactSizeIterator<Item = Term>,
     ) -> Result<(), ApplyError> {
         if flags & format::FLAG_RESET != 0 || !self.started || first_index < self.first {
             self.clear_to(first_index);
@@ -319,13 +324,14 @@ impl LogStore {
             self.pop_back_to(first_index);
         }
         self.started = true;
-        for &(term, pos) in entries {
-            self.locs.push_back(Loc { seg, batch_off, batch_len, pos, term });
-            if let Some(s) = self.segments.get_mut(&seg) {
-                s.live += 1;
-            }
+        let n = terms.len();
+        for (pos, term) in terms.enumerate() {
+            self.locs.push_back(Loc { seg, batch_off, batch_len, pos: pos as u32, term });
         }
-        self.next = LogIndex(first_index.0 + entries.len() as u64);
+        if let Some(s) = self.segments.get_mut(&seg) {
+            s.live += n as u64;
+        }
+        self.next = LogIndex(first_index.0 + n as u64);
         Ok(())
     }
 
@@ -563,8 +569,7 @@ impl LogStore {
             seg.min_index = seg.min_index.min(f.index.0);
             seg.max_index = seg.max_index.max(l.index.0);
         }
-        let metas: Vec<(Term, u32)> = entries.iter().enumerate().map(|(p, e)| (e.term, p as u32)).collect();
-        if self.apply(seq, batch_off, len as u32, first, flags, &metas).is_err() {
+        if self.apply(seq, batch_off, len as u32, first, flags, entries.iter().map(|e| e.term)).is_err() {
             // check_position ruled this out before writing.
             return Err(StorageError::Invalid(InvalidRequest::Gap));
         }
