@@ -81,10 +81,7 @@ impl TransactionManager for DqliteTransactionManager {
                 // transaction with it, which is what we asked for.
             }
         }
-        conn.transaction_depth = depth - 1;
-        if conn.transaction_depth == 0 {
-            conn.transaction_lost = false;
-        }
+        leave_level(conn, depth);
         Ok(())
     }
 
@@ -97,13 +94,19 @@ impl TransactionManager for DqliteTransactionManager {
             conn.pending_rollbacks
                 .push(rollback_ansi_transaction_sql(depth).as_str().to_owned());
         }
-        conn.transaction_depth = depth - 1;
-        if conn.transaction_depth == 0 {
-            conn.transaction_lost = false;
-        }
+        leave_level(conn, depth);
     }
 
     fn get_transaction_depth(conn: &DqliteConnection) -> usize {
         conn.transaction_depth
+    }
+}
+
+/// Leave transaction level `depth` after a rollback; leaving the outermost level also clears
+/// the "lost" mark (a new transaction starts clean).
+fn leave_level(conn: &mut DqliteConnection, depth: usize) {
+    conn.transaction_depth = depth - 1;
+    if conn.transaction_depth == 0 {
+        conn.transaction_lost = false;
     }
 }
