@@ -193,9 +193,8 @@ impl RawNode {
             return;
         }
         if r.done {
-            if r.match_index > pr.match_index && r.match_index <= self.log.last_index() {
-                pr.match_index = r.match_index;
-            }
+            // Never backwards, never past our log (a follower cannot hold more than we sent).
+            pr.match_index = pr.match_index.max(r.match_index.min(self.log.last_index()));
             pr.become_probe();
             self.maybe_commit();
             self.on_follower_progress(from);
