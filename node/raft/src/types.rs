@@ -141,6 +141,8 @@ mod tests {
         assert_eq!(LogIndex(0).prev(), LogIndex(0));
         assert_eq!(Term(1).next(), Term(2));
         assert_eq!(format!("{:?} {}", NodeId(3), NodeId(3)), "n3 3");
+        let e = Entry { term: Term(2), index: LogIndex(7), kind: EntryKind::Command, data: vec![0; 9] };
+        assert_eq!(format!("{e:?}"), "Entry { term: t2, index: i7, kind: Command, len: 9 }");
     }
 }
 
