@@ -31,6 +31,10 @@ use crate::{Config, Configuration, EntryKind, LogIndex, NodeId, RawNode, Term};
 /// Most `Ready`s a server may produce in a row before the simulator calls it a livelock.
 const READY_LOOP_MAX: usize = 10_000;
 
+/// Most messages delivered without virtual time advancing before the run is declared a
+/// livelock (zero-delay links let two servers ping-pong forever within one millisecond).
+const SAME_INSTANT_MESSAGES_MAX: u64 = 200_000;
+
 /// Extra liveness time allowed per log entry a replica is behind when the faults heal.
 const LIVENESS_MS_PER_ENTRY: u64 = 20;
 
@@ -74,6 +78,8 @@ pub(crate) struct Cluster {
     acked_max: LogIndex,
     /// Reactive faults aimed at new leaders: (when, leader, what).
     churn: Vec<(u64, NodeId, u64)>,
+    /// Messages delivered at the current virtual instant, and that instant.
+    same_instant: (u64, u64),
     pub(crate) report: Report,
 }
 
@@ -147,6 +153,7 @@ impl Cluster {
             clients_on: true,
             acked_max: LogIndex(0),
             churn: Vec::new(),
+            same_instant: (0, 0),
             report,
         }
     }
@@ -492,6 +499,16 @@ impl Cluster {
                 hosts.get((id.0 - 1) as usize).is_some_and(|h| h.is_up())
             })
         } {
+            if self.same_instant.0 == now {
+                self.same_instant.1 += 1;
+                if self.same_instant.1 > SAME_INSTANT_MESSAGES_MAX {
+                    return Err(self.fail(format!(
+                        "livelock: {SAME_INSTANT_MESSAGES_MAX} messages delivered without virtual time advancing"
+                    )));
+                }
+            } else {
+                self.same_instant = (now, 1);
+            }
             let h = self.idx(to);
             if let Some(t) = self.hosts[h].paused_until_ms {
                 let at = t + self.rng.range(0, self.sc.latency_ms * 2);
