@@ -215,6 +215,25 @@ mod tests {
     }
 
     #[test]
+    fn decode_rejects_zero_and_duplicate_ids() {
+        let one = |id: u64| {
+            let mut v = id.to_le_bytes().to_vec();
+            v.push(0);
+            v.extend_from_slice(&0u32.to_le_bytes());
+            v
+        };
+        let mut dup = vec![CONFIGURATION_FORMAT_VERSION];
+        dup.extend_from_slice(&2u32.to_le_bytes());
+        dup.extend(one(5));
+        dup.extend(one(5));
+        assert_eq!(Configuration::decode(&dup), Err(ConfigurationDecodeError::BadId(NodeId(5))));
+        let mut zero = vec![CONFIGURATION_FORMAT_VERSION];
+        zero.extend_from_slice(&1u32.to_le_bytes());
+        zero.extend(one(0));
+        assert_eq!(Configuration::decode(&zero), Err(ConfigurationDecodeError::BadId(NodeId(0))));
+    }
+
+    #[test]
     fn quorum_counts_only_voters() {
         let mut c = Configuration::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
         c.upsert(Server { id: NodeId(4), address: String::new(), role: Role::Standby });
