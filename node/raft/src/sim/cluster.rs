@@ -35,6 +35,9 @@ const READY_LOOP_MAX: usize = 10_000;
 /// livelock (zero-delay links let two servers ping-pong forever within one millisecond).
 const SAME_INSTANT_MESSAGES_MAX: u64 = 200_000;
 
+/// Most messages in flight at once before the run is declared runaway (bounds memory).
+const IN_FLIGHT_MAX: usize = 1_000_000;
+
 /// Extra liveness time allowed per log entry a replica is behind when the faults heal.
 const LIVENESS_MS_PER_ENTRY: u64 = 20;
 
@@ -491,6 +494,11 @@ impl Cluster {
                     self.complete_batch(h, b)?;
                 }
             }
+        }
+        if self.net.in_flight() > IN_FLIGHT_MAX {
+            return Err(self.fail(format!(
+                "runaway: more than {IN_FLIGHT_MAX} messages in flight"
+            )));
         }
         // Messages.
         while let Some((from, to, msg)) = {
