@@ -98,18 +98,28 @@ impl RawNode {
         }
     }
 
-    /// Follower side of AppendEntries.
-    pub(crate) fn handle_append(&mut self, from: NodeId, a: AppendEntries) {
+    /// A message from the leader of the current term arrived: follow it and reset the election
+    /// timer. Returns `false` (and ignores the message) if this node is itself leader of that
+    /// term, which election safety forbids.
+    pub(crate) fn accept_leader(&mut self, from: NodeId) -> bool {
         if self.role == StateRole::Leader {
-            tracing::error!(id = ?self.id, ?from, term = ?self.term, "two leaders in one term: append ignored");
+            tracing::error!(id = ?self.id, ?from, term = ?self.term, "two leaders in one term: message ignored");
             debug_assert!(false, "two leaders in one term");
-            return;
+            return false;
         }
         if self.role != StateRole::Follower {
             self.become_follower(self.term, Some(from));
         }
         self.leader = Some(from);
         self.election_elapsed = 0;
+        true
+    }
+
+    /// Follower side of AppendEntries.
+    pub(crate) fn handle_append(&mut self, from: NodeId, a: AppendEntries) {
+        if !self.accept_leader(from) {
+            return;
+        }
 
         let mut prev = a.prev_log_index;
         let mut prev_term = a.prev_log_term;
@@ -217,15 +227,9 @@ impl RawNode {
 
     /// Follower side of a heartbeat.
     pub(crate) fn handle_heartbeat(&mut self, from: NodeId, h: Heartbeat) {
-        if self.role == StateRole::Leader {
-            debug_assert!(false, "two leaders in one term");
+        if !self.accept_leader(from) {
             return;
         }
-        if self.role != StateRole::Follower {
-            self.become_follower(self.term, Some(from));
-        }
-        self.leader = Some(from);
-        self.election_elapsed = 0;
         self.commit_to(h.commit.min(self.log.last_index()));
         self.send(from, MessageBody::HeartbeatResponse(HeartbeatResponse { read_seq: h.read_seq }));
     }

@@ -128,15 +128,9 @@ impl RawNode {
 
     /// Follower side of a snapshot chunk.
     pub(crate) fn handle_install_snapshot(&mut self, from: NodeId, s: InstallSnapshot) {
-        if self.role == StateRole::Leader {
-            debug_assert!(false, "two leaders in one term");
+        if !self.accept_leader(from) {
             return;
         }
-        if self.role != StateRole::Follower {
-            self.become_follower(self.term, Some(from));
-        }
-        self.leader = Some(from);
-        self.election_elapsed = 0;
         let index = s.meta.index;
         if index <= self.log.committed {
             // We already have everything it holds.
