@@ -2,4 +2,5 @@
 pub use dqlite_raft as raft;
 pub use dqlite_wire as wire;
 
+pub mod replication;
 pub mod storage;
