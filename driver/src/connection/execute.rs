@@ -39,10 +39,7 @@ enum RunError {
 }
 
 fn not_connected() -> Error {
-    Error::Io(std::io::Error::new(
-        std::io::ErrorKind::NotConnected,
-        "not connected to the dqlite leader",
-    ))
+    Error::Io(std::io::Error::new(std::io::ErrorKind::NotConnected, "not connected to the dqlite leader"))
 }
 
 impl DqliteConnection {
@@ -112,9 +109,7 @@ impl DqliteConnection {
             return RunError::Fatal(f.into_error());
         }
         if f.code == dqlite_wire::codes::DQLITE_PARSE && params > 255 {
-            return RunError::Fatal(Error::Database(Box::new(
-                DqliteError::too_many_parameters(params),
-            )));
+            return RunError::Fatal(Error::Database(Box::new(DqliteError::too_many_parameters(params))));
         }
         RunError::Fatal(f.into_error())
     }
@@ -142,17 +137,10 @@ impl DqliteConnection {
         if let Some(st) = self.statements.get_mut(sql) {
             return Ok(*st);
         }
-        let session = self
-            .session
-            .as_mut()
-            .ok_or_else(|| RunError::Retry(not_connected()))?;
+        let session = self.session.as_mut().ok_or_else(|| RunError::Retry(not_connected()))?;
         match session.prepare(sql).await {
             Ok(Ok((id, params))) => {
-                let st = CachedStatement {
-                    id,
-                    params,
-                    returns_rows: None,
-                };
+                let st = CachedStatement { id, params, returns_rows: None };
                 if let Some(evicted) = self.statements.insert(sql, st) {
                     match session.finalize(evicted.id).await {
                         Ok(Ok(())) => {}
@@ -179,12 +167,7 @@ impl DqliteConnection {
         }
     }
 
-    async fn run_once(
-        &mut self,
-        sql: &str,
-        params: &[WireValue],
-        prepared: bool,
-    ) -> Result<Started, RunError> {
+    async fn run_once(&mut self, sql: &str, params: &[WireValue], prepared: bool) -> Result<Started, RunError> {
         let (stmt, known): (Option<StmtId>, Option<bool>) = if prepared {
             let st = self.prepare_cached(sql).await?;
             if st.params != params.len() {
@@ -209,10 +192,7 @@ impl DqliteConnection {
         };
 
         if known != Some(false) {
-            let session = self
-                .session
-                .as_mut()
-                .ok_or_else(|| RunError::Retry(not_connected()))?;
+            let session = self.session.as_mut().ok_or_else(|| RunError::Retry(not_connected()))?;
             match session.query(target, params).await {
                 Ok(Ok(batch)) => {
                     if known.is_none() {
@@ -222,10 +202,7 @@ impl DqliteConnection {
                 }
                 // No result columns (not run), or (dqlite >= 1.18) several statements in
                 // QUERY_SQL (rejected at prepare time, not run): send EXEC instead.
-                Ok(Err(f))
-                    if f.is_no_columns()
-                        || (stmt.is_none() && f.message == "nonempty statement tail") =>
-                {
+                Ok(Err(f)) if f.is_no_columns() || (stmt.is_none() && f.is_nonempty_tail()) => {
                     self.remember(sql, prepared, false);
                 }
                 Ok(Err(f)) => return Err(self.classify_failure(f, params.len())),
@@ -234,15 +211,11 @@ impl DqliteConnection {
             }
         }
 
-        let session = self
-            .session
-            .as_mut()
-            .ok_or_else(|| RunError::Retry(not_connected()))?;
+        let session = self.session.as_mut().ok_or_else(|| RunError::Retry(not_connected()))?;
         match session.exec(target, params).await {
-            Ok(Ok((rows_affected, last_insert_rowid))) => Ok(Started::Done(DqliteQueryResult {
-                rows_affected,
-                last_insert_rowid,
-            })),
+            Ok(Ok((rows_affected, last_insert_rowid))) => {
+                Ok(Started::Done(DqliteQueryResult { rows_affected, last_insert_rowid }))
+            }
             Ok(Err(f)) => Err(self.classify_failure(f, params.len())),
             Err(WireError::NotSent(e)) => Err(RunError::Retry(e)),
             Err(WireError::Lost(e)) => Err(RunError::Fatal(self.lost_after_send(e, true))),
@@ -250,12 +223,7 @@ impl DqliteConnection {
     }
 
     /// Run one statement: prepared (cached) when `prepared`, else as SQL text.
-    pub(crate) async fn run(
-        &mut self,
-        sql: &str,
-        params: &[WireValue],
-        prepared: bool,
-    ) -> Result<Started, Error> {
+    pub(crate) async fn run(&mut self, sql: &str, params: &[WireValue], prepared: bool) -> Result<Started, Error> {
         let mut attempt = 1;
         loop {
             self.ready().await?;
@@ -307,9 +275,7 @@ impl DqliteConnection {
                         }
                         return Ok(params);
                     }
-                    Ok(Err(f)) if !f.is_not_leader() => {
-                        return Err(f.into_error())
-                    }
+                    Ok(Err(f)) if !f.is_not_leader() => return Err(f.into_error()),
                     Ok(Err(f)) => {
                         self.lose_session();
                         if self.transaction_depth > 0 || attempt >= MAX_ATTEMPTS {
@@ -374,11 +340,9 @@ impl DqliteConnection {
                 Err(WireError::Lost(e)) => {
                     if commit {
                         self.lose_session();
-                        return Err(Error::Database(Box::new(DqliteError::outcome_unknown(
-                            format!(
-                                "connection to the dqlite leader lost after {sql} was sent ({e})"
-                            ),
-                        ))));
+                        return Err(Error::Database(Box::new(DqliteError::outcome_unknown(format!(
+                            "connection to the dqlite leader lost after {sql} was sent ({e})"
+                        )))));
                     }
                     return Err(self.lost_after_send(e, false));
                 }
