@@ -14,9 +14,11 @@ use sqlx_core::Error;
 
 use super::{CachedStatement, DqliteConnection};
 use crate::error::DqliteError;
-use crate::protocol::session::{Batch, Failure, Target};
+use crate::protocol::session::{Batch, Failure, Recovered, Target};
 use crate::protocol::stream::WireError;
+use crate::transaction::{settle, ControlKind, ControlOutcome, InFlight, NO_TRANSACTION};
 use crate::DqliteQueryResult;
+use sqlx_core::transaction::rollback_ansi_transaction_sql;
 
 /// Attempts for a request the server did not run (each may include a leader search).
 const MAX_ATTEMPTS: u32 = 3;
@@ -43,31 +45,75 @@ fn not_connected() -> Error {
 }
 
 impl DqliteConnection {
-    /// Drain abandoned responses and run queued rollbacks on the current session (if any).
-    /// A wire failure drops the session; it is not an error here.
+    /// Drain abandoned responses, settle a cancelled transaction-control statement, and run
+    /// queued rollbacks on the current session (if any). A wire failure drops the session; it
+    /// is not an error here. Cancel-safe: anything not yet settled stays recorded.
     pub(crate) async fn flush_pending(&mut self) -> Result<(), Error> {
-        let Some(session) = self.session.as_mut() else {
+        if self.session.is_none() {
+            self.pending_rollbacks.clear();
+            if let Some(in_flight) = self.control.take() {
+                settle(self, in_flight, ControlOutcome::Unknown);
+            }
             self.pending_rollbacks.clear();
             return Ok(());
+        }
+        let recovered = match self.session.as_mut() {
+            Some(session) if session.is_write_incomplete() || session.needs_recovery() => {
+                match session.recover().await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::info!(error = %e, "could not drain an abandoned response");
+                        self.lose_session();
+                        None
+                    }
+                }
+            }
+            _ => Some(Recovered::Nothing),
         };
-        if session.needs_recovery() {
-            if let Err(e) = session.recover().await {
-                tracing::info!(error = %e, "could not drain an abandoned response");
-                self.lose_session();
-                return Ok(());
+        if let Some(in_flight) = self.control.take() {
+            let outcome = match &recovered {
+                None => ControlOutcome::Unknown,
+                Some(Recovered::Nothing) => ControlOutcome::NotSent,
+                Some(Recovered::Reply(Ok(_))) | Some(Recovered::Drained) => ControlOutcome::Done,
+                Some(Recovered::Reply(Err(f))) => ControlOutcome::Failed(&f.message),
+            };
+            settle(self, in_flight, outcome);
+        } else if let Some(Recovered::Reply(Ok(Some(stmt)))) = recovered {
+            // A PREPARE whose caller went away: nobody will use the statement.
+            if let Some(session) = self.session.as_mut() {
+                match session.finalize(stmt).await {
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::info!(error = %e.into_inner(), "connection lost finalizing an orphan statement");
+                        self.lose_session();
+                    }
+                }
             }
         }
-        while !self.pending_rollbacks.is_empty() {
-            let sql = self.pending_rollbacks.remove(0);
+        while let Some(&level) = self.pending_rollbacks.first() {
             let Some(session) = self.session.as_mut() else {
+                self.pending_rollbacks.clear();
                 break;
             };
-            match session.exec(Target::Sql(&sql), &[]).await {
-                Ok(Ok(_)) => tracing::debug!(sql, "ran queued rollback"),
+            self.pending_rollbacks.remove(0);
+            let sql = rollback_ansi_transaction_sql(level);
+            self.control = Some(InFlight { kind: ControlKind::QueuedRollback, depth: level, abandoned: 0 });
+            let reply = session.exec(Target::Sql(sql.as_str()), &[]).await;
+            let in_flight = self.control.take().unwrap_or(InFlight {
+                kind: ControlKind::QueuedRollback,
+                depth: level,
+                abandoned: 0,
+            });
+            match reply {
+                Ok(Ok(_)) => tracing::debug!(sql = sql.as_str(), "ran queued rollback"),
                 Ok(Err(f)) => {
-                    tracing::warn!(code = f.code, message = %f.message, sql, "queued rollback failed");
                     if f.is_not_leader() {
                         self.lose_session();
+                    } else {
+                        if !f.message.contains(NO_TRANSACTION) {
+                            tracing::warn!(code = f.code, message = %f.message, sql = sql.as_str(), "queued rollback failed");
+                        }
+                        settle(self, in_flight, ControlOutcome::Failed(&f.message));
                     }
                 }
                 Err(e) => {
@@ -207,7 +253,8 @@ impl DqliteConnection {
                 }
                 Ok(Err(f)) => return Err(self.classify_failure(f, params.len())),
                 Err(WireError::NotSent(e)) => return Err(RunError::Retry(e)),
-                Err(WireError::Lost(e)) => return Err(RunError::Fatal(self.lost_after_send(e, false))),
+                // A QUERY may write (`INSERT ... RETURNING`): its outcome is unknown too.
+                Err(WireError::Lost(e)) => return Err(RunError::Fatal(self.lost_after_send(e, true))),
             }
         }
 
@@ -316,18 +363,26 @@ impl DqliteConnection {
                 }
                 Err(f.into_error())
             }
-            Err(e) => Err(self.lost_after_send(e, false)),
+            // The rest of a result set was lost: a writing query's outcome is unknown.
+            Err(e) => Err(self.lost_after_send(e, true)),
         }
     }
 
-    /// Transaction control (`BEGIN`, `COMMIT`, `SAVEPOINT`, ...) via EXEC_SQL.
-    /// `commit` marks a statement whose loss means "outcome unknown".
-    pub(crate) async fn exec_control(&mut self, sql: &str, commit: bool) -> Result<(), Error> {
+    /// Transaction control (`BEGIN`, `COMMIT`, `SAVEPOINT`, ...) via EXEC_SQL. While the
+    /// request is in flight it is recorded in `self.control`, so that a dropped future is
+    /// settled by the next use (see [`crate::transaction`]). A lost `COMMIT` is "outcome
+    /// unknown".
+    pub(crate) async fn exec_control(&mut self, sql: &str, kind: ControlKind) -> Result<(), Error> {
         let mut attempt = 1;
         loop {
             self.ready().await?;
+            debug_assert!(self.control.is_none(), "ready() settles any earlier control statement");
+            let depth = self.transaction_depth;
             let session = self.session.as_mut().ok_or_else(not_connected)?;
-            let retry_cause = match session.exec(Target::Sql(sql), &[]).await {
+            self.control = Some(InFlight { kind, depth, abandoned: 0 });
+            let reply = session.exec(Target::Sql(sql), &[]).await;
+            self.control = None;
+            let retry_cause = match reply {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(f)) if f.is_not_leader() => f.into_error(),
                 Ok(Err(f)) => {
@@ -338,7 +393,7 @@ impl DqliteConnection {
                 }
                 Err(WireError::NotSent(e)) => e,
                 Err(WireError::Lost(e)) => {
-                    if commit {
+                    if kind == ControlKind::Commit && depth == 1 {
                         self.lose_session();
                         return Err(Error::Database(Box::new(DqliteError::outcome_unknown(format!(
                             "connection to the dqlite leader lost after {sql} was sent ({e})"

@@ -79,6 +79,22 @@ enum Outstanding {
     Single,
     /// A query is streaming: ROWS messages up to DONE (or a FAILURE) are owed.
     Rows,
+    /// INTERRUPT was sent for an abandoned query: its remaining ROWS (or a FAILURE) and then
+    /// INTERRUPT's EMPTY are owed. (Never sent twice: a second EMPTY would answer the next
+    /// request.)
+    Interrupting,
+}
+
+/// What [`Session::recover`] found an abandoned request had done.
+#[derive(Debug)]
+pub(crate) enum Recovered {
+    /// Nothing was owed.
+    Nothing,
+    /// The owed single reply: success (with the statement id if it was a STMT reply, so the
+    /// caller can finalize a statement nobody will use) or a FAILURE.
+    Reply(Result<Option<StmtId>, Failure>),
+    /// An abandoned result set was interrupted and drained.
+    Drained,
 }
 
 /// Result of a request: `Ok(Ok(_))` success, `Ok(Err(failure))` a FAILURE reply (the server
@@ -148,24 +164,34 @@ impl Session {
         self.outstanding != Outstanding::None
     }
 
-    /// Consume whatever an abandoned request still owes, so the next request starts clean.
-    pub async fn recover(&mut self) -> Result<(), Error> {
+    /// Consume whatever an abandoned request still owes, so the next request starts clean, and
+    /// say what the server did with it. Cancel-safe: if this future is dropped, what is still
+    /// owed stays recorded and the next call continues.
+    pub async fn recover(&mut self) -> Result<Recovered, Error> {
         if self.stream.is_write_incomplete() {
             return Err(Error::Protocol("connection unusable: a request was cancelled while being written".into()));
         }
         match self.outstanding {
-            Outstanding::None => Ok(()),
+            Outstanding::None => Ok(Recovered::Nothing),
             Outstanding::Single => {
                 let frame = self.stream.recv().await?;
-                if let Ok(Response::Failure { code, message }) = frame.decode(self.stream.ctx()) {
-                    tracing::debug!(code, message, "discarded failure of an abandoned request");
-                }
                 self.outstanding = Outstanding::None;
-                Ok(())
+                let reply = match frame.decode(self.stream.ctx())? {
+                    Response::Failure { code, message } => {
+                        tracing::debug!(code, message, "failure of an abandoned request");
+                        Err(Failure { code, message: message.to_owned() })
+                    }
+                    Response::Stmt { id, .. } => Ok(Some(id)),
+                    _ => Ok(None),
+                };
+                Ok(Recovered::Reply(reply))
             }
-            Outstanding::Rows => {
-                tracing::debug!("interrupting an abandoned result set and draining it");
-                self.stream.send(&Request::Interrupt { db: self.db }).await.map_err(WireError::into_inner)?;
+            Outstanding::Rows | Outstanding::Interrupting => {
+                if self.outstanding == Outstanding::Rows {
+                    tracing::debug!("interrupting an abandoned result set and draining it");
+                    self.stream.send(&Request::Interrupt { db: self.db }).await.map_err(WireError::into_inner)?;
+                    self.outstanding = Outstanding::Interrupting;
+                }
                 let mut discarded = 0usize;
                 loop {
                     let frame = self.stream.recv().await?;
@@ -177,9 +203,14 @@ impl Session {
                 }
                 tracing::debug!(discarded, "result set drained");
                 self.outstanding = Outstanding::None;
-                Ok(())
+                Ok(Recovered::Drained)
             }
         }
+    }
+
+    /// True if the last request was cancelled while being written (the session is unusable).
+    pub fn is_write_incomplete(&self) -> bool {
+        self.stream.is_write_incomplete()
     }
 
     /// Send a request that has exactly one response message, and read it.
