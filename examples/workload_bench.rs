@@ -5,9 +5,9 @@
 //! kind, with a progress line every second.
 //!
 //! ```text
-//! cargo run --release --example bench -- --launch real --nodes 3 --workload kvwrite --workers 8
-//! cargo run --release --example bench -- --url 'dqlite://127.0.0.1:9001/bench.db?peers=127.0.0.1:9002'
-//! cargo run --release --example bench -- --sqlite /tmp/bench.sqlite --workload kvwrite
+//! cargo run --release --example workload_bench -- --launch real --nodes 3 --workload kvwrite --workers 8
+//! cargo run --release --example workload_bench -- --url 'dqlite://127.0.0.1:9001/bench.db?peers=127.0.0.1:9002'
+//! cargo run --release --example workload_bench -- --sqlite /tmp/bench.sqlite --workload kvwrite
 //! ```
 //!
 //! Targets: `--url dqlite://…` (any cluster speaking dqlite's protocol: real C dqlite or ours),
@@ -93,7 +93,7 @@ struct Args {
     seed: u64,
 }
 
-const USAGE: &str = "usage: bench (--url URL | --launch NAME [--nodes N] | --sqlite FILE)
+const USAGE: &str = "usage: workload_bench (--url URL | --launch NAME [--nodes N] | --sqlite FILE)
              [--workload kvwrite|kvreadwrite|bank|bulk|scan] [--workers W] [--duration SECS]
              [--seed S] [--label TEXT] [--json]";
 
