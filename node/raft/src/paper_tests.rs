@@ -209,9 +209,10 @@ fn s5_4_2_commit_only_current_term_entries_by_counting_replicas() {
     for p in [2, 3] {
         leader.step(msg(p, 1, t.0, MessageBody::RequestVoteResponse(crate::VoteResponse { granted: true }))).unwrap();
     }
-    assert!(leader.is_leader());
+    assert_eq!(leader.role, StateRole::Leader);
     let rd = leader.ready();
     leader.advance(&rd);
+    assert!(leader.is_leader());
     // The no-op of term t is at index 3. Follower 2 acknowledges only index 2 (term 2).
     assert_eq!(leader.log().term(LogIndex(3)), Some(t));
     leader
@@ -446,6 +447,11 @@ fn s8_client_read_index_waits_for_first_commit_in_term_and_fails_on_step_down() 
     n.campaign(false, false);
     let t = n.term();
     n.step(msg(2, 1, t.0, MessageBody::RequestVoteResponse(crate::VoteResponse { granted: true }))).unwrap();
+    assert_eq!(n.role, StateRole::Leader);
+    assert!(!n.is_leader(), "leader-elect until its no-op (and term) is durable");
+    assert_eq!(n.read_index(b"r".to_vec()), Err(Error::NotLeader { leader: None }));
+    let rd = n.ready();
+    n.advance(&rd);
     assert!(n.is_leader());
     n.read_index(b"r".to_vec()).unwrap();
     let rd = n.ready();
@@ -650,20 +656,27 @@ fn ready_contract_self_elected_leader_sends_nothing_before_its_term_is_durable()
     let mut conf = Configuration::with_voters([NodeId(1)]);
     conf.upsert(crate::Server { id: NodeId(2), address: String::new(), role: Role::Standby });
     let mut n = RawNode::restore(config(1, 2), HardState::default(), None, vec![RawNode::bootstrap_entry(&conf)]).unwrap();
-    while !n.is_leader() {
+    while n.role != StateRole::Leader {
         n.tick();
     }
+    assert!(!n.is_leader() && n.role() == StateRole::Candidate && n.leader().is_none(), "leader-elect");
     let rd = n.ready();
     assert!(rd.hard_state.is_some());
     assert!(rd.messages.is_empty(), "sent before the term is durable: {:?}", rd.messages);
     assert!(rd.persisted_messages.iter().any(|m| matches!(m.body, MessageBody::AppendEntries(_))));
-    n.propose(b"x".to_vec()).unwrap();
+    assert!(!rd.events.iter().any(|e| matches!(e, crate::Event::RoleChanged { role: StateRole::Leader, .. })));
+    assert!(matches!(n.propose(b"x".to_vec()), Err(Error::NotLeader { leader: None })));
+    n.tick();
     let rd2 = n.ready();
     assert!(rd2.messages.is_empty());
     n.advance(&rd);
-    // Once the no-op (and with it the term) is durable, appends go out at once again.
+    // Once the no-op (and with it the term) is durable, it is leader and says so.
+    assert!(n.is_leader() && n.leader() == Some(NodeId(1)));
     n.propose(b"y".to_vec()).unwrap();
     n.advance(&rd2);
+    let rd2b = n.ready();
+    assert!(rd2b.events.iter().any(|e| matches!(e, crate::Event::RoleChanged { role: StateRole::Leader, .. })));
+    n.advance(&rd2b);
     n.tick();
     n.tick();
     let rd3 = n.ready();
