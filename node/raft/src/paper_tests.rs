@@ -711,3 +711,23 @@ fn s6_membership_voter_demoted_by_uncommitted_change_may_still_campaign() {
         assert_eq!(n.role() == StateRole::PreCandidate, may, "commit {commit}");
     }
 }
+
+#[test]
+fn fig2_append_rule_5_follower_commit_stops_at_the_last_entry_the_leader_covered() {
+    // Follower n2 holds 2..=5 of term 1 (a stale suffix from an old leader: entries the new
+    // leader of term 2 may not have). The leader, whose commit index is 5 (its own, different
+    // entries), probes with an empty append at prev = 2: it vouches only for 1..=2.
+    let mut n = follower_with(2, 3, 2, &[entry(2, 1), entry(3, 1), entry(4, 1), entry(5, 1)]);
+    let ae = AppendEntries { prev_log_index: LogIndex(2), prev_log_term: Term(1), entries: vec![], leader_commit: LogIndex(5) };
+    n.step(msg(1, 2, 2, MessageBody::AppendEntries(ae))).unwrap();
+    assert_eq!(n.log().committed(), LogIndex(2), "commitIndex = min(leaderCommit, index of last new entry)");
+    // With one new entry the bound is prev + 1 (the entry conflicts and replaces 3@1).
+    let ae = AppendEntries { prev_log_index: LogIndex(2), prev_log_term: Term(1), entries: vec![entry(3, 2)], leader_commit: LogIndex(5) };
+    n.step(msg(1, 2, 2, MessageBody::AppendEntries(ae))).unwrap();
+    assert_eq!(n.log().committed(), LogIndex(3));
+    assert_eq!(n.log().last_index(), LogIndex(3), "the stale suffix was truncated");
+    // A heartbeat carries only what the leader knows matches.
+    let hb = crate::Heartbeat { commit: LogIndex(3), read_seq: 0 };
+    n.step(msg(1, 2, 2, MessageBody::Heartbeat(hb))).unwrap();
+    assert_eq!(n.log().committed(), LogIndex(3));
+}
