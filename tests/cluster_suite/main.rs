@@ -14,6 +14,7 @@ mod cli;
 mod coexistence;
 mod crud;
 mod errors;
+mod failures;
 mod example;
 mod migrate;
 mod params_limit;
