@@ -18,6 +18,7 @@ mod failures;
 mod example;
 mod migrate;
 mod params_limit;
+mod sqlite_compat;
 mod sqlx_test_attr;
 mod streaming;
 mod transactions;
