@@ -4,3 +4,5 @@ pub use dqlite_wire as wire;
 
 pub mod replication;
 pub mod storage;
+pub mod vfs;
+pub mod db;
