@@ -5,3 +5,5 @@ pub use dqlite_wire as wire;
 pub mod replication;
 pub mod storage;
 pub mod runtime;
+pub mod vfs;
+pub mod db;
