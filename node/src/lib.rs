@@ -5,3 +5,4 @@ pub use dqlite_wire as wire;
 pub mod replication;
 pub mod storage;
 pub mod transport;
+pub mod server;
