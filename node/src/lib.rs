@@ -7,3 +7,5 @@ pub mod storage;
 pub mod runtime;
 pub mod vfs;
 pub mod db;
+pub mod transport;
+pub mod server;
