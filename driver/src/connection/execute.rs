@@ -130,6 +130,11 @@ impl DqliteConnection {
     /// Make sure there is a usable session before sending a request.
     pub(crate) async fn ready(&mut self) -> Result<(), Error> {
         self.flush_pending().await?;
+        if self.migration_lock.is_some() && !self.in_migrate_step && self.transaction_depth == 0 {
+            // A request outside the migrator's steps: it finished without `unlock()` (an
+            // early error return). Release the lock first.
+            Box::pin(self.release_migration_lock()).await?;
+        }
         if let Some(session) = self.session.as_mut() {
             if !session.is_idle_alive() {
                 tracing::info!(leader = %session.leader(), "the dqlite leader closed the idle connection");
