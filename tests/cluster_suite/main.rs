@@ -8,14 +8,17 @@
 mod common;
 
 mod any;
+mod cancel;
 #[cfg(feature = "cli")]
 mod cli;
 mod coexistence;
 mod crud;
 mod errors;
+mod failures;
 mod example;
 mod migrate;
 mod params_limit;
+mod sqlite_compat;
 mod sqlx_test_attr;
 mod streaming;
 mod transactions;

@@ -1,0 +1,451 @@
+//! One client connection: read a request, dispatch it, write the reply; strictly one at a time.
+
+use std::io;
+use std::sync::Arc;
+
+use dqlite_wire::codes::{
+    DQLITE_NOTFOUND, DQLITE_PARSE, DQLITE_PROTO, SQLITE_BUSY, SQLITE_ERROR, SQLITE_IOERR_NOT_LEADER, SQLITE_NOTFOUND,
+};
+use dqlite_wire::header::{self, FrameStatus, Header, HEADER_LEN};
+use dqlite_wire::{
+    DbId, DecodeError, File, NodeInfo, NodeInfoFormat, Params, ProtocolVersion, Request, RequestType, Response,
+    RowsEnd, RowsWriter, Schema, StmtId, Value, ValueType, WireNodeId,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::backend::{BackendError, ClusterBackend, SqlBackend, SqlSession, Target};
+use super::{messages, Shared};
+
+/// How much to read at once when the buffer holds no whole message.
+const READ_CHUNK: usize = 16 << 10;
+
+struct OpenDb<Sess: SqlSession> {
+    session: Sess,
+    /// The leader term the database was opened in: a session does not survive a change.
+    term: u64,
+    /// Statement handles by wire id (ids are reused smallest-first, as dqlite does).
+    stmts: Vec<Option<Sess::Stmt>>,
+}
+
+struct Conn<S: SqlBackend, C> {
+    stream: TcpStream,
+    version: ProtocolVersion,
+    shared: Arc<Shared<S, C>>,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    db: Option<OpenDb<S::Session>>,
+    /// Set when the connection must close after the current reply.
+    closing: bool,
+}
+
+/// What a request handler decided.
+enum Outcome {
+    /// `wbuf` holds the reply.
+    Replied,
+    /// A query started: stream its rows.
+    Rows(Vec<String>),
+}
+
+fn failure(code: u64, message: &str) -> BackendError {
+    BackendError::new(code, message)
+}
+
+fn not_leader() -> BackendError {
+    failure(SQLITE_IOERR_NOT_LEADER, messages::NOT_LEADER)
+}
+
+fn no_database() -> BackendError {
+    failure(SQLITE_NOTFOUND, messages::NO_DATABASE)
+}
+
+pub(crate) async fn serve<S: SqlBackend, C: ClusterBackend>(
+    stream: TcpStream,
+    version: ProtocolVersion,
+    shared: Arc<Shared<S, C>>,
+) -> io::Result<()> {
+    let mut conn = Conn {
+        stream,
+        version,
+        shared,
+        rbuf: Vec::with_capacity(READ_CHUNK),
+        wbuf: Vec::with_capacity(8 << 10),
+        db: None,
+        closing: false,
+    };
+    conn.run().await
+}
+
+impl<S: SqlBackend, C: ClusterBackend> Conn<S, C> {
+    async fn run(&mut self) -> io::Result<()> {
+        loop {
+            let Some(frame) = self.read_request().await? else { return Ok(()) };
+            self.handle(&frame).await?;
+            if self.closing {
+                let _ = self.stream.shutdown().await;
+                return Ok(());
+            }
+        }
+    }
+
+    /// The next whole request (header + body), or `None` at a clean end of stream.
+    async fn read_request(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let max = self.shared.config.max_request_bytes;
+        loop {
+            match header::check(&self.rbuf, max) {
+                Ok(FrameStatus::Complete { len }) => {
+                    let rest = self.rbuf.split_off(len);
+                    return Ok(Some(std::mem::replace(&mut self.rbuf, rest)));
+                }
+                Ok(FrameStatus::Incomplete { needed }) => {
+                    let want = needed.max(READ_CHUNK);
+                    self.rbuf.reserve(want);
+                    let n = (&mut self.stream).take(want as u64).read_buf(&mut self.rbuf).await?;
+                    if n == 0 {
+                        if !self.rbuf.is_empty() {
+                            tracing::debug!(bytes = self.rbuf.len(), "client closed mid-request");
+                        }
+                        return Ok(None);
+                    }
+                }
+                Err(e) => {
+                    // Oversized: its body is never read; say why, then close.
+                    tracing::info!(error = %e, "request over the size limit; closing the connection");
+                    self.wbuf.clear();
+                    let _ = Response::Failure { code: DQLITE_PROTO, message: messages::REQUEST_TOO_LARGE }
+                        .encode(&mut self.wbuf);
+                    self.flush().await?;
+                    let _ = self.stream.shutdown().await;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        let r = self.stream.write_all(&self.wbuf).await;
+        self.wbuf.clear();
+        r
+    }
+
+    fn reply(&mut self, resp: &Response<'_>) {
+        self.wbuf.clear();
+        if let Err(e) = resp.encode(&mut self.wbuf) {
+            tracing::warn!(error = %e, "cannot encode a reply; sending a failure instead");
+            self.wbuf.clear();
+            let msg = format!("cannot encode the reply: {e}").replace('\0', " ");
+            let _ = Response::Failure { code: SQLITE_ERROR, message: &msg }.encode(&mut self.wbuf);
+        }
+    }
+
+    fn reply_failure(&mut self, e: &BackendError) {
+        // A NUL cannot travel in a text field.
+        let message = e.message.replace('\0', " ");
+        self.reply(&Response::Failure { code: e.code, message: &message });
+    }
+
+    async fn handle(&mut self, frame: &[u8]) -> io::Result<()> {
+        let header = match Header::decode(frame) {
+            Ok(h) => h,
+            Err(_) => return Ok(()), // cannot happen: read_request returned a whole message
+        };
+        let body = &frame[HEADER_LEN..];
+        let outcome = match Request::decode(&header, body) {
+            Ok(req) => self.dispatch(req).await,
+            Err(DecodeError::UnknownRequestType(t)) => {
+                tracing::debug!(request_type = t, "unknown request type");
+                Err(failure(DQLITE_PARSE, messages::UNRECOGNIZED_REQUEST))
+            }
+            Err(e) => {
+                tracing::debug!(request_type = header.message_type, error = %e, "malformed request");
+                Err(failure(DQLITE_PARSE, &e.to_string()))
+            }
+        };
+        match outcome {
+            Ok(Outcome::Replied) => self.flush().await,
+            Ok(Outcome::Rows(columns)) => self.stream_rows(columns).await,
+            Err(e) => {
+                self.reply_failure(&e);
+                self.flush().await
+            }
+        }
+    }
+
+    /// The open database, if this node still leads in the term it was opened in.
+    fn sql_db(&mut self, db: DbId) -> Result<&mut OpenDb<S::Session>, BackendError> {
+        let term = self.shared.cluster.leader_term();
+        match (term, &self.db) {
+            (None, open) => {
+                if open.is_some() {
+                    tracing::info!("not leader any more: closing this connection's database");
+                    self.db = None;
+                }
+                return Err(not_leader());
+            }
+            (Some(t), Some(open)) if open.term != t => {
+                tracing::info!("leadership changed since OPEN: closing this connection's database");
+                self.db = None;
+                return Err(no_database());
+            }
+            _ => {}
+        }
+        if db.0 != 0 {
+            return Err(no_database());
+        }
+        self.db.as_mut().ok_or_else(no_database)
+    }
+
+    fn require_leader(&self) -> Result<(), BackendError> {
+        self.shared.cluster.leader_term().map(|_| ()).ok_or_else(not_leader)
+    }
+
+    async fn dispatch(&mut self, req: Request<'_>) -> Result<Outcome, BackendError> {
+        let cluster = &self.shared.cluster;
+        match req {
+            Request::Leader => {
+                let (id, address) = if cluster.is_voter() {
+                    cluster.leader().unwrap_or((0, String::new()))
+                } else {
+                    (0, String::new())
+                };
+                match self.version {
+                    ProtocolVersion::V1 => self.reply(&Response::Server { id: WireNodeId(id), address: &address }),
+                    ProtocolVersion::Legacy => self.reply(&Response::ServerLegacy { address: &address }),
+                }
+            }
+            Request::Client { .. } => {
+                let ms = self.shared.config.heartbeat_timeout_ms;
+                self.reply(&Response::Welcome { heartbeat_timeout_ms: ms });
+            }
+            Request::Heartbeat { .. } => return Err(failure(DQLITE_PARSE, messages::UNRECOGNIZED_REQUEST)),
+            Request::Open { name, .. } => {
+                let term = cluster.leader_term().ok_or_else(not_leader)?;
+                if let Some(open) = &self.db {
+                    if open.term == term {
+                        return Err(failure(SQLITE_BUSY, messages::ALREADY_OPEN));
+                    }
+                    self.db = None;
+                }
+                let session = self.shared.sql.open(name).await?;
+                self.db = Some(OpenDb { session, term, stmts: Vec::new() });
+                self.reply(&Response::Db { id: DbId(0) });
+            }
+            Request::Prepare { db, sql, schema } => {
+                let open = self.sql_db(db)?;
+                let (stmt, info) = open.session.prepare(sql).await?;
+                if schema == Schema::V0 && info.has_tail {
+                    let _ = open.session.finalize(stmt).await;
+                    return Err(failure(SQLITE_ERROR, messages::NONEMPTY_TAIL));
+                }
+                let id = match open.stmts.iter().position(Option::is_none) {
+                    Some(free) => {
+                        open.stmts[free] = Some(stmt);
+                        free
+                    }
+                    None => {
+                        open.stmts.push(Some(stmt));
+                        open.stmts.len() - 1
+                    }
+                };
+                let id = StmtId(u32::try_from(id).map_err(|_| failure(SQLITE_ERROR, "too many statements"))?);
+                let tail_offset = (schema == Schema::V1).then_some(info.tail_offset);
+                self.reply(&Response::Stmt { db, id, params: info.params, tail_offset });
+            }
+            Request::Exec { db, stmt, params, .. } => {
+                let params = owned_params(&params)?;
+                let open = self.sql_db(db)?;
+                let handle = lookup(open, stmt)?;
+                let r = open.session.exec(Target::Stmt(handle), params).await?;
+                self.reply_exec(r);
+            }
+            Request::ExecSql { db, sql, params, .. } => {
+                let params = owned_params(&params)?;
+                let open = self.sql_db(db)?;
+                let r = open.session.exec(Target::Sql(sql), params).await?;
+                self.reply_exec(r);
+            }
+            Request::Query { db, stmt, params, .. } => {
+                let params = owned_params(&params)?;
+                let open = self.sql_db(db)?;
+                let handle = lookup(open, stmt)?;
+                let columns = open.session.query(Target::Stmt(handle), params).await?;
+                return Ok(Outcome::Rows(columns));
+            }
+            Request::QuerySql { db, sql, params, .. } => {
+                let params = owned_params(&params)?;
+                let open = self.sql_db(db)?;
+                let columns = open.session.query(Target::Sql(sql), params).await?;
+                return Ok(Outcome::Rows(columns));
+            }
+            Request::Finalize { db, stmt } => {
+                let open = match (&mut self.db, db) {
+                    (Some(open), DbId(0)) => open,
+                    _ => return Err(no_database()),
+                };
+                let handle = lookup(open, stmt)?;
+                open.stmts[stmt.0 as usize] = None;
+                open.session.finalize(handle).await?;
+                self.reply(&Response::Empty);
+            }
+            Request::Interrupt { .. } => {
+                // No query is streaming between requests: nothing to interrupt.
+                self.reply(&Response::Empty);
+            }
+            Request::Connect { id, .. } => {
+                tracing::warn!(node = id.0, "dqlite CONNECT (C Raft peer) refused");
+                self.closing = true;
+                return Err(failure(DQLITE_PROTO, messages::CONNECT_UNSUPPORTED));
+            }
+            Request::Add { id, address } => {
+                self.require_leader()?;
+                cluster.add(id.0, address.to_owned()).await?;
+                self.reply(&Response::Empty);
+            }
+            Request::Assign { id, role } => {
+                self.require_leader()?;
+                cluster.assign(id.0, role).await?;
+                self.reply(&Response::Empty);
+            }
+            Request::Remove { id } => {
+                self.require_leader()?;
+                cluster.remove(id.0).await?;
+                self.reply(&Response::Empty);
+            }
+            Request::Transfer { id } => {
+                self.require_leader()?;
+                cluster.transfer(id.0).await?;
+                self.reply(&Response::Empty);
+            }
+            Request::Dump { name } => {
+                let files = cluster.dump(name.to_owned()).await?;
+                if files.is_empty() {
+                    return Err(failure(DQLITE_NOTFOUND, messages::NO_SUCH_DATABASE));
+                }
+                let files: Vec<File<'_>> = files.iter().map(|f| File { name: &f.name, data: &f.data }).collect();
+                self.reply(&Response::Files { files });
+            }
+            Request::Cluster { format } => {
+                let members = cluster.members();
+                let nodes = members
+                    .iter()
+                    .map(|m| NodeInfo {
+                        id: WireNodeId(m.id),
+                        address: &m.address,
+                        role: (format == NodeInfoFormat::V1).then_some(m.role),
+                    })
+                    .collect();
+                self.reply(&Response::Servers { format, nodes });
+            }
+            Request::Describe { format } => {
+                if format != 0 {
+                    return Err(failure(DQLITE_PARSE, messages::UNRECOGNIZED_FORMAT));
+                }
+                let (failure_domain, weight) = cluster.describe();
+                self.reply(&Response::Metadata { failure_domain, weight });
+            }
+            Request::Weight { weight } => {
+                cluster.set_weight(weight);
+                self.reply(&Response::Empty);
+            }
+        }
+        Ok(Outcome::Replied)
+    }
+
+    fn reply_exec(&mut self, r: super::ExecResult) {
+        self.reply(&Response::ExecResult { last_insert_id: r.last_insert_id as u64, rows_affected: r.rows_affected });
+    }
+
+    /// Streams the running query's rows as ROWS messages (PART ... DONE), one batch in memory
+    /// at a time. An INTERRUPT that arrives meanwhile ends the stream early with EMPTY.
+    async fn stream_rows(&mut self, columns: Vec<String>) -> io::Result<()> {
+        let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+        let budget = self.shared.config.rows_budget_bytes;
+        loop {
+            let Some(open) = self.db.as_mut() else { return Ok(()) };
+            let batch = match open.session.next_rows(budget).await {
+                Ok(b) => b,
+                Err(e) => {
+                    self.reply_failure(&e);
+                    return self.flush().await;
+                }
+            };
+            self.wbuf.clear();
+            let encoded = encode_rows(&mut self.wbuf, &names, &batch.rows, batch.done);
+            if let Err(e) = encoded {
+                if let Some(open) = self.db.as_mut() {
+                    open.session.close_query().await;
+                }
+                self.reply_failure(&failure(SQLITE_ERROR, &format!("cannot encode a row: {e}")));
+                return self.flush().await;
+            }
+            self.flush().await?;
+            if batch.done {
+                return Ok(());
+            }
+            if self.interrupt_arrived()? {
+                if let Some(open) = self.db.as_mut() {
+                    open.session.close_query().await;
+                }
+                self.reply(&Response::Empty);
+                return self.flush().await;
+            }
+        }
+    }
+
+    /// Reads what the client already sent, without waiting; true if it is an INTERRUPT (which
+    /// is consumed). Any other request while rows stream breaks the protocol: the connection
+    /// is closed after a FAILURE.
+    fn interrupt_arrived(&mut self) -> io::Result<bool> {
+        loop {
+            self.rbuf.reserve(READ_CHUNK);
+            match self.stream.try_read_buf(&mut self.rbuf) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client closed during a query")),
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        let len = match header::check(&self.rbuf, self.shared.config.max_request_bytes) {
+            Ok(FrameStatus::Complete { len }) => len,
+            Ok(FrameStatus::Incomplete { .. }) => return Ok(false),
+            Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "oversized request during a query")),
+        };
+        let is_interrupt =
+            Header::decode(&self.rbuf).map(|h| h.message_type == RequestType::Interrupt.code()).unwrap_or(false);
+        if !is_interrupt {
+            tracing::info!("request while rows were streaming; closing the connection");
+            return Err(io::Error::new(io::ErrorKind::InvalidData, messages::REQUEST_WHILE_STREAMING));
+        }
+        self.rbuf.drain(..len);
+        Ok(true)
+    }
+}
+
+fn lookup<Sess: SqlSession>(open: &OpenDb<Sess>, stmt: StmtId) -> Result<Sess::Stmt, BackendError> {
+    open.stmts.get(stmt.0 as usize).copied().flatten().ok_or_else(|| failure(SQLITE_NOTFOUND, messages::NO_STATEMENT))
+}
+
+/// Owned parameters; UNIXTIME is server→client only.
+fn owned_params(params: &Params<'_>) -> Result<Vec<Value>, BackendError> {
+    let values = params.to_values();
+    if values.iter().any(|v| v.value_type() == ValueType::UnixTime) {
+        return Err(failure(SQLITE_ERROR, messages::BIND_PARAMETERS));
+    }
+    Ok(values)
+}
+
+fn encode_rows(
+    out: &mut Vec<u8>,
+    names: &[&str],
+    rows: &[Vec<Value>],
+    done: bool,
+) -> Result<(), dqlite_wire::EncodeError> {
+    let mut w = RowsWriter::begin(out, names, usize::MAX)?;
+    let mut refs = Vec::with_capacity(names.len());
+    for row in rows {
+        refs.clear();
+        refs.extend(row.iter().map(Value::as_ref));
+        w.push_row(&refs)?;
+    }
+    w.finish(if done { RowsEnd::Done } else { RowsEnd::Part })
+}

@@ -1,0 +1,221 @@
+//! The dqlite client-protocol server (PROTOCOL.md), on the node's one address.
+//!
+//! ```text
+//!  TcpListener ── accept ──► first word ─┬─ 1 / legacy ──► connection::serve  (one task per client)
+//!   (bounded: max_connections)           │                  read ─► header::check ─► Request::decode
+//!                                        │                  ─► dispatch ─► SqlBackend / ClusterBackend
+//!                                        │                  ─► Response::encode / ROWS batches ─► write
+//!                                        ├─ PEER_MAGIC ───► TcpTransport::serve_inbound (Raft traffic)
+//!                                        └─ anything else ─► closed
+//! ```
+//!
+//! The server owns the protocol's semantics: one request at a time per connection, leader
+//! checks (`10250 "not leader"`), `db_id` 0 and the OPEN-before-SQL rule, per-connection
+//! statement ids, PREPARE's statement tail, ROWS batching with PART/DONE and INTERRUPT, and
+//! the FAILURE codes and messages of [`messages`]. The work is done by the two backends of
+//! [`backend`]: an SQL backend (databases and statements) and a cluster backend (leadership
+//! and membership), which the node implements over its SQLite layer and Raft runtime.
+//!
+//! Robustness: a request whose header announces more than
+//! [`ServerConfig::max_request_bytes`] gets `FAILURE 1001 "request too large"` and the
+//! connection is closed (its body is never read); a request that does not decode gets
+//! `FAILURE 1005` with the decoder's reason and the connection goes on. Nothing reaches a
+//! backend unless the request decoded completely. No input panics the server.
+//!
+//! Memory per connection is bounded: one request (at most `max_request_bytes`) and one ROWS
+//! batch (about [`ServerConfig::rows_budget_bytes`]); the next batch is produced only after the
+//! previous one was written to the socket (backpressure).
+
+pub mod backend;
+mod connection;
+pub mod messages;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dqlite_wire::ProtocolVersion;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+pub use self::backend::{
+    BackendError, ClusterBackend, DumpFile, ExecResult, Member, PrepareInfo, RowBatch, SqlBackend, SqlSession, Target,
+};
+use crate::transport::frame::PEER_MAGIC;
+use crate::transport::TcpTransport;
+
+/// Settings of a [`Server`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest request body accepted (bigger: FAILURE and the connection is closed).
+    pub max_request_bytes: usize,
+    /// Target size of one ROWS message (dqlite: 4096 bytes, header included).
+    pub rows_budget_bytes: usize,
+    /// The value of WELCOME's heartbeat timeout (dqlite's default: 15 s).
+    pub heartbeat_timeout_ms: u64,
+    /// Bound on receiving the first word of a connection.
+    pub handshake_timeout: Duration,
+    /// Client and peer connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_request_bytes: dqlite_wire::DEFAULT_MAX_BODY_BYTES,
+            rows_budget_bytes: dqlite_wire::rows::DEFAULT_ROWS_BUDGET_BYTES,
+            heartbeat_timeout_ms: 15_000,
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+        }
+    }
+}
+
+pub(crate) struct Shared<S, C> {
+    pub(crate) sql: S,
+    pub(crate) cluster: C,
+    pub(crate) config: ServerConfig,
+}
+
+/// A client-protocol server over an SQL backend `S` and a cluster backend `C`.
+pub struct Server<S, C> {
+    shared: Arc<Shared<S, C>>,
+    peers: Option<TcpTransport>,
+}
+
+impl<S: SqlBackend, C: ClusterBackend> Server<S, C> {
+    /// A server over the two backends. Peer connections are refused until
+    /// [`with_peers`](Self::with_peers) gives it a transport.
+    pub fn new(config: ServerConfig, sql: S, cluster: C) -> Self {
+        Server { shared: Arc::new(Shared { sql, cluster, config }), peers: None }
+    }
+
+    /// Hands peer (Raft) connections on the same address to `transport`.
+    pub fn with_peers(mut self, transport: TcpTransport) -> Self {
+        self.peers = Some(transport);
+        self
+    }
+
+    /// Binds `address` and serves in a background task until the handle is shut down or dropped.
+    pub async fn bind(self, address: SocketAddr) -> io::Result<ServerHandle> {
+        let listener = TcpListener::bind(address).await?;
+        Ok(self.spawn(listener))
+    }
+
+    /// Serves `listener` in a background task.
+    pub fn spawn(self, listener: TcpListener) -> ServerHandle {
+        let local_addr = listener.local_addr().ok();
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(self.serve(listener, rx));
+        ServerHandle { local_addr, shutdown: tx, task: Some(task) }
+    }
+
+    /// The accept loop: runs until `shutdown` turns true (or its sender is dropped), then
+    /// stops accepting and closes every connection it serves.
+    pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let limit = Arc::new(Semaphore::new(self.shared.config.max_connections.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let permit = tokio::select! {
+                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            // Reap finished connections so the set stays as big as the live ones.
+            while tasks.try_join_next().is_some() {}
+            let (stream, remote) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let shared = self.shared.clone();
+            let peers = self.peers.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                route(stream, remote, shared, peers).await;
+            });
+        }
+        tracing::debug!(connections = tasks.len(), "server stopping");
+        tasks.shutdown().await;
+    }
+}
+
+async fn route<S: SqlBackend, C: ClusterBackend>(
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    shared: Arc<Shared<S, C>>,
+    peers: Option<TcpTransport>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut word = [0u8; 8];
+    match tokio::time::timeout(shared.config.handshake_timeout, stream.read_exact(&mut word)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "connection closed before the handshake");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "no handshake in time; closed");
+            return;
+        }
+    }
+    let word = u64::from_le_bytes(word);
+    if word == PEER_MAGIC {
+        match peers {
+            Some(t) => {
+                let _ = t.serve_inbound(stream).await;
+            }
+            None => tracing::warn!(%remote, "peer connection refused: this server has no transport"),
+        }
+        return;
+    }
+    let version = match word {
+        ProtocolVersion::V1_WORD => ProtocolVersion::V1,
+        ProtocolVersion::LEGACY_WORD => ProtocolVersion::Legacy,
+        other => {
+            tracing::debug!(%remote, word = format_args!("{other:#x}"), "unknown protocol version; closed");
+            return;
+        }
+    };
+    if let Err(e) = connection::serve(stream, version, shared).await {
+        tracing::debug!(%remote, error = %e, "client connection ended");
+    }
+}
+
+/// A running server. Dropping it stops the server too.
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The bound address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Stops accepting, closes every connection, and waits until that is done.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
