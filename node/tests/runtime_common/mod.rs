@@ -70,3 +70,16 @@ pub async fn assert_converged(kv: &KvCluster, ids: &[NodeId]) -> KvState {
         }
     }
 }
+
+/// Waits until every running node in `ids` reports (runtime metrics) applied index `>= index`.
+pub async fn wait_runtime_applied(c: &KvTestCluster, ids: &[NodeId], index: u64) {
+    let ok = dqlite_node::runtime::harness::wait_until(WAIT, || async {
+        ids.iter().all(|i| c.handle(*i).is_some_and(|h| h.metrics().applied_index >= index)).then_some(())
+    })
+    .await;
+    if ok.is_none() {
+        let now: Vec<(NodeId, u64)> =
+            ids.iter().map(|i| (*i, c.handle(*i).map_or(0, |h| h.metrics().applied_index))).collect();
+        panic!("runtime did not apply {index} in time: {now:?}");
+    }
+}
