@@ -4,5 +4,6 @@ pub use dqlite_wire as wire;
 
 pub mod replication;
 pub mod storage;
+pub mod runtime;
 pub mod transport;
 pub mod server;

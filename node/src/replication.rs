@@ -54,6 +54,13 @@ pub enum ProposeError {
         /// The limit.
         limit_bytes: usize,
     },
+    /// The disk is full: nothing was appended. The node keeps serving reads and takes writes
+    /// again once space returns (the db layer answers `SQLITE_FULL`).
+    #[error("disk full: {reason}")]
+    DiskFull {
+        /// What the storage reported.
+        reason: String,
+    },
     /// The runtime is shutting down or its storage is poisoned.
     #[error("node is stopping or its storage failed: {reason}")]
     Unavailable {

@@ -35,7 +35,7 @@ async fn node(id: u64, cluster: u64, listener: Option<TcpListener>) -> Node {
         None => TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
     let address = listener.local_addr().unwrap().to_string();
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(1024);
     let mut cfg = TransportConfig::new(NodeId(id));
     cfg.cluster_id = cluster;
     cfg.backoff_min = Duration::from_millis(10);

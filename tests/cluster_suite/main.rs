@@ -8,6 +8,7 @@
 mod common;
 
 mod any;
+mod cancel;
 #[cfg(feature = "cli")]
 mod cli;
 mod coexistence;

@@ -24,6 +24,8 @@ impl DqliteConnection {
             transaction_depth: 0,
             transaction_lost: false,
             pending_rollbacks: Vec::new(),
+            control: None,
+            begin_failed_at: None,
             ping_fresh: PING_FRESH,
         })
     }

@@ -14,9 +14,11 @@ use sqlx_core::Error;
 
 use super::{CachedStatement, DqliteConnection};
 use crate::error::DqliteError;
-use crate::protocol::session::{Batch, Failure, Target};
+use crate::protocol::session::{Batch, Failure, Recovered, Target};
 use crate::protocol::stream::WireError;
+use crate::transaction::{settle, ControlKind, ControlOutcome, InFlight, NO_TRANSACTION};
 use crate::DqliteQueryResult;
+use sqlx_core::transaction::rollback_ansi_transaction_sql;
 
 /// Attempts for a request the server did not run (each may include a leader search).
 const MAX_ATTEMPTS: u32 = 3;
@@ -39,38 +41,79 @@ enum RunError {
 }
 
 fn not_connected() -> Error {
-    Error::Io(std::io::Error::new(
-        std::io::ErrorKind::NotConnected,
-        "not connected to the dqlite leader",
-    ))
+    Error::Io(std::io::Error::new(std::io::ErrorKind::NotConnected, "not connected to the dqlite leader"))
 }
 
 impl DqliteConnection {
-    /// Drain abandoned responses and run queued rollbacks on the current session (if any).
-    /// A wire failure drops the session; it is not an error here.
+    /// Drain abandoned responses, settle a cancelled transaction-control statement, and run
+    /// queued rollbacks on the current session (if any). A wire failure drops the session; it
+    /// is not an error here. Cancel-safe: anything not yet settled stays recorded.
     pub(crate) async fn flush_pending(&mut self) -> Result<(), Error> {
-        let Some(session) = self.session.as_mut() else {
+        if self.session.is_none() {
+            self.pending_rollbacks.clear();
+            if let Some(in_flight) = self.control.take() {
+                settle(self, in_flight, ControlOutcome::Unknown);
+            }
             self.pending_rollbacks.clear();
             return Ok(());
+        }
+        let recovered = match self.session.as_mut() {
+            Some(session) if session.is_write_incomplete() || session.needs_recovery() => {
+                match session.recover().await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::info!(error = %e, "could not drain an abandoned response");
+                        self.lose_session();
+                        None
+                    }
+                }
+            }
+            _ => Some(Recovered::Nothing),
         };
-        if session.needs_recovery() {
-            if let Err(e) = session.recover().await {
-                tracing::info!(error = %e, "could not drain an abandoned response");
-                self.lose_session();
-                return Ok(());
+        if let Some(in_flight) = self.control.take() {
+            let outcome = match &recovered {
+                None => ControlOutcome::Unknown,
+                Some(Recovered::Nothing) => ControlOutcome::NotSent,
+                Some(Recovered::Reply(Ok(_))) | Some(Recovered::Drained) => ControlOutcome::Done,
+                Some(Recovered::Reply(Err(f))) => ControlOutcome::Failed(&f.message),
+            };
+            settle(self, in_flight, outcome);
+        } else if let Some(Recovered::Reply(Ok(Some(stmt)))) = recovered {
+            // A PREPARE whose caller went away: nobody will use the statement.
+            if let Some(session) = self.session.as_mut() {
+                match session.finalize(stmt).await {
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::info!(error = %e.into_inner(), "connection lost finalizing an orphan statement");
+                        self.lose_session();
+                    }
+                }
             }
         }
-        while !self.pending_rollbacks.is_empty() {
-            let sql = self.pending_rollbacks.remove(0);
+        while let Some(&level) = self.pending_rollbacks.first() {
             let Some(session) = self.session.as_mut() else {
+                self.pending_rollbacks.clear();
                 break;
             };
-            match session.exec(Target::Sql(&sql), &[]).await {
-                Ok(Ok(_)) => tracing::debug!(sql, "ran queued rollback"),
+            self.pending_rollbacks.remove(0);
+            let sql = rollback_ansi_transaction_sql(level);
+            self.control = Some(InFlight { kind: ControlKind::QueuedRollback, depth: level, abandoned: 0 });
+            let reply = session.exec(Target::Sql(sql.as_str()), &[]).await;
+            let in_flight = self.control.take().unwrap_or(InFlight {
+                kind: ControlKind::QueuedRollback,
+                depth: level,
+                abandoned: 0,
+            });
+            match reply {
+                Ok(Ok(_)) => tracing::debug!(sql = sql.as_str(), "ran queued rollback"),
                 Ok(Err(f)) => {
-                    tracing::warn!(code = f.code, message = %f.message, sql, "queued rollback failed");
                     if f.is_not_leader() {
                         self.lose_session();
+                    } else {
+                        if !f.message.contains(NO_TRANSACTION) {
+                            tracing::warn!(code = f.code, message = %f.message, sql = sql.as_str(), "queued rollback failed");
+                        }
+                        settle(self, in_flight, ControlOutcome::Failed(&f.message));
                     }
                 }
                 Err(e) => {
@@ -112,9 +155,7 @@ impl DqliteConnection {
             return RunError::Fatal(f.into_error());
         }
         if f.code == dqlite_wire::codes::DQLITE_PARSE && params > 255 {
-            return RunError::Fatal(Error::Database(Box::new(
-                DqliteError::too_many_parameters(params),
-            )));
+            return RunError::Fatal(Error::Database(Box::new(DqliteError::too_many_parameters(params))));
         }
         RunError::Fatal(f.into_error())
     }
@@ -142,17 +183,10 @@ impl DqliteConnection {
         if let Some(st) = self.statements.get_mut(sql) {
             return Ok(*st);
         }
-        let session = self
-            .session
-            .as_mut()
-            .ok_or_else(|| RunError::Retry(not_connected()))?;
+        let session = self.session.as_mut().ok_or_else(|| RunError::Retry(not_connected()))?;
         match session.prepare(sql).await {
             Ok(Ok((id, params))) => {
-                let st = CachedStatement {
-                    id,
-                    params,
-                    returns_rows: None,
-                };
+                let st = CachedStatement { id, params, returns_rows: None };
                 if let Some(evicted) = self.statements.insert(sql, st) {
                     match session.finalize(evicted.id).await {
                         Ok(Ok(())) => {}
@@ -179,12 +213,7 @@ impl DqliteConnection {
         }
     }
 
-    async fn run_once(
-        &mut self,
-        sql: &str,
-        params: &[WireValue],
-        prepared: bool,
-    ) -> Result<Started, RunError> {
+    async fn run_once(&mut self, sql: &str, params: &[WireValue], prepared: bool) -> Result<Started, RunError> {
         let (stmt, known): (Option<StmtId>, Option<bool>) = if prepared {
             let st = self.prepare_cached(sql).await?;
             if st.params != params.len() {
@@ -209,10 +238,7 @@ impl DqliteConnection {
         };
 
         if known != Some(false) {
-            let session = self
-                .session
-                .as_mut()
-                .ok_or_else(|| RunError::Retry(not_connected()))?;
+            let session = self.session.as_mut().ok_or_else(|| RunError::Retry(not_connected()))?;
             match session.query(target, params).await {
                 Ok(Ok(batch)) => {
                     if known.is_none() {
@@ -222,27 +248,21 @@ impl DqliteConnection {
                 }
                 // No result columns (not run), or (dqlite >= 1.18) several statements in
                 // QUERY_SQL (rejected at prepare time, not run): send EXEC instead.
-                Ok(Err(f))
-                    if f.is_no_columns()
-                        || (stmt.is_none() && f.message == "nonempty statement tail") =>
-                {
+                Ok(Err(f)) if f.is_no_columns() || (stmt.is_none() && f.is_nonempty_tail()) => {
                     self.remember(sql, prepared, false);
                 }
                 Ok(Err(f)) => return Err(self.classify_failure(f, params.len())),
                 Err(WireError::NotSent(e)) => return Err(RunError::Retry(e)),
-                Err(WireError::Lost(e)) => return Err(RunError::Fatal(self.lost_after_send(e, false))),
+                // A QUERY may write (`INSERT ... RETURNING`): its outcome is unknown too.
+                Err(WireError::Lost(e)) => return Err(RunError::Fatal(self.lost_after_send(e, true))),
             }
         }
 
-        let session = self
-            .session
-            .as_mut()
-            .ok_or_else(|| RunError::Retry(not_connected()))?;
+        let session = self.session.as_mut().ok_or_else(|| RunError::Retry(not_connected()))?;
         match session.exec(target, params).await {
-            Ok(Ok((rows_affected, last_insert_rowid))) => Ok(Started::Done(DqliteQueryResult {
-                rows_affected,
-                last_insert_rowid,
-            })),
+            Ok(Ok((rows_affected, last_insert_rowid))) => {
+                Ok(Started::Done(DqliteQueryResult { rows_affected, last_insert_rowid }))
+            }
             Ok(Err(f)) => Err(self.classify_failure(f, params.len())),
             Err(WireError::NotSent(e)) => Err(RunError::Retry(e)),
             Err(WireError::Lost(e)) => Err(RunError::Fatal(self.lost_after_send(e, true))),
@@ -250,12 +270,7 @@ impl DqliteConnection {
     }
 
     /// Run one statement: prepared (cached) when `prepared`, else as SQL text.
-    pub(crate) async fn run(
-        &mut self,
-        sql: &str,
-        params: &[WireValue],
-        prepared: bool,
-    ) -> Result<Started, Error> {
+    pub(crate) async fn run(&mut self, sql: &str, params: &[WireValue], prepared: bool) -> Result<Started, Error> {
         let mut attempt = 1;
         loop {
             self.ready().await?;
@@ -307,9 +322,7 @@ impl DqliteConnection {
                         }
                         return Ok(params);
                     }
-                    Ok(Err(f)) if !f.is_not_leader() => {
-                        return Err(f.into_error())
-                    }
+                    Ok(Err(f)) if !f.is_not_leader() => return Err(f.into_error()),
                     Ok(Err(f)) => {
                         self.lose_session();
                         if self.transaction_depth > 0 || attempt >= MAX_ATTEMPTS {
@@ -350,18 +363,26 @@ impl DqliteConnection {
                 }
                 Err(f.into_error())
             }
-            Err(e) => Err(self.lost_after_send(e, false)),
+            // The rest of a result set was lost: a writing query's outcome is unknown.
+            Err(e) => Err(self.lost_after_send(e, true)),
         }
     }
 
-    /// Transaction control (`BEGIN`, `COMMIT`, `SAVEPOINT`, ...) via EXEC_SQL.
-    /// `commit` marks a statement whose loss means "outcome unknown".
-    pub(crate) async fn exec_control(&mut self, sql: &str, commit: bool) -> Result<(), Error> {
+    /// Transaction control (`BEGIN`, `COMMIT`, `SAVEPOINT`, ...) via EXEC_SQL. While the
+    /// request is in flight it is recorded in `self.control`, so that a dropped future is
+    /// settled by the next use (see [`crate::transaction`]). A lost `COMMIT` is "outcome
+    /// unknown".
+    pub(crate) async fn exec_control(&mut self, sql: &str, kind: ControlKind) -> Result<(), Error> {
         let mut attempt = 1;
         loop {
             self.ready().await?;
+            debug_assert!(self.control.is_none(), "ready() settles any earlier control statement");
+            let depth = self.transaction_depth;
             let session = self.session.as_mut().ok_or_else(not_connected)?;
-            let retry_cause = match session.exec(Target::Sql(sql), &[]).await {
+            self.control = Some(InFlight { kind, depth, abandoned: 0 });
+            let reply = session.exec(Target::Sql(sql), &[]).await;
+            self.control = None;
+            let retry_cause = match reply {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(f)) if f.is_not_leader() => f.into_error(),
                 Ok(Err(f)) => {
@@ -372,13 +393,11 @@ impl DqliteConnection {
                 }
                 Err(WireError::NotSent(e)) => e,
                 Err(WireError::Lost(e)) => {
-                    if commit {
+                    if kind == ControlKind::Commit && depth == 1 {
                         self.lose_session();
-                        return Err(Error::Database(Box::new(DqliteError::outcome_unknown(
-                            format!(
-                                "connection to the dqlite leader lost after {sql} was sent ({e})"
-                            ),
-                        ))));
+                        return Err(Error::Database(Box::new(DqliteError::outcome_unknown(format!(
+                            "connection to the dqlite leader lost after {sql} was sent ({e})"
+                        )))));
                     }
                     return Err(self.lost_after_send(e, false));
                 }

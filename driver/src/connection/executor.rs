@@ -20,10 +20,7 @@ use sqlx_core::{Either, Error, HashMap};
 
 use super::{DqliteConnection, Started};
 use crate::protocol::session::Batch;
-use crate::{
-    Dqlite, DqliteArguments, DqliteColumn, DqliteQueryResult, DqliteRow, DqliteStatement,
-    DqliteTypeInfo,
-};
+use crate::{Dqlite, DqliteArguments, DqliteColumn, DqliteQueryResult, DqliteRow, DqliteStatement, DqliteTypeInfo};
 
 type Columns = (Arc<Vec<DqliteColumn>>, Arc<HashMap<UStr, usize>>);
 
@@ -89,9 +86,7 @@ impl DqliteConnection {
                         }
                         batch = self.next_batch().await?;
                     }
-                    yielder
-                        .r#yield(Either::Left(DqliteQueryResult::default()))
-                        .await;
+                    yielder.r#yield(Either::Left(DqliteQueryResult::default())).await;
                 }
             }
             drop(logger);
@@ -110,10 +105,7 @@ impl DqliteConnection {
 impl<'c> Executor<'c> for &'c mut DqliteConnection {
     type Database = Dqlite;
 
-    fn fetch_many<'e, 'q, E>(
-        self,
-        mut query: E,
-    ) -> BoxStream<'e, Result<Either<DqliteQueryResult, DqliteRow>, Error>>
+    fn fetch_many<'e, 'q, E>(self, mut query: E) -> BoxStream<'e, Result<Either<DqliteQueryResult, DqliteRow>, Error>>
     where
         'c: 'e,
         E: 'q + Execute<'q, Dqlite>,
@@ -128,10 +120,7 @@ impl<'c> Executor<'c> for &'c mut DqliteConnection {
         }
     }
 
-    fn fetch_optional<'e, 'q, E>(
-        self,
-        query: E,
-    ) -> BoxFuture<'e, Result<Option<DqliteRow>, Error>>
+    fn fetch_optional<'e, 'q, E>(self, query: E) -> BoxFuture<'e, Result<Option<DqliteRow>, Error>>
     where
         'c: 'e,
         E: 'q + Execute<'q, Dqlite>,
@@ -149,10 +138,7 @@ impl<'c> Executor<'c> for &'c mut DqliteConnection {
         })
     }
 
-    fn execute_many<'e, 'q, E>(
-        self,
-        query: E,
-    ) -> BoxStream<'e, Result<DqliteQueryResult, Error>>
+    fn execute_many<'e, 'q, E>(self, query: E) -> BoxStream<'e, Result<DqliteQueryResult, Error>>
     where
         'c: 'e,
         E: 'q + Execute<'q, Dqlite>,
@@ -194,11 +180,7 @@ impl<'c> Executor<'c> for &'c mut DqliteConnection {
         Box::pin(async move {
             let parameters = self.prepare_only(sql.as_str()).await?;
             // dqlite does not expose result columns without running the statement.
-            Ok(Describe {
-                columns: Vec::new(),
-                parameters: Some(Either::Right(parameters)),
-                nullable: Vec::new(),
-            })
+            Ok(Describe { columns: Vec::new(), parameters: Some(Either::Right(parameters)), nullable: Vec::new() })
         })
     }
 }

@@ -33,6 +33,7 @@ use sqlx_core::Error;
 
 use crate::error::DqliteError;
 use crate::protocol::session::Session;
+use crate::transaction::InFlight;
 use crate::{Dqlite, DqliteConnectOptions};
 
 pub(crate) use execute::Started;
@@ -57,8 +58,14 @@ pub struct DqliteConnection {
     pub(crate) transaction_depth: usize,
     /// The session died inside a transaction: the transaction is gone on the server.
     pub(crate) transaction_lost: bool,
-    /// Rollbacks queued by dropped transactions, run before the next request.
-    pub(crate) pending_rollbacks: Vec<String>,
+    /// Levels whose rollback was queued by dropped transactions, run before the next request.
+    pub(crate) pending_rollbacks: Vec<usize>,
+    /// A transaction-control statement whose reply has not been read (its future may have
+    /// been dropped); settled before the next request.
+    pub(crate) control: Option<InFlight>,
+    /// `begin()` failed at this depth: the dropped `Transaction`'s `start_rollback` must not
+    /// roll back the level below.
+    pub(crate) begin_failed_at: Option<usize>,
     /// `ping()` skips its round trip if the leader answered more recently than this.
     pub(crate) ping_fresh: std::time::Duration,
 }
@@ -79,6 +86,12 @@ impl DqliteConnection {
     /// connection was lost; the next request reconnects).
     pub fn leader_address(&self) -> Option<String> {
         self.session.as_ref().map(|s| s.leader().to_string())
+    }
+
+    /// Transaction depth as the server sees it: 0 outside a transaction, 1 inside one, more
+    /// inside savepoints (cancelled control statements are settled by the next use first).
+    pub fn transaction_depth(&self) -> usize {
+        self.transaction_depth
     }
 
     /// The options this connection was made with.
@@ -138,10 +151,7 @@ impl Connection for DqliteConnection {
     async fn ping(&mut self) -> Result<(), Error> {
         self.flush_pending().await?;
         let alive = self.session.as_mut().is_some_and(Session::is_idle_alive);
-        let fresh = self
-            .session
-            .as_ref()
-            .is_some_and(|s| s.since_last_response() < self.ping_fresh);
+        let fresh = self.session.as_ref().is_some_and(|s| s.since_last_response() < self.ping_fresh);
         if alive && fresh {
             return Ok(());
         }
@@ -155,10 +165,7 @@ impl Connection for DqliteConnection {
                 )));
             }
         };
-        match session
-            .query(crate::protocol::session::Target::Sql("SELECT 1"), &[])
-            .await
-        {
+        match session.query(crate::protocol::session::Target::Sql("SELECT 1"), &[]).await {
             Ok(Ok(batch)) if batch.done => Ok(()),
             Ok(Ok(_)) => Err(Error::Protocol("SELECT 1 returned more than one batch".into())),
             Ok(Err(f)) => {
@@ -174,9 +181,7 @@ impl Connection for DqliteConnection {
         }
     }
 
-    fn begin(
-        &mut self,
-    ) -> impl Future<Output = Result<Transaction<'_, Dqlite>, Error>> + Send + '_ {
+    fn begin(&mut self) -> impl Future<Output = Result<Transaction<'_, Dqlite>, Error>> + Send + '_ {
         Transaction::begin(self, None)
     }
 
@@ -199,6 +204,7 @@ impl Connection for DqliteConnection {
 
     fn should_flush(&self) -> bool {
         !self.pending_rollbacks.is_empty()
+            || self.control.is_some()
             || self.session.as_ref().is_some_and(Session::needs_recovery)
     }
 }

@@ -9,7 +9,7 @@ use sqlx_core::executor::Executor;
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
 
-use crate::protocol::fake::{Fault, FakeNode, BATCH_ROWS};
+use crate::protocol::fake::{FakeNode, Fault, BATCH_ROWS};
 use crate::{dqlite_error, is_outcome_unknown, DqliteConnectOptions, DqliteConnection};
 
 fn opts(nodes: &[&FakeNode]) -> DqliteConnectOptions {
@@ -58,19 +58,13 @@ async fn discovery_follows_the_redirect() {
 #[tokio::test]
 async fn discovery_retries_until_a_leader_is_known_and_gives_up_after_the_budget() {
     let node = FakeNode::leader().await;
-    node.state
-        .leader_unknown_for
-        .store(3, std::sync::atomic::Ordering::SeqCst);
+    node.state.leader_unknown_for.store(3, std::sync::atomic::Ordering::SeqCst);
     let conn = opts(&[&node]).connect().await.expect("connect after retries");
     assert_eq!(conn.leader_address().unwrap(), node.addr);
     assert_eq!(node.count("LEADER"), 4);
 
     let lost = FakeNode::start().await; // never knows a leader
-    let err = opts(&[&lost])
-        .leader_timeout(Duration::from_millis(400))
-        .connect()
-        .await
-        .expect_err("no leader");
+    let err = opts(&[&lost]).leader_timeout(Duration::from_millis(400)).connect().await.expect_err("no leader");
     assert!(err.to_string().contains("no available dqlite leader"), "{err}");
 }
 
@@ -99,11 +93,8 @@ async fn rows_stream_across_part_batches_and_are_read_on_demand() {
     assert_eq!(log[i + 1], "QUERY_SQL SELECT 25");
 
     // A fully consumed stream needs no recovery.
-    let all: Vec<_> = query(sqlx_core::sql_str::AssertSqlSafe(format!("SELECT {n}")))
-        .fetch(&mut conn)
-        .try_collect()
-        .await
-        .unwrap();
+    let all: Vec<_> =
+        query(sqlx_core::sql_str::AssertSqlSafe(format!("SELECT {n}"))).fetch(&mut conn).try_collect().await.unwrap();
     assert_eq!(all.len(), n);
     assert!(!conn.session.as_ref().unwrap().needs_recovery());
 }
@@ -113,11 +104,7 @@ async fn statements_without_columns_fall_back_to_exec_once() {
     let node = FakeNode::leader().await;
     let mut conn = opts(&[&node]).connect().await.unwrap();
     for _ in 0..3 {
-        let r = query("INSERT INTO t VALUES (?)")
-            .bind(1i64)
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        let r = query("INSERT INTO t VALUES (?)").bind(1i64).execute(&mut conn).await.unwrap();
         assert_eq!((r.rows_affected(), r.last_insert_rowid()), (1, 7));
     }
     assert_eq!(node.count("PREPARE"), 1);
@@ -203,10 +190,7 @@ async fn leadership_lost_during_commit_is_outcome_unknown_and_not_replayed() {
     node.fault("EXEC_SQL COMMIT", Fault::Fail(10506, "leadership lost"));
     let err = tx.commit().await.expect_err("outcome unknown");
     assert!(is_outcome_unknown(&err), "{err}");
-    assert_eq!(
-        err.as_database_error().unwrap().kind(),
-        sqlx_core::error::ErrorKind::Other
-    );
+    assert_eq!(err.as_database_error().unwrap().kind(), sqlx_core::error::ErrorKind::Other);
     assert_eq!(node.count("EXEC_SQL COMMIT"), 1);
     assert_eq!(conn.transaction_depth, 0);
     // The connection reconnects for the next statement; no ROLLBACK/COMMIT is replayed.
@@ -235,10 +219,11 @@ async fn autocommit_write_lost_after_send_is_not_retried() {
     let err = conn.execute("DELETE FROM t").await.expect_err("lost");
     assert!(is_outcome_unknown(&err), "{err}");
     assert_eq!(node.count("EXEC_SQL DELETE FROM t"), 2);
-    // A read lost after send is a plain I/O error, not retried either.
+    // A QUERY lost after send may have written (`INSERT ... RETURNING`): outcome unknown too,
+    // and not retried either.
     node.fault("QUERY_SQL SELECT 5", Fault::Close);
     let err = query("SELECT 5").fetch_all(&mut conn).await.expect_err("lost");
-    assert!(matches!(err, sqlx_core::Error::Io(_)), "{err}");
+    assert!(is_outcome_unknown(&err), "{err}");
     assert_eq!(node.count("QUERY_SQL SELECT 5"), 1);
 }
 
@@ -307,11 +292,7 @@ async fn dropped_transaction_rolls_back_before_the_next_request() {
 #[tokio::test]
 async fn request_timeout_drops_a_silent_leader_and_reports_the_write_unknown() {
     let node = FakeNode::leader().await;
-    let mut conn = opts(&[&node])
-        .request_timeout(Duration::from_millis(200))
-        .connect()
-        .await
-        .unwrap();
+    let mut conn = opts(&[&node]).request_timeout(Duration::from_millis(200)).connect().await.unwrap();
     conn.execute("UPDATE t SET x = 1").await.unwrap();
     node.fault("EXEC_SQL UPDATE", Fault::Hang);
     let err = conn.execute("UPDATE t SET x = 1").await.expect_err("timed out");
@@ -338,12 +319,7 @@ async fn a_forgotten_statement_is_prepared_again() {
 async fn argument_count_must_match_the_prepared_statement() {
     let node = FakeNode::leader().await;
     let mut conn = opts(&[&node]).connect().await.unwrap();
-    let err = query("INSERT INTO t VALUES (?)")
-        .bind(1i64)
-        .bind(2i64)
-        .execute(&mut conn)
-        .await
-        .expect_err("mismatch");
+    let err = query("INSERT INTO t VALUES (?)").bind(1i64).bind(2i64).execute(&mut conn).await.expect_err("mismatch");
     assert!(matches!(err, sqlx_core::Error::InvalidArgument(_)), "{err}");
     assert_eq!(node.count("EXEC") + node.count("QUERY #"), 0, "nothing ran");
 }

@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use dqlite_wire::header;
 use dqlite_wire::value::ValueRef;
-use dqlite_wire::{
-    DbId, Request, Response, RowsBatch, RowsEnd, StmtId, WireNodeId, DEFAULT_MAX_BODY_BYTES,
-};
+use dqlite_wire::{DbId, Request, Response, RowsBatch, RowsEnd, StmtId, WireNodeId, DEFAULT_MAX_BODY_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -147,9 +145,8 @@ async fn send(sock: &mut TcpStream, resp: &Response<'_>) -> bool {
 async fn send_rows(sock: &mut TcpStream, n: usize) -> bool {
     let total_batches = n.div_ceil(BATCH_ROWS).max(1);
     for b in 0..total_batches {
-        let rows: Vec<Vec<ValueRef<'_>>> = (b * BATCH_ROWS..((b + 1) * BATCH_ROWS).min(n))
-            .map(|i| vec![ValueRef::Integer(i as i64)])
-            .collect();
+        let rows: Vec<Vec<ValueRef<'_>>> =
+            (b * BATCH_ROWS..((b + 1) * BATCH_ROWS).min(n)).map(|i| vec![ValueRef::Integer(i as i64)]).collect();
         let batch = RowsBatch {
             columns: vec!["n"],
             rows,
@@ -207,14 +204,10 @@ async fn serve(mut sock: TcpStream, st: Arc<FakeState>) {
             None => {}
         }
         // Rows are produced here (they need the SQL or statement).
-        if let Some(n) = desc
-            .strip_prefix("QUERY_SQL ")
-            .and_then(row_count)
-            .or_else(|| {
-                let id: usize = desc.strip_prefix("QUERY #")?.split(' ').next()?.parse().ok()?;
-                row_count(stmts.get(id)?)
-            })
-        {
+        if let Some(n) = desc.strip_prefix("QUERY_SQL ").and_then(row_count).or_else(|| {
+            let id: usize = desc.strip_prefix("QUERY #")?.split(' ').next()?.parse().ok()?;
+            row_count(stmts.get(id)?)
+        }) {
             if st.is_leader.load(Ordering::SeqCst) {
                 if !send_rows(&mut sock, n).await {
                     return;
@@ -232,13 +225,11 @@ async fn serve(mut sock: TcpStream, st: Arc<FakeState>) {
 
 fn handle(req: &Request<'_>, st: &FakeState, stmts: &mut Vec<String>) -> Vec<Response<'static>> {
     let leader = st.is_leader.load(Ordering::SeqCst);
-    let not_leader = || vec![Response::Failure { code: 10250, message: "not leader" }];
+    let not_leader = || vec![dqlite_wire::failure::NOT_LEADER.response()];
     match req {
         Request::Leader => {
-            let unknown = st
-                .leader_unknown_for
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
+            let unknown =
+                st.leader_unknown_for.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
             let addr = if unknown { String::new() } else { st.leader.lock().unwrap().clone() };
             let addr: &'static str = Box::leak(addr.into_boxed_str());
             vec![Response::Server { id: WireNodeId(u64::from(!addr.is_empty())), address: addr }]
@@ -260,7 +251,7 @@ fn handle(req: &Request<'_>, st: &FakeState, stmts: &mut Vec<String>) -> Vec<Res
         }
         // QUERY of something that is not `SELECT n`: no result columns.
         Request::Query { .. } | Request::QuerySql { .. } => {
-            vec![Response::Failure { code: 1, message: "not an error" }]
+            vec![dqlite_wire::failure::NOT_AN_ERROR.response()]
         }
         Request::Exec { .. } | Request::ExecSql { .. } => {
             vec![Response::ExecResult { last_insert_id: 7, rows_affected: 1 }]

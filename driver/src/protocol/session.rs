@@ -5,6 +5,7 @@
 //! request first calls [`Session::recover`], which reads the missing response — for a query,
 //! after sending INTERRUPT, every remaining ROWS batch up to the EMPTY reply (PROTOCOL.md §5.2).
 
+use dqlite_wire::failure;
 use dqlite_wire::value::Value as WireValue;
 use dqlite_wire::{DbId, Params, Request, Response, RowsEnd, Schema, StmtId};
 use sqlx_core::Error;
@@ -29,21 +30,23 @@ impl Failure {
     /// QUERY of a statement without result columns: dqlite rejects it (before stepping it)
     /// with SQLITE_ERROR and SQLite's "not an error" message.
     pub fn is_no_columns(&self) -> bool {
-        self.code == dqlite_wire::codes::SQLITE_ERROR && self.message == "not an error"
+        failure::NOT_AN_ERROR.matches(self.code, &self.message)
     }
 
     /// The prepared statement id is unknown to the server (the request did not run).
     pub fn is_unknown_statement(&self) -> bool {
-        self.code == dqlite_wire::codes::SQLITE_NOTFOUND
-            && self.message == "no statement with the given id"
+        failure::NO_STATEMENT.matches(self.code, &self.message)
     }
 
     /// The server did not run the request because this connection no longer has a database
     /// on a leader: not leader, or (after leadership loss) "no database opened".
     pub fn is_not_leader(&self) -> bool {
-        dqlite_wire::codes::is_not_leader(self.code)
-            || (self.code == dqlite_wire::codes::SQLITE_NOTFOUND
-                && self.message == "no database opened")
+        dqlite_wire::codes::is_not_leader(self.code) || failure::NO_DATABASE_OPENED.matches(self.code, &self.message)
+    }
+
+    /// dqlite >= 1.18: QUERY_SQL of several statements, refused before running anything.
+    pub fn is_nonempty_tail(&self) -> bool {
+        failure::NONEMPTY_STATEMENT_TAIL.matches(self.code, &self.message)
     }
 }
 
@@ -76,6 +79,22 @@ enum Outstanding {
     Single,
     /// A query is streaming: ROWS messages up to DONE (or a FAILURE) are owed.
     Rows,
+    /// INTERRUPT was sent for an abandoned query: its remaining ROWS (or a FAILURE) and then
+    /// INTERRUPT's EMPTY are owed. (Never sent twice: a second EMPTY would answer the next
+    /// request.)
+    Interrupting,
+}
+
+/// What [`Session::recover`] found an abandoned request had done.
+#[derive(Debug)]
+pub(crate) enum Recovered {
+    /// Nothing was owed.
+    Nothing,
+    /// The owed single reply: success (with the statement id if it was a STMT reply, so the
+    /// caller can finalize a statement nobody will use) or a FAILURE.
+    Reply(Result<Option<StmtId>, Failure>),
+    /// An abandoned result set was interrupted and drained.
+    Drained,
 }
 
 /// Result of a request: `Ok(Ok(_))` success, `Ok(Err(failure))` a FAILURE reply (the server
@@ -92,10 +111,7 @@ pub(crate) struct Session {
 }
 
 fn unexpected(what: &str, resp: &Response<'_>) -> Error {
-    Error::Protocol(format!(
-        "unexpected dqlite response to {what}: {:?}",
-        resp.response_type()
-    ))
+    Error::Protocol(format!("unexpected dqlite response to {what}: {:?}", resp.response_type()))
 }
 
 fn schema_for(params: usize) -> Schema {
@@ -110,25 +126,13 @@ impl Session {
     /// Wrap a stream connected to the leader (after CLIENT) and OPEN `database`.
     pub async fn open(mut stream: WireStream, database: &str) -> Result<Result<Self, Failure>, Error> {
         stream
-            .send(&Request::Open {
-                name: database,
-                flags: 0,
-                vfs: "volatile",
-            })
+            .send(&Request::Open { name: database, flags: 0, vfs: "volatile" })
             .await
             .map_err(WireError::into_inner)?;
         let frame = stream.recv().await?;
         match frame.decode(stream.ctx())? {
-            Response::Db { id } => Ok(Ok(Session {
-                stream,
-                db: id,
-                outstanding: Outstanding::None,
-                params32: None,
-            })),
-            Response::Failure { code, message } => Ok(Err(Failure {
-                code,
-                message: message.to_owned(),
-            })),
+            Response::Db { id } => Ok(Ok(Session { stream, db: id, outstanding: Outstanding::None, params32: None })),
+            Response::Failure { code, message } => Ok(Err(Failure { code, message: message.to_owned() })),
             other => Err(unexpected("OPEN", &other)),
         }
     }
@@ -160,29 +164,34 @@ impl Session {
         self.outstanding != Outstanding::None
     }
 
-    /// Consume whatever an abandoned request still owes, so the next request starts clean.
-    pub async fn recover(&mut self) -> Result<(), Error> {
+    /// Consume whatever an abandoned request still owes, so the next request starts clean, and
+    /// say what the server did with it. Cancel-safe: if this future is dropped, what is still
+    /// owed stays recorded and the next call continues.
+    pub async fn recover(&mut self) -> Result<Recovered, Error> {
         if self.stream.is_write_incomplete() {
-            return Err(Error::Protocol(
-                "connection unusable: a request was cancelled while being written".into(),
-            ));
+            return Err(Error::Protocol("connection unusable: a request was cancelled while being written".into()));
         }
         match self.outstanding {
-            Outstanding::None => Ok(()),
+            Outstanding::None => Ok(Recovered::Nothing),
             Outstanding::Single => {
                 let frame = self.stream.recv().await?;
-                if let Ok(Response::Failure { code, message }) = frame.decode(self.stream.ctx()) {
-                    tracing::debug!(code, message, "discarded failure of an abandoned request");
-                }
                 self.outstanding = Outstanding::None;
-                Ok(())
+                let reply = match frame.decode(self.stream.ctx())? {
+                    Response::Failure { code, message } => {
+                        tracing::debug!(code, message, "failure of an abandoned request");
+                        Err(Failure { code, message: message.to_owned() })
+                    }
+                    Response::Stmt { id, .. } => Ok(Some(id)),
+                    _ => Ok(None),
+                };
+                Ok(Recovered::Reply(reply))
             }
-            Outstanding::Rows => {
-                tracing::debug!("interrupting an abandoned result set and draining it");
-                self.stream
-                    .send(&Request::Interrupt { db: self.db })
-                    .await
-                    .map_err(WireError::into_inner)?;
+            Outstanding::Rows | Outstanding::Interrupting => {
+                if self.outstanding == Outstanding::Rows {
+                    tracing::debug!("interrupting an abandoned result set and draining it");
+                    self.stream.send(&Request::Interrupt { db: self.db }).await.map_err(WireError::into_inner)?;
+                    self.outstanding = Outstanding::Interrupting;
+                }
                 let mut discarded = 0usize;
                 loop {
                     let frame = self.stream.recv().await?;
@@ -194,9 +203,14 @@ impl Session {
                 }
                 tracing::debug!(discarded, "result set drained");
                 self.outstanding = Outstanding::None;
-                Ok(())
+                Ok(Recovered::Drained)
             }
         }
+    }
+
+    /// True if the last request was cancelled while being written (the session is unusable).
+    pub fn is_write_incomplete(&self) -> bool {
+        self.stream.is_write_incomplete()
     }
 
     /// Send a request that has exactly one response message, and read it.
@@ -211,23 +225,14 @@ impl Session {
 
     fn failure(resp: &Response<'_>) -> Option<Failure> {
         match resp {
-            Response::Failure { code, message } => Some(Failure {
-                code: *code,
-                message: (*message).to_owned(),
-            }),
+            Response::Failure { code, message } => Some(Failure { code: *code, message: (*message).to_owned() }),
             _ => None,
         }
     }
 
     /// PREPARE: `(statement id, parameter count)`.
     pub async fn prepare(&mut self, sql: &str) -> Reply<(StmtId, usize)> {
-        let frame = self
-            .single(&Request::Prepare {
-                db: self.db,
-                sql,
-                schema: Schema::V0,
-            })
-            .await?;
+        let frame = self.single(&Request::Prepare { db: self.db, sql, schema: Schema::V0 }).await?;
         let resp = frame.decode(self.stream.ctx()).map_err(WireError::Lost)?;
         if let Some(f) = Self::failure(&resp) {
             return Ok(Err(f));
@@ -240,9 +245,7 @@ impl Session {
 
     /// FINALIZE a prepared statement.
     pub async fn finalize(&mut self, stmt: StmtId) -> Reply<()> {
-        let frame = self
-            .single(&Request::Finalize { db: self.db, stmt })
-            .await?;
+        let frame = self.single(&Request::Finalize { db: self.db, stmt }).await?;
         let resp = frame.decode(self.stream.ctx()).map_err(WireError::Lost)?;
         if let Some(f) = Self::failure(&resp) {
             return Ok(Err(f));
@@ -265,13 +268,7 @@ impl Session {
         if let Some(known) = self.params32 {
             return Ok(known);
         }
-        let frame = self
-            .single(&Request::Prepare {
-                db: self.db,
-                sql: "SELECT 1",
-                schema: Schema::V1,
-            })
-            .await?;
+        let frame = self.single(&Request::Prepare { db: self.db, sql: "SELECT 1", schema: Schema::V1 }).await?;
         let resp = frame.decode(self.stream.ctx()).map_err(WireError::Lost)?;
         let (supported, stmt) = match resp {
             Response::Stmt { id, tail_offset, .. } => (tail_offset.is_some(), Some(id)),
@@ -304,40 +301,15 @@ impl Session {
 
     /// The EXEC, EXEC_SQL, QUERY or QUERY_SQL request running `target` with `params`, in the
     /// smallest params schema that holds them.
-    fn statement_request<'r>(
-        &self,
-        run: Run,
-        target: Target<'r>,
-        params: &'r [WireValue],
-    ) -> Request<'r> {
+    fn statement_request<'r>(&self, run: Run, target: Target<'r>, params: &'r [WireValue]) -> Request<'r> {
         let db = self.db;
         let schema = schema_for(params.len());
         let params = Params::from_values(params);
         match (run, target) {
-            (Run::Exec, Target::Stmt(stmt)) => Request::Exec {
-                db,
-                stmt,
-                params,
-                schema,
-            },
-            (Run::Exec, Target::Sql(sql)) => Request::ExecSql {
-                db,
-                sql,
-                params,
-                schema,
-            },
-            (Run::Query, Target::Stmt(stmt)) => Request::Query {
-                db,
-                stmt,
-                params,
-                schema,
-            },
-            (Run::Query, Target::Sql(sql)) => Request::QuerySql {
-                db,
-                sql,
-                params,
-                schema,
-            },
+            (Run::Exec, Target::Stmt(stmt)) => Request::Exec { db, stmt, params, schema },
+            (Run::Exec, Target::Sql(sql)) => Request::ExecSql { db, sql, params, schema },
+            (Run::Query, Target::Stmt(stmt)) => Request::Query { db, stmt, params, schema },
+            (Run::Query, Target::Sql(sql)) => Request::QuerySql { db, sql, params, schema },
         }
     }
 
@@ -353,10 +325,7 @@ impl Session {
             return Ok(Err(f));
         }
         match resp {
-            Response::ExecResult {
-                last_insert_id,
-                rows_affected,
-            } => Ok(Ok((rows_affected, last_insert_id as i64))),
+            Response::ExecResult { last_insert_id, rows_affected } => Ok(Ok((rows_affected, last_insert_id as i64))),
             other => Err(WireError::Lost(unexpected("EXEC", &other))),
         }
     }
@@ -399,18 +368,11 @@ impl Session {
                 let mut rows = Vec::with_capacity(batch.rows.len());
                 for row in batch.rows {
                     if row.len() != n {
-                        return Err(Error::Protocol(format!(
-                            "row with {} values for {n} columns",
-                            row.len()
-                        )));
+                        return Err(Error::Protocol(format!("row with {} values for {n} columns", row.len())));
                     }
                     rows.push(row.iter().map(|v| v.to_owned()).collect());
                 }
-                Ok(Ok(Batch {
-                    columns: batch.columns.iter().map(|c| (*c).to_owned()).collect(),
-                    rows,
-                    done,
-                }))
+                Ok(Ok(Batch { columns: batch.columns.iter().map(|c| (*c).to_owned()).collect(), rows, done }))
             }
             other => Err(unexpected("QUERY", &other)),
         }

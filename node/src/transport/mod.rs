@@ -4,7 +4,7 @@
 //!  runtime ── Transport::send(msg) ──► per-peer bounded queue ──► writer task ══ TCP ══╗
 //!             (never blocks; full queue or unknown peer: dropped + counted)            ║
 //!                                                                                      ▼
-//!  runtime ◄── inbox (bounded mpsc, given at construction) ◄── serve_inbound ◄── server accept
+//!  runtime ◄── inbox (bounded, given at construction) ◄── serve_inbound ◄── server accept
 //!                                                                 loop (first word = PEER_MAGIC)
 //! ```
 //!
@@ -22,8 +22,9 @@
 //!
 //! Bounds: the per-peer queue ([`TransportConfig::queue_messages`]), the frame size
 //! ([`TransportConfig::max_frame_bytes`], on both sides), the bytes coalesced into one write
-//! ([`TransportConfig::coalesce_bytes`]), the inbox (its capacity, chosen by the runtime);
-//! a full inbox stops reading the socket (TCP backpressure).
+//! ([`TransportConfig::coalesce_bytes`]), the inbox (its capacity, chosen by the runtime); a
+//! message that finds the inbox full is dropped and counted (the inbox never blocks the socket
+//! reader, like the runtime's own [`InboxSender`](crate::runtime::InboxSender)).
 
 pub mod frame;
 mod peer;
@@ -101,6 +102,8 @@ pub struct TransportStats {
     pub connect_failures: AtomicU64,
     /// Messages received and delivered to the inbox.
     pub received: AtomicU64,
+    /// Messages received but dropped because the inbox was full (or the runtime stopped).
+    pub dropped_inbox_full: AtomicU64,
     /// Inbound connections refused at the handshake.
     pub refused: AtomicU64,
     /// Inbound connections closed on a malformed frame.
@@ -119,6 +122,7 @@ pub struct StatsSnapshot {
     pub connects: u64,
     pub connect_failures: u64,
     pub received: u64,
+    pub dropped_inbox_full: u64,
     pub refused: u64,
     pub malformed: u64,
 }
@@ -136,6 +140,7 @@ impl TransportStats {
             connects: r(&self.connects),
             connect_failures: r(&self.connect_failures),
             received: r(&self.received),
+            dropped_inbox_full: r(&self.dropped_inbox_full),
             refused: r(&self.refused),
             malformed: r(&self.malformed),
         }
@@ -214,8 +219,36 @@ impl Shared {
 pub struct TcpTransport {
     shared: Arc<Shared>,
     peers: Arc<Mutex<HashMap<NodeId, PeerEntry>>>,
-    inbox: mpsc::Sender<Message>,
+    inbox: Arc<dyn InboundSink>,
     runtime: tokio::runtime::Handle,
+}
+
+/// Where received messages go: never blocks; `false` means the message was dropped (full or
+/// closed queue).
+pub trait InboundSink: Send + Sync + 'static {
+    /// Hands over one received message.
+    fn deliver(&self, msg: Message) -> bool;
+
+    /// True once the receiver is gone for good (the connection is then closed).
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+impl InboundSink for crate::runtime::InboxSender {
+    fn deliver(&self, msg: Message) -> bool {
+        crate::runtime::InboxSender::deliver(self, msg)
+    }
+}
+
+impl InboundSink for mpsc::Sender<Message> {
+    fn deliver(&self, msg: Message) -> bool {
+        self.try_send(msg).is_ok()
+    }
+
+    fn is_closed(&self) -> bool {
+        mpsc::Sender::is_closed(self)
+    }
 }
 
 impl std::fmt::Debug for TcpTransport {
@@ -227,12 +260,12 @@ impl std::fmt::Debug for TcpTransport {
 impl TcpTransport {
     /// A transport that spawns its writer tasks on `runtime` and delivers received messages to
     /// `inbox`.
-    pub fn new(config: TransportConfig, inbox: mpsc::Sender<Message>, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(config: TransportConfig, inbox: impl InboundSink, runtime: tokio::runtime::Handle) -> Self {
         let cluster_id = AtomicU64::new(config.cluster_id);
         TcpTransport {
             shared: Arc::new(Shared { config, cluster_id, stats: TransportStats::default() }),
             peers: Arc::new(Mutex::new(HashMap::new())),
-            inbox,
+            inbox: Arc::new(inbox),
             runtime,
         }
     }
@@ -311,11 +344,14 @@ impl TcpTransport {
                 if msg.from != from || msg.to != me {
                     return Err(InboundError::Misaddressed { from: msg.from, to: msg.to, expected_from: from, me });
                 }
-                if self.inbox.send(msg).await.is_err() {
+                if self.inbox.deliver(msg) {
+                    bump(&self.shared.stats.received);
+                } else if self.inbox.is_closed() {
                     tracing::debug!("inbox closed; dropping the peer connection");
                     return Ok(());
+                } else {
+                    bump(&self.shared.stats.dropped_inbox_full);
                 }
-                bump(&self.shared.stats.received);
             }
             buf.drain(..used);
             // Read at most what the next frame still needs, so the buffer stays bounded.
@@ -348,7 +384,10 @@ impl TcpTransport {
     /// a transport without a client-protocol server in front (tests, tools); a node uses its
     /// server's accept loop, which routes by the first word.
     pub async fn serve_listener(self, listener: TcpListener) {
+        // Connections live in this set: dropping the future closes them all.
+        let mut conns = tokio::task::JoinSet::new();
         loop {
+            while conns.try_join_next().is_some() {}
             let (mut stream, remote) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
@@ -358,7 +397,7 @@ impl TcpTransport {
                 }
             };
             let me = self.clone();
-            tokio::spawn(async move {
+            conns.spawn(async move {
                 let mut word = [0u8; 8];
                 let read = tokio::time::timeout(me.shared.config.connect_timeout, stream.read_exact(&mut word)).await;
                 if !matches!(read, Ok(Ok(_))) || u64::from_le_bytes(word) != PEER_MAGIC {

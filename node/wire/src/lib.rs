@@ -37,6 +37,7 @@
 //! | [`response`] | [`Response`]: all 11 response types, encode and decode |
 //! | [`rows`] | ROWS streaming ([`Rows`], [`RowsCursor`]) and batching ([`RowsWriter`]) |
 //! | [`ids`], [`codes`], [`error`] | newtypes and roles, failure codes, error enums |
+//! | [`failure`] | the fixed FAILURE messages clients decide on, with their codes |
 //!
 //! # Testing
 //!
@@ -101,6 +102,7 @@
 pub mod buf;
 pub mod codes;
 pub mod error;
+pub mod failure;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;

@@ -1,0 +1,120 @@
+//! The apply thread: the only caller of the [`StateMachine`], in log order.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+
+use dqlite_raft::{Entry, EntryKind, LogIndex, NodeId, StateRole, Term};
+use tokio::sync::mpsc::Sender;
+
+use super::frame::FramedWriter;
+use super::metrics::Metrics;
+use super::Completion;
+use crate::replication::{ApplyError, StateMachine};
+
+/// Work for the apply thread, in the order it must happen.
+#[derive(Debug)]
+pub(crate) enum ApplyJob {
+    /// Committed entries, in log order.
+    Entries(Vec<Entry>),
+    /// The role, term or leader changed.
+    Role { role: StateRole, term: Term, leader: Option<NodeId> },
+    /// Replace all state with a received image (payload without its trailer).
+    Restore { index: LogIndex, payload: Vec<u8> },
+    /// Take a snapshot image.
+    Snapshot,
+}
+
+/// What the apply thread reports.
+#[derive(Debug)]
+pub(crate) enum ApplyDone {
+    /// Everything up to `index` is applied; the state machine is durable up to `durable`.
+    Applied { index: LogIndex, durable: LogIndex },
+    /// A framed snapshot image of the state at `index`.
+    Image { index: LogIndex, image: Vec<u8> },
+    /// Taking a snapshot failed.
+    SnapshotFailed { reason: String },
+    /// The state machine refused an entry: applying stopped.
+    Failed(ApplyError),
+}
+
+pub(crate) struct ApplyThread<S: StateMachine> {
+    pub(crate) sm: S,
+    pub(crate) jobs: Receiver<ApplyJob>,
+    pub(crate) done: Sender<Completion>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) id: NodeId,
+}
+
+impl<S: StateMachine> ApplyThread<S> {
+    pub(crate) fn run(mut self) {
+        let mut applied = self.sm.applied_index();
+        let mut failed = false;
+        while let Ok(job) = self.jobs.recv() {
+            if failed {
+                continue;
+            }
+            match job {
+                ApplyJob::Entries(entries) => {
+                    let Some(last) = entries.last().map(|e| e.index) else { continue };
+                    for e in &entries {
+                        if e.index <= applied {
+                            continue;
+                        }
+                        if e.kind == EntryKind::Command {
+                            if let Err(err) = self.sm.apply(e) {
+                                tracing::error!(id = %self.id, error = %err, "apply failed: applying stopped");
+                                self.metrics.apply_failed.store(true, Ordering::Relaxed);
+                                failed = true;
+                                self.send(ApplyDone::Failed(err));
+                                break;
+                            }
+                            self.metrics.entries_applied.fetch_add(1, Ordering::Relaxed);
+                        }
+                        applied = e.index;
+                    }
+                    if failed {
+                        continue;
+                    }
+                    // Skipped entries (already in the state machine at open) count as applied.
+                    applied = applied.max(last);
+                    self.metrics.applied_index.store(applied.0, Ordering::Relaxed);
+                    self.send(ApplyDone::Applied { index: last, durable: self.sm.durable_index() });
+                }
+                ApplyJob::Role { role, term, leader } => self.sm.role_changed(role, term, leader),
+                ApplyJob::Restore { index, payload } => match self.sm.restore(index, &mut &payload[..]) {
+                    Ok(()) => {
+                        applied = index;
+                        self.metrics.applied_index.store(applied.0, Ordering::Relaxed);
+                        self.send(ApplyDone::Applied { index, durable: self.sm.durable_index() });
+                    }
+                    Err(err) => {
+                        tracing::error!(id = %self.id, error = %err, "snapshot restore failed: applying stopped");
+                        self.metrics.apply_failed.store(true, Ordering::Relaxed);
+                        failed = true;
+                        self.send(ApplyDone::Failed(err));
+                    }
+                },
+                ApplyJob::Snapshot => {
+                    let mut w = FramedWriter::new(Vec::new());
+                    let r = self
+                        .sm
+                        .snapshot(&mut w)
+                        .map_err(|e| e.to_string())
+                        .and_then(|index| w.finish().map(|image| (index, image)).map_err(|e| e.to_string()));
+                    match r {
+                        Ok((index, image)) => self.send(ApplyDone::Image { index, image }),
+                        Err(reason) => {
+                            tracing::warn!(id = %self.id, %reason, "snapshot failed");
+                            self.send(ApplyDone::SnapshotFailed { reason });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&self, d: ApplyDone) {
+        let _ = self.done.blocking_send(Completion::Apply(d));
+    }
+}

@@ -1,0 +1,72 @@
+//! Shared helpers of the runtime tests.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use dqlite_node::raft::NodeId;
+use dqlite_node::runtime::harness::{Cluster, KvCluster, KvState, KvStateMachine};
+use dqlite_node::runtime::RuntimeOptions;
+
+/// Bound on every wait in these tests (generous: CI machines are shared).
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub type KvTestCluster = Cluster<KvStateMachine, Box<dyn Fn(NodeId) -> KvStateMachine + Send + Sync>>;
+
+/// Starts `n` KV nodes with a fast timing (5 ms latency: heartbeat 50 ms, election 500 ms).
+pub async fn kv_cluster(
+    n: u64,
+    seed: u64,
+    checkpoint_every: u64,
+    tune: impl Fn(&mut RuntimeOptions) + Send + Sync + 'static,
+) -> (KvTestCluster, KvCluster) {
+    let kv = KvCluster::new(checkpoint_every);
+    let f = kv.factory();
+    let factory: Box<dyn Fn(NodeId) -> KvStateMachine + Send + Sync> = Box::new(f);
+    let c = Cluster::start(n, seed, factory, move |o| {
+        o.network_latency = Duration::from_millis(5);
+        tune(o)
+    })
+    .await
+    .expect("cluster starts");
+    (c, kv)
+}
+
+/// Waits until every id in `ids` has applied at least `index`; returns their states.
+pub async fn wait_applied(kv: &KvCluster, ids: &[NodeId], index: u64) -> Vec<KvState> {
+    let got = dqlite_node::runtime::harness::wait_until(WAIT, || async {
+        let states: Vec<KvState> = ids.iter().map(|i| kv.slot(*i).snapshot()).collect();
+        states.iter().all(|s| s.applied.0 >= index).then_some(states)
+    })
+    .await;
+    match got {
+        Some(s) => s,
+        None => {
+            let now: Vec<(NodeId, u64)> = ids.iter().map(|i| (*i, kv.slot(*i).snapshot().applied.0)).collect();
+            panic!("nodes did not apply {index} in time: {now:?}");
+        }
+    }
+}
+
+/// Asserts that the nodes' states are identical (map, digest, command count) once all of
+/// them have applied the same index.
+pub async fn assert_converged(kv: &KvCluster, ids: &[NodeId]) -> KvState {
+    let got = dqlite_node::runtime::harness::wait_until(WAIT, || async {
+        let states: Vec<KvState> = ids.iter().map(|i| kv.slot(*i).snapshot()).collect();
+        let first = states[0].clone();
+        states.iter().all(|s| *s == first).then_some(first)
+    })
+    .await;
+    match got {
+        Some(s) => s,
+        None => {
+            let now: Vec<(NodeId, u64, u64, usize)> = ids
+                .iter()
+                .map(|i| {
+                    let s = kv.slot(*i).snapshot();
+                    (*i, s.applied.0, s.digest, s.map.len())
+                })
+                .collect();
+            panic!("nodes did not converge: {now:?}");
+        }
+    }
+}
