@@ -7,3 +7,4 @@ pub mod storage;
 pub mod runtime;
 pub mod transport;
 pub mod server;
+pub mod node;

@@ -28,7 +28,9 @@
 
 pub mod backend;
 mod connection;
+pub mod join;
 pub mod messages;
+pub mod runtime_cluster;
 
 use std::io;
 use std::net::SocketAddr;

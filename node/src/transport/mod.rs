@@ -51,6 +51,9 @@ pub struct TransportConfig {
     pub node_id: NodeId,
     /// The cluster's id, if known (0 = unknown: adopted from the first peer that knows one).
     pub cluster_id: u64,
+    /// This node's address as peers reach it, sent in the hello (a joining node learns where
+    /// the leader is from the leader's hello before it has the configuration).
+    pub advertise: String,
     /// Largest frame payload sent or accepted. Must hold an AppendEntries of the runtime's
     /// `max_append_bytes` and an InstallSnapshot chunk, plus encoding overhead.
     pub max_frame_bytes: usize,
@@ -73,6 +76,7 @@ impl TransportConfig {
         TransportConfig {
             node_id,
             cluster_id: 0,
+            advertise: String::new(),
             max_frame_bytes: 8 << 20,
             queue_messages: 1024,
             coalesce_bytes: 256 << 10,
@@ -219,6 +223,8 @@ impl Shared {
 pub struct TcpTransport {
     shared: Arc<Shared>,
     peers: Arc<Mutex<HashMap<NodeId, PeerEntry>>>,
+    /// Addresses peers gave in their hellos (kept while the configuration does not name them).
+    learned: Arc<Mutex<HashMap<NodeId, String>>>,
     inbox: Arc<dyn InboundSink>,
     runtime: tokio::runtime::Handle,
 }
@@ -265,6 +271,7 @@ impl TcpTransport {
         TcpTransport {
             shared: Arc::new(Shared { config, cluster_id, stats: TransportStats::default() }),
             peers: Arc::new(Mutex::new(HashMap::new())),
+            learned: Arc::new(Mutex::new(HashMap::new())),
             inbox: Arc::new(inbox),
             runtime,
         }
@@ -297,10 +304,16 @@ impl TcpTransport {
     pub async fn serve_inbound(&self, mut stream: TcpStream) -> Result<(), InboundError> {
         let _ = stream.set_nodelay(true);
         let cfg = &self.shared.config;
-        let mut hello_bytes = [0u8; HELLO_LEN];
-        tokio::time::timeout(cfg.connect_timeout, stream.read_exact(&mut hello_bytes))
-            .await
-            .map_err(|_| InboundError::Timeout)??;
+        let read_hello = async {
+            let mut bytes = vec![0u8; HELLO_LEN];
+            stream.read_exact(&mut bytes).await?;
+            let len = Hello::address_len(&bytes)?;
+            bytes.resize(HELLO_LEN + len, 0);
+            stream.read_exact(&mut bytes[HELLO_LEN..]).await?;
+            Ok::<_, InboundError>(bytes)
+        };
+        let hello_bytes =
+            tokio::time::timeout(cfg.connect_timeout, read_hello).await.map_err(|_| InboundError::Timeout)??;
         let hello = Hello::decode(&hello_bytes)?;
         let status = if hello.format_version != FORMAT_VERSION {
             HelloStatus::UnsupportedVersion
@@ -321,7 +334,10 @@ impl TcpTransport {
             tracing::warn!(from = %hello.from, to = %hello.to, cluster = hello.cluster_id, ?status, "refused a peer connection");
             return Err(InboundError::Refused { from: hello.from, status });
         }
-        tracing::debug!(from = %hello.from, "peer connected");
+        tracing::debug!(from = %hello.from, address = %hello.address, "peer connected");
+        if !hello.address.is_empty() {
+            self.learn(hello.from, &hello.address);
+        }
         let result = self.read_frames(&mut stream, hello.from).await;
         if let Err(e) = &result {
             if !matches!(e, InboundError::Io(_)) {
@@ -409,6 +425,19 @@ impl TcpTransport {
         }
     }
 
+    /// A peer introduced itself with its address: reach it there until the configuration says
+    /// otherwise (a joining node must answer the leader before it has the configuration).
+    fn learn(&self, id: NodeId, address: &str) {
+        let Ok(mut map) = self.peers.lock() else { return };
+        if let Ok(mut learned) = self.learned.lock() {
+            learned.insert(id, address.to_owned());
+        }
+        if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(id) {
+            tracing::debug!(peer = %id, %address, "learned a peer's address from its hello");
+            slot.insert(self.spawn_peer(id, address.to_owned()));
+        }
+    }
+
     fn spawn_peer(&self, id: NodeId, address: String) -> PeerEntry {
         let (tx, rx) = mpsc::channel(self.shared.config.queue_messages.max(1));
         let task = self.runtime.spawn(peer::run(self.shared.clone(), id, address.clone(), rx));
@@ -441,8 +470,12 @@ impl Transport for TcpTransport {
     fn set_peers(&self, peers: &[(NodeId, String)]) {
         let me = self.shared.config.node_id;
         let Ok(mut map) = self.peers.lock() else { return };
-        let wanted: HashMap<NodeId, &String> =
+        let mut wanted: HashMap<NodeId, &String> =
             peers.iter().filter(|(id, _)| *id != me).map(|(id, a)| (*id, a)).collect();
+        let learned = self.learned.lock().map(|l| l.clone()).unwrap_or_default();
+        for (id, address) in &learned {
+            wanted.entry(*id).or_insert(address);
+        }
         map.retain(|id, entry| {
             let keep = wanted.get(id).is_some_and(|a| **a == entry.address);
             if !keep {
