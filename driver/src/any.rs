@@ -12,8 +12,8 @@ use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use sqlx_core::any::{
-    AnyArguments, AnyColumn, AnyConnectOptions, AnyConnectionBackend, AnyQueryResult, AnyRow,
-    AnyStatement, AnyTypeInfo, AnyTypeInfoKind, AnyValueKind,
+    AnyArguments, AnyColumn, AnyConnectOptions, AnyConnectionBackend, AnyQueryResult, AnyRow, AnyStatement,
+    AnyTypeInfo, AnyTypeInfoKind, AnyValueKind,
 };
 use sqlx_core::connection::{ConnectOptions, Connection};
 use sqlx_core::database::Database;
@@ -25,8 +25,8 @@ use sqlx_core::{Either, Error};
 use crate::arguments::DqliteArgumentBuffer;
 use crate::type_info::DataType;
 use crate::{
-    Dqlite, DqliteArguments, DqliteColumn, DqliteConnectOptions, DqliteConnection, DqliteRow,
-    DqliteTransactionManager, DqliteTypeInfo,
+    Dqlite, DqliteArguments, DqliteColumn, DqliteConnectOptions, DqliteConnection, DqliteRow, DqliteTransactionManager,
+    DqliteTypeInfo,
 };
 
 /// The Any driver for dqlite (what `sqlx_core::declare_driver_with_optional_migrate!` would
@@ -34,12 +34,10 @@ use crate::{
 /// `sqlx::any::install_drivers`. With the `migrate` feature it also serves
 /// `sqlx::any::AnyMigrateDatabase` (see [`crate::migrate`]).
 #[cfg(feature = "migrate")]
-pub const DRIVER: sqlx_core::any::driver::AnyDriver =
-    sqlx_core::any::driver::AnyDriver::with_migrate::<Dqlite>();
+pub const DRIVER: sqlx_core::any::driver::AnyDriver = sqlx_core::any::driver::AnyDriver::with_migrate::<Dqlite>();
 /// The Any driver for dqlite: pass it to `sqlx::any::install_drivers`.
 #[cfg(not(feature = "migrate"))]
-pub const DRIVER: sqlx_core::any::driver::AnyDriver =
-    sqlx_core::any::driver::AnyDriver::without_migrate::<Dqlite>();
+pub const DRIVER: sqlx_core::any::driver::AnyDriver = sqlx_core::any::driver::AnyDriver::without_migrate::<Dqlite>();
 
 impl AnyConnectionBackend for DqliteConnection {
     fn name(&self) -> &str {
@@ -97,9 +95,7 @@ impl AnyConnectionBackend for DqliteConnection {
     }
 
     #[cfg(feature = "migrate")]
-    fn as_migrate(
-        &mut self,
-    ) -> sqlx_core::Result<&mut (dyn sqlx_core::migrate::Migrate + Send + 'static)> {
+    fn as_migrate(&mut self) -> sqlx_core::Result<&mut (dyn sqlx_core::migrate::Migrate + Send + 'static)> {
         Ok(self)
     }
 
@@ -143,7 +139,7 @@ impl AnyConnectionBackend for DqliteConnection {
     ) -> BoxFuture<'c, sqlx_core::Result<AnyStatement>> {
         Box::pin(async move {
             let statement = Executor::prepare_with(self, sql, &[]).await?;
-            let column_names = statement.column_names.clone();
+            let column_names = statement.columns.get().map(|c| std::sync::Arc::clone(&c.1)).unwrap_or_default();
             AnyStatement::try_from_statement(statement, column_names)
         })
     }
@@ -228,9 +224,7 @@ fn map_arguments(args: AnyArguments) -> DqliteArguments {
             }
         })
         .collect();
-    DqliteArguments {
-        values: DqliteArgumentBuffer(values),
-    }
+    DqliteArguments { values: DqliteArgumentBuffer(values) }
 }
 
 #[cfg(test)]
@@ -267,10 +261,8 @@ mod tests {
 
     #[test]
     fn any_options_from_url() {
-        let any = AnyConnectOptions::from_url(
-            &"dqlite://127.0.0.1:9001/app.db?peers=127.0.0.1:9002".parse().unwrap(),
-        )
-        .unwrap();
+        let any = AnyConnectOptions::from_url(&"dqlite://127.0.0.1:9001/app.db?peers=127.0.0.1:9002".parse().unwrap())
+            .unwrap();
         let d = DqliteConnectOptions::try_from(&any).unwrap();
         assert_eq!(d.get_database(), "app.db");
         assert_eq!(d.get_seeds().len(), 2);

@@ -96,6 +96,7 @@ mod options;
 mod protocol;
 mod query_result;
 mod row;
+mod split;
 mod statement;
 mod transaction;
 mod type_info;

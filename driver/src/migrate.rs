@@ -37,18 +37,20 @@ fn quote_ident(name: &str) -> String {
 }
 
 impl DqliteConnection {
-    /// Run SQL without arguments through EXEC_SQL (every statement of a batch), never QUERY.
+    /// Run SQL without arguments, statement by statement (rows a statement returns are read and
+    /// discarded).
     pub(crate) async fn exec_batch(&mut self, sql: &str) -> Result<(), Error> {
-        self.sql_returns_rows.insert(sql, false);
-        match self.run(sql, &[], false).await? {
-            Started::Done(_) => Ok(()),
-            Started::Rows(_) => Err(Error::Protocol(
-                "expected EXEC_SQL to run a batch, got rows".into(),
-            )),
+        for piece in crate::split::split(sql) {
+            if let Started::Rows(mut batch) = self.run(piece.sql, &[], false).await? {
+                // A statement that returns rows (e.g. a PRAGMA in a migration): read them all.
+                while !batch.done {
+                    batch = self.next_batch().await?;
+                }
+            }
         }
+        Ok(())
     }
 
-    /// Drop every schema object of the connected database (see the module docs).
     pub(crate) async fn drop_all_objects(&mut self) -> Result<(), Error> {
         let objects: Vec<(String, String)> = query_as(
             "SELECT type, name FROM sqlite_master \
@@ -93,9 +95,7 @@ impl MigrateDatabase for Dqlite {
     async fn database_exists(url: &str) -> Result<bool, Error> {
         let opts: DqliteConnectOptions = url.parse()?;
         let mut conn = opts.connect().await?;
-        let version: i64 = query_scalar("PRAGMA schema_version")
-            .fetch_one(&mut conn)
-            .await?;
+        let version: i64 = query_scalar("PRAGMA schema_version").fetch_one(&mut conn).await?;
         conn.close().await?;
         Ok(version > 0)
     }
@@ -114,17 +114,12 @@ impl MigrateDatabase for Dqlite {
 }
 
 impl Migrate for DqliteConnection {
-    fn create_schema_if_not_exists<'e>(
-        &'e mut self,
-        schema_name: &'e str,
-    ) -> BoxFuture<'e, Result<(), MigrateError>> {
+    fn create_schema_if_not_exists<'e>(&'e mut self, schema_name: &'e str) -> BoxFuture<'e, Result<(), MigrateError>> {
         Box::pin(async move {
-            let version: Option<i64> = query_scalar(AssertSqlSafe(format!(
-                "PRAGMA {}.schema_version",
-                quote_ident(schema_name)
-            )))
-            .fetch_optional(&mut *self)
-            .await?;
+            let version: Option<i64> =
+                query_scalar(AssertSqlSafe(format!("PRAGMA {}.schema_version", quote_ident(schema_name))))
+                    .fetch_optional(&mut *self)
+                    .await?;
             if version.is_some() {
                 return Ok(());
             }
@@ -134,10 +129,7 @@ impl Migrate for DqliteConnection {
         })
     }
 
-    fn ensure_migrations_table<'e>(
-        &'e mut self,
-        table_name: &'e str,
-    ) -> BoxFuture<'e, Result<(), MigrateError>> {
+    fn ensure_migrations_table<'e>(&'e mut self, table_name: &'e str) -> BoxFuture<'e, Result<(), MigrateError>> {
         Box::pin(async move {
             self.exec_batch(&format!(
                 "CREATE TABLE IF NOT EXISTS {table_name} (
@@ -154,10 +146,7 @@ impl Migrate for DqliteConnection {
         })
     }
 
-    fn dirty_version<'e>(
-        &'e mut self,
-        table_name: &'e str,
-    ) -> BoxFuture<'e, Result<Option<i64>, MigrateError>> {
+    fn dirty_version<'e>(&'e mut self, table_name: &'e str) -> BoxFuture<'e, Result<Option<i64>, MigrateError>> {
         Box::pin(async move {
             let row: Option<(i64,)> = query_as(AssertSqlSafe(format!(
                 "SELECT version FROM {table_name} WHERE success = 0 ORDER BY version LIMIT 1"
@@ -173,17 +162,13 @@ impl Migrate for DqliteConnection {
         table_name: &'e str,
     ) -> BoxFuture<'e, Result<Vec<AppliedMigration>, MigrateError>> {
         Box::pin(async move {
-            let rows: Vec<(i64, Vec<u8>)> = query_as(AssertSqlSafe(format!(
-                "SELECT version, checksum FROM {table_name} ORDER BY version"
-            )))
-            .fetch_all(&mut *self)
-            .await?;
+            let rows: Vec<(i64, Vec<u8>)> =
+                query_as(AssertSqlSafe(format!("SELECT version, checksum FROM {table_name} ORDER BY version")))
+                    .fetch_all(&mut *self)
+                    .await?;
             Ok(rows
                 .into_iter()
-                .map(|(version, checksum)| AppliedMigration {
-                    version,
-                    checksum: checksum.into(),
-                })
+                .map(|(version, checksum)| AppliedMigration { version, checksum: checksum.into() })
                 .collect())
         })
     }
@@ -206,13 +191,11 @@ impl Migrate for DqliteConnection {
             run_migration(self, table_name, migration, Direction::Apply).await?;
             let elapsed = start.elapsed();
             let nanos = i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX);
-            query(AssertSqlSafe(format!(
-                "UPDATE {table_name} SET execution_time = ?1 WHERE version = ?2"
-            )))
-            .bind(nanos)
-            .bind(migration.version)
-            .execute(&mut *self)
-            .await?;
+            query(AssertSqlSafe(format!("UPDATE {table_name} SET execution_time = ?1 WHERE version = ?2")))
+                .bind(nanos)
+                .bind(migration.version)
+                .execute(&mut *self)
+                .await?;
             Ok(elapsed)
         })
     }
@@ -241,11 +224,7 @@ impl Migrate for DqliteConnection {
     }
 }
 
-async fn record_migration(
-    conn: &mut DqliteConnection,
-    table_name: &str,
-    migration: &Migration,
-) -> Result<(), Error> {
+async fn record_migration(conn: &mut DqliteConnection, table_name: &str, migration: &Migration) -> Result<(), Error> {
     query(AssertSqlSafe(format!(
         "INSERT INTO {table_name} (version, description, success, checksum, execution_time) \
          VALUES (?1, ?2, TRUE, ?3, -1)"
@@ -291,18 +270,14 @@ async fn migration_steps(
     migration: &Migration,
     direction: Direction,
 ) -> Result<(), MigrateError> {
-    conn.exec_batch(migration.sql.as_str())
-        .await
-        .map_err(|e| MigrateError::ExecuteMigration(e, migration.version))?;
+    conn.exec_batch(migration.sql.as_str()).await.map_err(|e| MigrateError::ExecuteMigration(e, migration.version))?;
     match direction {
         Direction::Apply => record_migration(conn, table_name, migration).await?,
         Direction::Revert => {
-            query(AssertSqlSafe(format!(
-                "DELETE FROM {table_name} WHERE version = ?1"
-            )))
-            .bind(migration.version)
-            .execute(&mut *conn)
-            .await?;
+            query(AssertSqlSafe(format!("DELETE FROM {table_name} WHERE version = ?1")))
+                .bind(migration.version)
+                .execute(&mut *conn)
+                .await?;
         }
     }
     Ok(())

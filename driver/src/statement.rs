@@ -1,26 +1,26 @@
 //! Prepared statements.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sqlx_core::column::ColumnIndex;
-use sqlx_core::ext::ustr::UStr;
 use sqlx_core::sql_str::SqlStr;
 use sqlx_core::statement::Statement;
-use sqlx_core::{Either, Error, HashMap};
+use sqlx_core::{Either, Error};
 
+use crate::connection::StatementColumns;
 use crate::{Dqlite, DqliteArguments, DqliteColumn, DqliteTypeInfo};
 
 /// A statement prepared on the leader (`PREPARE`): its SQL and parameter count.
 ///
-/// dqlite's `STMT` reply carries only the number of parameters, so `columns()` is empty unless
-/// the statement has already returned rows on this connection. Parameter types are unknown
+/// dqlite's `STMT` reply carries only the number of parameters, so `columns()` is empty until
+/// the statement has returned rows on this connection (before or after this value was made:
+/// the connection fills it in when the statement first runs). Parameter types are unknown
 /// (`parameters()` gives the count).
 #[derive(Debug, Clone)]
 pub struct DqliteStatement {
     pub(crate) sql: SqlStr,
     pub(crate) parameters: usize,
-    pub(crate) columns: Arc<Vec<DqliteColumn>>,
-    pub(crate) column_names: Arc<HashMap<UStr, usize>>,
+    pub(crate) columns: Arc<OnceLock<StatementColumns>>,
 }
 
 impl Statement for DqliteStatement {
@@ -39,7 +39,7 @@ impl Statement for DqliteStatement {
     }
 
     fn columns(&self) -> &[DqliteColumn] {
-        &self.columns
+        self.columns.get().map_or(&[], |c| c.0.as_slice())
     }
 
     sqlx_core::impl_statement_query!(DqliteArguments);
@@ -48,8 +48,9 @@ impl Statement for DqliteStatement {
 impl ColumnIndex<DqliteStatement> for &'_ str {
     fn index(&self, statement: &DqliteStatement) -> Result<usize, Error> {
         statement
-            .column_names
-            .get(*self)
+            .columns
+            .get()
+            .and_then(|c| c.1.get(*self))
             .copied()
             .ok_or_else(|| Error::ColumnNotFound((*self).into()))
     }

@@ -94,8 +94,14 @@ impl TransactionManager for DqliteTransactionManager {
             Some(s) => s,
         };
         if let Err(e) = conn.exec_control(sql.as_str(), ControlKind::Begin).await {
-            conn.begin_failed_at = Some(depth);
-            return Err(e);
+            // A custom statement that returns rows ran (EXEC reports SQLITE_ROW): whether it
+            // opened a transaction is checked below.
+            let returned_rows =
+                custom && crate::dqlite_error(&e).is_some_and(|d| d.code_u64() == dqlite_wire::codes::SQLITE_ROW);
+            if !returned_rows {
+                conn.begin_failed_at = Some(depth);
+                return Err(e);
+            }
         }
         if custom {
             // Did it open a transaction? A second BEGIN fails inside one and opens one outside.

@@ -177,19 +177,26 @@ async fn crud_types_and_errors() {
     let row = q.fetch_one(&mut conn).await.expect("255 params");
     assert_eq!(row.get::<i64, _>(254), 254);
 
-    // Several statements with arguments: dqlite 1.11 would prepare only the first; refused.
-    let err = query("INSERT INTO t (name) VALUES (?); INSERT INTO t (name) VALUES (?)")
+    // Several statements with arguments: split by the driver, arguments bound across them.
+    let r = query("INSERT INTO t (name) VALUES (?); INSERT INTO t (name) VALUES (?)")
         .bind("x1")
         .bind("x2")
         .execute(&mut conn)
         .await
-        .expect_err("multi-statement with arguments");
-    assert!(matches!(err, sqlx_core::Error::InvalidArgument(_)), "{err}");
-    let n: i64 = query_scalar("SELECT count(*) FROM t WHERE name LIKE 'x%'")
-        .fetch_one(&mut conn)
+        .expect("multi-statement with arguments");
+    assert_eq!(r.rows_affected(), 2);
+    let n: i64 = query_scalar("SELECT count(*) FROM t WHERE name LIKE 'x%'").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(n, 2);
+    // Too many arguments for the statements: refused before anything runs.
+    let err = query("INSERT INTO t (name) VALUES (?); INSERT INTO t (name) VALUES ('x4')")
+        .bind("x3")
+        .bind("x5")
+        .execute(&mut conn)
         .await
-        .unwrap();
-    assert_eq!(n, 0, "nothing ran");
+        .expect_err("argument no statement uses");
+    assert!(matches!(err, sqlx_core::Error::InvalidArgument(_)), "{err}");
+    let n: i64 = query_scalar("SELECT count(*) FROM t WHERE name LIKE 'x%'").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(n, 2, "nothing ran");
 
     conn.ping().await.expect("ping");
     conn.close().await.expect("close");

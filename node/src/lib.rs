@@ -5,6 +5,8 @@ pub use dqlite_wire as wire;
 pub mod replication;
 pub mod storage;
 pub mod runtime;
+pub mod vfs;
+pub mod db;
 pub mod transport;
 pub mod server;
 pub mod node;

@@ -12,7 +12,9 @@ use dqlite_wire::value::Value as WireValue;
 use dqlite_wire::StmtId;
 use sqlx_core::Error;
 
-use super::{CachedStatement, DqliteConnection};
+use std::sync::{Arc, OnceLock};
+
+use super::{CachedStatement, DqliteConnection, StatementColumns};
 use crate::error::DqliteError;
 use crate::protocol::session::{Batch, Failure, Recovered, Target};
 use crate::protocol::stream::WireError;
@@ -181,13 +183,13 @@ impl DqliteConnection {
 
     async fn prepare_cached(&mut self, sql: &str) -> Result<CachedStatement, RunError> {
         if let Some(st) = self.statements.get_mut(sql) {
-            return Ok(*st);
+            return Ok(st.clone());
         }
         let session = self.session.as_mut().ok_or_else(|| RunError::Retry(not_connected()))?;
         match session.prepare(sql).await {
             Ok(Ok((id, params))) => {
-                let st = CachedStatement { id, params, returns_rows: None };
-                if let Some(evicted) = self.statements.insert(sql, st) {
+                let st = CachedStatement { id, params, returns_rows: None, columns: Default::default() };
+                if let Some(evicted) = self.statements.insert(sql, st.clone()) {
                     match session.finalize(evicted.id).await {
                         Ok(Ok(())) => {}
                         Ok(Err(f)) => tracing::warn!(code = f.code, message = %f.message,
@@ -200,6 +202,13 @@ impl DqliteConnection {
             }
             Ok(Err(f)) => Err(self.classify_failure(f, 0)),
             Err(e) => Err(RunError::Retry(e.into_inner())),
+        }
+    }
+
+    /// Record the result columns of a cached prepared statement (first time only).
+    pub(crate) fn remember_columns(&mut self, sql: &str, columns: &StatementColumns) {
+        if let Some(st) = self.statements.get_mut(sql) {
+            let _ = st.columns.set((Arc::clone(&columns.0), Arc::clone(&columns.1)));
         }
     }
 
@@ -303,8 +312,9 @@ impl DqliteConnection {
         }
     }
 
-    /// PREPARE (cached) without executing; returns the parameter count.
-    pub(crate) async fn prepare_only(&mut self, sql: &str) -> Result<usize, Error> {
+    /// PREPARE (cached) without executing: the parameter count, and the statement's columns
+    /// cell (filled once it has returned rows on this connection).
+    pub(crate) async fn prepare_only(&mut self, sql: &str) -> Result<(usize, Arc<OnceLock<StatementColumns>>), Error> {
         let mut attempt = 1;
         loop {
             self.ready().await?;
@@ -320,7 +330,7 @@ impl DqliteConnection {
                                 tracing::debug!(error = %e.into_inner(), "FINALIZE failed");
                             }
                         }
-                        return Ok(params);
+                        return Ok((params, Default::default()));
                     }
                     Ok(Err(f)) if !f.is_not_leader() => return Err(f.into_error()),
                     Ok(Err(f)) => {
@@ -338,7 +348,7 @@ impl DqliteConnection {
                 }
             } else {
                 match self.prepare_cached(sql).await {
-                    Ok(st) => return Ok(st.params),
+                    Ok(st) => return Ok((st.params, st.columns)),
                     Err(RunError::Fatal(e) | RunError::Reprepare(e)) => return Err(e),
                     Err(RunError::Retry(e)) => {
                         self.lose_session();

@@ -20,6 +20,7 @@ use sqlx_core::{Either, Error, HashMap};
 
 use super::{DqliteConnection, Started};
 use crate::protocol::session::Batch;
+use crate::split::{split, Param, Piece};
 use crate::{Dqlite, DqliteArguments, DqliteColumn, DqliteQueryResult, DqliteRow, DqliteStatement, DqliteTypeInfo};
 
 type Columns = (Arc<Vec<DqliteColumn>>, Arc<HashMap<UStr, usize>>);
@@ -51,6 +52,10 @@ fn columns_of(batch: &Batch) -> Columns {
 
 impl DqliteConnection {
     /// The result stream of one query (shared by `Executor` and the Any driver).
+    ///
+    /// The SQL is split into statements ([`crate::split`]); each runs in turn with its share
+    /// of the arguments and yields its rows, then its result (rows affected per statement, as
+    /// sqlx-sqlite does). Text without a statement yields nothing.
     pub(crate) fn fetch_many_inner(
         &mut self,
         sql: SqlStr,
@@ -58,35 +63,42 @@ impl DqliteConnection {
         persistent: bool,
     ) -> BoxStream<'_, Result<Either<DqliteQueryResult, DqliteRow>, Error>> {
         Box::pin(TryAsyncStream::new(move |yielder| async move {
-            let params: Vec<WireValue> = arguments.map(|a| a.values.0).unwrap_or_default();
+            let args: Vec<WireValue> = arguments.map(|a| a.values.0).unwrap_or_default();
             let mut logger = QueryLogger::new(sql.clone(), self.options.log_settings.clone());
-            let prepared = self.use_prepared(persistent, !params.is_empty());
+            let pieces = split(sql.as_str());
+            let bound = bind_pieces(&pieces, args)?;
 
-            match self.run(sql.as_str(), &params, prepared).await? {
-                Started::Done(result) => {
-                    logger.increase_rows_affected(result.rows_affected);
-                    yielder.r#yield(Either::Left(result)).await;
-                }
-                Started::Rows(mut batch) => {
-                    let (columns, names) = columns_of(&batch);
-                    loop {
-                        let done = batch.done;
-                        for values in std::mem::take(&mut batch.rows) {
-                            logger.increment_rows_returned();
-                            yielder
-                                .r#yield(Either::Right(DqliteRow {
-                                    values,
-                                    columns: Arc::clone(&columns),
-                                    column_names: Arc::clone(&names),
-                                }))
-                                .await;
-                        }
-                        if done {
-                            break;
-                        }
-                        batch = self.next_batch().await?;
+            for (piece, params) in pieces.iter().zip(bound) {
+                let prepared = self.use_prepared(persistent, !params.is_empty());
+                match self.run(piece.sql, &params, prepared).await? {
+                    Started::Done(result) => {
+                        logger.increase_rows_affected(result.rows_affected);
+                        yielder.r#yield(Either::Left(result)).await;
                     }
-                    yielder.r#yield(Either::Left(DqliteQueryResult::default())).await;
+                    Started::Rows(mut batch) => {
+                        let (columns, names) = columns_of(&batch);
+                        if prepared {
+                            self.remember_columns(piece.sql, &(Arc::clone(&columns), Arc::clone(&names)));
+                        }
+                        loop {
+                            let done = batch.done;
+                            for values in std::mem::take(&mut batch.rows) {
+                                logger.increment_rows_returned();
+                                yielder
+                                    .r#yield(Either::Right(DqliteRow {
+                                        values,
+                                        columns: Arc::clone(&columns),
+                                        column_names: Arc::clone(&names),
+                                    }))
+                                    .await;
+                            }
+                            if done {
+                                break;
+                            }
+                            batch = self.next_batch().await?;
+                        }
+                        yielder.r#yield(Either::Left(DqliteQueryResult::default())).await;
+                    }
                 }
             }
             drop(logger);
@@ -100,6 +112,60 @@ impl DqliteConnection {
         // multi-statement string (PREPARE would silently keep only the first on dqlite 1.11).
         persistent && has_args && self.statements.is_enabled()
     }
+}
+
+/// Each statement's parameters, taken from `args` as sqlx-sqlite takes them: `?NNN` / `$NNN`
+/// from argument NNN, every other index from the next unused argument. Without arguments
+/// nothing is bound (SQLite binds NULL). Refused before anything runs: an index past the
+/// arguments, a named parameter, or arguments no statement uses.
+fn bind_pieces(pieces: &[Piece<'_>], args: Vec<WireValue>) -> Result<Vec<Vec<WireValue>>, Error> {
+    if args.is_empty() {
+        return Ok(vec![Vec::new(); pieces.len()]);
+    }
+    if let [only] = pieces {
+        if only.params.len() == args.len() && only.params.iter().all(|p| *p == Param::Next) {
+            // The common case: one statement of plain `?`s, in order.
+            return Ok(vec![args]);
+        }
+    }
+    let mut used = vec![false; args.len()];
+    let mut next = 0;
+    let mut out = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        let mut params = Vec::with_capacity(piece.params.len());
+        for param in &piece.params {
+            let n = match param {
+                Param::Next => {
+                    next += 1;
+                    next
+                }
+                Param::Absolute(n) => *n,
+                Param::Named(name) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "named parameter {name} is not supported: use ? or ?NNN"
+                    )))
+                }
+            };
+            let value = args.get(n - 1).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "the SQL takes argument {n} but {} were bound (statement: {})",
+                    args.len(),
+                    piece.sql.trim()
+                ))
+            })?;
+            used[n - 1] = true;
+            params.push(value.clone());
+        }
+        out.push(params);
+    }
+    if let Some(unused) = used.iter().position(|u| !u) {
+        return Err(Error::InvalidArgument(format!(
+            "{} argument(s) bound but the SQL does not use argument {}",
+            args.len(),
+            unused + 1
+        )));
+    }
+    Ok(out)
 }
 
 impl<'c> Executor<'c> for &'c mut DqliteConnection {
@@ -163,13 +229,17 @@ impl<'c> Executor<'c> for &'c mut DqliteConnection {
         'c: 'e,
     {
         Box::pin(async move {
-            let parameters = self.prepare_only(sql.as_str()).await?;
-            Ok(DqliteStatement {
-                sql,
-                parameters,
-                columns: Arc::new(Vec::new()),
-                column_names: Arc::new(HashMap::new()),
-            })
+            // Each statement of the text is prepared (and so checked); the parameter count is
+            // the arguments the whole text takes.
+            let pieces = split(sql.as_str());
+            let mut parameters = 0;
+            let mut columns = None;
+            for piece in &pieces {
+                let (n, cell) = self.prepare_only(piece.sql).await?;
+                parameters += n;
+                columns.get_or_insert(cell);
+            }
+            Ok(DqliteStatement { sql, parameters, columns: columns.unwrap_or_default() })
         })
     }
 
@@ -178,7 +248,11 @@ impl<'c> Executor<'c> for &'c mut DqliteConnection {
         'c: 'e,
     {
         Box::pin(async move {
-            let parameters = self.prepare_only(sql.as_str()).await?;
+            let pieces = split(sql.as_str());
+            let mut parameters = 0;
+            for piece in &pieces {
+                parameters += self.prepare_only(piece.sql).await?.0;
+            }
             // dqlite does not expose result columns without running the statement.
             Ok(Describe { columns: Vec::new(), parameters: Some(Either::Right(parameters)), nullable: Vec::new() })
         })

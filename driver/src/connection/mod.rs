@@ -24,27 +24,36 @@ mod tests;
 
 use std::fmt::{self, Debug, Formatter};
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 
 use dqlite_wire::StmtId;
 use sqlx_core::common::StatementCache;
 use sqlx_core::connection::Connection;
+use sqlx_core::ext::ustr::UStr;
 use sqlx_core::transaction::Transaction;
 use sqlx_core::Error;
+use sqlx_core::HashMap;
 
 use crate::error::DqliteError;
 use crate::protocol::session::Session;
 use crate::transaction::InFlight;
-use crate::{Dqlite, DqliteConnectOptions};
+use crate::{Dqlite, DqliteColumn, DqliteConnectOptions};
 
 pub(crate) use execute::Started;
 
+/// Result columns of a statement, with the name → ordinal map.
+pub(crate) type StatementColumns = (Arc<Vec<DqliteColumn>>, Arc<HashMap<UStr, usize>>);
+
 /// A prepared statement on the current session.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct CachedStatement {
     pub id: StmtId,
     pub params: usize,
     /// Learned on first execution: does the statement return columns?
     pub returns_rows: Option<bool>,
+    /// Learned when it first returns rows; shared with the [`DqliteStatement`](crate::DqliteStatement)s
+    /// handed out for it, whose `columns()` then show them.
+    pub columns: Arc<OnceLock<StatementColumns>>,
 }
 
 /// A connection to a dqlite cluster's leader. See the [crate docs](crate) for the data flow.

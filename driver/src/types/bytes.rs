@@ -65,6 +65,27 @@ impl Encode<'_, Dqlite> for Box<[u8]> {
     }
 }
 
+impl Encode<'_, Dqlite> for std::borrow::Cow<'_, [u8]> {
+    fn encode_by_ref(&self, buf: &mut DqliteArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        buf.push(WireValue::Blob(self.to_vec()));
+        Ok(IsNull::No)
+    }
+}
+
+impl Encode<'_, Dqlite> for std::sync::Arc<[u8]> {
+    fn encode_by_ref(&self, buf: &mut DqliteArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        buf.push(WireValue::Blob(self.to_vec()));
+        Ok(IsNull::No)
+    }
+}
+
+impl Encode<'_, Dqlite> for std::rc::Rc<[u8]> {
+    fn encode_by_ref(&self, buf: &mut DqliteArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        buf.push(WireValue::Blob(self.to_vec()));
+        Ok(IsNull::No)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::types::test_util::*;
@@ -77,5 +98,12 @@ mod tests {
             assert_eq!(decode::<Vec<u8>>(&v), b);
         }
         assert_eq!(round_trip(Some(vec![1u8, 2])), Some(vec![1, 2]));
+        let b = vec![7u8, 8, 9];
+        let shared: std::sync::Arc<[u8]> = b.clone().into();
+        assert_eq!(decode::<Vec<u8>>(&encode(shared)), b);
+        let rc: std::rc::Rc<[u8]> = b.clone().into();
+        assert_eq!(decode::<Vec<u8>>(&encode(rc)), b);
+        let cow: std::borrow::Cow<'_, [u8]> = std::borrow::Cow::Borrowed(&b[..]);
+        assert_eq!(decode::<Vec<u8>>(&encode(cow)), b);
     }
 }

@@ -5,9 +5,11 @@
 //! | `bool` | BOOLEAN (11) | BOOLEAN, INTEGER (nonzero = true) |
 //! | `i8`, `i16`, `i32`, `i64` | INTEGER (1) | INTEGER, BOOLEAN, UNIXTIME (range-checked) |
 //! | `u8`, `u16`, `u32` | INTEGER (1) | INTEGER, BOOLEAN (range-checked) |
+//! | `u64` (decode only, as in sqlx-sqlite) | — | INTEGER, BOOLEAN (negative values fail) |
 //! | `f32`, `f64` | FLOAT (2) | FLOAT, INTEGER |
-//! | `&str`, `String`, `Box<str>`, `Cow<str>` | TEXT (3) | TEXT, ISO8601 |
-//! | `&[u8]`, `Vec<u8>`, `Box<[u8]>` | BLOB (4) | BLOB, TEXT |
+//! | `&str`, `String`, `Box<str>`, `Cow<str>`, `Arc<str>`, `Rc<str>` (encode) | TEXT (3) | TEXT, ISO8601 |
+//! | `sqlx::types::Text<T>` (`T: Display + FromStr`) | TEXT | TEXT, ISO8601 |
+//! | `&[u8]`, `Vec<u8>`, `Box<[u8]>`, `Cow<[u8]>`, `Arc<[u8]>`, `Rc<[u8]>` (encode) | BLOB (4) | BLOB, TEXT |
 //! | `Option<T>` | NULL (5) when `None` | NULL, and `""` in a date/time column |
 //! | **feature `chrono`** | | |
 //! | `chrono::DateTime<Utc>`, `DateTime<FixedOffset>`, `DateTime<Local>` | ISO8601 (10) `YYYY-MM-DD HH:MM:SS.f+HH:MM` | ISO8601, TEXT, UNIXTIME, INTEGER (Unix seconds) |
@@ -21,7 +23,7 @@
 //! | `time::Time` | TEXT `HH:MM:SS.f` | TEXT |
 //! | **feature `uuid`** | | |
 //! | `uuid::Uuid` | BLOB (16 bytes) | BLOB (16 bytes), TEXT (any uuid format) |
-//! | `uuid::fmt::Hyphenated` | TEXT | TEXT |
+//! | `uuid::fmt::Hyphenated`, `uuid::fmt::Simple` | TEXT | TEXT |
 //! | **feature `json`** | | |
 //! | `sqlx::types::Json<T>`, `serde_json::Value`, `&serde_json::value::RawValue` | TEXT | TEXT, BLOB |
 //!

@@ -94,6 +94,40 @@ impl Encode<'_, Dqlite> for std::sync::Arc<str> {
     }
 }
 
+impl Encode<'_, Dqlite> for std::rc::Rc<str> {
+    fn encode_by_ref(&self, buf: &mut DqliteArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        buf.push(text_value(self)?);
+        Ok(IsNull::No)
+    }
+}
+
+/// `sqlx::types::Text<T>`: stored as TEXT through `T`'s `Display`, read back with `FromStr`.
+impl<T> Type<Dqlite> for sqlx_core::types::Text<T> {
+    fn type_info() -> DqliteTypeInfo {
+        <String as Type<Dqlite>>::type_info()
+    }
+
+    fn compatible(ty: &DqliteTypeInfo) -> bool {
+        <String as Type<Dqlite>>::compatible(ty)
+    }
+}
+
+impl<T: std::fmt::Display> Encode<'_, Dqlite> for sqlx_core::types::Text<T> {
+    fn encode_by_ref(&self, buf: &mut DqliteArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        Encode::<Dqlite>::encode(self.0.to_string(), buf)
+    }
+}
+
+impl<'r, T> Decode<'r, Dqlite> for sqlx_core::types::Text<T>
+where
+    T: std::str::FromStr,
+    BoxDynError: From<<T as std::str::FromStr>::Err>,
+{
+    fn decode(value: DqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+        Ok(Self(value.text()?.parse::<T>()?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::types::test_util::*;
@@ -113,6 +147,17 @@ mod tests {
             decode::<String>(&DqliteValue::new(Value::Iso8601("2024-01-01".into()))),
             "2024-01-01"
         );
+    }
+
+    #[test]
+    fn smart_pointers_and_text_wrapper() {
+        let rc: std::rc::Rc<str> = "rc".into();
+        assert_eq!(decode::<String>(&encode(rc)), "rc");
+        let t = sqlx_core::types::Text(std::net::Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(encode(sqlx_core::types::Text(t.0)).wire(), &Value::Text("10.0.0.1".into()));
+        assert_eq!(round_trip(t).0, std::net::Ipv4Addr::new(10, 0, 0, 1));
+        let bad = DqliteValue::new(Value::Text("not an address".into()));
+        assert!(bad.try_decode::<sqlx_core::types::Text<std::net::Ipv4Addr>>().is_err());
     }
 
     #[test]

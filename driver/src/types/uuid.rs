@@ -5,7 +5,8 @@ use sqlx_core::decode::Decode;
 use sqlx_core::encode::{Encode, IsNull};
 use sqlx_core::error::BoxDynError;
 use sqlx_core::types::Type;
-use uuid::{fmt::Hyphenated, Uuid};
+use uuid::fmt::{Hyphenated, Simple};
+use uuid::Uuid;
 
 use crate::type_info::DataType;
 use crate::value::mismatch;
@@ -61,6 +62,29 @@ impl<'r> Decode<'r, Dqlite> for Hyphenated {
     }
 }
 
+impl Type<Dqlite> for Simple {
+    fn type_info() -> DqliteTypeInfo {
+        DqliteTypeInfo::TEXT
+    }
+
+    fn compatible(ty: &DqliteTypeInfo) -> bool {
+        matches!(ty.0, DataType::Text)
+    }
+}
+
+impl Encode<'_, Dqlite> for Simple {
+    fn encode_by_ref(&self, buf: &mut DqliteArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        buf.push(WireValue::Text(self.to_string()));
+        Ok(IsNull::No)
+    }
+}
+
+impl<'r> Decode<'r, Dqlite> for Simple {
+    fn decode(value: DqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+        Ok(Uuid::parse_str(value.text()?)?.simple())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +98,8 @@ mod tests {
         assert_eq!(round_trip(u), u);
         assert_eq!(encode(u).wire(), &WireValue::Blob(u.as_bytes().to_vec()));
         assert_eq!(round_trip(u.hyphenated()), u.hyphenated());
+        assert_eq!(round_trip(u.simple()), u.simple());
+        assert_eq!(encode(u.simple()).wire(), &WireValue::Text(u.simple().to_string()));
         let t = DqliteValue::new(WireValue::Text(u.to_string()));
         assert_eq!(decode::<Uuid>(&t), u);
         let short = DqliteValue::new(WireValue::Blob(vec![1, 2, 3]));

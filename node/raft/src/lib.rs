@@ -28,9 +28,13 @@
 //! let conf = Configuration::with_voters([NodeId(1)]);
 //! let boot = RawNode::bootstrap_entry(&conf);
 //! let mut node = RawNode::restore(Config::new(NodeId(1)), HardState::default(), None, vec![boot]).unwrap();
-//! // Time passes until the election timeout; a lone voter elects itself.
+//! // Time passes until the election timeout; a lone voter elects itself. It reports itself
+//! // leader once the Ready carrying its new term is persisted (`advance` says so).
 //! while node.role() != StateRole::Leader {
 //!     node.tick();
+//!     let rd = node.ready();
+//!     // ... persist rd.entries / rd.hard_state ...
+//!     node.advance(&rd);
 //! }
 //! let index = node.propose(b"hello".to_vec()).unwrap();
 //! let mut applied = Vec::new();

@@ -68,8 +68,8 @@ impl RawNode {
     /// catching up), if the leader has not yet committed an entry of its term, or if the
     /// change is invalid.
     pub fn propose_conf_change(&mut self, cc: ConfChange) -> Result<ConfChangeStatus> {
-        if self.role != StateRole::Leader {
-            return Err(Error::NotLeader { leader: self.leader });
+        if !self.leader_durable() {
+            return Err(Error::NotLeader { leader: self.leader() });
         }
         if self.transfer.is_some() {
             return Err(Error::TransferInProgress);

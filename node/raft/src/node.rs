@@ -102,9 +102,13 @@ impl RawNode {
     }
 
     /// Rebuilds a node from durable state after a restart: the hard state, the latest snapshot
-    /// (the state machine is restored from it by the application), and the log entries after
-    /// it. Entries at or before the snapshot's index are ignored. Committed entries after the
-    /// snapshot are handed out again in `committed_entries`.
+    /// or compaction base (the meta returned by [`RawNode::snapshot_taken`]; the state machine
+    /// holds at least everything up to its index), and the log entries after it. Entries at or
+    /// before the base are ignored unless they are contiguous up to it (then they are kept as
+    /// trailing entries, for lagging followers). Entries after the base are all the log the
+    /// core needs: pass only those to bound memory. Committed entries after the base (as far as
+    /// `hard_state.commit`, a hint, says) are handed out again in `committed_entries`; an
+    /// application whose state is already past the base skips them by index.
     pub fn restore(
         config: Config,
         hard_state: HardState,
@@ -228,19 +232,28 @@ impl RawNode {
         self.term
     }
 
-    /// The current role.
+    /// The current role, as the application may act on it.
+    ///
+    /// A node that has won an election is *leader-elect* until the `Ready` that carried its
+    /// new term has been reported durable (precisely: until [`RawNode::persisted`] covers its
+    /// first entry of the term, the no-op appended in or after that `Ready`). Until then it
+    /// reports [`StateRole::Candidate`], [`RawNode::is_leader`] is false, [`RawNode::leader`]
+    /// is `None`, no [`Event::RoleChanged`] says `Leader`, proposals and reads are refused with
+    /// [`Error::NotLeader`], and nothing of its term leaves the node. If it crashes in that
+    /// window, it may restart in the previous term and vote for another server in the same
+    /// term: nobody learnt of its leadership, so there never were two leaders of a term.
     pub fn role(&self) -> StateRole {
-        self.role
+        self.public_soft().0
     }
 
-    /// The known leader.
+    /// The known leader (`None` while this node is leader-elect, see [`RawNode::role`]).
     pub fn leader(&self) -> Option<NodeId> {
-        self.leader
+        self.public_soft().2
     }
 
-    /// True if this node is the leader.
+    /// True if this node is the leader and its term is durable (see [`RawNode::role`]).
     pub fn is_leader(&self) -> bool {
-        self.role == StateRole::Leader
+        self.leader_durable()
     }
 
     /// The in-memory log (read-only view).
@@ -279,8 +292,8 @@ impl RawNode {
             id: self.id,
             term: self.term,
             vote: self.vote,
-            role: self.role,
-            leader: self.leader,
+            role: self.role(),
+            leader: self.leader(),
             committed: self.log.committed,
             applied: self.log.applied,
             last_index: self.log.last_index(),
@@ -377,8 +390,8 @@ impl RawNode {
     }
 
     pub(crate) fn propose_entry(&mut self, kind: EntryKind, data: Vec<u8>) -> Result<LogIndex> {
-        if self.role != StateRole::Leader {
-            return Err(Error::NotLeader { leader: self.leader });
+        if !self.leader_durable() {
+            return Err(Error::NotLeader { leader: self.leader() });
         }
         if self.transfer.is_some() {
             return Err(Error::TransferInProgress);
@@ -439,12 +452,12 @@ impl RawNode {
             || !self.chunks_in.is_empty()
             || self.install.is_some()
             || self.log.unstable_from <= self.log.last_index()
-            || self.hard_state() != self.last_hard_state
+            || (self.term, self.vote) != (self.last_hard_state.term, self.last_hard_state.vote)
             || self.log.committed.min(self.log.persisted) > self.log.applying
             || self.confirmed_reads.front().is_some_and(|r| r.index <= self.log.applied)
             || !self.chunk_requests.is_empty()
             || !self.events.is_empty()
-            || (self.role, self.term, self.leader) != self.last_soft
+            || self.public_soft() != self.last_soft
             || (self.role == StateRole::Leader
                 && self.progress.values().any(|p| {
                     p.commit_sent < self.log.committed
@@ -458,13 +471,15 @@ impl RawNode {
         if self.role == StateRole::Leader {
             self.send_commit_updates();
         }
-        let soft = (self.role, self.term, self.leader);
+        let soft = self.public_soft();
         if soft != self.last_soft {
             self.last_soft = soft;
             self.events.insert(0, Event::RoleChanged { role: soft.0, term: soft.1, leader: soft.2 });
         }
-        let hs = self.hard_state();
-        let hard_state = if hs != self.last_hard_state {
+        // Only a new term or vote must be made durable; the commit index rides along as a
+        // hint, never beyond what was durable before this Ready (see `crate::ready`).
+        let hard_state = if (self.term, self.vote) != (self.last_hard_state.term, self.last_hard_state.vote) {
+            let hs = HardState { term: self.term, vote: self.vote, commit: self.log.committed.min(self.log.persisted) };
             self.last_hard_state = hs;
             Some(hs)
         } else {
@@ -491,6 +506,22 @@ impl RawNode {
     }
 
     // ----- helpers ----------------------------------------------------------------------
+
+    /// True if this node leads and its term is durable: its first entry of the term (appended
+    /// in or after the `Ready` that carried the term) is reported persisted.
+    pub(crate) fn leader_durable(&self) -> bool {
+        self.role == StateRole::Leader && self.log.persisted >= self.leader_first_index
+    }
+
+    /// Role, term and leader as reported to the application: a leader-elect (term not yet
+    /// durable) reports itself a candidate without a known leader.
+    pub(crate) fn public_soft(&self) -> (StateRole, Term, Option<NodeId>) {
+        if self.role == StateRole::Leader && !self.leader_durable() {
+            (StateRole::Candidate, self.term, None)
+        } else {
+            (self.role, self.term, self.leader)
+        }
+    }
 
     pub(crate) fn send(&mut self, to: NodeId, body: MessageBody) {
         let m = Message { from: self.id, to, term: self.term, body };
@@ -561,7 +592,43 @@ mod tests {
         let rd = c.node(1).ready();
         assert_eq!(rd.committed_entries.last().map(|e| e.index), Some(i));
         assert!(rd.entries.is_empty());
-        assert!(rd.hard_state.is_some(), "commit index moved");
+        assert!(rd.hard_state.is_none(), "a commit alone needs no hard-state write");
+    }
+
+    #[test]
+    fn commits_after_the_election_need_no_hard_state_write() {
+        let mut c = Cluster::new(3, 93);
+        c.elect(1);
+        c.run(1);
+        let term = c.node(1).term();
+        let before = c.node(1).log().committed();
+        for k in 0..20u8 {
+            c.node(1).propose(vec![k]).unwrap();
+            for _ in 0..3 {
+                for id in 1..=3 {
+                    let rd = c.node(id).ready();
+                    assert!(rd.hard_state.is_none(), "node {id} asked for a hard-state write at commit {:?}", c.node(id).log().committed());
+                    let out: Vec<_> = rd.messages.iter().chain(rd.persisted_messages.iter()).cloned().collect();
+                    c.node(id).advance(&rd);
+                    for m in out {
+                        let to = m.to;
+                        c.node(to.0).step(m).unwrap();
+                    }
+                }
+            }
+        }
+        assert!(c.node(1).log().committed() >= LogIndex(before.0 + 20), "the commits happened");
+        for id in 2..=3 {
+            assert!(c.node(id).log().committed() > before);
+        }
+        assert_eq!(c.node(1).term(), term);
+        // A new term or vote does ask for one, carrying a commit hint no later than what was
+        // durable before it.
+        c.node(2).campaign(false, false);
+        let rd = c.node(2).ready();
+        let hs = rd.hard_state.expect("new term and vote must be persisted");
+        assert_eq!((hs.term, hs.vote), (c.node(2).term(), Some(NodeId(2))));
+        assert!(hs.commit <= c.node(2).log().persisted());
     }
 
     #[test]

@@ -209,9 +209,10 @@ fn s5_4_2_commit_only_current_term_entries_by_counting_replicas() {
     for p in [2, 3] {
         leader.step(msg(p, 1, t.0, MessageBody::RequestVoteResponse(crate::VoteResponse { granted: true }))).unwrap();
     }
-    assert!(leader.is_leader());
+    assert_eq!(leader.role, StateRole::Leader);
     let rd = leader.ready();
     leader.advance(&rd);
+    assert!(leader.is_leader());
     // The no-op of term t is at index 3. Follower 2 acknowledges only index 2 (term 2).
     assert_eq!(leader.log().term(LogIndex(3)), Some(t));
     leader
@@ -446,6 +447,11 @@ fn s8_client_read_index_waits_for_first_commit_in_term_and_fails_on_step_down() 
     n.campaign(false, false);
     let t = n.term();
     n.step(msg(2, 1, t.0, MessageBody::RequestVoteResponse(crate::VoteResponse { granted: true }))).unwrap();
+    assert_eq!(n.role, StateRole::Leader);
+    assert!(!n.is_leader(), "leader-elect until its no-op (and term) is durable");
+    assert_eq!(n.read_index(b"r".to_vec()), Err(Error::NotLeader { leader: None }));
+    let rd = n.ready();
+    n.advance(&rd);
     assert!(n.is_leader());
     n.read_index(b"r".to_vec()).unwrap();
     let rd = n.ready();
@@ -650,20 +656,27 @@ fn ready_contract_self_elected_leader_sends_nothing_before_its_term_is_durable()
     let mut conf = Configuration::with_voters([NodeId(1)]);
     conf.upsert(crate::Server { id: NodeId(2), address: String::new(), role: Role::Standby });
     let mut n = RawNode::restore(config(1, 2), HardState::default(), None, vec![RawNode::bootstrap_entry(&conf)]).unwrap();
-    while !n.is_leader() {
+    while n.role != StateRole::Leader {
         n.tick();
     }
+    assert!(!n.is_leader() && n.role() == StateRole::Candidate && n.leader().is_none(), "leader-elect");
     let rd = n.ready();
     assert!(rd.hard_state.is_some());
     assert!(rd.messages.is_empty(), "sent before the term is durable: {:?}", rd.messages);
     assert!(rd.persisted_messages.iter().any(|m| matches!(m.body, MessageBody::AppendEntries(_))));
-    n.propose(b"x".to_vec()).unwrap();
+    assert!(!rd.events.iter().any(|e| matches!(e, crate::Event::RoleChanged { role: StateRole::Leader, .. })));
+    assert!(matches!(n.propose(b"x".to_vec()), Err(Error::NotLeader { leader: None })));
+    n.tick();
     let rd2 = n.ready();
     assert!(rd2.messages.is_empty());
     n.advance(&rd);
-    // Once the no-op (and with it the term) is durable, appends go out at once again.
+    // Once the no-op (and with it the term) is durable, it is leader and says so.
+    assert!(n.is_leader() && n.leader() == Some(NodeId(1)));
     n.propose(b"y".to_vec()).unwrap();
     n.advance(&rd2);
+    let rd2b = n.ready();
+    assert!(rd2b.events.iter().any(|e| matches!(e, crate::Event::RoleChanged { role: StateRole::Leader, .. })));
+    n.advance(&rd2b);
     n.tick();
     n.tick();
     let rd3 = n.ready();
@@ -697,4 +710,24 @@ fn s6_membership_voter_demoted_by_uncommitted_change_may_still_campaign() {
         }
         assert_eq!(n.role() == StateRole::PreCandidate, may, "commit {commit}");
     }
+}
+
+#[test]
+fn fig2_append_rule_5_follower_commit_stops_at_the_last_entry_the_leader_covered() {
+    // Follower n2 holds 2..=5 of term 1 (a stale suffix from an old leader: entries the new
+    // leader of term 2 may not have). The leader, whose commit index is 5 (its own, different
+    // entries), probes with an empty append at prev = 2: it vouches only for 1..=2.
+    let mut n = follower_with(2, 3, 2, &[entry(2, 1), entry(3, 1), entry(4, 1), entry(5, 1)]);
+    let ae = AppendEntries { prev_log_index: LogIndex(2), prev_log_term: Term(1), entries: vec![], leader_commit: LogIndex(5) };
+    n.step(msg(1, 2, 2, MessageBody::AppendEntries(ae))).unwrap();
+    assert_eq!(n.log().committed(), LogIndex(2), "commitIndex = min(leaderCommit, index of last new entry)");
+    // With one new entry the bound is prev + 1 (the entry conflicts and replaces 3@1).
+    let ae = AppendEntries { prev_log_index: LogIndex(2), prev_log_term: Term(1), entries: vec![entry(3, 2)], leader_commit: LogIndex(5) };
+    n.step(msg(1, 2, 2, MessageBody::AppendEntries(ae))).unwrap();
+    assert_eq!(n.log().committed(), LogIndex(3));
+    assert_eq!(n.log().last_index(), LogIndex(3), "the stale suffix was truncated");
+    // A heartbeat carries only what the leader knows matches.
+    let hb = crate::Heartbeat { commit: LogIndex(3), read_seq: 0 };
+    n.step(msg(1, 2, 2, MessageBody::Heartbeat(hb))).unwrap();
+    assert_eq!(n.log().committed(), LogIndex(3));
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use crate::error::{Error, Result};
 use crate::node::RawNode;
-use crate::ready::{ReadState, StateRole};
+use crate::ready::ReadState;
 use crate::types::{LogIndex, NodeId};
 
 /// A read waiting for its heartbeat round.
@@ -24,8 +24,8 @@ impl RawNode {
     /// [`Ready::read_states`](crate::Ready::read_states) once safe to serve, or as
     /// [`Event::ReadIndexFailed`](crate::Event::ReadIndexFailed) if leadership is lost first.
     pub fn read_index(&mut self, ctx: Vec<u8>) -> Result<()> {
-        if self.role != StateRole::Leader {
-            return Err(Error::NotLeader { leader: self.leader });
+        if !self.leader_durable() {
+            return Err(Error::NotLeader { leader: self.leader() });
         }
         if !self.committed_in_term() {
             self.reads_waiting_commit.push(ctx);

@@ -14,7 +14,11 @@
 //! 4. Append [`Ready::entries`] durably. The first entry may overwrite: delete every stored
 //!    entry with an index `>= entries[0].index` first.
 //! 5. Store [`Ready::hard_state`] durably if set (before or atomically with step 4's fsync:
-//!    a vote must never be lost).
+//!    a vote must never be lost). It is set only when the term or the vote changed: a stream of
+//!    commits never requires a metadata write. Its `commit` field is a hint that may be stored
+//!    or dropped ([`HardState`]); an application that wants a fresher commit index on restart
+//!    may store [`RawNode::log`](crate::RawNode::log)`().committed()` opportunistically, but
+//!    only once the entries up to it are durable.
 //! 6. After everything above is durable (and everything asked by earlier `Ready`s), call
 //!    [`RawNode::persisted`](crate::RawNode::persisted) with [`Ready::persist_marker`], then send
 //!    [`Ready::persisted_messages`] (votes and acknowledgements that promise durability).
@@ -30,6 +34,34 @@
 //!
 //! [`RawNode::advance`](crate::RawNode::advance) does the bookkeeping calls of steps 6 and 7 for
 //! an application that handles a whole `Ready` synchronously.
+//!
+//! # Leadership is announced once the term is durable
+//!
+//! A node that won an election is *leader-elect* until step 6 has been done for the `Ready`
+//! that carried its new term (and its first entry of the term). Until then
+//! [`RawNode::role`](crate::RawNode::role) says `Candidate`, `is_leader()` is false, proposals
+//! and reads are refused, and nothing of the term is sent; the [`Event::RoleChanged`] that says
+//! `Leader` comes in the first `Ready` after `persisted` covered that entry.
+//!
+//! # Bounded memory: compaction without a snapshot file
+//!
+//! The core holds the log entries after its compaction point in memory. To bound that, the
+//! application calls [`RawNode::snapshot_taken`](crate::RawNode::snapshot_taken)`(i)` once its
+//! state machine holds everything up to an applied index `i` durably — in a snapshot file, or
+//! in its own durable files (dqlite: the database files after a checkpoint), which is then "the
+//! snapshot" — and stores the returned [`SnapshotMeta`] as its compaction base. Then
+//! [`RawNode::compact`](crate::RawNode::compact)`(i - trailing)` drops entries from memory (the
+//! application may delete them from its log store too). On restart, pass
+//! [`RawNode::restore`](crate::RawNode::restore) that meta and only the stored entries after
+//! the compaction point (trailing entries behind the base are kept if contiguous).
+//!
+//! A follower that needs entries below the compaction point gets a snapshot: the leader emits a
+//! [`SnapshotChunkRequest`] for its current meta. An application that keeps no snapshot file and
+//! whose state has moved past `req.meta.index` answers a request at offset 0 by capturing a
+//! consistent image of its state now (at applied index `j`) and calling `snapshot_taken(j)`:
+//! every transfer of an older snapshot restarts, and the next `Ready` requests offset 0 of the
+//! new meta, which it serves from that image (fixed for the whole transfer). Requests that are
+//! no longer current are refused by `send_snapshot_chunk` and may be ignored.
 
 use crate::message::Message;
 use crate::types::{Entry, HardState, LogIndex, NodeId, SnapshotMeta, Term};

@@ -23,9 +23,11 @@ use crate::ready::{IncomingSnapshotChunk, SnapshotChunkRequest, SnapshotInstall,
 use crate::types::{LogIndex, NodeId, SnapshotMeta};
 
 impl RawNode {
-    /// Records that the state machine's state up to `index` (applied) is captured in a
-    /// snapshot. Returns its metadata (to store beside the snapshot). The log is not compacted:
-    /// call [`RawNode::compact`].
+    /// Records that the state machine's state up to `index` (applied) is captured durably: in
+    /// a snapshot file, or in the state machine's own files (see "Bounded memory" in
+    /// [`crate::ready`]). Returns its metadata (to store beside it: it is the compaction base
+    /// to pass to [`RawNode::restore`]). Transfers of an older snapshot in progress restart
+    /// with this one. The log is not compacted: call [`RawNode::compact`].
     pub fn snapshot_taken(&mut self, index: LogIndex) -> Result<SnapshotMeta> {
         if index > self.log.applied {
             return Err(Error::SnapshotNotApplied { index, applied: self.log.applied });
@@ -356,6 +358,60 @@ mod tests {
         let m = c.node(1).snapshot_taken(old).unwrap();
         assert!(m.configuration.get(NodeId(2)).is_none(), "configuration at {old:?} lost by compaction to {:?}", first.index);
         assert_eq!(m.configuration_index, LogIndex(1));
+    }
+
+    /// The runtime's flow (issue 8): the state machine's own durable files are the snapshot.
+    /// The leader compacts its log behind what the state machine holds, keeps writing, and a
+    /// follower far behind gets an image captured on demand at the leader's current applied
+    /// index; a restarted node is rebuilt from (hard state, compaction base, entries after it).
+    #[test]
+    fn compaction_without_a_snapshot_file_serves_lagging_followers_from_the_live_state() {
+        let mut c = Cluster::new(3, 55);
+        c.live_snapshots = true;
+        for id in 1..=3 {
+            c.node(id).cfg.snapshot_chunk_bytes = 8;
+        }
+        c.elect(1);
+        c.run(1);
+        c.crash(3);
+        for i in 0..10u8 {
+            c.propose(1, &[i; 3]);
+        }
+        c.run(1);
+        // "Checkpoint": everything applied is durable in the state machine; keep 2 trailing.
+        let base = c.take_snapshot(1, 2);
+        assert_eq!(c.node(1).log().compacted_index(), LogIndex(base.index.0 - 2));
+        // More writes: the state machine moves past the base.
+        for i in 10..15u8 {
+            c.propose(1, &[i; 3]);
+        }
+        c.run(1);
+        let applied = c.node(1).log().applied();
+        assert!(applied > base.index);
+        c.restart(3);
+        c.run(3 * c.nodes[&NodeId(1)].election_ticks);
+        assert_eq!(c.fsm(3), c.fsm(1), "the lagging follower caught up from the live image");
+        assert_eq!(c.fsm(3).len(), 15);
+        // It was first asked for the base's meta, then for the image captured on demand.
+        let asked: Vec<LogIndex> = c.requests_seen.iter().filter(|r| r.0 == NodeId(3)).map(|r| r.1).collect();
+        assert_eq!(asked.first(), Some(&base.index), "{asked:?}");
+        assert!(asked.iter().any(|i| *i >= applied), "{asked:?}");
+        assert!(c.node(3).snapshot_meta().is_some_and(|m| m.index >= applied));
+
+        // Restart the leader from its compaction base and the entries after it only.
+        let disk = c.disks[&NodeId(1)].clone();
+        assert!(disk.entries.iter().all(|e| e.index > base.index), "the log store kept only entries after the base");
+        c.crash(1);
+        c.restart(1);
+        assert!(c.node(1).log().first_index() > LogIndex(1));
+        assert_eq!(c.node(1).log().last_index(), disk.entries.last().map_or(base.index, |e| e.index));
+        let l = c.wait_leader(500);
+        c.propose(l.0, b"after");
+        c.run(5);
+        for id in 1..=3 {
+            assert_eq!(c.fsm(id).len(), 16, "node {id}");
+            assert_eq!(c.fsm(id), c.fsm(l.0));
+        }
     }
 
     #[test]

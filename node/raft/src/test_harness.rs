@@ -15,6 +15,8 @@ pub(crate) struct Disk {
     pub entries: Vec<Entry>,
     pub snapshot: Option<(SnapshotMeta, Vec<u8>)>,
     pub staging: Vec<u8>,
+    /// Live-snapshot mode: the image captured on demand for sending (volatile).
+    pub serving: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
 pub(crate) struct Cluster {
@@ -30,6 +32,10 @@ pub(crate) struct Cluster {
     /// When set, messages of these kinds are dropped (by a predicate).
     pub drop_if: Option<fn(&Message) -> bool>,
     pub seed: u64,
+    /// The application keeps no snapshot file to send: it captures its state machine on
+    /// demand (see "Bounded memory" in `crate::ready`). Requests seen: (follower, meta index).
+    pub live_snapshots: bool,
+    pub requests_seen: Vec<(NodeId, LogIndex)>,
 }
 
 pub(crate) fn config(id: u64, seed: u64) -> Config {
@@ -86,6 +92,8 @@ impl Cluster {
             events: BTreeMap::new(),
             drop_if: None,
             seed,
+            live_snapshots: false,
+            requests_seen: Vec::new(),
         }
     }
 
@@ -153,6 +161,28 @@ impl Cluster {
             self.reads.entry(id).or_default().extend(rd.read_states.iter().cloned());
             self.events.entry(id).or_default().extend(rd.events.iter().cloned());
             for req in &rd.snapshot_requests {
+                self.requests_seen.push((req.to, req.meta.index));
+                if self.live_snapshots {
+                    let data = match &disk.serving {
+                        Some((m, d)) if *m == req.meta => d.clone(),
+                        _ if req.offset == 0 => {
+                            // Capture the state machine now; the core restarts the transfer
+                            // with this snapshot's meta unless it is the one asked for.
+                            let meta = node.snapshot_taken(node.log().applied()).unwrap();
+                            let data = encode_fsm(fsm);
+                            disk.serving = Some((meta.clone(), data.clone()));
+                            if meta != req.meta {
+                                continue;
+                            }
+                            data
+                        }
+                        _ => continue,
+                    };
+                    let lo = (req.offset as usize).min(data.len());
+                    let hi = (lo + req.max_bytes as usize).min(data.len());
+                    let _ = node.send_snapshot_chunk(req, data[lo..hi].to_vec(), hi == data.len());
+                    continue;
+                }
                 let (meta, data) = disk.snapshot.clone().expect("snapshot requested but none taken");
                 assert_eq!(meta, req.meta);
                 let lo = req.offset as usize;

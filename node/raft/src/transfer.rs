@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::message::MessageBody;
 use crate::node::RawNode;
-use crate::ready::{Event, StateRole};
+use crate::ready::Event;
 use crate::types::NodeId;
 
 /// An ongoing transfer.
@@ -23,8 +23,8 @@ impl RawNode {
     /// chosen target. Completion shows as this node becoming a follower; failure as
     /// [`Event::TransferAborted`] after an election timeout.
     pub fn transfer_leadership(&mut self, target: Option<NodeId>) -> Result<NodeId> {
-        if self.role != StateRole::Leader {
-            return Err(Error::NotLeader { leader: self.leader });
+        if !self.leader_durable() {
+            return Err(Error::NotLeader { leader: self.leader() });
         }
         if self.transfer.is_some() {
             return Err(Error::TransferInProgress);

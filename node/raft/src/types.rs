@@ -172,8 +172,13 @@ impl Role {
 }
 
 /// The state that must be durable before any message of the same `Ready` marked
-/// "after persist" is sent: the current term, the vote cast in it, and the commit index
-/// (the commit index is an optimisation for restart; losing it is safe).
+/// "after persist" is sent: the current term and the vote cast in it.
+///
+/// `commit` is only a hint for restart: [`Ready::hard_state`](crate::Ready::hard_state) is set
+/// when the term or vote changes, never because the commit index moved (so a commit costs no
+/// metadata write); the `commit` it carries never exceeds what was durable before that `Ready`.
+/// Storing a stale or zero `commit` is safe: a restarted node relearns the commit index from
+/// the leader. [`RawNode::restore`](crate::RawNode::restore) clamps it to the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct HardState {

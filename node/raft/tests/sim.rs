@@ -148,7 +148,12 @@ fn simulated_clusters_stay_safe_live_and_linearizable() {
                     return;
                 }
                 match run_seed(options(seed)) {
-                    Ok(r) => totals.lock().expect("totals lock").add(&r),
+                    Ok(r) => {
+                        if r.lin_unknown {
+                            eprintln!("SIM seed {seed}: linearizability unknown after {} steps ({} ops, {} unknown outcome)", r.lin_steps, r.ops, r.ops_unknown);
+                        }
+                        totals.lock().expect("totals lock").add(&r)
+                    }
                     Err(f) => {
                         eprintln!("SIM seed {seed} FAILED");
                         stop.store(true, Ordering::Relaxed);

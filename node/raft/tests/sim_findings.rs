@@ -4,8 +4,8 @@
 //! (an open finding's test is `#[ignore]`d until it is fixed).
 
 use dqlite_raft::{
-    Config, Configuration, Entry, HardState, LogIndex, Message, NodeId, RawNode, Role,
-    Server, StateRole,
+    Config, Configuration, Entry, EntryKind, Error, Event, HardState, LogIndex, Message, NodeId, RawNode, Role,
+    Server, StateRole, Term,
 };
 
 /// What a test harness keeps for one server: the core, what is durable, what it applied.
@@ -14,6 +14,8 @@ struct Server1 {
     durable_hard: HardState,
     durable_log: Vec<Entry>,
     applied: Vec<Entry>,
+    /// Terms in which this server told its application it was leader (role, event).
+    announced: Vec<Term>,
 }
 
 impl Server1 {
@@ -25,12 +27,39 @@ impl Server1 {
             durable_hard: HardState::default(),
             durable_log: vec![boot.clone()],
             applied: Vec::new(),
+            announced: Vec::new(),
+        }
+    }
+
+    /// Rebuilds the server from what is durable (a crash: everything else is lost).
+    fn restart(&self, id: u64) -> Server1 {
+        let raw = RawNode::restore(Config::new(NodeId(id)), self.durable_hard, None, self.durable_log.clone())
+            .expect("restore");
+        Server1 {
+            raw,
+            durable_hard: self.durable_hard,
+            durable_log: self.durable_log.clone(),
+            applied: Vec::new(),
+            announced: self.announced.clone(),
+        }
+    }
+
+    /// Records what the application can see of leadership now.
+    fn observe(&mut self) {
+        if self.raw.is_leader() || self.raw.role() == StateRole::Leader || self.raw.leader() == Some(self.raw.id()) {
+            self.announced.push(self.raw.term());
         }
     }
 
     /// Handles one Ready completely (persist, then `advance`), returning every message it sends.
     fn handle_ready(&mut self) -> Vec<Message> {
+        self.observe();
         let rd = self.raw.ready();
+        for e in &rd.events {
+            if let Event::RoleChanged { role: StateRole::Leader, term, .. } = e {
+                self.announced.push(*term);
+            }
+        }
         if let Some(hs) = rd.hard_state {
             self.durable_hard = hs;
         }
@@ -40,6 +69,7 @@ impl Server1 {
         }
         self.applied.extend(rd.committed_entries.iter().cloned());
         self.raw.advance(&rd);
+        self.observe();
         let mut out = rd.messages;
         out.extend(rd.persisted_messages);
         out
@@ -94,7 +124,8 @@ fn f1_self_elected_leader_must_not_send_before_its_term_is_durable() {
 
     // n1 elects itself (term 2). Its first Ready holds the new term and the no-op; the
     // application starts the fsync and sends the messages (as the contract allows).
-    while n1.raw.role() != StateRole::Leader {
+    let before = n1.raw.term();
+    while n1.raw.term() == before {
         n1.raw.tick();
     }
     let term = n1.raw.term();
@@ -114,19 +145,24 @@ fn f1_self_elected_leader_must_not_send_before_its_term_is_durable() {
     for m in acks {
         n1.raw.step(m).expect("step");
     }
-    n1.raw.propose(b"X".to_vec()).expect("propose X");
+    // (Refused while n1 is leader-elect, which is also correct.)
+    let _ = n1.raw.propose(b"X".to_vec());
     let rd2 = n1.raw.ready();
     early.extend(rd2.messages.iter().filter(|m| m.term >= term).cloned());
     settle(&mut [&mut n2], rd2.messages);
 
     // n1 crashes before either fsync completes and restarts from its disk (bootstrap only).
     let mut n1 = Server1::new(1, &boot);
-    while n1.raw.role() != StateRole::Leader {
+    let mut pending = Vec::new();
+    while !n1.raw.is_leader() {
         n1.raw.tick();
+        while n1.raw.has_ready() {
+            pending.extend(n1.handle_ready());
+        }
     }
     assert_eq!(n1.raw.term(), term, "restarted in the old term, won the same term again");
     n1.raw.propose(b"Y".to_vec()).expect("propose Y");
-    settle(&mut [&mut n1, &mut n2], Vec::new());
+    settle(&mut [&mut n1, &mut n2], pending);
     for _ in 0..20 {
         n1.raw.tick(); // heartbeats carry the commit index to the standby
         settle(&mut [&mut n1, &mut n2], Vec::new());
@@ -142,4 +178,69 @@ fn f1_self_elected_leader_must_not_send_before_its_term_is_durable() {
         text(payload_at(&n2.applied, at)),
     );
     assert_eq!(payload_at(&n1.applied, at), payload_at(&n2.applied, at));
+}
+
+/// F2 (seed 103008 of the simulator): a server that elects itself with its own vote alone
+/// told its application "you lead term t" in the `Ready` that first carried term t, before that
+/// term was durable. Crashing before the fsync, it restarted in term t - 1 and voted for another
+/// server in term t, which then led term t too: two servers announced leadership of one term.
+/// In the seed, n1 was a spare, leader n3 proposed demoting itself (uncommitted), so in n2's
+/// log n2 was the only voter; n3, still allowed to campaign while its demotion is uncommitted,
+/// won t13 with the vote of the restarted n2.
+///
+/// Here: n1 and n2 are voters; entry 2 (uncommitted) demotes n2 to standby, so n1 is a quorum
+/// by itself and n2 may still campaign.
+#[test]
+fn f2_leadership_is_not_announced_before_the_term_is_durable() {
+    let voters = Configuration::with_voters([NodeId(1), NodeId(2)]);
+    let boot = RawNode::bootstrap_entry(&voters);
+    let mut demoted = voters.clone();
+    demoted.upsert(Server { id: NodeId(2), address: String::new(), role: Role::Standby });
+    let demote = Entry { term: Term(1), index: LogIndex(2), kind: EntryKind::Configuration, data: demoted.encode() };
+    let mut n1 = Server1::new(1, &boot);
+    let mut n2 = Server1::new(2, &boot);
+    for s in [&mut n1, &mut n2] {
+        s.durable_log.push(demote.clone());
+        s.durable_hard = HardState { term: Term(1), vote: None, commit: LogIndex(1) };
+        *s = s.restart(s.raw.id().0);
+    }
+
+    // n1 elects itself (term 2) in one step. Its Ready carries the new term; the fsync is
+    // still running when n1 crashes.
+    let before = n1.raw.term();
+    while n1.raw.term() == before {
+        n1.raw.tick();
+    }
+    let term = n1.raw.term();
+    n1.observe();
+    let rd = n1.raw.ready();
+    assert_eq!(rd.hard_state.map(|h| h.term), Some(term));
+    for e in &rd.events {
+        if let Event::RoleChanged { role: StateRole::Leader, term, .. } = e {
+            n1.announced.push(*term);
+        }
+    }
+    assert!(rd.messages.is_empty(), "sent before its term was durable: {:?}", rd.messages);
+    assert!(matches!(n1.raw.propose(b"x".to_vec()), Err(Error::NotLeader { .. })));
+    assert!(matches!(n1.raw.read_index(b"r".to_vec()), Err(Error::NotLeader { .. })));
+    n1.observe();
+    let mut n1 = n1.restart(1);
+    assert_eq!(n1.raw.term(), before, "restarted in the old term");
+
+    // n2 campaigns for the same term and wins it with n1's vote.
+    // (Once n2's no-op commits, so does its demotion, and it hands leadership to n1 in a later
+    // term: stop as soon as n2 announces.)
+    for _ in 0..1000 {
+        if n2.announced.contains(&term) {
+            break;
+        }
+        n2.raw.tick();
+        let out = n2.handle_ready();
+        settle(&mut [&mut n1, &mut n2], out);
+    }
+    assert!(
+        !n1.announced.contains(&term),
+        "n1 announced leadership of {term:?} before it was durable, and n2 leads it too"
+    );
+    assert!(n2.announced.contains(&term));
 }

@@ -28,6 +28,7 @@
 
 pub mod backend;
 mod connection;
+pub mod db_backend;
 pub mod join;
 pub mod messages;
 pub mod runtime_cluster;

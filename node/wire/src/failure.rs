@@ -49,8 +49,8 @@ impl KnownFailure {
 
 /// A request that needs the leader reached a node that is not the leader. Nothing ran.
 ///
-/// Sent by every dqlite version (`CHECK_LEADER` in `gateway.c`) for PREPARE, EXEC, QUERY,
-/// EXEC_SQL, QUERY_SQL, INTERRUPT, ... on a follower. Clients look for the leader again and
+/// Sent by every dqlite version (`CHECK_LEADER` in `gateway.c`) for EXEC, QUERY, EXEC_SQL,
+/// QUERY_SQL, ... on a follower (dqlite 1.11 still answers PREPARE there). Clients look for the leader again and
 /// may retry anything outside a transaction. Legacy servers used code
 /// [`codes::SQLITE_IOERR_NOT_LEADER_LEGACY`] with the same message.
 pub const NOT_LEADER: KnownFailure = KnownFailure { code: codes::SQLITE_IOERR_NOT_LEADER, message: "not leader" };

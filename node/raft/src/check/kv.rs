@@ -140,6 +140,61 @@ impl Model for KvModel {
             })
             .collect()
     }
+
+    /// An unknown-outcome write whose written string is a unique token (the simulator writes
+    /// `[client.seq]`, `p[client.seq]`, `c[client.seq]`) took effect if a known get returned a
+    /// value containing the token, or a known successful cas expected one: it was linearized
+    /// before that operation returned. Applied only when every written string of the partition
+    /// is such a token, so that a token can occur in a value only where its own write put it.
+    fn effect_deadlines(&self, ops: &[&Operation<KvInput, KvOutput>]) -> Vec<Option<u64>> {
+        let written = |o: &Operation<KvInput, KvOutput>| -> Option<String> {
+            match &o.input {
+                KvInput::Get(_) => None,
+                KvInput::Put(_, v) | KvInput::Append(_, v) => Some(v.clone()),
+                KvInput::Cas { new, .. } => Some(new.clone()),
+            }
+        };
+        let mut tokens: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for o in ops {
+            if let Some(w) = written(o) {
+                match token(&w) {
+                    Some(t) => *tokens.entry(t.to_owned()).or_default() += 1,
+                    None => return vec![None; ops.len()],
+                }
+            }
+        }
+        // Observations: (what was seen, when the observer returned).
+        let mut seen: Vec<(&str, u64)> = Vec::new();
+        for o in ops {
+            match (&o.input, &o.response) {
+                (KvInput::Get(_), Some((t, KvOutput::Value(Some(v))))) => seen.push((v, *t)),
+                (KvInput::Cas { expected: Some(e), .. }, Some((t, KvOutput::Swapped(true)))) => seen.push((e, *t)),
+                _ => {}
+            }
+        }
+        ops.iter()
+            .map(|o| {
+                if o.response.is_some() {
+                    return None;
+                }
+                let w = written(o)?;
+                let t = token(&w)?;
+                if tokens.get(t) != Some(&1) {
+                    return None;
+                }
+                seen.iter().filter(|(v, _)| v.contains(t)).map(|(_, at)| *at).min()
+            })
+            .collect()
+    }
+}
+
+/// The bracketed part of a token `[a.b]`, `p[a.b]` or `c[a.b]` (digits `a`, `b`), if `s` is one.
+fn token(s: &str) -> Option<&str> {
+    let b = s.strip_prefix('p').or_else(|| s.strip_prefix('c')).unwrap_or(s);
+    let inner = b.strip_prefix('[')?.strip_suffix(']')?;
+    let (x, y) = inner.split_once('.')?;
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit());
+    (digits(x) && digits(y)).then_some(b)
 }
 
 impl Partitioned for KvModel {

@@ -61,6 +61,15 @@ pub trait Model {
     fn prunable_unknowns(&self, ops: &[&Operation<Self::Input, Self::Output>]) -> Vec<bool> {
         vec![false; ops.len()]
     }
+
+    /// For operations with an unknown outcome that provably took effect, a time by which they
+    /// did: the response time of a known operation that observed their effect (it was
+    /// linearized before that). The search then treats them as operations that must be
+    /// linearized by that time, with the output still unknown. `ops` is one partition; `None`
+    /// means no bound (the default for every operation).
+    fn effect_deadlines(&self, ops: &[&Operation<Self::Input, Self::Output>]) -> Vec<Option<u64>> {
+        vec![None; ops.len()]
+    }
 }
 
 /// A model whose operations each touch one independent part of the state (e.g. one key).
@@ -306,6 +315,13 @@ fn search<M: Model>(
     // Reads with unknown outcome constrain nothing: drop them, and whatever the model says
     // may be assumed not to have happened.
     let prunable = model.prunable_unknowns(ops_all);
+    let deadlines = model.effect_deadlines(ops_all);
+    let deadline = |i: usize| -> Option<u64> {
+        match &ops_all[i].response {
+            Some((t, _)) => Some(*t),
+            None => deadlines.get(i).copied().flatten().filter(|t| *t >= ops_all[i].invoke),
+        }
+    };
     let keep: Vec<usize> = (0..ops_all.len())
         .filter(|&i| {
             ops_all[i].response.is_some()
@@ -313,8 +329,10 @@ fn search<M: Model>(
         })
         .collect();
     let ops: Vec<&Operation<M::Input, M::Output>> = keep.iter().map(|&i| ops_all[i]).collect();
+    // When each kept operation must be linearized by (its response, or a proven effect).
+    let ret: Vec<Option<u64>> = keep.iter().map(|&i| deadline(i)).collect();
     let n = ops.len();
-    let known = ops.iter().filter(|o| o.response.is_some()).count();
+    let known = ret.iter().filter(|r| r.is_some()).count();
     if known == 0 {
         return Search::Ok;
     }
@@ -323,8 +341,8 @@ fn search<M: Model>(
     let mut order: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * n);
     for (i, op) in ops.iter().enumerate() {
         order.push((op.invoke, 0, i));
-        if let Some((t, _)) = &op.response {
-            order.push((*t, 1, i));
+        if let Some(t) = ret[i] {
+            order.push((t, 1, i));
         }
     }
     order.sort_unstable();
@@ -413,7 +431,7 @@ fn search<M: Model>(
                 if memo.insert((next_lin.clone(), next_state.clone())) {
                     stack.push((cur, std::mem::replace(&mut state, next_state)));
                     linearized = next_lin;
-                    if op.response.is_some() {
+                    if ret[ev[cur].op].is_some() {
                         done_known += 1;
                     }
                     lift(&mut ev, cur);
@@ -449,7 +467,7 @@ fn search<M: Model>(
             }
             Some((call, prev_state)) => {
                 let op = ev[call].op;
-                if ops[op].response.is_some() {
+                if ret[op].is_some() {
                     done_known -= 1;
                 }
                 linearized.clear(op);

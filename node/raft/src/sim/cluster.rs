@@ -46,6 +46,9 @@ struct ClientOp {
     hist: usize,
     cmd: Command,
     via_read_index: bool,
+    /// The highest index known committed (on any server) when the operation was invoked: a
+    /// read must be served at or after it.
+    committed_at_invoke: LogIndex,
     deadline_ms: u64,
     /// The server holding the request, if it accepted it.
     at: Option<NodeId>,
@@ -72,6 +75,8 @@ pub(crate) struct Cluster {
     hosts: Vec<Host>,
     clients: Vec<Client>,
     history: Vec<Operation<KvInput, KvOutput>>,
+    /// Client sequence number of each history entry, by invocation time.
+    history_seq: std::collections::HashMap<u64, u64>,
     clock: u64,
     checker: SafetyChecker,
     next_fault_ms: u64,
@@ -83,6 +88,8 @@ pub(crate) struct Cluster {
     churn: Vec<(u64, NodeId, u64)>,
     /// Messages delivered at the current virtual instant, and that instant.
     same_instant: (u64, u64),
+    /// Every command's first application on any replica: (client, seq) -> (clock, output).
+    effects: std::collections::HashMap<(u64, u64), (u64, KvOutput)>,
     pub(crate) report: Report,
 }
 
@@ -105,6 +112,17 @@ fn parse_ctx(ctx: &[u8]) -> Option<(u64, u64)> {
     let a = u64::from_le_bytes(ctx[..8].try_into().ok()?);
     let b = u64::from_le_bytes(ctx[8..].try_into().ok()?);
     Some((a, b))
+}
+
+/// How far a leader's message lets a follower's commit index go (Figure 2, AppendEntries rule
+/// 5: `min(leaderCommit, index of the last new entry)`; a heartbeat: its commit), if it is one.
+fn commit_covered(m: &Message) -> Option<LogIndex> {
+    use crate::message::MessageBody as B;
+    match &m.body {
+        B::AppendEntries(a) => Some(a.leader_commit.min(LogIndex(a.prev_log_index.0 + a.entries.len() as u64))),
+        B::Heartbeat(hb) => Some(hb.commit),
+        _ => None,
+    }
 }
 
 fn entry_id(e: &crate::Entry) -> EntryId {
@@ -148,6 +166,7 @@ impl Cluster {
             hosts,
             clients,
             history: Vec::new(),
+            history_seq: std::collections::HashMap::new(),
             clock: 0,
             checker: SafetyChecker::new(),
             next_fault_ms: 0,
@@ -157,6 +176,7 @@ impl Cluster {
             acked_max: LogIndex(0),
             churn: Vec::new(),
             same_instant: (0, 0),
+            effects: std::collections::HashMap::new(),
             report,
         }
     }
@@ -376,13 +396,43 @@ impl Cluster {
         Ok(())
     }
 
+    /// Operations whose client gave up (outcome unknown) are completed from what the cluster
+    /// did, as a client that had waited would have seen it: a write applied on some replica
+    /// took effect no later than its first application, with the output computed there; a
+    /// write applied nowhere by the end (the cluster has converged: nothing more can commit)
+    /// never took effect, since reads and cas see only applied state. Unknown reads are dropped
+    /// by the checker. The history checked is then (almost) free of unknown outcomes.
+    fn completed_history(&self) -> Vec<Operation<KvInput, KvOutput>> {
+        let mut out = Vec::with_capacity(self.history.len());
+        for (k, op) in self.history.iter().enumerate() {
+            if op.response.is_some() || matches!(op.input, KvInput::Get(_)) {
+                out.push(op.clone());
+                continue;
+            }
+            let seq = self.history_seq.get(&op.invoke).copied();
+            match seq.and_then(|s| self.effects.get(&(op.client, s))) {
+                // Its client went on meanwhile: the completed operation gets a client id of its
+                // own (the checker requires a client's operations not to overlap).
+                Some((t, o)) if *t >= op.invoke => out.push(Operation {
+                    client: (1 << 63) | k as u64,
+                    response: Some((*t, o.clone())),
+                    ..op.clone()
+                }),
+                Some(_) => out.push(op.clone()),
+                None => {}
+            }
+        }
+        out
+    }
+
     fn check_history(&mut self) -> Result<(), Failure> {
         self.report.ops = self.history.len();
         self.report.ops_unknown = self.history.iter().filter(|o| o.response.is_none()).count();
         let limits = Limits {
             steps_max: self.opts.lin_steps_max,
         };
-        match linearizability::check(&KvModel, &self.history, limits) {
+        let history = if self.opts.complete_unknowns { self.completed_history() } else { self.history.clone() };
+        match linearizability::check(&KvModel, &history, limits) {
             Ok(Outcome::Linearizable) => Ok(()),
             Ok(Outcome::Unknown { steps }) => {
                 self.report.lin_unknown = true;
@@ -394,7 +444,7 @@ impl Cluster {
                     .longest_prefix
                     .iter()
                     .chain(&v.stuck_at)
-                    .map(|&i| format!("  #{i} {:?}", self.history[i]))
+                    .map(|&i| format!("  #{i} {:?}", history[i]))
                     .collect();
                 Err(self.fail(format!(
                     "history not linearizable on key {}: linearized {} ops, then stuck at {:?}\n{}",
@@ -527,8 +577,13 @@ impl Cluster {
             let Some(raw) = self.hosts[h].raw.as_mut() else {
                 continue;
             };
+            let before = raw.log().committed();
+            let covered = commit_covered(&msg);
             if let Err(e) = raw.step(msg) {
                 return Err(self.fail(format!("{to:?} rejected a message from {from:?}: {e}")));
+            }
+            if let Some(covered) = covered {
+                self.check_follower_commit(h, covered, before)?;
             }
             self.drive(h)?;
         }
@@ -601,6 +656,7 @@ impl Cluster {
         }
         // 1. Messages that need nothing durable.
         for m in rd.messages {
+            self.check_outgoing(h, &m)?;
             self.net.send(now, m.from, m.to, m);
         }
         // 2. Snapshot bytes received.
@@ -734,8 +790,13 @@ impl Cluster {
                     return Err(self.fail(format!("{id:?}: entry {:?} is not a command", e.index)));
                 };
                 let out = host.kv.apply(&cmd.op);
-                if host.pending_props.remove(&(cmd.client, cmd.seq)) {
-                    self.client_done(cmd.client, cmd.seq, out, Some(e.index));
+                let answered = host.pending_props.remove(&(cmd.client, cmd.seq));
+                if !self.effects.contains_key(&(cmd.client, cmd.seq)) {
+                    let t = self.tick_clock();
+                    self.effects.insert((cmd.client, cmd.seq), (t, out.clone()));
+                }
+                if answered {
+                    self.client_done(cmd.client, cmd.seq, out, Some(e.index))?;
                 }
             }
         }
@@ -764,7 +825,7 @@ impl Cluster {
                         .map(|o| o.cmd.op.key().to_owned());
                     if let Some(key) = key {
                         let v = self.hosts[h].kv.map.get(&key).cloned();
-                        self.client_done(c, s, KvOutput::Value(v), None);
+                        self.client_done(c, s, KvOutput::Value(v), Some(r.index))?;
                     }
                 }
             }
@@ -811,10 +872,51 @@ impl Cluster {
             }
         }
         for m in b.messages {
+            self.check_outgoing(h, &m)?;
             self.net.send(self.now_ms, m.from, m.to, m);
         }
         if self.sc.fsync_ms_max > 0 {
             self.drive(h)?;
+        }
+        Ok(())
+    }
+
+    /// Every message that promises something about the sender's term or vote must be covered
+    /// by its *durable* hard state when it leaves: a vote request by a durable vote for itself,
+    /// a granted vote by a durable vote for the candidate (or a later durable term), and any
+    /// leader message by a durable term at least the message's. (Pre-votes promise nothing.)
+    fn check_outgoing(&self, h: usize, m: &Message) -> Result<(), Failure> {
+        use crate::message::MessageBody as B;
+        let d = self.hosts[h].disk.hard;
+        let voted = |who: NodeId| d.term > m.term || (d.term == m.term && d.vote == Some(who));
+        let bad = match &m.body {
+            B::RequestVote(_) => (!voted(m.from)).then_some("vote request before its own vote is durable"),
+            B::RequestVoteResponse(r) if r.granted => (!voted(m.to)).then_some("vote granted before it is durable"),
+            B::AppendEntries(_) | B::Heartbeat(_) | B::InstallSnapshot(_) | B::TimeoutNow => {
+                (d.term < m.term).then_some("leader message before its term is durable")
+            }
+            _ => None,
+        };
+        match bad {
+            Some(what) => Err(self.fail(format!(
+                "{:?} sent {:?} in {:?} with durable term {:?} vote {:?}: {what}",
+                m.from, m.body, m.term, d.term, d.vote
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Figure 2, AppendEntries rule 5 and its heartbeat analogue: a follower's commit index
+    /// never passes what the leader's message covered: `min(leaderCommit, index of the last new
+    /// entry)` for an append, the heartbeat's commit for a heartbeat.
+    fn check_follower_commit(&self, h: usize, covered: LogIndex, before: LogIndex) -> Result<(), Failure> {
+        let Some(raw) = self.hosts[h].raw.as_ref() else { return Ok(()) };
+        let after = raw.log().committed();
+        if after > before.max(covered) {
+            return Err(self.fail(format!(
+                "{:?}: commit went {before:?} -> {after:?} on a leader message that covers only up to {covered:?}",
+                self.hosts[h].id
+            )));
         }
         Ok(())
     }
@@ -956,6 +1058,7 @@ impl Cluster {
             ),
         };
         let invoke = self.tick_clock();
+        self.history_seq.insert(invoke, seq);
         self.history.push(Operation {
             client: cid,
             input: op.clone(),
@@ -966,6 +1069,7 @@ impl Cluster {
             hist: self.history.len() - 1,
             cmd: Command { client: cid, seq, op },
             via_read_index,
+            committed_at_invoke: self.checker.committed_index(),
             deadline_ms: now + self.sc.client_timeout_ms,
             at: None,
             retry_at_ms: now,
@@ -1054,11 +1158,23 @@ impl Cluster {
         }
     }
 
-    fn client_done(&mut self, client: u64, seq: u64, out: KvOutput, index: Option<LogIndex>) {
+    /// Client `client`'s operation `seq` is answered with `out`, served at log index `index`
+    /// (a write's entry, a read's entry or read index). Fails if a read is served below what
+    /// was known committed when it was invoked (a stale read, even one the history check could
+    /// not see because nothing overwrote the key).
+    fn client_done(&mut self, client: u64, seq: u64, out: KvOutput, index: Option<LogIndex>) -> Result<(), Failure> {
+        if let (Some(op), Some(i)) = (self.clients[client as usize].op.as_ref(), index) {
+            if op.cmd.seq == seq && matches!(op.cmd.op, KvInput::Get(_)) && i < op.committed_at_invoke {
+                return Err(self.fail(format!(
+                    "stale read: client {client} seq {seq} served at index {i:?}, but {:?} was committed when it was invoked",
+                    op.committed_at_invoke
+                )));
+            }
+        }
         let t = self.tick_clock();
         let cl = &mut self.clients[client as usize];
         let Some(op) = cl.op.take_if(|o| o.cmd.seq == seq) else {
-            return;
+            return Ok(());
         };
         if let (KvOutput::Value(v), Some(k)) = (&out, op.cmd.op.key().strip_prefix('k')) {
             if let Ok(k) = k.parse::<usize>() {
@@ -1084,6 +1200,7 @@ impl Cluster {
                 self.acked_max = i;
             }
         }
+        Ok(())
     }
 
     // ----- faults -----------------------------------------------------------------------

@@ -43,6 +43,9 @@ pub struct Options {
     pub lin_steps_max: u64,
     /// Most client operations in one run (keeps a history checkable).
     pub ops_max: usize,
+    /// Complete operations whose client gave up from what the cluster applied before checking
+    /// linearizability (see `Cluster::completed_history`); off, they stay unknown.
+    pub complete_unknowns: bool,
 }
 
 impl Options {
@@ -56,6 +59,7 @@ impl Options {
             // Optimized builds (the long runs) can afford a deeper search.
             lin_steps_max: if cfg!(debug_assertions) { 300_000 } else { 5_000_000 },
             ops_max: 3_000,
+            complete_unknowns: true,
         }
     }
 }

@@ -1,0 +1,916 @@
+//! The replicated databases of a node: the [`StateMachine`] the Raft runtime applies entries
+//! to, and the SQL connection API ([`conn`]) the protocol server and the embedded driver use.
+//!
+//! ```text
+//!  client conn thread (conn.rs)          apply thread (runtime)
+//!    SQLite COMMIT                          StateMachine::apply(entry i)
+//!      └─ vfs xSync ─ DbShared::commit        ├─ own pending (i, term)? ─► Committed: the
+//!            encode entry, propose ──► Raft   │    waiting xSync writes its frames through
+//!            wait (timeout) ◄──────────────── │
+//!                                             └─ otherwise: Applier (wal.rs) appends the
+//!                                                frames to the WAL + wal-index, atomically
+//! ```
+//!
+//! Data directory layout, restart rules and refused SQL: `docs/data-directory.md`,
+//! `docs/replication.md`. Entry bytes: `docs/entry-format.md`.
+#![deny(unsafe_code)]
+
+pub mod conn;
+pub mod entry;
+pub mod sidecar;
+pub mod wal;
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::c_int;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use dqlite_raft::{Entry as RaftEntry, EntryKind, LogIndex, NodeId, StateRole, Term};
+
+use crate::replication::{ApplyError, ProposeError, Proposed, Replicator, StateMachine};
+use crate::vfs::{self, Capture, ConnId, ConnOptions, DbEntry, DbHooks, VfsConnection};
+
+use entry::{Entry, FramesEntry};
+use sidecar::Sidecar;
+
+/// `SQLITE_IOERR_NOT_LEADER`: this node is not the leader (dqlite's code).
+pub const SQLITE_IOERR_NOT_LEADER: c_int = libsqlite3_sys::SQLITE_IOERR | (40 << 8);
+/// `SQLITE_IOERR_LEADERSHIP_LOST`: leadership was lost while the commit was in flight; its
+/// outcome is unknown to the node at that moment (dqlite's code).
+pub const SQLITE_IOERR_LEADERSHIP_LOST: c_int = libsqlite3_sys::SQLITE_IOERR | (41 << 8);
+/// `SQLITE_IOERR | (42 << 8)`: the commit was not known to be committed within the commit
+/// timeout (no quorum); its outcome is unknown. (dqlite-rs's code.)
+pub const SQLITE_IOERR_COMMIT_TIMEOUT: c_int = libsqlite3_sys::SQLITE_IOERR | (42 << 8);
+
+/// Tunables of the db layer.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DbConfig {
+    /// How long a commit waits for Raft before failing with [`SQLITE_IOERR_COMMIT_TIMEOUT`].
+    pub commit_timeout: Duration,
+    /// How long a writer waits for its turn at a database's write lock (sqlx-sqlite: 5 s).
+    pub busy_timeout: Duration,
+    /// A checkpoint round runs after this many applied entries.
+    pub checkpoint_every_entries: u64,
+    /// A database whose WAL has at least this many frames is checkpointed after an apply.
+    pub checkpoint_wal_frames: u32,
+    /// SQLite page cache per connection, in KiB (bounded memory).
+    pub cache_size_kib: u32,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        DbConfig {
+            commit_timeout: Duration::from_secs(10),
+            busy_timeout: Duration::from_secs(5),
+            checkpoint_every_entries: 1000,
+            checkpoint_wal_frames: 4000,
+            cache_size_kib: 2048,
+        }
+    }
+}
+
+/// Why the db layer could not do something (outside SQL execution).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// The database name is not a safe file name.
+    #[error("invalid database name {0:?}: use 1 to 200 bytes of [A-Za-z0-9._-], not starting with '.'")]
+    InvalidName(String),
+    /// A SQLite error, with its extended result code.
+    #[error("{message} (SQLite code {code})")]
+    Sql {
+        /// Extended result code.
+        code: c_int,
+        /// Message.
+        message: String,
+    },
+    /// File I/O in the data directory.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A file of the data directory is damaged or inconsistent: the node refuses to start.
+    #[error("{path}: {reason}")]
+    Damaged {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The VFS could not be registered.
+    #[error(transparent)]
+    Vfs(#[from] vfs::VfsError),
+    /// The connection's worker thread is gone.
+    #[error("connection closed")]
+    Closed,
+}
+
+impl DbError {
+    /// The SQLite extended code this error is reported with on the wire.
+    pub fn code(&self) -> c_int {
+        match self {
+            DbError::Sql { code, .. } => *code,
+            DbError::InvalidName(_) => libsqlite3_sys::SQLITE_CANTOPEN,
+            DbError::Closed => libsqlite3_sys::SQLITE_MISUSE,
+            _ => libsqlite3_sys::SQLITE_IOERR,
+        }
+    }
+
+    pub(crate) fn sql(code: c_int, message: impl Into<String>) -> DbError {
+        DbError::Sql { code, message: message.into() }
+    }
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::SqliteFailure(f, msg) => {
+                DbError::Sql { code: f.extended_code, message: msg.unwrap_or_else(|| f.to_string()) }
+            }
+            other => DbError::Sql { code: libsqlite3_sys::SQLITE_ERROR, message: other.to_string() },
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DbError + '_ {
+    move |source| DbError::Io { path: path.to_path_buf(), source }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[derive(Debug)]
+struct RoleState {
+    role: StateRole,
+    term: Term,
+    leader: Option<NodeId>,
+    /// The term whose barrier this node applied as leader: writes are allowed in it.
+    ready_term: Option<Term>,
+    barrier_proposed: Option<Term>,
+}
+
+/// State shared by the state machine, the connections and the VFS hooks of one node.
+pub(crate) struct NodeShared {
+    dir: PathBuf,
+    replicator: Arc<dyn Replicator>,
+    config: DbConfig,
+    role: Mutex<RoleState>,
+    role_cv: Condvar,
+    applied: AtomicU64,
+    dbs: Mutex<HashMap<String, Arc<DbShared>>>,
+}
+
+/// Why a capture failed: the code SQLite gets, and the message the connection reports.
+#[derive(Debug, Clone)]
+pub(crate) struct CaptureFailure {
+    pub code: c_int,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    None,
+    Proposing,
+    Waiting(Proposed),
+    Committed,
+    GaveUp(c_int),
+}
+
+struct DbState {
+    pending: Pending,
+    /// A proposal whose entry may still commit: no writes until its index is applied.
+    unresolved: Option<Proposed>,
+    sidecar: Sidecar,
+    commits_in_gen: u64,
+    failures: HashMap<ConnId, CaptureFailure>,
+}
+
+/// One database's shared state; the VFS hooks of its files.
+pub(crate) struct DbShared {
+    name: String,
+    path: PathBuf,
+    node: Arc<NodeShared>,
+    st: Mutex<DbState>,
+    cv: Condvar,
+    entry: Mutex<Option<Arc<DbEntry>>>,
+}
+
+impl DbShared {
+    fn sidecar_path(&self) -> PathBuf {
+        sidecar_path(&self.path)
+    }
+
+    fn wal_path(&self) -> PathBuf {
+        with_suffix(&self.path, "-wal")
+    }
+
+    pub(crate) fn vfs_entry(&self) -> Option<Arc<DbEntry>> {
+        lock(&self.entry).clone()
+    }
+
+    /// The failure of `conn`'s last capture, if any (taken).
+    pub(crate) fn take_failure(&self, conn: ConnId) -> Option<CaptureFailure> {
+        lock(&self.st).failures.remove(&conn)
+    }
+
+    fn fail(&self, st: &mut DbState, conn: ConnId, code: c_int, message: String) -> Result<(), c_int> {
+        tracing::debug!(db = self.name, code, message, "commit failed");
+        st.failures.insert(conn, CaptureFailure { code, message });
+        Err(code)
+    }
+}
+
+impl DbHooks for DbShared {
+    fn commit(&self, conn: ConnId, capture: Capture) -> Result<(), c_int> {
+        let guard = {
+            let r = lock(&self.node.role);
+            match (r.role, r.ready_term) {
+                (StateRole::Leader, Some(t)) if t == r.term => t,
+                (StateRole::Leader, _) => {
+                    drop(r);
+                    let mut st = lock(&self.st);
+                    return self.fail(
+                        &mut st,
+                        conn,
+                        SQLITE_IOERR_NOT_LEADER,
+                        "not leader (leadership not yet established)".into(),
+                    );
+                }
+                _ => {
+                    drop(r);
+                    let mut st = lock(&self.st);
+                    return self.fail(&mut st, conn, SQLITE_IOERR_NOT_LEADER, "not leader".into());
+                }
+            }
+        };
+        {
+            let mut st = lock(&self.st);
+            if let Some(p) = st.unresolved {
+                let msg = format!(
+                    "an earlier commit of this database (entry {}) has an unknown outcome; retry later",
+                    p.index
+                );
+                return self.fail(&mut st, conn, SQLITE_IOERR_LEADERSHIP_LOST, msg);
+            }
+            if st.pending != Pending::None {
+                return self.fail(
+                    &mut st,
+                    conn,
+                    libsqlite3_sys::SQLITE_IOERR_FSYNC,
+                    "another commit is pending".into(),
+                );
+            }
+            st.pending = Pending::Proposing;
+        }
+        let data = entry::encode_frames(guard, &self.name, capture.page_size, capture.db_size, &capture.pages);
+        drop(capture);
+        let proposed = self.node.replicator.propose(data);
+        let mut st = lock(&self.st);
+        let p = match proposed {
+            Ok(p) => p,
+            Err(e) => {
+                st.pending = Pending::None;
+                self.cv.notify_all();
+                let code = match e {
+                    ProposeError::NotLeader { .. } => SQLITE_IOERR_NOT_LEADER,
+                    ProposeError::TooLarge { .. } => libsqlite3_sys::SQLITE_IOERR_FSYNC,
+                    _ => libsqlite3_sys::SQLITE_IOERR_FSYNC,
+                };
+                return self.fail(&mut st, conn, code, e.to_string());
+            }
+        };
+        if let Pending::GaveUp(code) = st.pending {
+            // Leadership was lost while proposing.
+            st.pending = Pending::None;
+            st.unresolved = Some(p);
+            self.cv.notify_all();
+            return self.fail(
+                &mut st,
+                conn,
+                code,
+                "leadership lost while the commit was in flight; its outcome is unknown".into(),
+            );
+        }
+        st.pending = Pending::Waiting(p);
+        self.cv.notify_all();
+        let deadline = Instant::now() + self.node.config.commit_timeout;
+        loop {
+            match st.pending {
+                Pending::Committed => {
+                    st.pending = Pending::None;
+                    self.cv.notify_all();
+                    return Ok(());
+                }
+                Pending::GaveUp(code) => {
+                    st.pending = Pending::None;
+                    st.unresolved = Some(p);
+                    self.cv.notify_all();
+                    return self.fail(
+                        &mut st,
+                        conn,
+                        code,
+                        "leadership lost while the commit was in flight; its outcome is unknown".into(),
+                    );
+                }
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                st.pending = Pending::None;
+                st.unresolved = Some(p);
+                self.cv.notify_all();
+                let msg = format!(
+                    "commit not confirmed by Raft within {} ms (no quorum?); its outcome is unknown",
+                    self.node.config.commit_timeout.as_millis()
+                );
+                return self.fail(&mut st, conn, SQLITE_IOERR_COMMIT_TIMEOUT, msg);
+            }
+            st = match self.cv.wait_timeout(st, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    fn wal_header(&self, conn: ConnId, header: &[u8; 32]) -> Result<(), c_int> {
+        let applied = LogIndex(self.node.applied.load(Ordering::SeqCst));
+        let mut st = lock(&self.st);
+        let mut salts = [0u8; 8];
+        salts.copy_from_slice(&header[16..24]);
+        let sc = Sidecar {
+            salts,
+            gen_first: applied.next(),
+            ckpt_index: applied.max(st.sidecar.ckpt_index),
+            ckpt_commits: 0,
+        };
+        if let Err(e) = sc.write(&self.sidecar_path()) {
+            tracing::error!(db = self.name, error = %e, "cannot persist the WAL generation");
+            return self.fail(&mut st, conn, libsqlite3_sys::SQLITE_IOERR_WRITE, e.to_string());
+        }
+        st.sidecar = sc;
+        st.commits_in_gen = 0;
+        Ok(())
+    }
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn sidecar_path(db: &Path) -> PathBuf {
+    with_suffix(db, "-dqlite")
+}
+
+const BASE_FILE: &str = ".applied-base";
+
+impl NodeShared {
+    pub(crate) fn config(&self) -> &DbConfig {
+        &self.config
+    }
+
+    /// The database `name`, created (an empty WAL-mode SQLite file) if it does not exist.
+    pub(crate) fn db(self: &Arc<Self>, name: &str) -> Result<Arc<DbShared>, DbError> {
+        if !entry::valid_name(name) {
+            return Err(DbError::InvalidName(name.to_string()));
+        }
+        let mut dbs = lock(&self.dbs);
+        if let Some(d) = dbs.get(name) {
+            return Ok(d.clone());
+        }
+        let path = self.dir.join(name);
+        let sidecar = sidecar::Sidecar::read(&sidecar_path(&path))
+            .map_err(|e| DbError::Damaged { path: sidecar_path(&path), reason: e.to_string() })?
+            .unwrap_or_else(|| {
+                let a = LogIndex(self.applied.load(Ordering::SeqCst));
+                Sidecar { salts: [0; 8], gen_first: a.next(), ckpt_index: a, ckpt_commits: 0 }
+            });
+        let shared = Arc::new(DbShared {
+            name: name.to_string(),
+            path: path.clone(),
+            node: self.clone(),
+            st: Mutex::new(DbState {
+                pending: Pending::None,
+                unresolved: None,
+                sidecar,
+                commits_in_gen: 0,
+                failures: HashMap::new(),
+            }),
+            cv: Condvar::new(),
+            entry: Mutex::new(None),
+        });
+        let path_str = path.to_str().ok_or_else(|| DbError::InvalidName(name.to_string()))?;
+        let ventry = vfs::register_db(path_str, shared.clone());
+        *lock(&shared.entry) = Some(ventry.clone());
+        // Create / initialise: WAL mode, synchronous=FULL (deterministic on every node).
+        let init = VfsConnection::open(
+            &ventry,
+            ConnOptions { priority: true, busy_timeout: self.config.busy_timeout, read_only: false },
+        )?;
+        let mode: String = init.conn().query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(DbError::Damaged {
+                path,
+                reason: format!("cannot switch the database to WAL mode (got {mode})"),
+            });
+        }
+        drop(init);
+        dbs.insert(name.to_string(), shared.clone());
+        Ok(shared)
+    }
+
+    /// Opens a connection on `db` configured for this node (WAL, FULL sync, no auto-checkpoint,
+    /// bounded cache).
+    pub(crate) fn open_conn(
+        &self,
+        db: &DbShared,
+        priority: bool,
+        busy_timeout: Duration,
+    ) -> Result<VfsConnection, DbError> {
+        let ventry = db.vfs_entry().ok_or(DbError::Closed)?;
+        let c = VfsConnection::open(&ventry, ConnOptions { priority, busy_timeout, read_only: false })?;
+        c.conn().execute_batch(&format!(
+            "PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-{}; PRAGMA mmap_size=0;",
+            self.config.cache_size_kib
+        ))?;
+        Ok(c)
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        lock(&self.role).role == StateRole::Leader
+    }
+
+    /// Waits until this node may take writes (leader, its barrier applied), proposing the
+    /// barrier if needed.
+    pub(crate) fn ensure_write_ready(&self, timeout: Duration) -> Result<(), DbError> {
+        let deadline = Instant::now() + timeout;
+        let mut r = lock(&self.role);
+        loop {
+            if r.role != StateRole::Leader {
+                return Err(DbError::sql(SQLITE_IOERR_NOT_LEADER, "not leader"));
+            }
+            if r.ready_term == Some(r.term) {
+                return Ok(());
+            }
+            if r.barrier_proposed != Some(r.term) {
+                let term = r.term;
+                r.barrier_proposed = Some(term);
+                drop(r);
+                if let Err(e) = self.replicator.propose(entry::encode_barrier(term)) {
+                    let mut r = lock(&self.role);
+                    if r.barrier_proposed == Some(term) {
+                        r.barrier_proposed = None;
+                    }
+                    return Err(DbError::sql(SQLITE_IOERR_NOT_LEADER, e.to_string()));
+                }
+                r = lock(&self.role);
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(DbError::sql(
+                    SQLITE_IOERR_COMMIT_TIMEOUT,
+                    "leadership not established within the commit timeout",
+                ));
+            }
+            r = match self.role_cv.wait_timeout(r, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
+/// The apply side of one database: its dedicated apply connection and WAL handle.
+struct Applier {
+    shared: Arc<DbShared>,
+    conn: VfsConnection,
+    wal: File,
+    /// Digests of WAL commits found at open that the log has not re-delivered yet.
+    verify: VecDeque<u32>,
+}
+
+impl Applier {
+    fn open(node: &Arc<NodeShared>, shared: Arc<DbShared>) -> Result<Applier, DbError> {
+        let conn = node.open_conn(&shared, true, Duration::from_secs(3600))?;
+        // Run WAL recovery (if needed) and map the wal-index.
+        conn.conn().query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
+        conn.end_statement();
+        let wal_path = shared.wal_path();
+        let wal = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&wal_path)
+            .map_err(io_err(&wal_path))?;
+        Ok(Applier { shared, conn, wal, verify: VecDeque::new() })
+    }
+
+    fn mx_frame(&self) -> Result<(u32, u32), DbError> {
+        let shm = self.conn.shm().ok_or(DbError::Closed)?;
+        let r0 = shm.region(0).map_err(|c| DbError::sql(c, "wal-index map failed"))?;
+        Ok((wal::read_hdr(&r0).mx_frame, wal::n_backfill(&r0)))
+    }
+
+    /// At open: reconcile the WAL with the sidecar and queue the commits to verify.
+    fn recover(&mut self) -> Result<(), DbError> {
+        let (mx, _) = self.mx_frame()?;
+        let wal_path = self.shared.wal_path();
+        let scan =
+            wal::scan(&wal_path, mx).map_err(|e| DbError::Damaged { path: wal_path.clone(), reason: e.to_string() })?;
+        let mut st = lock(&self.shared.st);
+        if mx > 0 && scan.salts != st.sidecar.salts {
+            if st.sidecar.ckpt_commits == 0 && st.commits_in_gen == 0 && st.sidecar.salts != [0; 8]
+                || st.sidecar.salts == [0; 8]
+            {
+                // A crash between the sidecar and the new WAL header: the old generation was
+                // wholly checkpointed. Empty the WAL so the new generation starts cleanly.
+                drop(st);
+                let (busy, log, done): (i64, i64, i64) =
+                    self.conn
+                        .conn()
+                        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                if busy != 0 || log != done {
+                    return Err(DbError::Damaged {
+                        path: wal_path,
+                        reason: "cannot checkpoint an old WAL generation".into(),
+                    });
+                }
+                return Ok(());
+            }
+            return Err(DbError::Damaged {
+                path: wal_path,
+                reason: format!(
+                    "the WAL does not belong to the generation recorded in {}",
+                    self.shared.sidecar_path().display()
+                ),
+            });
+        }
+        let k = scan.commits.len() as u64;
+        if k < st.sidecar.ckpt_commits {
+            return Err(DbError::Damaged {
+                path: wal_path,
+                reason: format!("the WAL holds {k} commits but {} were checkpointed from it", st.sidecar.ckpt_commits),
+            });
+        }
+        st.commits_in_gen = k;
+        self.verify = scan.commits[st.sidecar.ckpt_commits as usize..].iter().copied().collect();
+        Ok(())
+    }
+
+    /// Appends `fe` as a follower would.
+    fn append(&mut self, index: LogIndex, fe: &FramesEntry<'_>) -> Result<(), String> {
+        let c = self.conn.conn();
+        let r = c.execute_batch("BEGIN IMMEDIATE");
+        self.conn.end_statement();
+        r.map_err(|e| format!("cannot take the write lock: {e}"))?;
+        let res = (|| {
+            let shm = self.conn.shm().ok_or("no wal-index")?;
+            let sc_path = self.shared.sidecar_path();
+            let shared = &self.shared;
+            let mut on_new_gen = |salts: [u8; 8]| {
+                let mut st = lock(&shared.st);
+                let sc = Sidecar {
+                    salts,
+                    gen_first: index,
+                    ckpt_index: index.prev().max(st.sidecar.ckpt_index),
+                    ckpt_commits: 0,
+                };
+                sc.write(&sc_path).map_err(|e| wal::WalError::Sidecar(e.to_string()))?;
+                st.sidecar = sc;
+                st.commits_in_gen = 0;
+                Ok(())
+            };
+            wal::append(&shm, &self.wal, fe, &mut on_new_gen).map_err(|e| e.to_string())
+        })();
+        let end = c.execute_batch("COMMIT");
+        self.conn.end_statement();
+        res?;
+        end.map_err(|e| format!("cannot release the write lock: {e}"))?;
+        lock(&self.shared.st).commits_in_gen += 1;
+        Ok(())
+    }
+
+    /// A passive checkpoint; records the durable point if the WAL was wholly backfilled.
+    fn checkpoint(&mut self, applied: LogIndex) -> Result<(), DbError> {
+        let c = self.conn.conn();
+        let r = c.execute_batch("BEGIN IMMEDIATE; COMMIT;");
+        self.conn.end_statement();
+        r?;
+        let (busy, log, done): (i64, i64, i64) =
+            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        self.conn.end_statement();
+        if busy == 0 && log == done {
+            let mut st = lock(&self.shared.st);
+            if st.sidecar.ckpt_index < applied || st.sidecar.ckpt_commits != st.commits_in_gen {
+                let sc = Sidecar { ckpt_index: applied, ckpt_commits: st.commits_in_gen, ..st.sidecar };
+                sc.write(&self.shared.sidecar_path())
+                    .map_err(|e| DbError::Damaged { path: self.shared.sidecar_path(), reason: e.to_string() })?;
+                st.sidecar = sc;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The replicated databases of one node: implements [`StateMachine`].
+pub struct Databases {
+    node: Arc<NodeShared>,
+    appliers: HashMap<String, Applier>,
+    applied: LogIndex,
+    since_checkpoint: u64,
+}
+
+impl std::fmt::Debug for Databases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Databases").field("dir", &self.node.dir).field("applied", &self.applied).finish()
+    }
+}
+
+impl Databases {
+    /// Opens (creating) the databases in `data_dir/db/`, recovering their state from the files.
+    pub fn open(data_dir: &Path, replicator: Arc<dyn Replicator>, config: DbConfig) -> Result<Databases, DbError> {
+        vfs::register()?;
+        let dir = data_dir.join("db");
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let dir = dir.canonicalize().map_err(io_err(&dir))?;
+        snapshot::finish_interrupted_restore(&dir)?;
+        let base = read_base(&dir)?;
+        let node = Arc::new(NodeShared {
+            dir: dir.clone(),
+            replicator,
+            config,
+            role: Mutex::new(RoleState {
+                role: StateRole::Follower,
+                term: Term(0),
+                leader: None,
+                ready_term: None,
+                barrier_proposed: None,
+            }),
+            role_cv: Condvar::new(),
+            applied: AtomicU64::new(base.0),
+            dbs: Mutex::new(HashMap::new()),
+        });
+        let mut dbs = Databases { node, appliers: HashMap::new(), applied: base, since_checkpoint: 0 };
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let e = e.map_err(io_err(&dir))?;
+            let fname = e.file_name().to_string_lossy().into_owned();
+            if let Some(name) = fname.strip_suffix("-dqlite") {
+                if entry::valid_name(name) {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        let mut restart = None::<LogIndex>;
+        for name in names {
+            let shared = dbs.node.db(&name)?;
+            let mut a = Applier::open(&dbs.node, shared.clone())?;
+            a.recover()?;
+            let c = lock(&shared.st).sidecar.ckpt_index;
+            restart = Some(restart.map_or(c, |r| r.min(c)));
+            dbs.appliers.insert(name, a);
+        }
+        if let Some(r) = restart {
+            dbs.applied = r;
+            dbs.node.applied.store(r.0, Ordering::SeqCst);
+        }
+        tracing::info!(dir = %dir.display(), applied = dbs.applied.0, dbs = dbs.appliers.len(), "databases opened");
+        Ok(dbs)
+    }
+
+    /// A cloneable handle for opening SQL connections.
+    pub fn handle(&self) -> conn::DbHandle {
+        conn::DbHandle::new(self.node.clone())
+    }
+
+    /// The directory holding the database files.
+    pub fn dir(&self) -> &Path {
+        &self.node.dir
+    }
+
+    fn applier(&mut self, name: &str) -> Result<&mut Applier, String> {
+        if !self.appliers.contains_key(name) {
+            let shared = self.node.db(name).map_err(|e| e.to_string())?;
+            let a = Applier::open(&self.node, shared).map_err(|e| e.to_string())?;
+            self.appliers.insert(name.to_string(), a);
+        }
+        self.appliers.get_mut(name).ok_or_else(|| "database vanished".to_string())
+    }
+
+    /// Resolves unknown-outcome proposals of every database up to `index`.
+    fn resolve_unresolved(&self, index: LogIndex, term: Term, db: Option<&str>) -> Option<String> {
+        let mut ours = None;
+        for d in lock(&self.node.dbs).values() {
+            let mut st = lock(&d.st);
+            if let Some(p) = st.unresolved {
+                if p.index == index && p.term == term && db == Some(d.name.as_str()) {
+                    ours = Some(d.name.clone());
+                    st.unresolved = None;
+                    tracing::info!(
+                        db = d.name,
+                        index = index.0,
+                        "a commit with unknown outcome did commit; applying it"
+                    );
+                } else if p.index <= index {
+                    tracing::info!(db = d.name, index = p.index.0, "a commit with unknown outcome did not commit");
+                    st.unresolved = None;
+                }
+                d.cv.notify_all();
+            }
+        }
+        ours
+    }
+
+    fn apply_frames(&mut self, e: &RaftEntry, fe: &FramesEntry<'_>) -> Result<(), ApplyError> {
+        let index = e.index;
+        let err = |reason: String| ApplyError { index, reason };
+        if fe.guard != e.term {
+            tracing::debug!(index = index.0, db = fe.db, "entry from a stale leader view: skipped");
+            return Ok(());
+        }
+        let applier = self.applier(fe.db).map_err(|r| err(format!("database {}: {r}", fe.db)))?;
+        let shared = applier.shared.clone();
+        // Already in the local files (restart)?
+        {
+            let st = lock(&shared.st);
+            if index <= st.sidecar.ckpt_index {
+                return Ok(());
+            }
+        }
+        if let Some(d) = applier.verify.pop_front() {
+            if d != fe.digest() {
+                return Err(err(format!(
+                    "{}: the WAL's commit does not match this entry (damaged or foreign file); refusing to continue",
+                    shared.wal_path().display()
+                )));
+            }
+            return Ok(());
+        }
+        // Our own pending proposal?
+        let mut st = lock(&shared.st);
+        while st.pending == Pending::Proposing {
+            st = match shared.cv.wait_timeout(st, Duration::from_millis(100)) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        if let Pending::Waiting(p) = st.pending {
+            if p.index == index && p.term == e.term {
+                st.pending = Pending::Committed;
+                st.commits_in_gen += 1;
+                shared.cv.notify_all();
+                return Ok(());
+            }
+            st.pending = Pending::GaveUp(SQLITE_IOERR_LEADERSHIP_LOST);
+            shared.cv.notify_all();
+        }
+        drop(st);
+        applier.append(index, fe).map_err(|r| err(format!("database {}: {r}", fe.db)))
+    }
+
+    fn maybe_checkpoint(&mut self, db: Option<&str>) -> Result<(), ApplyError> {
+        let applied = self.applied;
+        let threshold = self.node.config.checkpoint_wal_frames;
+        self.since_checkpoint += 1;
+        let round = self.since_checkpoint >= self.node.config.checkpoint_every_entries;
+        let err = |reason: String| ApplyError { index: applied, reason };
+        if round {
+            self.since_checkpoint = 0;
+            for a in self.appliers.values_mut() {
+                a.checkpoint(applied).map_err(|e| err(e.to_string()))?;
+            }
+            write_base(&self.node.dir, self.durable_index()).map_err(|e| err(e.to_string()))?;
+        } else if let Some(a) = db.and_then(|d| self.appliers.get_mut(d)) {
+            let (mx, _) = a.mx_frame().map_err(|e| err(e.to_string()))?;
+            if mx >= threshold {
+                a.checkpoint(applied).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoints every database fully now (PASSIVE; readers may hold some frames back).
+    pub fn checkpoint_all(&mut self) -> Result<(), DbError> {
+        let applied = self.applied;
+        for a in self.appliers.values_mut() {
+            a.checkpoint(applied)?;
+        }
+        write_base(&self.node.dir, self.durable_index())
+    }
+}
+
+fn read_base(dir: &Path) -> Result<LogIndex, DbError> {
+    let p = dir.join(BASE_FILE);
+    match std::fs::read(&p) {
+        Ok(b) if b.len() == 12 => {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[..8]);
+            if crc32c::crc32c(&b[..8]).to_le_bytes() != b[8..12] {
+                return Err(DbError::Damaged { path: p, reason: "checksum mismatch".into() });
+            }
+            Ok(LogIndex(u64::from_le_bytes(x)))
+        }
+        Ok(_) => Err(DbError::Damaged { path: p, reason: "wrong length".into() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LogIndex::ZERO),
+        Err(e) => Err(DbError::Io { path: p, source: e }),
+    }
+}
+
+fn write_base(dir: &Path, index: LogIndex) -> Result<(), DbError> {
+    let p = dir.join(BASE_FILE);
+    let tmp = dir.join(".applied-base.tmp");
+    let mut b = index.0.to_le_bytes().to_vec();
+    b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(&b).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &p).map_err(io_err(&p))?;
+    sidecar::sync_dir(&p).map_err(|e| DbError::Damaged { path: p.clone(), reason: e.to_string() })
+}
+
+impl StateMachine for Databases {
+    fn apply(&mut self, e: &RaftEntry) -> Result<(), ApplyError> {
+        if e.index <= self.applied || e.kind != EntryKind::Command {
+            return Ok(());
+        }
+        let decoded = entry::decode(&e.data)
+            .map_err(|err| ApplyError { index: e.index, reason: format!("undecodable entry: {err}") })?;
+        let mut touched = None;
+        match decoded {
+            Entry::Barrier { term } => {
+                self.resolve_unresolved(e.index, e.term, None);
+                let mut r = lock(&self.node.role);
+                if term == e.term && r.role == StateRole::Leader && r.term == term {
+                    r.ready_term = Some(term);
+                    self.node.role_cv.notify_all();
+                }
+            }
+            Entry::Frames(fe) => {
+                let ours = self.resolve_unresolved(e.index, e.term, Some(fe.db));
+                if ours.is_some() {
+                    tracing::debug!(index = e.index.0, "applying our own unresolved entry as a follower");
+                }
+                self.apply_frames(e, &fe)?;
+                touched = Some(fe.db.to_string());
+            }
+        }
+        self.applied = e.index;
+        self.node.applied.store(e.index.0, Ordering::SeqCst);
+        self.maybe_checkpoint(touched.as_deref())
+    }
+
+    fn role_changed(&mut self, role: StateRole, term: Term, leader: Option<NodeId>) {
+        {
+            let mut r = lock(&self.node.role);
+            r.role = role;
+            r.term = term;
+            r.leader = leader;
+            if role != StateRole::Leader || r.ready_term != Some(term) {
+                r.ready_term = None;
+            }
+            self.node.role_cv.notify_all();
+        }
+        if role != StateRole::Leader {
+            for d in lock(&self.node.dbs).values() {
+                let mut st = lock(&d.st);
+                if matches!(st.pending, Pending::Waiting(_) | Pending::Proposing) {
+                    st.pending = Pending::GaveUp(SQLITE_IOERR_LEADERSHIP_LOST);
+                    d.cv.notify_all();
+                }
+            }
+        }
+    }
+
+    fn applied_index(&self) -> LogIndex {
+        self.applied
+    }
+
+    fn durable_index(&self) -> LogIndex {
+        let dbs = lock(&self.node.dbs);
+        let min = dbs.values().map(|d| lock(&d.st).sidecar.ckpt_index).min();
+        min.unwrap_or(self.applied).min(self.applied)
+    }
+
+    fn snapshot(&mut self, out: &mut dyn Write) -> Result<LogIndex, ApplyError> {
+        snapshot::write(self, out).map_err(|e| ApplyError { index: self.applied, reason: e.to_string() })?;
+        Ok(self.applied)
+    }
+
+    fn restore(&mut self, index: LogIndex, data: &mut dyn Read) -> Result<(), ApplyError> {
+        snapshot::restore(self, index, data).map_err(|e| ApplyError { index, reason: e.to_string() })
+    }
+}
+
+mod snapshot;

@@ -1,0 +1,259 @@
+//! Snapshots of every database at the applied index (format in `docs/data-directory.md`).
+//!
+//! `write` holds each database's WAL write lock while it streams the database file and the WAL
+//! up to its last committed frame (neither can change meanwhile: only the apply thread, which is
+//! the caller, checkpoints). `restore` installs an image atomically: everything is written into
+//! `db.restore/`, fsynced, marked complete, and swapped with `db/` by renames.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use dqlite_raft::LogIndex;
+
+use super::sidecar::{self, Sidecar};
+use super::{entry, lock, wal, with_suffix, Applier, Databases, DbError};
+
+const MAGIC: &[u8; 4] = b"DQSN";
+const VERSION: u32 = 1;
+const CHUNK: usize = 64 * 1024;
+
+struct Crc<W> {
+    inner: W,
+    crc: u32,
+}
+
+impl<W: Write> Write for Crc<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn ioe(e: std::io::Error) -> DbError {
+    DbError::Io { path: PathBuf::from("<snapshot stream>"), source: e }
+}
+
+fn stream_db(a: &Applier, out: &mut Crc<&mut dyn Write>) -> Result<(), DbError> {
+    let c = a.conn.conn();
+    let r = c.execute_batch("BEGIN IMMEDIATE");
+    a.conn.end_statement();
+    r?;
+    let res = (|| {
+        let shm = a.conn.shm().ok_or(DbError::Closed)?;
+        let r0 = shm.region(0).map_err(|c| DbError::sql(c, "wal-index map failed"))?;
+        let hdr = wal::read_hdr(&r0);
+        let db_size = a.conn.db_file_size().map_err(|c| DbError::sql(c, "database size"))?;
+        let wal_size = if hdr.mx_frame == 0 { 0 } else { 32 + hdr.mx_frame as u64 * (24 + hdr.page_size() as u64) };
+        let name = a.shared.name.as_bytes();
+        out.write_all(&(name.len() as u16).to_le_bytes()).map_err(ioe)?;
+        out.write_all(name).map_err(ioe)?;
+        out.write_all(&db_size.to_le_bytes()).map_err(ioe)?;
+        out.write_all(&wal_size.to_le_bytes()).map_err(ioe)?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut off = 0;
+        while off < db_size {
+            let n = CHUNK.min((db_size - off) as usize);
+            a.conn.read_db_file(off, &mut buf[..n]).map_err(|c| DbError::sql(c, "reading the database file"))?;
+            out.write_all(&buf[..n]).map_err(ioe)?;
+            off += n as u64;
+        }
+        let mut off = 0;
+        while off < wal_size {
+            let n = CHUNK.min((wal_size - off) as usize);
+            a.wal.read_exact_at(&mut buf[..n], off).map_err(ioe)?;
+            out.write_all(&buf[..n]).map_err(ioe)?;
+            off += n as u64;
+        }
+        Ok::<(), DbError>(())
+    })();
+    let end = c.execute_batch("COMMIT");
+    a.conn.end_statement();
+    res?;
+    end?;
+    Ok(())
+}
+
+/// Writes the image of every database.
+pub(super) fn write(dbs: &mut Databases, out: &mut dyn Write) -> Result<(), DbError> {
+    let names: Vec<String> = {
+        let mut n: Vec<String> = lock(&dbs.node.dbs).keys().cloned().collect();
+        n.sort();
+        n
+    };
+    for n in &names {
+        dbs.applier(n).map_err(|r| DbError::sql(libsqlite3_sys::SQLITE_IOERR, r))?;
+    }
+    let mut out = Crc { inner: out, crc: 0 };
+    out.write_all(MAGIC).map_err(ioe)?;
+    out.write_all(&VERSION.to_le_bytes()).map_err(ioe)?;
+    out.write_all(&dbs.applied.0.to_le_bytes()).map_err(ioe)?;
+    out.write_all(&(names.len() as u32).to_le_bytes()).map_err(ioe)?;
+    for n in &names {
+        let a = dbs.appliers.get(n).ok_or(DbError::Closed)?;
+        stream_db(a, &mut out)?;
+    }
+    let crc = out.crc;
+    out.inner.write_all(&crc.to_le_bytes()).map_err(ioe)?;
+    Ok(())
+}
+
+struct CrcReader<'a> {
+    inner: &'a mut dyn Read,
+    crc: u32,
+}
+
+impl CrcReader<'_> {
+    fn exact(&mut self, buf: &mut [u8]) -> Result<(), DbError> {
+        self.inner.read_exact(buf).map_err(ioe)?;
+        self.crc = crc32c::crc32c_append(self.crc, buf);
+        Ok(())
+    }
+    fn u64(&mut self) -> Result<u64, DbError> {
+        let mut b = [0u8; 8];
+        self.exact(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+}
+
+fn bad(reason: impl Into<String>) -> DbError {
+    DbError::Damaged { path: PathBuf::from("<snapshot>"), reason: reason.into() }
+}
+
+fn copy_to(r: &mut CrcReader<'_>, path: &Path, mut len: u64) -> Result<(), DbError> {
+    let mut f = File::create(path).map_err(super::io_err(path))?;
+    let mut buf = vec![0u8; CHUNK];
+    while len > 0 {
+        let n = CHUNK.min(len as usize);
+        r.exact(&mut buf[..n])?;
+        f.write_all(&buf[..n]).map_err(super::io_err(path))?;
+        len -= n as u64;
+    }
+    f.sync_all().map_err(super::io_err(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), DbError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(super::io_err(dir))
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    with_suffix(dir, suffix)
+}
+
+/// Completes or discards a restore that a crash interrupted.
+pub(super) fn finish_interrupted_restore(dir: &Path) -> Result<(), DbError> {
+    let staging = sibling(dir, ".restore");
+    let old = sibling(dir, ".old");
+    if staging.join("COMPLETE").exists() && !dir.join(".present").exists() && old.exists() {
+        // Crashed between the two renames.
+        fs::rename(&staging, dir).map_err(super::io_err(dir))?;
+    }
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(super::io_err(&staging))?;
+    }
+    if old.exists() {
+        fs::remove_dir_all(&old).map_err(super::io_err(&old))?;
+    }
+    let _ = fs::remove_file(dir.join("COMPLETE"));
+    Ok(())
+}
+
+/// Installs an image written by `write` at `index`.
+pub(super) fn restore(dbs: &mut Databases, index: LogIndex, data: &mut dyn Read) -> Result<(), DbError> {
+    let dir = dbs.node.dir.clone();
+    let staging = sibling(&dir, ".restore");
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(super::io_err(&staging))?;
+    }
+    fs::create_dir_all(&staging).map_err(super::io_err(&staging))?;
+    let mut r = CrcReader { inner: data, crc: 0 };
+    let mut magic = [0u8; 4];
+    r.exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(bad("bad magic"));
+    }
+    let mut v = [0u8; 4];
+    r.exact(&mut v)?;
+    if u32::from_le_bytes(v) != VERSION {
+        return Err(bad("unsupported snapshot version"));
+    }
+    let at = LogIndex(r.u64()?);
+    if at != index {
+        return Err(bad(format!("snapshot is at index {at}, expected {index}")));
+    }
+    let mut n = [0u8; 4];
+    r.exact(&mut n)?;
+    let count = u32::from_le_bytes(n);
+    let mut installed = Vec::new();
+    for _ in 0..count {
+        let mut l = [0u8; 2];
+        r.exact(&mut l)?;
+        let mut name = vec![0u8; u16::from_le_bytes(l) as usize];
+        r.exact(&mut name)?;
+        let name = String::from_utf8(name).map_err(|_| bad("database name is not UTF-8"))?;
+        if !entry::valid_name(&name) {
+            return Err(bad(format!("invalid database name {name:?}")));
+        }
+        let db_size = r.u64()?;
+        let wal_size = r.u64()?;
+        let db_path = staging.join(&name);
+        copy_to(&mut r, &db_path, db_size)?;
+        copy_to(&mut r, &with_suffix(&db_path, "-wal"), wal_size)?;
+        installed.push(name);
+    }
+    let computed = r.crc;
+    let mut c = [0u8; 4];
+    r.inner.read_exact(&mut c).map_err(ioe)?;
+    if u32::from_le_bytes(c) != computed {
+        return Err(bad("snapshot checksum mismatch"));
+    }
+    for name in &installed {
+        let db_path = staging.join(name);
+        let scan = wal::scan_all(&with_suffix(&db_path, "-wal")).map_err(|e| bad(e.to_string()))?;
+        let sc = Sidecar {
+            salts: scan.salts,
+            gen_first: index.next(),
+            ckpt_index: index,
+            ckpt_commits: scan.commits.len() as u64,
+        };
+        sc.write(&super::sidecar_path(&db_path)).map_err(|e| bad(e.to_string()))?;
+    }
+    super::write_base(&staging, index)?;
+    File::create(staging.join("COMPLETE")).and_then(|f| f.sync_all()).map_err(super::io_err(&staging))?;
+    sync_dir(&staging)?;
+    // Close everything of the old state.
+    dbs.appliers.clear();
+    for (_, d) in lock(&dbs.node.dbs).drain() {
+        sidecar_unregister(&d.path);
+    }
+    let old = sibling(&dir, ".old");
+    fs::rename(&dir, &old).map_err(super::io_err(&dir))?;
+    fs::rename(&staging, &dir).map_err(super::io_err(&dir))?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    fs::remove_dir_all(&old).map_err(super::io_err(&old))?;
+    let _ = fs::remove_file(dir.join("COMPLETE"));
+    // Reopen.
+    dbs.applied = index;
+    dbs.node.applied.store(index.0, std::sync::atomic::Ordering::SeqCst);
+    for name in installed {
+        let shared = dbs.node.db(&name)?;
+        let mut a = Applier::open(&dbs.node, shared)?;
+        a.recover()?;
+        dbs.appliers.insert(name, a);
+    }
+    let _ = sidecar::sync_dir(&dir.join("x"));
+    Ok(())
+}
+
+fn sidecar_unregister(path: &Path) {
+    if let Some(p) = path.to_str() {
+        crate::vfs::unregister_db(p);
+    }
+}
