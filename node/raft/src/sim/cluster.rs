@@ -749,7 +749,8 @@ impl Cluster {
         // 4. Entries, recorded for log matching as they are written; a leader's own new
         //    entries only once durable (until then no one else can have seen them: if they
         //    are lost in a crash, the same index and term may be reused harmlessly).
-        let own = self.hosts[h].raw.as_ref().is_some_and(|r| r.role() == StateRole::Leader);
+        // (A leader-elect reports itself a candidate; a real candidate appends nothing.)
+        let own = self.hosts[h].raw.as_ref().is_some_and(|r| matches!(r.role(), StateRole::Leader | StateRole::Candidate));
         let mut deferred = Vec::new();
         if let Some(first) = rd.entries.first() {
             let view = &self.hosts[h].view;
