@@ -1252,6 +1252,36 @@ impl RuntimeHandle {
     }
 }
 
+/// A [`Replicator`] that forwards to a [`RuntimeHandle`] bound after the runtime started (the
+/// state machine needs a replicator before [`Runtime::start`] returns the handle). Until bound,
+/// and after the handle is unbound, proposals get [`ProposeError::Unavailable`].
+#[derive(Debug, Default)]
+pub struct LateReplicator {
+    handle: std::sync::RwLock<Option<RuntimeHandle>>,
+}
+
+impl LateReplicator {
+    /// An unbound replicator.
+    pub fn new() -> Arc<LateReplicator> {
+        Arc::new(LateReplicator::default())
+    }
+
+    /// Binds (or rebinds, after a restart) the node's handle; `None` unbinds.
+    pub fn bind(&self, handle: Option<RuntimeHandle>) {
+        *self.handle.write().unwrap_or_else(|e| e.into_inner()) = handle;
+    }
+}
+
+impl Replicator for LateReplicator {
+    fn propose(&self, data: Vec<u8>) -> Result<Proposed, ProposeError> {
+        let h = self.handle.read().unwrap_or_else(|e| e.into_inner()).clone();
+        match h {
+            Some(h) => h.propose(data),
+            None => Err(ProposeError::Unavailable { reason: "the node's runtime is not running".into() }),
+        }
+    }
+}
+
 impl Replicator for RuntimeHandle {
     /// Blocks for the hand-off to the Raft task. Must not be called from a tokio worker thread
     /// (SQLite threads are std threads); async code uses [`RuntimeHandle::propose_async`].
