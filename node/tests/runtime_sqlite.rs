@@ -2,7 +2,7 @@
 //! the memory transport. Rows written with random()/randomblob()/datetime('now') end up
 //! identical on every node.
 
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "db_common/mod.rs"]
 mod db_common;
 mod runtime_common;

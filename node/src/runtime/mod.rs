@@ -773,6 +773,13 @@ impl<T: Transport> Driver<T> {
                 self.last_snapshot = self.last_snapshot.max(index);
                 self.maybe_compact();
             }
+            StorageDone::SnapshotMissing { index } => {
+                tracing::info!(id = %self.id, %index, "snapshot not stored: taking a new one");
+                self.snapshot_in_progress = false;
+                if self.apply_failed.is_none() && self.poisoned.is_none() {
+                    self.take_snapshot();
+                }
+            }
             StorageDone::Chunk { req, data, done } => {
                 if self.core.send_snapshot_chunk(&req, data, done).is_ok() {
                     self.metrics.snapshot_chunks_sent.fetch_add(1, Ordering::Relaxed);
@@ -834,7 +841,8 @@ impl<T: Transport> Driver<T> {
     }
 
     fn maybe_compact(&mut self) {
-        let Some(snap) = self.core.snapshot_meta().map(|s| s.index) else { return };
+        // Only up to a snapshot known to be stored (a restart needs the log contiguous after it).
+        let Some(snap) = self.core.snapshot_meta().map(|s| s.index.min(self.last_snapshot)) else { return };
         let target = self.durable.min(LogIndex(self.applied.0.saturating_sub(self.opts.trailing_entries))).min(snap);
         if target <= self.compacted {
             return;
