@@ -170,6 +170,9 @@ impl From<rusqlite::Error> for DbError {
             rusqlite::Error::SqliteFailure(f, msg) => {
                 DbError::Sql { code: f.extended_code, message: msg.unwrap_or_else(|| f.to_string()) }
             }
+            // SQLite's own message (`sqlite3_errmsg`), as dqlite sends it, without rusqlite's
+            // " in <sql> at offset <n>" suffix.
+            rusqlite::Error::SqlInputError { error, msg, .. } => DbError::Sql { code: error.extended_code, message: msg },
             other => DbError::Sql { code: libsqlite3_sys::SQLITE_ERROR, message: other.to_string() },
         }
     }
