@@ -387,9 +387,10 @@ fn crash_images_taken_while_applying_recover_or_refuse() {
             conn.blocking_exec_sql("INSERT INTO t(r, b) VALUES (random(), randomblob(700))", vec![]).unwrap();
         }
     });
-    let src = c.dir(1).join("db");
     let mut copies = Vec::new();
     for _ in 0..images {
+        // The leader's files (frames written through after commit) or the follower's.
+        let src = c.dir((rnd() % 2) as usize).join("db");
         std::thread::sleep(Duration::from_millis(5 + rnd() % 40));
         let dst = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dst.path().join("db")).unwrap();
