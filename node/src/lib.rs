@@ -9,3 +9,4 @@ pub mod vfs;
 pub mod db;
 pub mod transport;
 pub mod server;
+pub mod node;

@@ -35,9 +35,10 @@ async fn node(id: u64, cluster: u64, listener: Option<TcpListener>) -> Node {
         None => TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
     let address = listener.local_addr().unwrap().to_string();
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(1024);
     let mut cfg = TransportConfig::new(NodeId(id));
     cfg.cluster_id = cluster;
+    cfg.advertise = address.clone();
     cfg.backoff_min = Duration::from_millis(10);
     cfg.backoff_max = Duration::from_millis(200);
     let transport = TcpTransport::new(cfg, tx, tokio::runtime::Handle::current());
@@ -99,8 +100,14 @@ async fn cluster_id_is_adopted_and_foreign_nodes_are_refused() {
 
     // A stray connection that thinks it talks to node 5 is refused too.
     let mut s = TcpStream::connect(&a.address).await.unwrap();
-    let hello =
-        Hello { format_version: FORMAT_VERSION, cluster_id: 7, from: NodeId(4), to: NodeId(5), max_frame_bytes: 0 };
+    let hello = Hello {
+        format_version: FORMAT_VERSION,
+        cluster_id: 7,
+        from: NodeId(4),
+        to: NodeId(5),
+        max_frame_bytes: 0,
+        address: String::new(),
+    };
     s.write_all(&PEER_MAGIC.to_le_bytes()).await.unwrap();
     s.write_all(&hello.encode()).await.unwrap();
     let mut reply = [0u8; HELLO_REPLY_LEN];
@@ -111,7 +118,14 @@ async fn cluster_id_is_adopted_and_foreign_nodes_are_refused() {
 
     // A future format version is refused with our version in the reply.
     let mut s = TcpStream::connect(&a.address).await.unwrap();
-    let hello = Hello { format_version: 99, cluster_id: 7, from: NodeId(4), to: NodeId(1), max_frame_bytes: 0 };
+    let hello = Hello {
+        format_version: 99,
+        cluster_id: 7,
+        from: NodeId(4),
+        to: NodeId(1),
+        max_frame_bytes: 0,
+        address: String::new(),
+    };
     s.write_all(&PEER_MAGIC.to_le_bytes()).await.unwrap();
     s.write_all(&hello.encode()).await.unwrap();
     s.read_exact(&mut reply).await.unwrap();
@@ -260,8 +274,14 @@ async fn oversized_or_corrupt_frames_close_the_connection() {
 }
 
 async fn peer_handshake(s: &mut TcpStream) {
-    let hello =
-        Hello { format_version: FORMAT_VERSION, cluster_id: 7, from: NodeId(2), to: NodeId(1), max_frame_bytes: 0 };
+    let hello = Hello {
+        format_version: FORMAT_VERSION,
+        cluster_id: 7,
+        from: NodeId(2),
+        to: NodeId(1),
+        max_frame_bytes: 0,
+        address: String::new(),
+    };
     let mut first = PEER_MAGIC.to_le_bytes().to_vec();
     first.extend_from_slice(&hello.encode());
     s.write_all(&first).await.unwrap();

@@ -309,6 +309,13 @@ impl<'c> Worker<'c> {
     }
 
     fn run_query(&self, stmt: &mut rusqlite::Statement<'c>, reply: Reply<Rows>) {
+        // dqlite rejects a QUERY of a statement without result columns before stepping it (the
+        // driver then sends EXEC): nothing may run here.
+        if stmt.column_count() == 0 {
+            let f = dqlite_wire::failure::NOT_AN_ERROR;
+            let _ = reply.send(Err(DbError::sql(f.code as std::os::raw::c_int, f.message)));
+            return;
+        }
         let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_string).collect();
         let decl: Vec<Option<String>> = stmt.columns().iter().map(|c| c.decl_type().map(str::to_string)).collect();
         let (tx, rx) = tmpsc::channel(QUERY_BATCHES_IN_FLIGHT);

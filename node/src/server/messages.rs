@@ -1,23 +1,25 @@
-//! The FAILURE messages of the server that clients match on, in one place (dqlite's strings;
-//! PROTOCOL.md 4 and 5.3).
+//! The FAILURE messages of the server, in one place (dqlite's strings; PROTOCOL.md 4 and 5.3).
+//! Those clients match on come from [`dqlite_wire::failure`], shared with the driver.
+
+use dqlite_wire::failure;
 
 /// 10250: this node is not the leader.
-pub const NOT_LEADER: &str = "not leader";
+pub const NOT_LEADER: &str = failure::NOT_LEADER.message;
 /// 12: no OPEN on this connection, a `db_id` other than 0, or the session was closed when
 /// leadership was lost.
-pub const NO_DATABASE: &str = "no database opened";
+pub const NO_DATABASE: &str = failure::NO_DATABASE_OPENED.message;
 /// 12: FINALIZE/EXEC/QUERY of an unknown statement id.
-pub const NO_STATEMENT: &str = "no statement with the given id";
+pub const NO_STATEMENT: &str = failure::NO_STATEMENT.message;
 /// 5: a second OPEN on one connection.
-pub const ALREADY_OPEN: &str = "a database for this connection is already open";
+pub const ALREADY_OPEN: &str = failure::DATABASE_ALREADY_OPEN.message;
 /// 1: QUERY of a statement without result columns (nothing ran).
-pub const NO_COLUMNS: &str = "not an error";
+pub const NO_COLUMNS: &str = failure::NOT_AN_ERROR.message;
 /// 1: EXEC of a statement that yields rows.
 pub const ROWS_YIELDED: &str = "rows yielded when none expected for EXEC request";
 /// 1: PREPARE schema 0 of SQL with more than one statement.
-pub const NONEMPTY_TAIL: &str = "nonempty statement tail";
+pub const NONEMPTY_TAIL: &str = failure::NONEMPTY_STATEMENT_TAIL.message;
 /// 0: SQL without any statement.
-pub const EMPTY_STATEMENT: &str = "empty statement";
+pub const EMPTY_STATEMENT: &str = failure::EMPTY_STATEMENT.message;
 /// 1: supplied-but-unused or unbindable parameters.
 pub const BIND_PARAMETERS: &str = "bind parameters";
 /// 1005: a request type the server does not dispatch (and HEARTBEAT).

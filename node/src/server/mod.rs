@@ -28,7 +28,10 @@
 
 pub mod backend;
 mod connection;
+pub mod db_backend;
+pub mod join;
 pub mod messages;
+pub mod runtime_cluster;
 
 use std::io;
 use std::net::SocketAddr;

@@ -14,7 +14,7 @@ pub const PEER_MAGIC: u64 = u64::from_le_bytes(*b"DQRSPEER");
 /// The peer framing format this build speaks.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Length of the hello in bytes.
+/// Length of the hello's fixed part in bytes (the sender's address follows).
 pub const HELLO_LEN: usize = 40;
 
 /// Length of the hello reply in bytes.
@@ -59,12 +59,14 @@ pub enum FrameError {
     UnknownStatus(u32),
 }
 
-/// The initiator's hello: who is talking to whom, in which cluster and format.
+/// The initiator's hello: who is talking to whom, in which cluster and format, and where the
+/// sender can be reached (so a joining node can answer a leader it has no address for yet).
 ///
 /// ```text
-/// u32 format_version | u32 flags (0) | u64 cluster_id | u64 from | u64 to | u64 max_frame_bytes
+/// u32 format_version | u32 address_len | u64 cluster_id | u64 from | u64 to | u64 max_frame_bytes
+/// address_len bytes of UTF-8 address (HOST:PORT, at most MAX_ADDRESS_LEN)
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     /// The sender's format version.
     pub format_version: u32,
@@ -76,33 +78,57 @@ pub struct Hello {
     pub to: NodeId,
     /// The largest frame payload the sender will send (informational).
     pub max_frame_bytes: u64,
+    /// The sender's own address (may be empty).
+    pub address: String,
 }
 
+/// Longest address a hello may carry.
+pub const MAX_ADDRESS_LEN: usize = 1024;
+
 impl Hello {
-    /// The 40 wire bytes.
-    pub fn encode(&self) -> [u8; HELLO_LEN] {
-        let mut out = [0u8; HELLO_LEN];
+    /// The wire bytes (40 + the address's length).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![0u8; HELLO_LEN];
         out[0..4].copy_from_slice(&self.format_version.to_le_bytes());
-        // bytes 4..8: flags, 0
+        out[4..8].copy_from_slice(&(self.address.len() as u32).to_le_bytes());
         out[8..16].copy_from_slice(&self.cluster_id.to_le_bytes());
         out[16..24].copy_from_slice(&self.from.0.to_le_bytes());
         out[24..32].copy_from_slice(&self.to.0.to_le_bytes());
         out[32..40].copy_from_slice(&self.max_frame_bytes.to_le_bytes());
+        out.extend_from_slice(self.address.as_bytes());
         out
     }
 
-    /// Decodes a hello (only the fixed fields are read; `flags` is ignored in version 1).
+    /// The length of the address that follows a hello's fixed 40 bytes (checked against
+    /// [`MAX_ADDRESS_LEN`]).
+    pub fn address_len(fixed: &[u8]) -> Result<usize, FrameError> {
+        let b = fixed.get(4..8).ok_or(FrameError::Truncated { what: "hello", len: fixed.len() })?;
+        let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        if len > MAX_ADDRESS_LEN {
+            return Err(FrameError::TooLarge { len: len as u64, limit: MAX_ADDRESS_LEN });
+        }
+        Ok(len)
+    }
+
+    /// Decodes a whole hello (fixed part and address).
     pub fn decode(buf: &[u8]) -> Result<Hello, FrameError> {
         let b: &[u8; HELLO_LEN] = buf
             .get(..HELLO_LEN)
             .and_then(|s| s.try_into().ok())
             .ok_or(FrameError::Truncated { what: "hello", len: buf.len() })?;
+        let len = Hello::address_len(b)?;
+        let address = buf
+            .get(HELLO_LEN..HELLO_LEN + len)
+            .ok_or(FrameError::Truncated { what: "hello address", len: buf.len() })?;
+        let address =
+            std::str::from_utf8(address).map_err(|_| FrameError::Malformed("hello address is not UTF-8".into()))?;
         Ok(Hello {
             format_version: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             cluster_id: u64_at(b, 8),
             from: NodeId(u64_at(b, 16)),
             to: NodeId(u64_at(b, 24)),
             max_frame_bytes: u64_at(b, 32),
+            address: address.to_owned(),
         })
     }
 }
@@ -298,12 +324,23 @@ mod tests {
 
     #[test]
     fn hello_and_reply_round_trip_byte_exact() {
-        let h = Hello { format_version: 1, cluster_id: 0x1122, from: NodeId(5), to: NodeId(6), max_frame_bytes: 4096 };
+        let h = Hello {
+            format_version: 1,
+            cluster_id: 0x1122,
+            from: NodeId(5),
+            to: NodeId(6),
+            max_frame_bytes: 4096,
+            address: "h:1".into(),
+        };
         let b = h.encode();
-        assert_eq!(&b[0..8], &[1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&b[0..8], &[1, 0, 0, 0, 3, 0, 0, 0]);
         assert_eq!(&b[8..16], &[0x22, 0x11, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&b[40..], b"h:1");
         assert_eq!(Hello::decode(&b), Ok(h));
-        assert!(Hello::decode(&b[..39]).is_err());
+        assert!(Hello::decode(&b[..42]).is_err());
+        let mut long = b.clone();
+        long[4..8].copy_from_slice(&5000u32.to_le_bytes());
+        assert!(matches!(Hello::decode(&long), Err(FrameError::TooLarge { .. })));
         let r = HelloReply { format_version: 1, status: HelloStatus::WrongCluster, cluster_id: 9, node_id: NodeId(6) };
         let b = r.encode();
         assert_eq!(&b[4..8], &[2, 0, 0, 0]);

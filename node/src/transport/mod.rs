@@ -4,7 +4,7 @@
 //!  runtime ── Transport::send(msg) ──► per-peer bounded queue ──► writer task ══ TCP ══╗
 //!             (never blocks; full queue or unknown peer: dropped + counted)            ║
 //!                                                                                      ▼
-//!  runtime ◄── inbox (bounded mpsc, given at construction) ◄── serve_inbound ◄── server accept
+//!  runtime ◄── inbox (bounded, given at construction) ◄── serve_inbound ◄── server accept
 //!                                                                 loop (first word = PEER_MAGIC)
 //! ```
 //!
@@ -22,8 +22,9 @@
 //!
 //! Bounds: the per-peer queue ([`TransportConfig::queue_messages`]), the frame size
 //! ([`TransportConfig::max_frame_bytes`], on both sides), the bytes coalesced into one write
-//! ([`TransportConfig::coalesce_bytes`]), the inbox (its capacity, chosen by the runtime);
-//! a full inbox stops reading the socket (TCP backpressure).
+//! ([`TransportConfig::coalesce_bytes`]), the inbox (its capacity, chosen by the runtime); a
+//! message that finds the inbox full is dropped and counted (the inbox never blocks the socket
+//! reader, like the runtime's own [`InboxSender`](crate::runtime::InboxSender)).
 
 pub mod frame;
 mod peer;
@@ -50,6 +51,9 @@ pub struct TransportConfig {
     pub node_id: NodeId,
     /// The cluster's id, if known (0 = unknown: adopted from the first peer that knows one).
     pub cluster_id: u64,
+    /// This node's address as peers reach it, sent in the hello (a joining node learns where
+    /// the leader is from the leader's hello before it has the configuration).
+    pub advertise: String,
     /// Largest frame payload sent or accepted. Must hold an AppendEntries of the runtime's
     /// `max_append_bytes` and an InstallSnapshot chunk, plus encoding overhead.
     pub max_frame_bytes: usize,
@@ -72,6 +76,7 @@ impl TransportConfig {
         TransportConfig {
             node_id,
             cluster_id: 0,
+            advertise: String::new(),
             max_frame_bytes: 8 << 20,
             queue_messages: 1024,
             coalesce_bytes: 256 << 10,
@@ -101,6 +106,8 @@ pub struct TransportStats {
     pub connect_failures: AtomicU64,
     /// Messages received and delivered to the inbox.
     pub received: AtomicU64,
+    /// Messages received but dropped because the inbox was full (or the runtime stopped).
+    pub dropped_inbox_full: AtomicU64,
     /// Inbound connections refused at the handshake.
     pub refused: AtomicU64,
     /// Inbound connections closed on a malformed frame.
@@ -119,6 +126,7 @@ pub struct StatsSnapshot {
     pub connects: u64,
     pub connect_failures: u64,
     pub received: u64,
+    pub dropped_inbox_full: u64,
     pub refused: u64,
     pub malformed: u64,
 }
@@ -136,6 +144,7 @@ impl TransportStats {
             connects: r(&self.connects),
             connect_failures: r(&self.connect_failures),
             received: r(&self.received),
+            dropped_inbox_full: r(&self.dropped_inbox_full),
             refused: r(&self.refused),
             malformed: r(&self.malformed),
         }
@@ -214,8 +223,38 @@ impl Shared {
 pub struct TcpTransport {
     shared: Arc<Shared>,
     peers: Arc<Mutex<HashMap<NodeId, PeerEntry>>>,
-    inbox: mpsc::Sender<Message>,
+    /// Addresses peers gave in their hellos (kept while the configuration does not name them).
+    learned: Arc<Mutex<HashMap<NodeId, String>>>,
+    inbox: Arc<dyn InboundSink>,
     runtime: tokio::runtime::Handle,
+}
+
+/// Where received messages go: never blocks; `false` means the message was dropped (full or
+/// closed queue).
+pub trait InboundSink: Send + Sync + 'static {
+    /// Hands over one received message.
+    fn deliver(&self, msg: Message) -> bool;
+
+    /// True once the receiver is gone for good (the connection is then closed).
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+impl InboundSink for crate::runtime::InboxSender {
+    fn deliver(&self, msg: Message) -> bool {
+        crate::runtime::InboxSender::deliver(self, msg)
+    }
+}
+
+impl InboundSink for mpsc::Sender<Message> {
+    fn deliver(&self, msg: Message) -> bool {
+        self.try_send(msg).is_ok()
+    }
+
+    fn is_closed(&self) -> bool {
+        mpsc::Sender::is_closed(self)
+    }
 }
 
 impl std::fmt::Debug for TcpTransport {
@@ -227,12 +266,13 @@ impl std::fmt::Debug for TcpTransport {
 impl TcpTransport {
     /// A transport that spawns its writer tasks on `runtime` and delivers received messages to
     /// `inbox`.
-    pub fn new(config: TransportConfig, inbox: mpsc::Sender<Message>, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(config: TransportConfig, inbox: impl InboundSink, runtime: tokio::runtime::Handle) -> Self {
         let cluster_id = AtomicU64::new(config.cluster_id);
         TcpTransport {
             shared: Arc::new(Shared { config, cluster_id, stats: TransportStats::default() }),
             peers: Arc::new(Mutex::new(HashMap::new())),
-            inbox,
+            learned: Arc::new(Mutex::new(HashMap::new())),
+            inbox: Arc::new(inbox),
             runtime,
         }
     }
@@ -264,10 +304,16 @@ impl TcpTransport {
     pub async fn serve_inbound(&self, mut stream: TcpStream) -> Result<(), InboundError> {
         let _ = stream.set_nodelay(true);
         let cfg = &self.shared.config;
-        let mut hello_bytes = [0u8; HELLO_LEN];
-        tokio::time::timeout(cfg.connect_timeout, stream.read_exact(&mut hello_bytes))
-            .await
-            .map_err(|_| InboundError::Timeout)??;
+        let read_hello = async {
+            let mut bytes = vec![0u8; HELLO_LEN];
+            stream.read_exact(&mut bytes).await?;
+            let len = Hello::address_len(&bytes)?;
+            bytes.resize(HELLO_LEN + len, 0);
+            stream.read_exact(&mut bytes[HELLO_LEN..]).await?;
+            Ok::<_, InboundError>(bytes)
+        };
+        let hello_bytes =
+            tokio::time::timeout(cfg.connect_timeout, read_hello).await.map_err(|_| InboundError::Timeout)??;
         let hello = Hello::decode(&hello_bytes)?;
         let status = if hello.format_version != FORMAT_VERSION {
             HelloStatus::UnsupportedVersion
@@ -288,7 +334,10 @@ impl TcpTransport {
             tracing::warn!(from = %hello.from, to = %hello.to, cluster = hello.cluster_id, ?status, "refused a peer connection");
             return Err(InboundError::Refused { from: hello.from, status });
         }
-        tracing::debug!(from = %hello.from, "peer connected");
+        tracing::debug!(from = %hello.from, address = %hello.address, "peer connected");
+        if !hello.address.is_empty() {
+            self.learn(hello.from, &hello.address);
+        }
         let result = self.read_frames(&mut stream, hello.from).await;
         if let Err(e) = &result {
             if !matches!(e, InboundError::Io(_)) {
@@ -311,11 +360,14 @@ impl TcpTransport {
                 if msg.from != from || msg.to != me {
                     return Err(InboundError::Misaddressed { from: msg.from, to: msg.to, expected_from: from, me });
                 }
-                if self.inbox.send(msg).await.is_err() {
+                if self.inbox.deliver(msg) {
+                    bump(&self.shared.stats.received);
+                } else if self.inbox.is_closed() {
                     tracing::debug!("inbox closed; dropping the peer connection");
                     return Ok(());
+                } else {
+                    bump(&self.shared.stats.dropped_inbox_full);
                 }
-                bump(&self.shared.stats.received);
             }
             buf.drain(..used);
             // Read at most what the next frame still needs, so the buffer stays bounded.
@@ -348,7 +400,10 @@ impl TcpTransport {
     /// a transport without a client-protocol server in front (tests, tools); a node uses its
     /// server's accept loop, which routes by the first word.
     pub async fn serve_listener(self, listener: TcpListener) {
+        // Connections live in this set: dropping the future closes them all.
+        let mut conns = tokio::task::JoinSet::new();
         loop {
+            while conns.try_join_next().is_some() {}
             let (mut stream, remote) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
@@ -358,7 +413,7 @@ impl TcpTransport {
                 }
             };
             let me = self.clone();
-            tokio::spawn(async move {
+            conns.spawn(async move {
                 let mut word = [0u8; 8];
                 let read = tokio::time::timeout(me.shared.config.connect_timeout, stream.read_exact(&mut word)).await;
                 if !matches!(read, Ok(Ok(_))) || u64::from_le_bytes(word) != PEER_MAGIC {
@@ -367,6 +422,19 @@ impl TcpTransport {
                 }
                 let _ = me.serve_inbound(stream).await;
             });
+        }
+    }
+
+    /// A peer introduced itself with its address: reach it there until the configuration says
+    /// otherwise (a joining node must answer the leader before it has the configuration).
+    fn learn(&self, id: NodeId, address: &str) {
+        let Ok(mut map) = self.peers.lock() else { return };
+        if let Ok(mut learned) = self.learned.lock() {
+            learned.insert(id, address.to_owned());
+        }
+        if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(id) {
+            tracing::debug!(peer = %id, %address, "learned a peer's address from its hello");
+            slot.insert(self.spawn_peer(id, address.to_owned()));
         }
     }
 
@@ -402,8 +470,12 @@ impl Transport for TcpTransport {
     fn set_peers(&self, peers: &[(NodeId, String)]) {
         let me = self.shared.config.node_id;
         let Ok(mut map) = self.peers.lock() else { return };
-        let wanted: HashMap<NodeId, &String> =
+        let mut wanted: HashMap<NodeId, &String> =
             peers.iter().filter(|(id, _)| *id != me).map(|(id, a)| (*id, a)).collect();
+        let learned = self.learned.lock().map(|l| l.clone()).unwrap_or_default();
+        for (id, address) in &learned {
+            wanted.entry(*id).or_insert(address);
+        }
         map.retain(|id, entry| {
             let keep = wanted.get(id).is_some_and(|a| **a == entry.address);
             if !keep {

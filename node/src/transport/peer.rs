@@ -64,6 +64,7 @@ async fn connect(shared: &Shared, to: NodeId, address: &str) -> Result<TcpStream
             from: cfg.node_id,
             to,
             max_frame_bytes: cfg.max_frame_bytes as u64,
+            address: cfg.advertise.clone(),
         };
         let mut first = Vec::with_capacity(8 + frame::HELLO_LEN);
         first.extend_from_slice(&PEER_MAGIC.to_le_bytes());

@@ -1,0 +1,134 @@
+//! Whole nodes in-process over real TCP: `Node` = data directory + runtime + TCP transport +
+//! client-protocol server (with the runtime's cluster backend) + join. One node bootstraps, the
+//! others join through any node (started before the cluster exists: they retry), the first
+//! three are voters and the fourth a standby; LEADER and CLUSTER agree everywhere; TRANSFER and
+//! a graceful shutdown move leadership; a restart with the same data directory resumes.
+//!
+//! The state machine is the runtime harness's key-value machine and the SQL backend the test
+//! rusqlite one (not replicated): this checks the networking and membership, not SQL.
+
+mod server_support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use dqlite_node::node::{DataDir, Node, NodeConfig};
+use dqlite_node::runtime::harness::{KvSlot, KvStateMachine};
+use dqlite_node::wire::{NodeInfoFormat, Request, Response, Role, WireNodeId};
+use server_support::{RawClient, SqliteBackend};
+
+const BOUND: Duration = Duration::from_secs(30);
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn start(dir: &Path, addr: SocketAddr, join: &[SocketAddr]) -> Node {
+    let data = DataDir::open(dir).unwrap();
+    let mut cfg = NodeConfig::new(addr.to_string());
+    cfg.join = join.iter().map(ToString::to_string).collect();
+    let db_dir = data.db_dir();
+    Node::start(cfg, data, KvStateMachine::open(KvSlot::default(), 0), move |_| SqliteBackend::new(&db_dir))
+        .await
+        .unwrap()
+}
+
+async fn members(addr: SocketAddr) -> Vec<(u64, String, Role)> {
+    let mut c = RawClient::connect(addr).await;
+    match c.request(&Request::Cluster { format: NodeInfoFormat::V1 }).await.decode() {
+        Response::Servers { nodes, .. } => {
+            nodes.iter().map(|n| (n.id.0, n.address.to_owned(), n.role.unwrap())).collect()
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn leader_of(addr: SocketAddr) -> (u64, String) {
+    let mut c = RawClient::connect(addr).await;
+    match c.request(&Request::Leader).await.decode() {
+        Response::Server { id, address } => (id.0, address.to_owned()),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let deadline = Instant::now() + BOUND;
+    while !f().await {
+        if Instant::now() >= deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_bootstrap_join_in_any_order_and_hand_over() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
+
+    // Node 3 starts first and asks nodes 1 and 2, which do not exist yet: it keeps retrying.
+    let n3 = start(dirs[2].path(), addrs[2], &[addrs[0], addrs[1]]).await;
+    let n1 = start(dirs[0].path(), addrs[0], &[]).await;
+    let n2 = start(dirs[1].path(), addrs[1], &[addrs[2], addrs[0]]).await;
+    let ids = [n1.id().0, n2.id().0, n3.id().0];
+
+    wait_until("three voters", || async {
+        let m = members(addrs[0]).await;
+        m.len() == 3 && m.iter().all(|(_, _, r)| *r == Role::Voter)
+    })
+    .await;
+    let m = members(addrs[0]).await;
+    for (i, id) in ids.iter().enumerate() {
+        assert!(m.contains(&(*id, addrs[i].to_string(), Role::Voter)), "{m:?}");
+    }
+    // Every node names the same leader (node 1, the bootstrapper, still leads).
+    for a in &addrs[..3] {
+        wait_until("the leader known everywhere", || async { leader_of(*a).await.0 == ids[0] }).await;
+    }
+    assert_eq!(leader_of(addrs[1]).await, (ids[0], addrs[0].to_string()));
+
+    // A fourth node becomes a standby.
+    let n4 = start(dirs[3].path(), addrs[3], &[addrs[1]]).await;
+    let id4 = n4.id().0;
+    wait_until("a standby", || async { members(addrs[0]).await.contains(&(id4, addrs[3].to_string(), Role::Standby)) })
+        .await;
+    // A standby does not report the leader (as in dqlite).
+    assert_eq!(leader_of(addrs[3]).await, (0, String::new()));
+
+    // TRANSFER to node 2.
+    let mut c = RawClient::connect(addrs[0]).await;
+    assert_eq!(c.request(&Request::Transfer { id: WireNodeId(ids[1]) }).await.decode(), Response::Empty);
+    wait_until("node 2 leads", || async { leader_of(addrs[2]).await.0 == ids[1] }).await;
+    // Now node 1 answers NOT_LEADER to membership changes.
+    let f = c.request(&Request::Remove { id: WireNodeId(id4) }).await;
+    assert!(matches!(f.decode(), Response::Failure { code: 10250, .. }));
+
+    // Graceful shutdown of the leader hands leadership over.
+    n2.shutdown().await;
+    wait_until("a new leader after the shutdown", || async {
+        let l = leader_of(addrs[0]).await.0;
+        l != 0 && l != ids[1]
+    })
+    .await;
+
+    // Restart node 2 on the same data directory: same id, still a voter, no re-join needed.
+    let n2 = start(dirs[1].path(), addrs[1], &[]).await;
+    assert_eq!(n2.id().0, ids[1]);
+    wait_until("node 2 follows again", || async { leader_of(addrs[1]).await.0 != 0 }).await;
+    assert!(n2.data_dir().cluster_id() != 0 || n1.data_dir().cluster_id() != 0);
+    assert_eq!(members(addrs[1]).await.len(), 4);
+
+    for n in [n1, n2, n3, n4] {
+        n.shutdown().await;
+    }
+}
