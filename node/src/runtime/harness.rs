@@ -78,7 +78,7 @@ impl ReplicatorSlots {
 
     /// Node `id`'s replicator (created on first use).
     pub fn get(&self, id: NodeId) -> Arc<LateReplicator> {
-        lock(&self.slots).entry(id).or_default().clone()
+        lock(&self.slots).entry(id).or_insert_with(LateReplicator::new).clone()
     }
 
     /// Node `id`'s replicator as a `dyn Replicator`.
