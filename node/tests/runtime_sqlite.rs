@@ -14,26 +14,24 @@ use std::time::Duration;
 use dqlite_node::db::conn::DbHandle;
 use dqlite_node::db::{Databases, DbConfig};
 use dqlite_node::raft::NodeId;
-use dqlite_node::runtime::harness::{seed_from_env, wait_until, Cluster, ReplicatorSlots};
+use dqlite_node::replication::Replicator;
+use dqlite_node::runtime::harness::{seed_from_env, wait_until, Cluster};
 use dqlite_node::storage::backend::CrashMode;
 use dqlite_wire::Value;
 use runtime_common::WAIT;
 
-type Factory = Box<dyn Fn(NodeId) -> Databases + Send + Sync>;
+type Factory = Box<dyn Fn(NodeId, Arc<dyn Replicator>) -> Databases + Send + Sync>;
 
 struct Sql {
     dirs: BTreeMap<NodeId, tempfile::TempDir>,
     handles: Arc<Mutex<BTreeMap<NodeId, DbHandle>>>,
-    replicators: ReplicatorSlots,
 }
 
 fn factory(sql: &Sql) -> Factory {
     let dirs: BTreeMap<NodeId, std::path::PathBuf> =
         sql.dirs.iter().map(|(i, d)| (*i, d.path().to_path_buf())).collect();
     let handles = sql.handles.clone();
-    let replicators = sql.replicators.clone();
-    Box::new(move |id| {
-        let replicator = replicators.replicator(id);
+    Box::new(move |id, replicator| {
         let mut cfg = DbConfig::default();
         cfg.commit_timeout = Duration::from_secs(10);
         // Checkpoints move durable_index, so the runtime compacts behind them.
@@ -76,23 +74,14 @@ async fn dump(handles: &Arc<Mutex<BTreeMap<NodeId, DbHandle>>>, id: NodeId) -> S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_state_machine_on_three_runtime_nodes_holds_identical_content() {
     let seed = seed_from_env("RUNTIME_SEED", 41);
-    let sql = Sql {
-        dirs: (1..=3).map(|i| (NodeId(i), tempfile::tempdir().unwrap())).collect(),
-        handles: Arc::default(),
-        replicators: ReplicatorSlots::new(),
-    };
+    let sql =
+        Sql { dirs: (1..=3).map(|i| (NodeId(i), tempfile::tempdir().unwrap())).collect(), handles: Arc::default() };
     let handles = sql.handles.clone();
-    let mut c = Cluster::start_bound(
-        3,
-        seed,
-        factory(&sql),
-        |o| {
-            o.network_latency = Duration::from_millis(5);
-            o.snapshot_threshold = 64;
-            o.trailing_entries = 8;
-        },
-        sql.replicators.clone(),
-    )
+    let mut c = Cluster::start(3, seed, factory(&sql), |o| {
+        o.network_latency = Duration::from_millis(5);
+        o.snapshot_threshold = 64;
+        o.trailing_entries = 8;
+    })
     .await
     .expect("cluster");
     let ids = c.ids();

@@ -60,41 +60,16 @@ struct HNode {
     disk: MemDisk,
     opts: RuntimeOptions,
     handle: Option<RuntimeHandle>,
-}
-
-/// One [`LateReplicator`] per node, stable across restarts: a factory that needs its node's
-/// replicator takes it from here (`slots.get(id)`), and the cluster binds each node's handle
-/// after every (re)start ([`Cluster::start_bound`]).
-#[derive(Debug, Clone, Default)]
-pub struct ReplicatorSlots {
-    slots: Arc<Mutex<BTreeMap<NodeId, Arc<LateReplicator>>>>,
-}
-
-impl ReplicatorSlots {
-    /// Empty.
-    pub fn new() -> ReplicatorSlots {
-        ReplicatorSlots::default()
-    }
-
-    /// Node `id`'s replicator (created on first use).
-    pub fn get(&self, id: NodeId) -> Arc<LateReplicator> {
-        lock(&self.slots).entry(id).or_insert_with(LateReplicator::new).clone()
-    }
-
-    /// Node `id`'s replicator as a `dyn Replicator`.
-    pub fn replicator(&self, id: NodeId) -> Arc<dyn Replicator> {
-        self.get(id)
-    }
+    replicator: Arc<LateReplicator>,
 }
 
 /// An in-process cluster.
-pub struct Cluster<S: StateMachine, F: Fn(NodeId) -> S + Send + Sync + 'static> {
+pub struct Cluster<S: StateMachine, F: Fn(NodeId, Arc<dyn Replicator>) -> S + Send + Sync + 'static> {
     net: MemNetwork,
     nodes: BTreeMap<NodeId, HNode>,
     factory: F,
     seed: u64,
     tune: Box<dyn Fn(&mut RuntimeOptions) + Send + Sync>,
-    replicators: ReplicatorSlots,
 }
 
 /// Address given to node `id` in the configuration.
@@ -102,7 +77,7 @@ pub fn address_of(id: NodeId) -> String {
     format!("mem://{id}")
 }
 
-impl<S: StateMachine, F: Fn(NodeId) -> S + Send + Sync + 'static> Cluster<S, F> {
+impl<S: StateMachine, F: Fn(NodeId, Arc<dyn Replicator>) -> S + Send + Sync + 'static> Cluster<S, F> {
     /// Starts `n` nodes (ids 1..=n) bootstrapped as voters. `tune` adjusts each node's options.
     pub async fn start(
         n: u64,
@@ -110,30 +85,11 @@ impl<S: StateMachine, F: Fn(NodeId) -> S + Send + Sync + 'static> Cluster<S, F> 
         factory: F,
         tune: impl Fn(&mut RuntimeOptions) + Send + Sync + 'static,
     ) -> Result<Self, RuntimeError> {
-        Self::start_bound(n, seed, factory, tune, ReplicatorSlots::new()).await
-    }
-
-    /// As [`Cluster::start`]; each node's handle is bound to `replicators.get(id)` after every
-    /// (re)start and unbound when it stops.
-    pub async fn start_bound(
-        n: u64,
-        seed: u64,
-        factory: F,
-        tune: impl Fn(&mut RuntimeOptions) + Send + Sync + 'static,
-        replicators: ReplicatorSlots,
-    ) -> Result<Self, RuntimeError> {
         let mut conf = Configuration::new();
         for i in 1..=n {
             conf.upsert(Server { id: NodeId(i), address: address_of(NodeId(i)), role: Role::Voter });
         }
-        let mut c = Cluster {
-            net: MemNetwork::new(seed),
-            nodes: BTreeMap::new(),
-            factory,
-            seed,
-            tune: Box::new(tune),
-            replicators,
-        };
+        let mut c = Cluster { net: MemNetwork::new(seed), nodes: BTreeMap::new(), factory, seed, tune: Box::new(tune) };
         for i in 1..=n {
             c.launch(NodeId(i), Some(conf.clone())).await?;
         }
@@ -155,7 +111,7 @@ impl<S: StateMachine, F: Fn(NodeId) -> S + Send + Sync + 'static> Cluster<S, F> 
         opts.storage.log.segment_size_bytes = 64 * 1024;
         (self.tune)(&mut opts);
         let disk = MemDisk::new();
-        self.nodes.insert(id, HNode { disk, opts, handle: None });
+        self.nodes.insert(id, HNode { disk, opts, handle: None, replicator: LateReplicator::new() });
         self.restart(id).await
     }
 
@@ -164,10 +120,11 @@ impl<S: StateMachine, F: Fn(NodeId) -> S + Send + Sync + 'static> Cluster<S, F> 
         let Some(node) = self.nodes.get_mut(&id) else { return Err(RuntimeError::Stopped) };
         let (tx, rx) = inbox(node.opts.inbox_queue);
         let backend: Arc<dyn crate::storage::backend::Backend> = Arc::new(node.disk.backend());
-        let sm = (self.factory)(id);
+        let replicator: Arc<dyn Replicator> = node.replicator.clone();
+        let sm = (self.factory)(id, replicator);
         let h = Runtime::start(node.opts.clone(), backend, sm, self.net.transport(id), rx).await?;
         self.net.attach(id, tx);
-        self.replicators.get(id).bind(Some(h.clone()));
+        node.replicator.bind(Some(h.clone()));
         node.handle = Some(h);
         Ok(())
     }
@@ -177,7 +134,7 @@ impl<S: StateMachine, F: Fn(NodeId) -> S + Send + Sync + 'static> Cluster<S, F> 
     pub async fn crash(&mut self, id: NodeId, mode: CrashMode) {
         let Some(node) = self.nodes.get_mut(&id) else { return };
         node.disk.crash_now();
-        self.replicators.get(id).bind(None);
+        node.replicator.bind(None);
         self.net.detach(id);
         if let Some(h) = node.handle.take() {
             h.kill().await;
@@ -188,7 +145,7 @@ impl<S: StateMachine, F: Fn(NodeId) -> S + Send + Sync + 'static> Cluster<S, F> 
     /// Stops node `id` gracefully (it hands leadership over first).
     pub async fn shutdown(&mut self, id: NodeId) {
         let Some(node) = self.nodes.get_mut(&id) else { return };
-        self.replicators.get(id).bind(None);
+        node.replicator.bind(None);
         if let Some(h) = node.handle.take() {
             h.shutdown().await;
         }
@@ -199,8 +156,8 @@ impl<S: StateMachine, F: Fn(NodeId) -> S + Send + Sync + 'static> Cluster<S, F> 
     pub async fn shutdown_all(&mut self) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
-            self.replicators.get(id).bind(None);
             if let Some(n) = self.nodes.get_mut(&id) {
+                n.replicator.bind(None);
                 if let Some(h) = n.handle.take() {
                     h.kill().await;
                 }
@@ -447,9 +404,9 @@ impl KvCluster {
     }
 
     /// A factory for [`Cluster::start`].
-    pub fn factory(&self) -> impl Fn(NodeId) -> KvStateMachine + Send + Sync + 'static {
+    pub fn factory(&self) -> impl Fn(NodeId, Arc<dyn Replicator>) -> KvStateMachine + Send + Sync + 'static {
         let me = self.clone();
-        move |id| {
+        move |id, _replicator| {
             let fresh = KvSlot {
                 state: Arc::default(),
                 roles: Arc::default(),

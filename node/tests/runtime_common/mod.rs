@@ -1,16 +1,18 @@
 //! Shared helpers of the runtime tests.
 #![allow(dead_code)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dqlite_node::raft::NodeId;
+use dqlite_node::replication::Replicator;
 use dqlite_node::runtime::harness::{Cluster, KvCluster, KvState, KvStateMachine};
 use dqlite_node::runtime::RuntimeOptions;
 
 /// Bound on every wait in these tests (generous: CI machines are shared).
 pub const WAIT: Duration = Duration::from_secs(20);
 
-pub type KvFactory = Box<dyn Fn(NodeId) -> KvStateMachine + Send + Sync>;
+pub type KvFactory = Box<dyn Fn(NodeId, Arc<dyn Replicator>) -> KvStateMachine + Send + Sync>;
 pub type KvTestCluster = Cluster<KvStateMachine, KvFactory>;
 
 /// Starts `n` KV nodes with a fast timing (5 ms latency: heartbeat 50 ms, election 500 ms).
