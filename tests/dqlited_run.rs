@@ -143,7 +143,7 @@ fn three_processes_form_a_cluster_survive_sigterm_and_agree_on_disk() {
     let addrs = [free_addr([127, 0, 0, 2]), free_addr([127, 0, 0, 3]), free_addr([127, 0, 0, 4])];
     let dirs: Vec<PathBuf> = (0..3).map(|i| root.path().join(format!("n{i}"))).collect();
     // Any order: node 2 first (its seeds are not up yet), then the bootstrapper, then node 1.
-    let mut procs = vec![
+    let mut procs = [
         Proc::spawn(addrs[2], &dirs[2], &[addrs[0], addrs[1]]),
         Proc::spawn(addrs[0], &dirs[0], &[]),
         Proc::spawn(addrs[1], &dirs[1], &[addrs[2]]),
