@@ -144,6 +144,7 @@ impl AnyConnectionBackend for DqliteConnection {
         })
     }
 
+    #[cfg(feature = "offline")]
     fn describe(
         &mut self,
         sql: SqlStr,

@@ -17,6 +17,7 @@ mod errors;
 mod failures;
 mod example;
 mod migrate;
+mod migrate_lock;
 mod params_limit;
 mod sqlite_compat;
 mod sqlx_test_attr;

@@ -62,7 +62,7 @@ async fn migrate_twice_is_a_no_op_then_undo_and_redo() {
     }
     assert_eq!(
         tables(&pool).await,
-        vec!["_sqlx_migrations", "accounts", "orders"]
+        vec!["_sqlx_dqlite_migration_lock", "_sqlx_migrations", "accounts", "orders"]
     );
     let seed: (String, Option<String>, i64) = sqlx::query_as(
         "SELECT a.email, a.display_name, o.total_cents FROM accounts a JOIN orders o ON o.account_id = a.id",
@@ -91,7 +91,7 @@ async fn migrate_twice_is_a_no_op_then_undo_and_redo() {
         applied(&pool).await.iter().map(|m| m.0).collect::<Vec<_>>(),
         vec![20260101000001]
     );
-    assert_eq!(tables(&pool).await, vec!["_sqlx_migrations", "accounts"]);
+    assert_eq!(tables(&pool).await, vec!["_sqlx_dqlite_migration_lock", "_sqlx_migrations", "accounts"]);
     let columns: Vec<String> =
         sqlx::query_scalar("SELECT name FROM pragma_table_info('accounts') ORDER BY cid")
             .fetch_all(&pool)
@@ -102,7 +102,7 @@ async fn migrate_twice_is_a_no_op_then_undo_and_redo() {
     assert_eq!(applied(&pool).await.len(), 3);
     assert_eq!(
         tables(&pool).await,
-        vec!["_sqlx_migrations", "accounts", "orders"]
+        vec!["_sqlx_dqlite_migration_lock", "_sqlx_migrations", "accounts", "orders"]
     );
 }
 

@@ -26,6 +26,8 @@ impl DqliteConnection {
             pending_rollbacks: Vec::new(),
             control: None,
             begin_failed_at: None,
+            migration_lock: None,
+            in_migrate_step: false,
             ping_fresh: PING_FRESH,
         })
     }

@@ -10,6 +10,7 @@ use dqlite_wire::value::Value as WireValue;
 use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
+#[cfg(feature = "offline")]
 use sqlx_core::describe::Describe;
 use sqlx_core::executor::{Execute, Executor};
 use sqlx_core::ext::async_stream::TryAsyncStream;
@@ -243,6 +244,7 @@ impl<'c> Executor<'c> for &'c mut DqliteConnection {
         })
     }
 
+    #[cfg(feature = "offline")]
     fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<Describe<Dqlite>, Error>>
     where
         'c: 'e,

@@ -75,6 +75,10 @@ pub struct DqliteConnection {
     /// `begin()` failed at this depth: the dropped `Transaction`'s `start_rollback` must not
     /// roll back the level below.
     pub(crate) begin_failed_at: Option<usize>,
+    /// Holder id of the migration lock this connection holds (see [`crate::migrate`]).
+    pub(crate) migration_lock: Option<String>,
+    /// A `Migrate` method is running: its requests do not release the migration lock.
+    pub(crate) in_migrate_step: bool,
     /// `ping()` skips its round trip if the leader answered more recently than this.
     pub(crate) ping_fresh: std::time::Duration,
 }
@@ -159,6 +163,11 @@ impl Connection for DqliteConnection {
     /// transaction, and a closed socket is always detected.
     async fn ping(&mut self) -> Result<(), Error> {
         self.flush_pending().await?;
+        if self.migration_lock.is_some() {
+            // Back in the pool with the migration lock: the migrator gave up or was dropped.
+            self.in_migrate_step = false;
+            self.release_migration_lock().await?;
+        }
         let alive = self.session.as_mut().is_some_and(Session::is_idle_alive);
         let fresh = self.session.as_ref().is_some_and(|s| s.since_last_response() < self.ping_fresh);
         if alive && fresh {

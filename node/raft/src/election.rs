@@ -96,6 +96,15 @@ impl RawNode {
         }
     }
 
+    /// True if this server has never held a log entry or snapshot: it was never a member of
+    /// any configuration it knows of, so it casts no vote (and pre-vote). A blank server asked
+    /// for a vote is either not a voter or one whose disk was lost and that kept its id; in
+    /// the latter case a candidate with a stale configuration could win with its vote
+    /// (finding F3). Defence in depth: such a server must rejoin under a new id.
+    fn is_blank(&self) -> bool {
+        self.log.last_index() == crate::types::LogIndex::ZERO
+    }
+
     /// `Some(true)` if granted votes form a quorum, `Some(false)` if rejections do.
     fn vote_outcome(&self) -> Option<bool> {
         let granted: BTreeSet<NodeId> = self.votes.iter().filter(|(_, g)| **g).map(|(id, _)| *id).collect();
@@ -112,7 +121,7 @@ impl RawNode {
     pub(crate) fn handle_pre_vote(&mut self, from: NodeId, term: Term, r: VoteRequest) {
         // `term` >= self.term here; a pre-vote is only granted for a later term (the
         // candidate's would-be term) and a log at least as up to date (§5.4.1).
-        let granted = term > self.term && self.log.is_up_to_date(r.last_log_index, r.last_log_term);
+        let granted = term > self.term && !self.is_blank() && self.log.is_up_to_date(r.last_log_index, r.last_log_term);
         let reply_term = if granted { term } else { self.term };
         tracing::trace!(id = ?self.id, ?from, ?term, granted, "pre-vote");
         self.msgs.push(crate::message::Message {
@@ -125,7 +134,7 @@ impl RawNode {
 
     pub(crate) fn handle_request_vote(&mut self, from: NodeId, r: VoteRequest) {
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
-        let granted = can_vote && self.log.is_up_to_date(r.last_log_index, r.last_log_term);
+        let granted = can_vote && !self.is_blank() && self.log.is_up_to_date(r.last_log_index, r.last_log_term);
         tracing::trace!(id = ?self.id, ?from, term = ?self.term, granted, "request vote");
         if granted {
             self.vote = Some(from);

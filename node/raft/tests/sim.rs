@@ -1,7 +1,9 @@
 //! Deterministic whole-cluster simulation of the Raft core (see `dqlite_raft::sim`).
 //!
-//! * `cargo test -p dqlite-raft --test sim` runs the default seeds (a short run for CI).
-//! * `SIM_SEEDS=N` runs seeds `0..N` (`SIM_SEED_BASE=B` starts at `B` instead of 0).
+//! * `cargo test -p dqlite-raft --test sim` runs the default seeds (a short run for CI) on a
+//!   range that moves with the commit: the base is derived from `git rev-parse HEAD` (or
+//!   `GITHUB_SHA`) and printed, so each commit explores fresh seeds and a failure names its seed.
+//! * `SIM_SEEDS=N` runs `N` seeds; `SIM_SEED_BASE=B` starts at `B` (0 for the fixed range).
 //! * `SIM_SEED=S` replays exactly one seed; `SIM_TRACE=1` prints its whole trace.
 //! * `SIM_THREADS=T` spreads seeds over T threads (default: available parallelism).
 //! * `SIM_LIN_STEPS=K` sets the linearizability search budget per seed (default: 300,000 in
@@ -16,7 +18,7 @@ use std::sync::Mutex;
 use dqlite_raft::sim::{run_seed, trace_seed, Failure, Options, Report};
 
 /// Seeds in the default run: sized to stay well under a minute in a debug build.
-const DEFAULT_SEEDS: u64 = 500;
+const DEFAULT_SEEDS: u64 = 300;
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
@@ -75,6 +77,13 @@ struct Totals {
     transfers: u64,
     snapshots_taken: u64,
     snapshots_installed: u64,
+    live_snapshots: u64,
+    fsync_tails: u64,
+    fsync_failures: u64,
+    read_errors: u64,
+    corruptions: u64,
+    wipes: u64,
+    rejoined: u64,
     messages: u64,
     dropped: u64,
     duplicated: u64,
@@ -97,10 +106,35 @@ impl Totals {
         self.transfers += r.transfers;
         self.snapshots_taken += r.snapshots_taken;
         self.snapshots_installed += r.snapshots_installed;
+        self.live_snapshots += r.live_snapshots;
+        self.fsync_tails += r.fsync_tails;
+        self.fsync_failures += r.fsync_failures;
+        self.read_errors += r.read_errors;
+        self.corruptions += r.corruptions;
+        self.wipes += r.wipes;
+        self.rejoined += r.rejoined;
         self.messages += r.net.sent;
         self.dropped += r.net.dropped;
         self.duplicated += r.net.duplicated;
         self.liveness_ms_max = self.liveness_ms_max.max(r.liveness_ms);
+    }
+}
+
+/// A seed base that moves with the commit: the first 12 hex digits of the commit id, scaled to
+/// a multiple of 1,000 below 10^12 (so ranges of different commits rarely overlap). Falls back
+/// to 0 outside a git checkout.
+fn commit_seed_base() -> (u64, String) {
+    let sha = std::env::var("GITHUB_SHA").ok().or_else(|| {
+        let out = std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    });
+    match sha.as_deref().and_then(|s| u64::from_str_radix(s.get(..12)?, 16).ok()) {
+        Some(x) => ((x % 1_000_000_000) * 1_000, format!("commit {}", sha.as_deref().unwrap_or("").get(..12).unwrap_or(""))),
+        None => (0, "no commit id found".to_owned()),
     }
 }
 
@@ -128,7 +162,11 @@ fn simulated_clusters_stay_safe_live_and_linearizable() {
         return;
     }
     let n = env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
-    let base = env_u64("SIM_SEED_BASE").unwrap_or(0);
+    let base = env_u64("SIM_SEED_BASE").unwrap_or_else(|| {
+        let (base, from) = commit_seed_base();
+        eprintln!("SIM_SEED_BASE={base} (derived from {from}; set SIM_SEED_BASE to choose)");
+        base
+    });
     let threads = env_u64("SIM_THREADS")
         .map(|t| t.max(1) as usize)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |p| p.get()));
@@ -170,7 +208,7 @@ fn simulated_clusters_stay_safe_live_and_linearizable() {
         panic!("{}", report_failure(f));
     }
     eprintln!(
-        "SIM {} seeds ({base}..{}) passed in {:.1?} on {threads} threads: {totals:#?}",
+        "SIM {} seeds (SIM_SEED_BASE={base} SIM_SEEDS={n}: {base}..{}) passed in {:.1?} on {threads} threads: {totals:#?}",
         totals.seeds,
         base + n,
         started.elapsed()
@@ -183,6 +221,9 @@ fn simulated_clusters_stay_safe_live_and_linearizable() {
         assert!(totals.transfers > 0, "no leadership transfer happened");
         assert!(totals.snapshots_installed > 0, "no snapshot was installed");
         assert!(totals.dropped > 0 && totals.duplicated > 0, "no message loss or duplication");
+        assert!(totals.fsync_tails > 0 && totals.fsync_failures > 0 && totals.read_errors > 0, "{totals:?}");
+        assert!(totals.corruptions > 0 && totals.wipes > 0 && totals.rejoined > 0, "{totals:?}");
+        assert!(totals.live_snapshots > 0, "{totals:?}");
         assert!(totals.ops_ok > 0 && totals.ops_unknown > 0, "{totals:?}");
     }
 }

@@ -244,3 +244,38 @@ fn f2_leadership_is_not_announced_before_the_term_is_durable() {
     );
     assert!(n2.announced.contains(&term));
 }
+
+/// F3 (seed 360 of the simulator, once it wiped disks): a server whose disk was lost came back
+/// empty under its old id after the operator had removed it from the configuration. Another
+/// server, removed long before and re-added as a spare (so never sent the log since), still had
+/// the bootstrap configuration, where both were voters: it asked the empty server for its vote,
+/// got it, and led a term without the committed entries. Reusing the id of a wiped server is
+/// unsafe even after its removal; the simulator's operator now brings the machine back under a
+/// new id. Defence in depth in the core: a server that never held an entry or a snapshot grants
+/// no vote or pre-vote.
+#[test]
+fn f3_a_blank_server_grants_no_vote_to_a_candidate_with_a_stale_configuration() {
+    let conf = Configuration::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
+    let boot = RawNode::bootstrap_entry(&conf);
+    // n2 holds only the bootstrap entry (stale: the cluster moved on without it).
+    let mut n2 = Server1::new(2, &boot);
+    // n1 lost its disk and restarted empty under the same id.
+    let mut n1 = Server1 {
+        raw: RawNode::new(Config::new(NodeId(1))).expect("new"),
+        durable_hard: HardState::default(),
+        durable_log: Vec::new(),
+        applied: Vec::new(),
+        announced: Vec::new(),
+    };
+    let before = n2.raw.term();
+    for _ in 0..200 {
+        n2.raw.tick();
+        let out = n2.handle_ready();
+        // Only n1 answers (n3, which has the committed log, is down or partitioned away).
+        let to_n1: Vec<Message> = out.into_iter().filter(|m| m.to == NodeId(1)).collect();
+        settle(&mut [&mut n1, &mut n2], to_n1);
+        assert!(!n2.raw.is_leader(), "n2 won an election with the vote of an empty server");
+    }
+    assert!(n2.announced.is_empty());
+    assert_eq!(n2.raw.term(), before, "pre-votes were refused, so no term was started");
+}

@@ -46,6 +46,41 @@ pub const SQLITE_IOERR_LEADERSHIP_LOST: c_int = libsqlite3_sys::SQLITE_IOERR | (
 /// timeout (no quorum); its outcome is unknown. (dqlite-rs's code.)
 pub const SQLITE_IOERR_COMMIT_TIMEOUT: c_int = libsqlite3_sys::SQLITE_IOERR | (42 << 8);
 
+/// A [`Replicator`] bound after construction: the runtime's handle exists only once the
+/// runtime started with the state machine, which needs a replicator first. Proposals before
+/// [`set`](Self::set) fail with [`ProposeError::Unavailable`].
+#[derive(Default)]
+pub struct LateReplicator {
+    inner: std::sync::OnceLock<Arc<dyn Replicator>>,
+}
+
+impl std::fmt::Debug for LateReplicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LateReplicator").field("bound", &self.inner.get().is_some()).finish()
+    }
+}
+
+impl LateReplicator {
+    /// An unbound replicator.
+    pub fn new() -> Arc<LateReplicator> {
+        Arc::new(LateReplicator::default())
+    }
+
+    /// Binds it (once); false if it was bound already.
+    pub fn set(&self, r: Arc<dyn Replicator>) -> bool {
+        self.inner.set(r).is_ok()
+    }
+}
+
+impl Replicator for LateReplicator {
+    fn propose(&self, data: Vec<u8>) -> Result<Proposed, ProposeError> {
+        match self.inner.get() {
+            Some(r) => r.propose(data),
+            None => Err(ProposeError::Unavailable { reason: "the runtime is not started yet".into() }),
+        }
+    }
+}
+
 /// Tunables of the db layer.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -286,6 +321,7 @@ impl DbHooks for DbShared {
                 let code = match e {
                     ProposeError::NotLeader { .. } => SQLITE_IOERR_NOT_LEADER,
                     ProposeError::TooLarge { .. } => libsqlite3_sys::SQLITE_IOERR_FSYNC,
+                    ProposeError::DiskFull { .. } => libsqlite3_sys::SQLITE_FULL,
                     _ => libsqlite3_sys::SQLITE_IOERR_FSYNC,
                 };
                 return self.fail(&mut st, conn, code, e.to_string());
@@ -351,6 +387,7 @@ impl DbHooks for DbShared {
         salts.copy_from_slice(&header[16..24]);
         let sc = Sidecar {
             salts,
+            prev_salts: st.sidecar.salts,
             gen_first: applied.next(),
             ckpt_index: applied.max(st.sidecar.ckpt_index),
             ckpt_commits: 0,
@@ -377,6 +414,10 @@ fn sidecar_path(db: &Path) -> PathBuf {
 
 const BASE_FILE: &str = ".applied-base";
 
+/// How long the apply connection waits for a database's write lock (a local writer holding it
+/// fails its commit within the commit timeout, so this is only reached if something hangs).
+const APPLY_BUSY_TIMEOUT: Duration = Duration::from_secs(3600);
+
 impl NodeShared {
     pub(crate) fn config(&self) -> &DbConfig {
         &self.config
@@ -396,7 +437,7 @@ impl NodeShared {
             .map_err(|e| DbError::Damaged { path: sidecar_path(&path), reason: e.to_string() })?
             .unwrap_or_else(|| {
                 let a = LogIndex(self.applied.load(Ordering::SeqCst));
-                Sidecar { salts: [0; 8], gen_first: a.next(), ckpt_index: a, ckpt_commits: 0 }
+                Sidecar { salts: [0; 8], prev_salts: [0; 8], gen_first: a.next(), ckpt_index: a, ckpt_commits: 0 }
             });
         let shared = Arc::new(DbShared {
             name: name.to_string(),
@@ -505,7 +546,7 @@ struct Applier {
 
 impl Applier {
     fn open(node: &Arc<NodeShared>, shared: Arc<DbShared>) -> Result<Applier, DbError> {
-        let conn = node.open_conn(&shared, true, Duration::from_secs(3600))?;
+        let conn = node.open_conn(&shared, true, APPLY_BUSY_TIMEOUT)?;
         // Run WAL recovery (if needed) and map the wal-index.
         conn.conn().query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
         conn.end_statement();
@@ -534,9 +575,7 @@ impl Applier {
             wal::scan(&wal_path, mx).map_err(|e| DbError::Damaged { path: wal_path.clone(), reason: e.to_string() })?;
         let mut st = lock(&self.shared.st);
         if mx > 0 && scan.salts != st.sidecar.salts {
-            if st.sidecar.ckpt_commits == 0 && st.commits_in_gen == 0 && st.sidecar.salts != [0; 8]
-                || st.sidecar.salts == [0; 8]
-            {
+            if st.sidecar.ckpt_commits == 0 && scan.salts == st.sidecar.prev_salts {
                 // A crash between the sidecar and the new WAL header: the old generation was
                 // wholly checkpointed. Empty the WAL so the new generation starts cleanly.
                 drop(st);
@@ -586,6 +625,7 @@ impl Applier {
                 let mut st = lock(&shared.st);
                 let sc = Sidecar {
                     salts,
+                    prev_salts: st.sidecar.salts,
                     gen_first: index,
                     ckpt_index: index.prev().max(st.sidecar.ckpt_index),
                     ckpt_commits: 0,
@@ -606,11 +646,24 @@ impl Applier {
     }
 
     /// A passive checkpoint; records the durable point if the WAL was wholly backfilled.
+    ///
+    /// It first takes the WAL write lock without waiting: a writer holding it may be between
+    /// its commit and publishing it in the wal-index (or waiting for this very thread to apply
+    /// its entry), so the checkpoint is skipped then and tried again after a later entry.
     fn checkpoint(&mut self, applied: LogIndex) -> Result<(), DbError> {
         let c = self.conn.conn();
+        self.conn.set_busy_timeout(Duration::ZERO);
         let r = c.execute_batch("BEGIN IMMEDIATE; COMMIT;");
+        self.conn.set_busy_timeout(APPLY_BUSY_TIMEOUT);
         self.conn.end_statement();
-        r?;
+        match r {
+            Ok(()) => {}
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                let _ = c.execute_batch("ROLLBACK");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
         let (busy, log, done): (i64, i64, i64) =
             c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         self.conn.end_statement();
@@ -679,9 +732,33 @@ impl Databases {
         names.sort();
         let mut restart = None::<LogIndex>;
         for name in names {
+            // Check the WAL as SQLite's recovery will see it before SQLite reads anything: a WAL
+            // that lost commits already checkpointed would show stale pages.
+            let db_path = dir.join(&name);
+            let wal_path = with_suffix(&db_path, "-wal");
+            let sc = Sidecar::read(&sidecar_path(&db_path))
+                .map_err(|e| DbError::Damaged { path: sidecar_path(&db_path), reason: e.to_string() })?;
+            if let Some(sc) = sc {
+                let scan = wal::scan_all(&wal_path)
+                    .map_err(|e| DbError::Damaged { path: wal_path.clone(), reason: e.to_string() })?;
+                if scan.salts == sc.salts && (scan.commits.len() as u64) < sc.ckpt_commits {
+                    return Err(DbError::Damaged {
+                        path: wal_path,
+                        reason: format!(
+                            "the WAL holds {} valid commits but {} were checkpointed from it",
+                            scan.commits.len(),
+                            sc.ckpt_commits
+                        ),
+                    });
+                }
+            }
             let shared = dbs.node.db(&name)?;
-            let mut a = Applier::open(&dbs.node, shared.clone())?;
-            a.recover()?;
+            let damaged = |e: DbError| match e {
+                e @ DbError::Damaged { .. } => e,
+                other => DbError::Damaged { path: db_path.clone(), reason: other.to_string() },
+            };
+            let mut a = Applier::open(&dbs.node, shared.clone()).map_err(damaged)?;
+            a.recover().map_err(damaged)?;
             let c = lock(&shared.st).sidecar.ckpt_index;
             restart = Some(restart.map_or(c, |r| r.min(c)));
             dbs.appliers.insert(name, a);

@@ -9,13 +9,16 @@ use dqlite_raft::LogIndex;
 
 const MAGIC: &[u8; 4] = b"DQSC";
 const VERSION: u32 = 1;
-const BYTES: usize = 44;
+const BYTES: usize = 52;
 
 /// The sidecar's content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Sidecar {
     /// The salts of the current WAL generation (bytes 16..24 of its header), or zero.
     pub salts: [u8; 8],
+    /// The salts of the generation before it (a crash between this file and the new WAL header
+    /// leaves that generation's WAL behind, wholly checkpointed).
+    pub prev_salts: [u8; 8],
     /// The k-th commit of this WAL generation is the k-th frames entry of this database at or
     /// after this index.
     pub gen_first: LogIndex,
@@ -60,8 +63,9 @@ impl Sidecar {
         b[16..24].copy_from_slice(&self.gen_first.0.to_le_bytes());
         b[24..32].copy_from_slice(&self.ckpt_index.0.to_le_bytes());
         b[32..40].copy_from_slice(&self.ckpt_commits.to_le_bytes());
-        let crc = crc32c::crc32c(&b[..40]);
-        b[40..44].copy_from_slice(&crc.to_le_bytes());
+        b[40..48].copy_from_slice(&self.prev_salts);
+        let crc = crc32c::crc32c(&b[..48]);
+        b[48..52].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
@@ -86,8 +90,8 @@ impl Sidecar {
             x.copy_from_slice(&b[o..o + 8]);
             u64::from_le_bytes(x)
         };
-        let crc = u32::from_le_bytes([b[40], b[41], b[42], b[43]]);
-        if crc != crc32c::crc32c(&b[..40]) {
+        let crc = u32::from_le_bytes([b[48], b[49], b[50], b[51]]);
+        if crc != crc32c::crc32c(&b[..48]) {
             return Err(damaged("checksum mismatch"));
         }
         if u32::from_le_bytes([b[4], b[5], b[6], b[7]]) != VERSION {
@@ -95,8 +99,11 @@ impl Sidecar {
         }
         let mut salts = [0u8; 8];
         salts.copy_from_slice(&b[8..16]);
+        let mut prev_salts = [0u8; 8];
+        prev_salts.copy_from_slice(&b[40..48]);
         Ok(Some(Sidecar {
             salts,
+            prev_salts,
             gen_first: LogIndex(u64_at(16)),
             ckpt_index: LogIndex(u64_at(24)),
             ckpt_commits: u64_at(32),
@@ -133,6 +140,7 @@ mod tests {
         assert_eq!(Sidecar::read(&p).unwrap(), None);
         let s = Sidecar {
             salts: [1, 2, 3, 4, 5, 6, 7, 8],
+            prev_salts: [9; 8],
             gen_first: LogIndex(5),
             ckpt_index: LogIndex(4),
             ckpt_commits: 2,

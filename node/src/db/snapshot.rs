@@ -217,6 +217,7 @@ pub(super) fn restore(dbs: &mut Databases, index: LogIndex, data: &mut dyn Read)
         let scan = wal::scan_all(&with_suffix(&db_path, "-wal")).map_err(|e| bad(e.to_string()))?;
         let sc = Sidecar {
             salts: scan.salts,
+            prev_salts: [0; 8],
             gen_first: index.next(),
             ckpt_index: index,
             ckpt_commits: scan.commits.len() as u64,

@@ -120,6 +120,9 @@ pub struct LogStore {
     scratch: Vec<u8>,
     /// The next segment, being preallocated in the background.
     spare: Option<SpareJob>,
+    /// Tests: make the next index update fail after the batch was written.
+    #[cfg(test)]
+    fail_next_apply: bool,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -140,15 +143,8 @@ enum ApplyError {
 impl LogStore {
     /// Opens the log in `backend`'s directory, replaying and verifying every segment (see the
     /// module docs for what is repaired and what is an error).
-    pub(crate) fn open(
-        backend: Arc<dyn Backend>,
-        poison: Arc<Poison>,
-        opts: LogOptions,
-    ) -> Result<LogStore> {
-        let opts = LogOptions {
-            segment_size_bytes: round_up(opts.segment_size_bytes.max(2 * ALIGN), ALIGN),
-            ..opts
-        };
+    pub(crate) fn open(backend: Arc<dyn Backend>, poison: Arc<Poison>, opts: LogOptions) -> Result<LogStore> {
+        let opts = LogOptions { segment_size_bytes: round_up(opts.segment_size_bytes.max(2 * ALIGN), ALIGN), ..opts };
         let mut log = LogStore {
             backend,
             poison,
@@ -161,6 +157,8 @@ impl LogStore {
             next_seq: 1,
             scratch: Vec::new(),
             spare: None,
+            #[cfg(test)]
+            fail_next_apply: false,
         };
         log.recover()?;
         if log.segments.values().next_back().is_some_and(|s| !s.closed) {
@@ -171,10 +169,8 @@ impl LogStore {
 
     fn recover(&mut self) -> Result<()> {
         let names = self.backend.list().map_err(|e| StorageError::io("list", &self.backend.describe(), e))?;
-        let mut segs: Vec<(u64, bool, String)> = names
-            .iter()
-            .filter_map(|n| parse_segment_name(n).map(|(s, o)| (s, o, n.clone())))
-            .collect();
+        let mut segs: Vec<(u64, bool, String)> =
+            names.iter().filter_map(|n| parse_segment_name(n).map(|(s, o)| (s, o, n.clone()))).collect();
         segs.sort();
         // Spares never got into use: remove them.
         let spares: Vec<&String> = names.iter().filter(|n| n.starts_with("prealloc-")).collect();
@@ -289,7 +285,13 @@ impl LogStore {
             }
             // A torn, never-acknowledged tail of the open segment: zero it.
             let garbage_end = buf.iter().rposition(|&b| b != 0).map(|p| p + 1).unwrap_or(off);
-            tracing::warn!(file = name, offset = off, bytes = garbage_end - off, ?reason, "dropping torn tail of the open segment");
+            tracing::warn!(
+                file = name,
+                offset = off,
+                bytes = garbage_end - off,
+                ?reason,
+                "dropping torn tail of the open segment"
+            );
             let a = (seg.file.alignment() as u64).max(1);
             let start = off as u64 - off as u64 % a;
             let stop = round_up(garbage_end as u64, a).min(len as u64);
@@ -397,16 +399,15 @@ impl LogStore {
         let mut i = range.start;
         let mut buf = Vec::new();
         while i < range.end {
-            let loc = self.loc(i).ok_or(StorageError::OutOfRange { index: i, first: self.first, last: self.last_index() })?;
+            let loc =
+                self.loc(i).ok_or(StorageError::OutOfRange { index: i, first: self.first, last: self.last_index() })?;
             let seg = self.segments.get(&loc.seg).ok_or(StorageError::OutOfRange {
                 index: i,
                 first: self.first,
                 last: self.last_index(),
             })?;
             buf.resize(loc.batch_len as usize, 0);
-            seg.file
-                .read_at(loc.batch_off, &mut buf)
-                .map_err(|e| StorageError::io("read", &seg.name, e))?;
+            seg.file.read_at(loc.batch_off, &mut buf).map_err(|e| StorageError::io("read", &seg.name, e))?;
             let info = format::decode_batch(&buf, loc.seg).map_err(|reason| StorageError::Corrupt {
                 file: seg.name.clone(),
                 offset: loc.batch_off,
@@ -537,14 +538,27 @@ impl LogStore {
 
     /// Encodes and durably writes one batch, rolling over to a new segment if needed, then
     /// applies it to the in-memory index.
+    ///
+    /// Everything that could make the in-memory index refuse the batch is checked *before* the
+    /// batch is written: a batch on disk that the index does not reflect would make the two
+    /// disagree (the next append would be placed wrongly, a restart would see entries the
+    /// caller was told were refused). Should the index still refuse it (a broken invariant),
+    /// the store is poisoned: every later write fails until reopen, and reopening replays
+    /// the disk, which is the truth.
     fn write_batch(&mut self, first: LogIndex, flags: u32, entries: &[Entry]) -> Result<()> {
         self.poison.check()?;
         let len = format::batch_len(entries);
         if len > u32::MAX as usize {
             return Err(StorageError::Invalid(InvalidRequest::BatchTooLarge));
         }
+        if self.would_gap(first, flags) {
+            return Err(StorageError::Invalid(InvalidRequest::Gap));
+        }
         let seq = self.segment_for(len as u64)?;
-        let seg = self.segments.get_mut(&seq).ok_or(StorageError::Invalid(InvalidRequest::Gap))?;
+        let Some(seg) = self.segments.get_mut(&seq) else {
+            // `segment_for` returns a segment it holds: a broken invariant, not a bad request.
+            return Err(self.poison_invariant("index", &open_name(seq)));
+        };
         let a = (seg.file.alignment() as u64).max(1);
         let start = seg.end - seg.end % a;
         let batch_off = seg.end;
@@ -569,11 +583,30 @@ impl LogStore {
             seg.min_index = seg.min_index.min(f.index.0);
             seg.max_index = seg.max_index.max(l.index.0);
         }
-        if self.apply(seq, batch_off, len as u32, first, flags, entries.iter().map(|e| e.term)).is_err() {
-            // check_position ruled this out before writing.
-            return Err(StorageError::Invalid(InvalidRequest::Gap));
+        #[cfg(test)]
+        let forced = std::mem::take(&mut self.fail_next_apply);
+        #[cfg(not(test))]
+        let forced = false;
+        if forced || self.apply(seq, batch_off, len as u32, first, flags, entries.iter().map(|e| e.term)).is_err() {
+            // `would_gap` ruled this out before writing: the batch is durable but the index
+            // does not show it.
+            let name = open_name(seq);
+            return Err(self.poison_invariant("index", &name));
         }
         Ok(())
+    }
+
+    /// Would [`apply`](Self::apply) refuse a batch starting at `first`?
+    fn would_gap(&self, first: LogIndex, flags: u32) -> bool {
+        let clears = flags & format::FLAG_RESET != 0 || !self.started || first < self.first;
+        !clears && first > self.next
+    }
+
+    /// Poison the store after a broken invariant (disk and index may disagree).
+    fn poison_invariant(&self, op: &'static str, file: &str) -> StorageError {
+        tracing::error!(op, file, first = ?self.first, next = ?self.next, "log index out of step with the disk");
+        self.poison.set(op, file);
+        StorageError::Poisoned { op, file: file.to_owned() }
     }
 
     /// The open segment with room for `len` more bytes, closing the current one and installing
@@ -763,4 +796,70 @@ fn find_valid_batch(buf: &[u8], from: usize, seq: u64) -> Option<usize> {
         off += 8;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use dqlite_raft::EntryKind;
+
+    use super::*;
+    use crate::storage::backend::MemDisk;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry { term: Term(term), index: LogIndex(index), kind: EntryKind::Command, data: vec![index as u8; 10] }
+    }
+
+    fn open(disk: &MemDisk) -> LogStore {
+        let opts = LogOptions { background_preallocation: false, ..LogOptions::default() };
+        LogStore::open(Arc::new(disk.backend()), Arc::new(Poison::default()), opts).expect("open log")
+    }
+
+    fn image(disk: &MemDisk) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut names = disk.file_names();
+        names.sort();
+        names.into_iter().map(|n| (n.clone(), disk.read_file(&n))).collect()
+    }
+
+    #[test]
+    fn a_refused_batch_writes_nothing() {
+        let disk = MemDisk::new();
+        let mut log = open(&disk);
+        log.append(&[entry(1, 1), entry(1, 2)]).unwrap();
+        let before = image(&disk);
+        // A gap, below the first index, not consecutive: refused, and the disk is untouched.
+        assert!(matches!(log.append(&[entry(1, 4)]), Err(StorageError::Invalid(InvalidRequest::Gap))));
+        assert!(matches!(
+            log.write_batch(LogIndex(5), 0, &[entry(1, 5)]),
+            Err(StorageError::Invalid(InvalidRequest::Gap))
+        ));
+        assert!(matches!(
+            log.append(&[entry(1, 3), entry(1, 5)]),
+            Err(StorageError::Invalid(InvalidRequest::NotConsecutive))
+        ));
+        assert_eq!(image(&disk), before, "a refused request changed the disk");
+        log.append(&[entry(1, 3)]).unwrap();
+        drop(log);
+        let log = open(&disk);
+        assert_eq!(log.last_index(), LogIndex(3));
+        assert_eq!(log.read_all().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn an_index_out_of_step_with_the_disk_poisons_the_store() {
+        let disk = MemDisk::new();
+        let mut log = open(&disk);
+        log.append(&[entry(1, 1)]).unwrap();
+        log.fail_next_apply = true;
+        let err = log.append(&[entry(1, 2)]).expect_err("index refused the durable batch");
+        assert!(matches!(err, StorageError::Poisoned { .. }), "{err}");
+        // Every later write fails: nothing is placed against the stale index.
+        assert!(matches!(log.append(&[entry(1, 2)]), Err(StorageError::Poisoned { .. })));
+        assert!(matches!(log.truncate_suffix(LogIndex(1)), Err(StorageError::Poisoned { .. })));
+        drop(log);
+        // Reopening replays the disk, which holds the batch: disk and index agree again.
+        let mut log = open(&disk);
+        assert_eq!(log.last_index(), LogIndex(2));
+        log.append(&[entry(1, 3)]).unwrap();
+        assert_eq!(log.read_all().unwrap().iter().map(|e| e.index.0).collect::<Vec<_>>(), [1, 2, 3]);
+    }
 }

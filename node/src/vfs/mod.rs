@@ -584,6 +584,15 @@ unsafe extern "C" fn x_check_reserved_lock(f: *mut ffi::sqlite3_file, out: *mut 
 unsafe extern "C" fn x_file_control(f: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
     // SAFETY: an open file of ours.
     let me = unsafe { file(f) };
+    if op == ffi::SQLITE_FCNTL_PERSIST_WAL && me.kind == KIND_MAIN && !me.entry.is_null() {
+        // A registered database keeps its WAL when the last connection closes: restart counts
+        // the commits in it (docs/replication.md). Requests to change that are ignored.
+        if !arg.is_null() {
+            // SAFETY: for this opcode SQLite passes a pointer to an int.
+            unsafe { *(arg as *mut c_int) = 1 };
+        }
+        return ffi::SQLITE_OK;
+    }
     if op == ffi::SQLITE_FCNTL_MMAP_SIZE {
         // No memory maps (bounded memory): report 0 and ignore the request.
         if !arg.is_null() {
@@ -675,7 +684,7 @@ pub struct ConnOptions {
 struct BusyCtx {
     entry: Arc<DbEntry>,
     id: ConnId,
-    timeout: Duration,
+    timeout: Mutex<Duration>,
     started: Mutex<Instant>,
 }
 
@@ -687,7 +696,7 @@ unsafe extern "C" fn busy_cb(ctx: *mut c_void, count: c_int) -> c_int {
     if count == 0 {
         *started = Instant::now();
     }
-    let deadline = *started + ctx.timeout;
+    let deadline = *started + *ctx.timeout.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     drop(started);
     if ctx.entry.queue.wait_turn(ctx.id, deadline) {
         1
@@ -743,7 +752,7 @@ impl VfsConnection {
         let busy = Box::new(BusyCtx {
             entry: entry.clone(),
             id,
-            timeout: opts.busy_timeout,
+            timeout: Mutex::new(opts.busy_timeout),
             started: Mutex::new(Instant::now()),
         });
         // SAFETY: `conn.handle()` is the live sqlite3 handle; the callback's context is the boxed
@@ -762,6 +771,11 @@ impl VfsConnection {
     /// The SQLite connection.
     pub fn conn(&self) -> &rusqlite::Connection {
         &self.conn
+    }
+
+    /// Changes how long this connection waits for the write lock.
+    pub fn set_busy_timeout(&self, timeout: Duration) {
+        *self.busy.timeout.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = timeout;
     }
 
     /// The connection's id in the VFS.

@@ -111,7 +111,10 @@ fn node_loop(shared: Arc<Shared>, i: usize, mut sm: Databases) {
                 cursor += 1;
                 st.applied[i] = cursor;
             }
-            Err(err) => st.errors.push((i, err.to_string())),
+            Err(err) => {
+                eprintln!("node {i}: apply error: {err}");
+                st.errors.push((i, err.to_string()))
+            }
         }
         shared.cv.notify_all();
     }
@@ -149,8 +152,13 @@ impl Cluster {
     }
 
     fn start_node(&mut self, i: usize) -> DbHandle {
+        self.try_start_node(i).expect("open node")
+    }
+
+    /// Starts node `i` from its files; the open error if it refuses.
+    pub fn try_start_node(&mut self, i: usize) -> Result<DbHandle, dqlite_node::db::DbError> {
         let rep = Arc::new(NodeReplicator { shared: self.shared.clone(), id: i });
-        let sm = Databases::open(self.dirs[i].path(), rep, self.config.clone()).expect("open node");
+        let sm = Databases::open(self.dirs[i].path(), rep, self.config.clone())?;
         let handle = sm.handle();
         {
             let mut st = self.shared.st.lock().unwrap();
@@ -160,7 +168,7 @@ impl Cluster {
         }
         let shared = self.shared.clone();
         self.threads[i] = Some(std::thread::spawn(move || node_loop(shared, i, sm)));
-        handle
+        Ok(handle)
     }
 
     /// Runs `f` on node `i`'s apply thread and returns its result.
@@ -253,6 +261,28 @@ impl Cluster {
                 self.handles[i] = self.start_node(i);
             }
         }
+    }
+
+    /// Restarts every stopped node; a node that refuses to start must name a file of its data
+    /// directory, and is then rebuilt from an empty directory (replaying the whole log).
+    pub fn restart_all_or_rebuild(&mut self) -> usize {
+        let mut rebuilt = 0;
+        for i in 0..self.dirs.len() {
+            if self.threads[i].is_none() {
+                match self.try_start_node(i) {
+                    Ok(h) => self.handles[i] = h,
+                    Err(e) => {
+                        let dir = self.dir(i).join("db").canonicalize().unwrap();
+                        assert!(e.to_string().contains(dir.to_str().unwrap()), "refusal names no file: {e}");
+                        println!("node {i} refused to start: {e}");
+                        std::fs::remove_dir_all(&dir).unwrap();
+                        self.handles[i] = self.start_node(i);
+                        rebuilt += 1;
+                    }
+                }
+            }
+        }
+        rebuilt
     }
 }
 

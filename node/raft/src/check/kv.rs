@@ -489,6 +489,32 @@ mod tests {
     }
 
     #[test]
+    fn observed_unknown_writes_get_a_deadline_and_still_constrain() {
+        // An unknown append whose token a get observed took effect before that get returned.
+        let h = vec![
+            append(1, "x", "[1.1]", 0, None),
+            get(2, "x", 10, 20, Some("[1.1]")),
+            append(3, "x", "[3.1]", 1, None),
+        ];
+        let ops: Vec<&Op> = h.iter().collect();
+        assert_eq!(KvModel.effect_deadlines(&ops), vec![Some(20), None, None]);
+        assert_eq!(verdict(&h), Outcome::Linearizable);
+        // Written strings that are not the simulator's tokens: no deadlines (they could occur
+        // inside other values).
+        let plain = [append(1, "x", "a", 0, None), get(2, "x", 10, 20, Some("a"))];
+        let ops: Vec<&Op> = plain.iter().collect();
+        assert_eq!(KvModel.effect_deadlines(&ops), vec![None, None]);
+        // The deadline keeps a real violation visible: the write took effect by time 20, so a
+        // later get that does not see it (with nothing overwriting) is a lost write.
+        let lost = vec![
+            append(1, "x", "[1.1]", 0, None),
+            get(2, "x", 10, 20, Some("[1.1]")),
+            get(2, "x", 30, 40, None),
+        ];
+        assert_rejected(&lost);
+    }
+
+    #[test]
     fn concurrent_appends_find_the_one_valid_order() {
         // 8 concurrent appends; the read fixes a specific permutation the search must find.
         let mut h: Vec<Op> = (0..8)

@@ -268,6 +268,14 @@ fn validate<I, O>(history: &[Operation<I, O>]) -> Result<(), HistoryError> {
     Ok(())
 }
 
+/// One linearized operation of the search: the candidates at its depth, which one was taken,
+/// and the state before it.
+struct Frame<S> {
+    cands: Vec<usize>,
+    k: usize,
+    prev: S,
+}
+
 enum Search {
     Ok,
     Fail {
@@ -406,10 +414,25 @@ fn search<M: Model>(
     let mut state = model.init();
     let mut linearized = Bits::new(n);
     let mut memo: HashSet<(Bits, M::State)> = HashSet::new();
-    let mut stack: Vec<(usize, M::State)> = Vec::new();
+    let mut stack: Vec<Frame<M::State>> = Vec::new();
     let mut done_known = 0usize;
     let mut best: (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
-    let mut cur = ev[HEAD].next;
+    // The operations that may go next: the calls before the first pending return. They are
+    // tried earliest deadline first, which is the order they really took effect in most
+    // histories (a response, or a proven effect, bounds each), so a linearizable history is
+    // usually found without backtracking; the order does not change the verdict.
+    let candidates = |ev: &[Event]| -> Vec<usize> {
+        let mut v = Vec::new();
+        let mut s = ev[HEAD].next;
+        while s != NONE && ev[s].is_call {
+            v.push(s);
+            s = ev[s].next;
+        }
+        v.sort_by_key(|&c| (ret[ev[c].op].unwrap_or(u64::MAX), ev[c].op));
+        v
+    };
+    let mut cands = candidates(&ev);
+    let mut k = 0usize;
 
     loop {
         if done_known == known {
@@ -419,30 +442,29 @@ fn search<M: Model>(
             return Search::OutOfSteps;
         }
         *steps_left -= 1;
-        if cur == NONE {
-            // Only unknown-outcome calls remain ahead and none could be placed: backtrack.
-            // (Unreachable while a known operation is pending, since its return is in the list.)
-        } else if ev[cur].is_call {
-            let op = ops[ev[cur].op];
+        if let Some(&slot) = cands.get(k) {
+            let op = ops[ev[slot].op];
             let out = op.response.as_ref().map(|r| &r.1);
             if let Some(next_state) = model.step(&state, &op.input, out) {
                 let mut next_lin = linearized.clone();
-                next_lin.set(ev[cur].op);
+                next_lin.set(ev[slot].op);
                 if memo.insert((next_lin.clone(), next_state.clone())) {
-                    stack.push((cur, std::mem::replace(&mut state, next_state)));
+                    let prev = std::mem::replace(&mut state, next_state);
                     linearized = next_lin;
-                    if ret[ev[cur].op].is_some() {
+                    if ret[ev[slot].op].is_some() {
                         done_known += 1;
                     }
-                    lift(&mut ev, cur);
-                    cur = ev[HEAD].next;
+                    lift(&mut ev, slot);
+                    stack.push(Frame { cands: std::mem::take(&mut cands), k, prev });
+                    cands = candidates(&ev);
+                    k = 0;
                     continue;
                 }
             }
-            cur = ev[cur].next;
+            k += 1;
             continue;
         }
-        // A return event (or the end): the prefix cannot be extended. Record and backtrack.
+        // No candidate extends the prefix: record it and backtrack.
         if stack.len() >= best.0.len() {
             let stuck: Vec<usize> = {
                 let mut v = Vec::new();
@@ -456,7 +478,7 @@ fn search<M: Model>(
                 }
                 v
             };
-            best = (stack.iter().map(|&(s, _)| keep[ev[s].op]).collect(), stuck);
+            best = (stack.iter().map(|f| keep[ev[f.cands[f.k]].op]).collect(), stuck);
         }
         match stack.pop() {
             None => {
@@ -465,15 +487,17 @@ fn search<M: Model>(
                     stuck_at: best.1,
                 }
             }
-            Some((call, prev_state)) => {
-                let op = ev[call].op;
+            Some(f) => {
+                let slot = f.cands[f.k];
+                let op = ev[slot].op;
                 if ret[op].is_some() {
                     done_known -= 1;
                 }
                 linearized.clear(op);
-                state = prev_state;
-                unlift(&mut ev, call);
-                cur = ev[call].next;
+                state = f.prev;
+                unlift(&mut ev, slot);
+                cands = f.cands;
+                k = f.k + 1;
             }
         }
     }

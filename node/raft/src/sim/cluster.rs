@@ -140,7 +140,13 @@ impl Cluster {
         let crash_rng = rng.fork();
         let net = Network::new(sc.net.clone(), rng.fork());
         let ids: Vec<NodeId> = (1..=(sc.voters + sc.extra) as u64).map(NodeId).collect();
-        let hosts = ids.iter().map(|&id| Host::new(id)).collect();
+        let mut hosts: Vec<Host> = ids.iter().map(|&id| Host::new(id)).collect();
+        // Clock-rate skew: each server's ticks come at its own rate.
+        for h in &mut hosts {
+            let skew = sc.skew_permille;
+            let rate = 1000 + rng.range(0, 2 * skew) - skew;
+            h.tick_ms = (sc.tick_ms * rate).div_ceil(1000).max(1);
+        }
         let clients = (0..sc.clients as u64)
             .map(|id| Client {
                 id,
@@ -215,6 +221,23 @@ impl Cluster {
     /// Starts (or restarts) a server from its disk.
     fn boot(&mut self, h: usize) -> Result<(), Failure> {
         let id = self.hosts[h].id;
+        if self.faults_on && self.hosts[h].started && self.rng.chance(self.sc.read_error_per_million) {
+            // EIO reading the log: the process exits; the operator (or a supervisor) tries
+            // again later.
+            let again = self.rng.range(1, self.sc.down_ms_max.max(2));
+            self.hosts[h].restart_at_ms = Some(self.now_ms + again);
+            self.report.read_errors += 1;
+            self.log(|| format!("{id:?} restart failed: read error; again in {again} ms"));
+            return Ok(());
+        }
+        if let Some(at) = self.hosts[h].disk.first_corrupt() {
+            // The log store's checksum refuses the entry: the server does not start. The
+            // operator wipes it; it rejoins as a new, empty server once removed.
+            self.log(|| format!("{id:?} refuses to start: stored entry {at:?} is corrupt; the operator wipes it"));
+            self.hosts[h].wipe();
+            self.report.wipes += 1;
+            return Ok(());
+        }
         let cfg = self.config_for(id);
         let host = &mut self.hosts[h];
         let meta = host.disk.snapshot.as_ref().map(|s| s.0.clone());
@@ -236,7 +259,7 @@ impl Cluster {
         host.started = true;
         host.restart_at_ms = None;
         host.last_hard = host.disk.hard;
-        host.next_tick_ms = self.now_ms + 1 + self.rng.below(self.sc.tick_ms);
+        host.next_tick_ms = self.now_ms + 1 + self.rng.below(host.tick_ms);
         let (commit, term) = (raw.log().committed(), raw.term());
         host.raw = Some(raw);
         self.checker.observe_restart(id, snap_index);
@@ -254,7 +277,8 @@ impl Cluster {
         let entry = RawNode::bootstrap_entry(&conf);
         for h in 0..self.sc.voters {
             let id = self.hosts[h].id;
-            self.hosts[h].disk.log = vec![entry.clone()];
+            self.hosts[h].disk = crate::sim::host::Disk::default();
+            self.hosts[h].disk.append(std::slice::from_ref(&entry)).map_err(|e| self.fail(e))?;
             self.checker
                 .observe_append(id, entry_id(&entry), Term(0))
                 .map_err(|v| self.fail(v.to_string()))?;
@@ -287,7 +311,7 @@ impl Cluster {
         self.net.config = NetConfig::perfect(self.sc.latency_ms);
         self.log(|| "liveness phase: healed, restarting everyone".to_string());
         for h in 0..self.hosts.len() {
-            if self.hosts[h].started && !self.hosts[h].is_up() {
+            if self.hosts[h].started && !self.hosts[h].is_up() && !self.hosts[h].wiped {
                 self.boot(h)?;
             }
         }
@@ -472,6 +496,9 @@ impl Cluster {
                 if let Some(b) = h.unsynced.front() {
                     next = next.min(b.due_ms);
                 }
+                if let Some(p) = &h.snapshot_pending {
+                    next = next.min(p.0);
+                }
             } else if let Some(t) = h.restart_at_ms {
                 next = next.min(t);
             }
@@ -499,7 +526,7 @@ impl Cluster {
         for h in 0..self.hosts.len() {
             if self.hosts[h].paused_until_ms.is_some_and(|t| t <= now) {
                 self.hosts[h].paused_until_ms = None;
-                self.hosts[h].next_tick_ms = now + self.sc.tick_ms;
+                self.hosts[h].next_tick_ms = now + self.hosts[h].tick_ms;
                 let id = self.hosts[h].id;
                 self.log(|| format!("RESUME {id:?}"));
                 // Requests queued while it was frozen, served first.
@@ -535,14 +562,27 @@ impl Cluster {
                 self.boot(h)?;
             }
         }
+        self.operator()?;
         // Fsyncs that completed.
         for h in 0..self.hosts.len() {
             while self.hosts[h].is_live()
                 && self.hosts[h].unsynced.front().is_some_and(|b| b.due_ms <= now)
             {
+                if self.faults_on && self.rng.chance(self.sc.fsync_fail_per_million) {
+                    // The fsync failed: abort; what reached the disk is up to the crash.
+                    self.report.fsync_failures += 1;
+                    self.crash(h, "fsync failed ")?;
+                    break;
+                }
                 if let Some(b) = self.hosts[h].unsynced.pop_front() {
                     self.complete_batch(h, b)?;
                 }
+            }
+        }
+        // Snapshots whose write completed: only now does the core learn of them.
+        for h in 0..self.hosts.len() {
+            if self.hosts[h].is_live() && self.hosts[h].snapshot_pending.as_ref().is_some_and(|p| p.0 <= now) {
+                self.finish_snapshot(h)?;
             }
         }
         if self.net.in_flight() > IN_FLIGHT_MAX {
@@ -590,7 +630,7 @@ impl Cluster {
         // Ticks.
         for h in 0..self.hosts.len() {
             if self.hosts[h].is_live() && self.hosts[h].next_tick_ms <= now {
-                self.hosts[h].next_tick_ms = now + self.sc.tick_ms;
+                self.hosts[h].next_tick_ms = now + self.hosts[h].tick_ms;
                 if let Some(raw) = self.hosts[h].raw.as_mut() {
                     raw.tick();
                 }
@@ -634,6 +674,7 @@ impl Cluster {
                     ..
                 } => {
                     self.report.elections += 1;
+                    self.check_leadership_durable(h, *term)?;
                     self.checker
                         .observe_leader(id, *term)
                         .map_err(|v| self.fail(v.to_string()))?;
@@ -708,7 +749,8 @@ impl Cluster {
         // 4. Entries, recorded for log matching as they are written; a leader's own new
         //    entries only once durable (until then no one else can have seen them: if they
         //    are lost in a crash, the same index and term may be reused harmlessly).
-        let own = self.hosts[h].raw.as_ref().is_some_and(|r| r.role() == StateRole::Leader);
+        // (A leader-elect reports itself a candidate; a real candidate appends nothing.)
+        let own = self.hosts[h].raw.as_ref().is_some_and(|r| matches!(r.role(), StateRole::Leader | StateRole::Candidate));
         let mut deferred = Vec::new();
         if let Some(first) = rd.entries.first() {
             let view = &self.hosts[h].view;
@@ -761,7 +803,7 @@ impl Cluster {
             self.complete_batch(h, batch)?;
         } else {
             let last_due = self.hosts[h].unsynced.back().map_or(0, |b| b.due_ms);
-            let due = (now + self.rng.range(0, self.sc.fsync_ms_max)).max(last_due);
+            let due = (now + self.fsync_delay()).max(last_due);
             self.hosts[h].unsynced.push_back(Batch { due_ms: due, ..batch });
         }
         // 7. Apply.
@@ -832,6 +874,15 @@ impl Cluster {
         }
         // 9. Snapshot bytes the leader must send.
         for req in rd.snapshot_requests {
+            if self.faults_on && self.rng.chance(self.sc.read_error_per_million) {
+                // The chunk could not be read: not sent; the leader asks again.
+                self.report.read_errors += 1;
+                continue;
+            }
+            if self.sc.live_snapshots {
+                self.serve_live_snapshot(h, &req)?;
+                continue;
+            }
             let current = self.hosts[h].disk.snapshot.as_ref().map(|s| s.0.index);
             if current.is_none() || self.hosts[h].disk.snapshot.as_ref().map(|s| &s.0) != Some(&req.meta) {
                 return Err(self.fail(format!(
@@ -851,6 +902,50 @@ impl Cluster {
             }
         }
         self.maybe_snapshot(h)
+    }
+
+    /// How long one fsync takes: usually up to `fsync_ms_max`, sometimes a heavy tail.
+    fn fsync_delay(&mut self) -> u64 {
+        let mut d = self.rng.range(0, self.sc.fsync_ms_max);
+        if self.faults_on && self.rng.chance(self.sc.fsync_tail_per_million) {
+            d += self.rng.range(0, self.sc.fsync_tail_ms);
+            self.report.fsync_tails += 1;
+        }
+        d
+    }
+
+    /// Live-snapshot scenarios: the application has no snapshot file to send. For a request
+    /// at offset 0 it captures its state machine now (unless it already holds an image of the
+    /// requested snapshot) and tells the core, which restarts the transfer with that snapshot;
+    /// later chunks come from the same image.
+    fn serve_live_snapshot(&mut self, h: usize, req: &crate::ready::SnapshotChunkRequest) -> Result<(), Failure> {
+        let host = &mut self.hosts[h];
+        let Some(raw) = host.raw.as_mut() else { return Ok(()) };
+        let data = match &host.serving {
+            Some((m, d)) if *m == req.meta => d.clone(),
+            _ if req.offset == 0 => {
+                let applied = host.applied;
+                let meta = match raw.snapshot_taken(applied) {
+                    Ok(m) => m,
+                    // Older than the current snapshot (just installed one): serve nothing;
+                    // the leader asks again.
+                    Err(_) => return Ok(()),
+                };
+                let data = host.kv.snapshot();
+                host.serving = Some((meta.clone(), data.clone()));
+                self.report.live_snapshots += 1;
+                if meta != req.meta {
+                    return Ok(());
+                }
+                data
+            }
+            _ => return Ok(()),
+        };
+        let start = (req.offset as usize).min(data.len());
+        let end = (start + req.max_bytes as usize).min(data.len());
+        // Stale requests are refused; that is allowed.
+        let _ = raw.send_snapshot_chunk(req, data[start..end].to_vec(), end == data.len());
+        Ok(())
     }
 
     fn complete_batch(&mut self, h: usize, b: Batch) -> Result<(), Failure> {
@@ -904,6 +999,21 @@ impl Cluster {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// The application is told "you lead `term`" (role, `is_leader`, known leader, or a
+    /// `RoleChanged` event) only once `term` is durable: otherwise a crash could bring the
+    /// server back in an earlier term, vote for another server in `term`, and two servers would
+    /// have been announced leader of it (finding F2).
+    fn check_leadership_durable(&self, h: usize, term: Term) -> Result<(), Failure> {
+        let d = self.hosts[h].disk.hard;
+        if d.term < term {
+            return Err(self.fail(format!(
+                "{:?} announced leadership of {term:?} with durable term {:?}",
+                self.hosts[h].id, d.term
+            )));
+        }
+        Ok(())
     }
 
     /// Figure 2, AppendEntries rule 5 and its heartbeat analogue: a follower's commit index
@@ -962,8 +1072,10 @@ impl Cluster {
                 host.view.term_at(view_last)
             )));
         }
-        if raw.role() == StateRole::Leader {
+        if raw.role() == StateRole::Leader || raw.is_leader() || raw.leader() == Some(id) {
             let term = raw.term();
+            self.check_leadership_durable(h, term)?;
+            let host = &self.hosts[h];
             let base = host.view.base.0;
             let view = &host.view;
             self.checker
@@ -978,14 +1090,36 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts writing a snapshot of the state machine every `snapshot_every` applied entries.
+    /// The write takes an fsync's time; the core is told (`snapshot_taken`) and the log is
+    /// compacted only once it is durable ([`Cluster::finish_snapshot`]).
     fn maybe_snapshot(&mut self, h: usize) -> Result<(), Failure> {
         let Some(every) = self.sc.snapshot_every else { return Ok(()) };
-        let host = &mut self.hosts[h];
-        if host.applied < LogIndex(host.last_snapshot.0 + every) {
+        if self.hosts[h].snapshot_pending.is_some() || self.hosts[h].raw.is_none() {
             return Ok(());
         }
+        if self.hosts[h].applied < LogIndex(self.hosts[h].last_snapshot.0 + every) {
+            return Ok(());
+        }
+        let index = self.hosts[h].applied;
+        let image = self.hosts[h].kv.snapshot();
+        let due = self.now_ms + if self.sc.fsync_ms_max == 0 { 0 } else { self.fsync_delay() };
+        self.hosts[h].snapshot_pending = Some((due, index, image));
+        self.hosts[h].last_snapshot = index;
+        if due <= self.now_ms {
+            self.finish_snapshot(h)?;
+        }
+        Ok(())
+    }
+
+    fn finish_snapshot(&mut self, h: usize) -> Result<(), Failure> {
+        let host = &mut self.hosts[h];
+        let Some((_, index, image)) = host.snapshot_pending.take() else { return Ok(()) };
         let Some(raw) = host.raw.as_mut() else { return Ok(()) };
-        let index = host.applied;
+        if raw.snapshot_meta().is_some_and(|m| m.index >= index) || host.disk.snapshot.as_ref().is_some_and(|s| s.0.index >= index) {
+            // A newer snapshot was installed (or captured) meanwhile: this one is obsolete.
+            return Ok(());
+        }
         let meta = match raw.snapshot_taken(index) {
             Ok(m) => m,
             Err(e) => {
@@ -995,9 +1129,8 @@ impl Cluster {
         };
         let trailing = self.sc.trailing;
         let to = raw.compact(LogIndex(index.0.saturating_sub(trailing)));
-        host.disk.take_snapshot(meta, host.kv.snapshot(), to);
+        host.disk.take_snapshot(meta, image, to);
         host.view.compact(to);
-        host.last_snapshot = index;
         self.report.snapshots_taken += 1;
         Ok(())
     }
@@ -1313,6 +1446,45 @@ impl Cluster {
                     self.log(|| format!("PAUSE {id:?} for {ms} ms"));
                 }
             }
+            11 | 12 => {
+                // Bit rot in a stored entry (found at the next restart), or a lost disk. The
+                // server must rejoin as a new, empty one after the operator removed it: one at
+                // a time, never a voter of fewer than three.
+                let Some(l) = self.leader() else { return Ok(()) };
+                if self.hosts.iter().any(|x| x.wiped || x.corrupt) {
+                    return Ok(());
+                }
+                // Only against a settled configuration (a change in flight may still lower the
+                // number of voters): a lost voter of two cannot be removed without a quorum.
+                let Some(conf) = self.hosts[l]
+                    .raw
+                    .as_ref()
+                    .filter(|r| r.configuration_index() <= r.log().committed())
+                    .map(|r| r.configuration().clone())
+                else {
+                    return Ok(());
+                };
+                let pool: Vec<usize> = started
+                    .iter()
+                    .copied()
+                    .filter(|&x| !conf.is_voter(self.hosts[x].id) || conf.voter_count() >= 3)
+                    .collect();
+                let Some(&h) = self.rng.pick(&pool) else { return Ok(()) };
+                let id = self.hosts[h].id;
+                if self.hosts[h].is_up() {
+                    self.crash(h, if kind == 11 { "with a corrupt entry " } else { "before a disk wipe " })?;
+                }
+                if kind == 11 {
+                    if self.hosts[h].corrupt_entry(&mut self.crash_rng) {
+                        self.report.corruptions += 1;
+                        self.log(|| format!("CORRUPT a stored entry of {id:?}"));
+                    }
+                } else {
+                    self.hosts[h].wipe();
+                    self.report.wipes += 1;
+                    self.log(|| format!("WIPE the disk of {id:?}"));
+                }
+            }
             _ => {
                 // Cut the leader off from a random subset of the others (both ways).
                 if let Some(l) = self.leader() {
@@ -1391,18 +1563,62 @@ impl Cluster {
         Ok(())
     }
 
+    /// What an operator does about a wiped server: remove it from the configuration (it
+    /// lost its votes and acknowledged entries, so it must not come back as the same member),
+    /// and once that removal is committed, bring the machine back empty under a *new* id,
+    /// which membership changes may add. (Reusing the id is unsafe even after the removal: a
+    /// server with a stale configuration still counts the old id as a voter, and the empty
+    /// server would vote for it; see F3 in `SIM_FINDINGS.md`.)
+    fn operator(&mut self) -> Result<(), Failure> {
+        for h in 0..self.hosts.len() {
+            if !self.hosts[h].wiped {
+                continue;
+            }
+            let id = self.hosts[h].id;
+            let Some(l) = self.leader() else { return Ok(()) };
+            let Some(raw) = self.hosts[l].raw.as_mut() else { return Ok(()) };
+            let settled = raw.configuration_index() <= raw.log().committed();
+            if raw.configuration().get(id).is_some() {
+                if settled && raw.is_leader() {
+                    if let Ok(st) = raw.propose_conf_change(ConfChange::Remove { id }) {
+                        self.log(|| format!("OPERATOR removes wiped {id:?}: {st:?}"));
+                        self.drive(l)?;
+                    }
+                }
+            } else if settled {
+                let tick_ms = self.hosts[h].tick_ms;
+                let old = &mut self.hosts[h];
+                old.wiped = false;
+                old.retired = true;
+                old.started = false;
+                let new_id = NodeId(self.hosts.len() as u64 + 1);
+                let mut fresh = Host::new(new_id);
+                fresh.tick_ms = tick_ms;
+                self.hosts.push(fresh);
+                self.report.rejoined += 1;
+                self.log(|| format!("OPERATOR: {id:?} removed; the machine comes back empty as {new_id:?}"));
+            }
+        }
+        Ok(())
+    }
+
     fn schedule_heal(&mut self) {
         let t = self.now_ms + self.rng.range(self.sc.partition_ms_max / 10, self.sc.partition_ms_max).max(1);
         self.heal_at_ms = Some(self.heal_at_ms.map_or(t, |x| x.max(t)));
     }
 
     fn change_membership(&mut self) -> Result<(), Failure> {
+        if self.hosts.iter().any(|x| x.wiped || x.corrupt) {
+            // The operator's removal of a wiped server goes first.
+            return Ok(());
+        }
         let Some(l) = self.leader() else { return Ok(()) };
         let Some(raw) = self.hosts[l].raw.as_ref() else { return Ok(()) };
         let conf = raw.configuration().clone();
         let members: Vec<NodeId> = conf.servers().iter().map(|s| s.id).collect();
         let all: Vec<NodeId> = self.hosts.iter().map(|h| h.id).collect();
-        let outsiders: Vec<NodeId> = all.iter().copied().filter(|id| !members.contains(id)).collect();
+        let outsiders: Vec<NodeId> =
+            all.iter().copied().filter(|id| !members.contains(id) && !self.hosts[self.idx(*id)].retired).collect();
         let roles = [Role::Voter, Role::Standby, Role::Spare];
         let role = roles[self.rng.below(3) as usize];
         let cc = match self.rng.below(3) {

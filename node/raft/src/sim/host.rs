@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use crate::check::safety::EntryId;
+use crate::check::safety::{digest, EntryId};
 use crate::message::Message;
 use crate::sim::kv::KvStore;
 use crate::sim::rng::Rng;
@@ -26,6 +26,8 @@ pub struct Disk {
     pub snapshot: Option<(SnapshotMeta, Vec<u8>)>,
     /// Log entries, contiguous, after the compaction point.
     pub log: Vec<Entry>,
+    /// The log store's checksum of each entry (as written), parallel to `log`.
+    pub sums: Vec<u64>,
 }
 
 /// Why a write asked by a `Ready` cannot be done as asked (a breach of the persistence contract).
@@ -37,7 +39,7 @@ impl Disk {
         let Some(first) = entries.first() else {
             return Ok(());
         };
-        self.log.retain(|e| e.index < first.index);
+        self.resync_sums(|e| e.index < first.index);
         let expected = match self.log.last() {
             Some(e) => e.index.next(),
             None => self.snapshot.as_ref().map_or(LogIndex(1), |s| s.0.index.next()),
@@ -54,22 +56,41 @@ impl Disk {
             }
         }
         self.log.extend_from_slice(entries);
+        self.sums.truncate(self.log.len() - entries.len());
+        self.sums.extend(entries.iter().map(|e| digest(e.kind, &e.data)));
         Ok(())
+    }
+
+    /// The first stored entry whose bytes no longer match their checksum (bit rot).
+    pub fn first_corrupt(&self) -> Option<LogIndex> {
+        self.log.iter().zip(&self.sums).find(|(e, s)| digest(e.kind, &e.data) != **s).map(|(e, _)| e.index)
+    }
+
+    fn resync_sums(&mut self, keep: impl Fn(&Entry) -> bool) {
+        let sums = std::mem::take(&mut self.sums);
+        let log = std::mem::take(&mut self.log);
+        for (e, s) in log.into_iter().zip(sums) {
+            if keep(&e) {
+                self.log.push(e);
+                self.sums.push(s);
+            }
+        }
     }
 
     /// Installs a received snapshot as the base of the log.
     pub fn install(&mut self, meta: SnapshotMeta, data: Vec<u8>, keep_log: bool) {
         if keep_log {
-            self.log.retain(|e| e.index > meta.index);
+            self.resync_sums(|e| e.index > meta.index);
         } else {
             self.log.clear();
+            self.sums.clear();
         }
         self.snapshot = Some((meta, data));
     }
 
     /// Stores a snapshot the application took, and drops log entries up to `compact_to`.
     pub fn take_snapshot(&mut self, meta: SnapshotMeta, data: Vec<u8>, compact_to: LogIndex) {
-        self.log.retain(|e| e.index > compact_to);
+        self.resync_sums(|e| e.index > compact_to);
         self.snapshot = Some((meta, data));
     }
 }
@@ -225,6 +246,20 @@ pub struct Host {
     pub last_hard: HardState,
     /// Clients whose requests wait in the socket buffers while the server is paused.
     pub inbox: Vec<usize>,
+    /// This server's tick period (its clock rate, with skew).
+    pub tick_ms: u64,
+    /// A snapshot being written: (fsync done at, index, state machine image). Lost in a crash.
+    pub snapshot_pending: Option<(u64, LogIndex, Vec<u8>)>,
+    /// Live-snapshot scenarios: the image captured for sending (volatile).
+    pub serving: Option<(SnapshotMeta, Vec<u8>)>,
+    /// The disk was wiped: the server stays down until the operator has removed it from the
+    /// configuration, then restarts empty.
+    pub wiped: bool,
+    /// A stored entry was corrupted and not yet detected (no restart since).
+    pub corrupt: bool,
+    /// A wiped server that was removed: its id is never used again (the machine came back
+    /// under a new id).
+    pub retired: bool,
 }
 
 impl Host {
@@ -248,6 +283,12 @@ impl Host {
             paused_until_ms: None,
             last_hard: HardState::default(),
             inbox: Vec::new(),
+            tick_ms: 1,
+            snapshot_pending: None,
+            serving: None,
+            wiped: false,
+            corrupt: false,
+            retired: false,
         }
     }
 
@@ -259,6 +300,23 @@ impl Host {
     /// Whether the process is running and not paused.
     pub fn is_live(&self) -> bool {
         self.raw.is_some() && self.paused_until_ms.is_none()
+    }
+
+    /// Loses the whole disk (and the process): the server is a blank machine again.
+    pub fn wipe(&mut self) {
+        let (id, tick_ms) = (self.id, self.tick_ms);
+        *self = Host { tick_ms, started: true, wiped: true, ..Host::new(id) };
+    }
+
+    /// Flips one bit in a stored entry (picked by `rng`); false if no entry has a payload.
+    pub fn corrupt_entry(&mut self, rng: &mut Rng) -> bool {
+        let with_data: Vec<usize> = (0..self.disk.log.len()).filter(|&i| !self.disk.log[i].data.is_empty()).collect();
+        let Some(&i) = rng.pick(&with_data) else { return false };
+        let e = &mut self.disk.log[i];
+        let byte = rng.below(e.data.len() as u64) as usize;
+        e.data[byte] ^= 1 << rng.below(8);
+        self.corrupt = true;
+        true
     }
 
     /// Kills the process. Unsynced writes survive whole, torn or not at all, as `rng` decides.
@@ -301,6 +359,8 @@ impl Host {
         let lost = self.unsynced.len();
         self.unsynced.clear();
         self.incoming = None;
+        self.snapshot_pending = None;
+        self.serving = None;
         self.pending_props.clear();
         self.pending_reads.clear();
         self.kv = KvStore::default();

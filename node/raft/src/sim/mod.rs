@@ -87,8 +87,27 @@ pub struct Scenario {
     pub chunk_bytes: u64,
     /// Initial network settings.
     pub net: NetConfig,
-    /// Longest simulated fsync; 0 means each `Ready` is durable at once (synchronous).
+    /// Longest simulated fsync (the common case); 0 means each `Ready` is durable at once
+    /// (synchronous) and no fsync tail, failure or crash-after-vote applies.
     pub fsync_ms_max: u64,
+    /// Probability (per million) that an fsync falls in the heavy tail: `fsync_tail_ms` more.
+    pub fsync_tail_per_million: u32,
+    /// Longest extra latency of an fsync in the tail (up to a few election timeouts).
+    pub fsync_tail_ms: u64,
+    /// Probability (per million) that an fsync fails. The process then aborts (as a database
+    /// must after a failed fsync: the state of the page cache is unknown) and restarts from
+    /// whatever reached the disk.
+    pub fsync_fail_per_million: u32,
+    /// Probability (per million) that a restart fails to read the disk (EIO): the process
+    /// exits and is restarted later. The same probability applies to reading a snapshot chunk
+    /// for a follower (the chunk is not sent; the leader asks again).
+    pub read_error_per_million: u32,
+    /// Clock-rate skew: each server's tick period is `tick_ms` scaled by a rate within
+    /// `1000 ± skew_permille` per mille (0: perfect clocks).
+    pub skew_permille: u64,
+    /// The application keeps no snapshot file to send: it captures its state machine when a
+    /// follower needs a snapshot (see "Bounded memory" in `crate::ready`).
+    pub live_snapshots: bool,
     /// Take a snapshot every this many applied entries (`None`: never).
     pub snapshot_every: Option<u64>,
     /// Entries kept behind a snapshot when compacting.
@@ -97,8 +116,10 @@ pub struct Scenario {
     pub fault_gap_ms: u64,
     /// Relative weights of: crash, partition, one-way cut, isolate leader, membership change,
     /// leadership transfer, network weather, barrier, crash the leader, cut the leader off from
-    /// some of its followers, pause a server.
-    pub weights: [u64; 11],
+    /// some of its followers, pause a server, corrupt a stored entry (bit flip, then a crash:
+    /// the restart detects it and the operator wipes the server), wipe a server's disk (the
+    /// operator removes it from the configuration, then restarts it empty as a new server).
+    pub weights: [u64; 13],
     /// Probability (per million) that a newly elected leader is crashed, isolated or cut off
     /// within a few network latencies (short-lived leaders with partly replicated entries).
     pub churn_per_million: u32,
@@ -139,7 +160,13 @@ impl Scenario {
             max_append_bytes: *rng.pick(&[1, 1, 40, 80, 200, 4096, 1 << 20]).unwrap_or(&4096),
             chunk_bytes: rng.range(16, 512),
             net: NetConfig::perfect(1),
-            fsync_ms_max: if rng.below(2) == 0 { 0 } else { rng.range(1, 5 * latency_ms) },
+            fsync_ms_max: if rng.below(5) == 0 { 0 } else { rng.range(1, 5 * latency_ms) },
+            fsync_tail_per_million: if rng.below(2) == 0 { 0 } else { rng.range(2_000, 80_000) as u32 },
+            fsync_tail_ms: rng.range(election_ms / 4, 3 * election_ms).max(1),
+            fsync_fail_per_million: if rng.below(3) == 0 { rng.range(500, 20_000) as u32 } else { 0 },
+            read_error_per_million: if rng.below(3) == 0 { rng.range(10_000, 300_000) as u32 } else { 0 },
+            skew_permille: if rng.below(3) == 0 { 0 } else { rng.range(10, 500) },
+            live_snapshots: rng.below(2) == 0,
             snapshot_every: if rng.below(4) == 0 { None } else { Some(rng.range(3, 50)) },
             trailing: rng.range(0, 5),
             fault_gap_ms: if rng.below(3) == 0 {
@@ -148,7 +175,7 @@ impl Scenario {
                 rng.range(election_ms / 2, 4 * election_ms)
             }
             .max(1),
-            weights: [0; 11],
+            weights: [0; 13],
             churn_per_million: if rng.below(2) == 0 { 0 } else { rng.range(100_000, 700_000) as u32 },
             crash_after_vote_per_million: if rng.below(2) == 0 { 0 } else { rng.range(20_000, 300_000) as u32 },
             down_ms_max: rng.range(election_ms / 16, 4 * election_ms).max(2),
@@ -158,6 +185,10 @@ impl Scenario {
         };
         for w in &mut s.weights {
             *w = if rng.below(5) == 0 { 0 } else { rng.range(1, 10) };
+        }
+        // Corruption and wipes are rarer (each ends in a membership change by the operator).
+        for k in [11, 12] {
+            s.weights[k] = if rng.below(2) == 0 { 0 } else { rng.range(1, 3) };
         }
         s.net = s.random_net(rng);
         s
@@ -222,6 +253,20 @@ pub struct Report {
     pub snapshots_taken: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    /// Fsyncs in the heavy tail.
+    pub fsync_tails: u64,
+    /// Failed fsyncs (each aborted its server).
+    pub fsync_failures: u64,
+    /// Read errors (failed restarts, unread snapshot chunks).
+    pub read_errors: u64,
+    /// Stored entries corrupted (detected at the next restart).
+    pub corruptions: u64,
+    /// Disks wiped (by the fault, or by the operator after a detected corruption).
+    pub wipes: u64,
+    /// Wiped servers that rejoined empty after the operator removed them.
+    pub rejoined: u64,
+    /// Snapshots captured on demand for a follower (live-snapshot scenarios).
+    pub live_snapshots: u64,
     /// Network counters.
     pub net: NetStats,
 }

@@ -63,14 +63,14 @@ struct UringFile {
     ring: Option<Ring>,
     /// Bounce buffer for `O_DIRECT` writes whose source buffer is not aligned.
     bounce: Vec<u8>,
+    /// Fault to inject into the next `submit`.
+    #[cfg(test)]
+    fault: Option<Fault>,
 }
 
 impl std::fmt::Debug for UringFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UringFile")
-            .field("name", &self.name)
-            .field("direct", &self.direct.is_some())
-            .finish()
+        f.debug_struct("UringFile").field("name", &self.name).field("direct", &self.direct.is_some()).finish()
     }
 }
 
@@ -87,12 +87,42 @@ fn ring_err(what: &str) -> io::Error {
     io::Error::other(format!("io_uring: {what}"))
 }
 
+/// After a failed `io_uring_enter`: wait until the kernel has completed the `in_flight`
+/// entries it already took, reading the completion queue without system calls (the kernel
+/// posts completions there whether or not anyone waits). Those entries reference buffers the
+/// caller gets back when `submit` returns, so this must not return before they are done;
+/// if the kernel never completes them (a hung device), the process aborts rather than let
+/// the kernel read memory the caller reuses.
+fn wait_in_flight(ring: &mut IoUring, mut in_flight: usize) {
+    const BOUND: std::time::Duration = std::time::Duration::from_secs(120);
+    let start = std::time::Instant::now();
+    while in_flight > 0 {
+        let n = ring.completion().count();
+        in_flight = in_flight.saturating_sub(n);
+        if in_flight == 0 {
+            break;
+        }
+        if start.elapsed() > BOUND {
+            tracing::error!(in_flight, "io_uring entries never completed after a failed submission; aborting");
+            std::process::abort();
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
+/// Faults the tests inject into one `submit` call.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Queueing fails after this many entries (as if the submission queue were full).
+    PushFailsAfter(usize),
+    /// The entries reach the kernel, then `io_uring_enter` fails.
+    WaitFailsAfterSubmit,
+}
+
 impl UringFile {
     fn is_direct_ok(&self, offset: u64, len: usize) -> bool {
-        self.direct.is_some()
-            && offset % DIRECT_ALIGN as u64 == 0
-            && len % DIRECT_ALIGN == 0
-            && len > 0
+        self.direct.is_some() && offset % DIRECT_ALIGN as u64 == 0 && len % DIRECT_ALIGN == 0 && len > 0
     }
 
     /// Submits `writes` (then, if `sync`, one linked `fdatasync`) and waits for all of them.
@@ -120,12 +150,7 @@ impl UringFile {
             } else if self.is_direct_ok(*offset, data.len()) {
                 self.bounce[pos..pos + data.len()].copy_from_slice(data);
                 let fd = direct_fd;
-                subs.push(Submitted {
-                    fd,
-                    offset: *offset,
-                    ptr: self.bounce[pos..].as_ptr(),
-                    len: data.len(),
-                });
+                subs.push(Submitted { fd, offset: *offset, ptr: self.bounce[pos..].as_ptr(), len: data.len() });
                 pos += data.len();
             } else if !data.is_empty() {
                 subs.push(Submitted {
@@ -140,6 +165,8 @@ impl UringFile {
         if self.ring.is_none() {
             self.ring = Some(Ring { ring: IoUring::new(RING_ENTRIES).map_err(Write)?, broken: false });
         }
+        #[cfg(test)]
+        let mut fault = self.fault.take();
         let Some(guard) = self.ring.as_mut() else {
             return Err(Write(ring_err("no ring")));
         };
@@ -158,8 +185,27 @@ impl UringFile {
             let last = ci + 1 == n_chunks;
             let with_sync = sync && last;
             let mut expected = 0usize;
-            {
+            // Entries are only queued here; the kernel sees none of them before the submit
+            // below. If queueing fails, the ring is marked broken so they are never submitted
+            // (a ring dropped with unsubmitted entries never touches their buffers).
+            let pushed = {
                 let mut sq = guard.ring.submission();
+                let mut push = |e: &squeue::Entry| -> bool {
+                    #[cfg(test)]
+                    if let Some(Fault::PushFailsAfter(n)) = fault {
+                        if expected >= n {
+                            return false;
+                        }
+                    }
+                    // SAFETY: the buffer behind the entry (the caller's slice or `self.bounce`,
+                    // neither touched until we return) and the descriptor stay valid until
+                    // its completion is reaped: every submitted entry is reaped before this
+                    // function returns (`in_flight` below; even on error paths).
+                    let ok = unsafe { sq.push(e) }.is_ok();
+                    expected += usize::from(ok);
+                    ok
+                };
+                let mut ok = true;
                 for (i, s) in chunk.iter().enumerate() {
                     let mut e = opcode::Write::new(types::Fd(s.fd), s.ptr, s.len as u32)
                         .offset(s.offset)
@@ -168,47 +214,79 @@ impl UringFile {
                     if with_sync {
                         e = e.flags(squeue::Flags::IO_LINK);
                     }
-                    // SAFETY: the buffer behind `s.ptr` (the caller's slice or `self.bounce`,
-                    // neither touched until we return) and the descriptor stay valid until the
-                    // completion is reaped below: we wait for every submitted entry before
-                    // leaving this function.
-                    unsafe { sq.push(&e) }.map_err(|_| Write(ring_err("submission queue full")))?;
-                    expected += 1;
+                    if !push(&e) {
+                        ok = false;
+                        break;
+                    }
                 }
-                if with_sync {
+                if ok && with_sync {
+                    // Fsync references no user memory.
                     let e = opcode::Fsync::new(types::Fd(self.buffered.as_raw_fd()))
                         .flags(types::FsyncFlags::DATASYNC)
                         .build()
                         .user_data(u64::MAX);
-                    // SAFETY: fsync references no user memory; the descriptor outlives the wait.
-                    unsafe { sq.push(&e) }.map_err(|_| Sync(ring_err("submission queue full")))?;
-                    expected += 1;
+                    ok = push(&e);
                 }
+                ok
+            };
+            if !pushed {
+                guard.broken = true;
+                return Err(Write(ring_err("submission queue full")));
             }
             if expected == 0 {
                 continue;
             }
+            // Submitted to the kernel and not yet reaped.
+            let mut in_flight = 0usize;
+            let mut unsubmitted = expected;
             let mut reaped = 0usize;
+            let mut fatal: Option<io::Error> = None;
             while reaped < expected {
-                match guard.ring.submit_and_wait(expected - reaped) {
-                    Ok(_) => {}
-                    Err(e)
-                        if e.kind() == io::ErrorKind::Interrupted
-                            || e.raw_os_error() == Some(libc::EBUSY)
-                            || e.raw_os_error() == Some(libc::EAGAIN) =>
-                    {
-                        continue
+                if fatal.is_none() {
+                    #[cfg(test)]
+                    let injected = match fault {
+                        Some(Fault::WaitFailsAfterSubmit) if unsubmitted > 0 => {
+                            // Hand the entries to the kernel, then fail as a broken wait would.
+                            let n = guard.ring.submit().unwrap_or(0);
+                            unsubmitted -= n;
+                            in_flight += n;
+                            fault = None;
+                            Some(io::Error::from_raw_os_error(libc::EBADF))
+                        }
+                        _ => None,
+                    };
+                    #[cfg(not(test))]
+                    let injected: Option<io::Error> = None;
+                    let result = match injected {
+                        Some(e) => Err(e),
+                        None => guard.ring.submit_and_wait(expected - reaped),
+                    };
+                    match result {
+                        Ok(n) => {
+                            let n = n.min(unsubmitted);
+                            unsubmitted -= n;
+                            in_flight += n;
+                        }
+                        Err(e)
+                            if e.kind() == io::ErrorKind::Interrupted
+                                || e.raw_os_error() == Some(libc::EBUSY)
+                                || e.raw_os_error() == Some(libc::EAGAIN) => {}
+                        // Never use this ring again (the caller poisons the store on a
+                        // non-ENOSPC error); but first wait for what the kernel already has.
+                        Err(e) => {
+                            guard.broken = true;
+                            fatal = Some(e);
+                        }
                     }
-                    // Entries may still be in flight: never use this ring again (the caller
-                    // poisons the store on a non-ENOSPC error).
-                    Err(e) => {
-                        guard.broken = true;
-                        return Err(Write(e));
-                    }
+                }
+                if let Some(e) = fatal.take() {
+                    wait_in_flight(&mut guard.ring, in_flight);
+                    return Err(Write(e));
                 }
                 let cqes: Vec<(u64, i32)> = guard.ring.completion().map(|c| (c.user_data(), c.result())).collect();
                 for (ud, res) in cqes {
                     reaped += 1;
+                    in_flight = in_flight.saturating_sub(1);
                     if ud == u64::MAX {
                         if res < 0 {
                             if res != -libc::ECANCELED && sync_err.is_none() {
@@ -221,8 +299,10 @@ impl UringFile {
                     }
                     let idx = ud as usize;
                     if idx >= subs.len() {
+                        // Keep reaping: the others still use our buffers.
                         guard.broken = true;
-                        return Err(Write(ring_err("unexpected completion")));
+                        fatal = Some(ring_err("unexpected completion"));
+                        continue;
                     }
                     if res < 0 {
                         if res != -libc::ECANCELED && first_err.is_none() {
@@ -234,6 +314,13 @@ impl UringFile {
                         short.push((idx, res as usize));
                     }
                 }
+                if fatal.is_some() && in_flight == 0 && unsubmitted == 0 {
+                    break;
+                }
+            }
+            if let Some(e) = fatal {
+                wait_in_flight(&mut guard.ring, in_flight);
+                return Err(Write(e));
             }
             sub_base += chunk.len();
         }
@@ -291,19 +378,11 @@ impl BackendFile for UringFile {
     }
 }
 
-impl Backend for UringBackend {
-    fn name(&self) -> &'static str {
-        "io_uring"
-    }
-    fn open(&self, name: &str, mode: OpenMode) -> io::Result<Box<dyn BackendFile>> {
+impl UringBackend {
+    fn open_file(&self, name: &str, mode: OpenMode) -> io::Result<UringFile> {
         let buffered = self.dir.open_std(name, mode)?;
         let direct = if self.direct {
-            match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(self.dir.join(name))
-            {
+            match OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(self.dir.join(name)) {
                 Ok(f) => Some(f),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::debug!(file = name, "O_DIRECT refused, using buffered writes");
@@ -314,13 +393,24 @@ impl Backend for UringBackend {
         } else {
             None
         };
-        Ok(Box::new(UringFile {
+        Ok(UringFile {
             name: name.to_owned(),
             buffered,
             direct,
             ring: None,
             bounce: Vec::new(),
-        }))
+            #[cfg(test)]
+            fault: None,
+        })
+    }
+}
+
+impl Backend for UringBackend {
+    fn name(&self) -> &'static str {
+        "io_uring"
+    }
+    fn open(&self, name: &str, mode: OpenMode) -> io::Result<Box<dyn BackendFile>> {
+        Ok(Box::new(self.open_file(name, mode)?))
     }
     fn remove(&self, name: &str) -> io::Result<()> {
         self.dir.remove(name)
@@ -339,5 +429,71 @@ impl Backend for UringBackend {
     }
     fn describe(&self) -> String {
         self.dir.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &Path, direct: bool) -> (UringBackend, UringFile) {
+        let backend = UringBackend::with_direct_io(dir, direct).expect("io_uring available");
+        let f = backend.open_file("f", OpenMode::CreateNew).expect("open");
+        (backend, f)
+    }
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("uring-fault-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// A failed `io_uring_enter` after the kernel took the writes: `submit` returns the error
+    /// only once the writes are done, so the caller may reuse its buffer at once.
+    #[test]
+    fn a_failed_wait_returns_only_after_every_submitted_write_completed() {
+        for direct in [false, true] {
+            let dir = temp(&format!("wait-{direct}"));
+            let (_backend, mut f) = file(&dir, direct);
+            // Large writes, so returning early would leave them in flight.
+            let mut bufs: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i + 1; 4 << 20]).collect();
+            let writes: Vec<(u64, &[u8])> =
+                bufs.iter().enumerate().map(|(i, b)| ((i as u64) * (4 << 20), &b[..])).collect();
+            f.fault = Some(Fault::WaitFailsAfterSubmit);
+            let err = f.submit(&writes, true).expect_err("injected failure");
+            assert!(matches!(err, BatchFailure::Write(_)), "{err:?}");
+            // Reuse the buffers at once: the file must hold what was submitted.
+            for b in &mut bufs {
+                b.fill(0xee);
+            }
+            let mut back = vec![0u8; 4 << 20];
+            for i in 0..4u8 {
+                f.read_at(u64::from(i) * (4 << 20), &mut back).unwrap();
+                assert!(back.iter().all(|&x| x == i + 1), "write {i} (direct={direct}) not complete at return");
+            }
+            // The ring is never used again.
+            assert!(f.submit(&[(0, &[1u8; 8][..])], false).is_err());
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// Queueing fails half-way: nothing reaches the kernel (the queued entries are never
+    /// submitted, the ring is retired) and the file is unchanged.
+    #[test]
+    fn a_failed_push_submits_nothing() {
+        let dir = temp("push");
+        let (_backend, mut f) = file(&dir, false);
+        f.submit(&[(0, &[7u8; 16][..])], true).unwrap();
+        let a = vec![1u8; 4096];
+        let b = vec![2u8; 4096];
+        f.fault = Some(Fault::PushFailsAfter(1));
+        let err = f.submit(&[(0, &a[..]), (4096, &b[..])], true).expect_err("injected failure");
+        assert!(matches!(err, BatchFailure::Write(_)), "{err:?}");
+        let mut back = vec![0u8; 16];
+        f.read_at(0, &mut back).unwrap();
+        assert_eq!(back, [7u8; 16], "a queued entry reached the kernel");
+        assert_eq!(f.len().unwrap(), 16);
+        assert!(f.submit(&[(0, &a[..])], true).is_err(), "a broken ring was used again");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

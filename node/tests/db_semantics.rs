@@ -1,0 +1,345 @@
+//! Visibility, concurrency, refusals, damaged entries, leadership loss, restart, snapshots.
+
+mod db_common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use db_common::*;
+use dqlite_node::raft::{Entry, EntryKind, LogIndex, Term};
+use dqlite_node::replication::StateMachine;
+use dqlite_wire::Value;
+
+#[test]
+fn a_leader_reader_never_sees_a_commit_before_it_is_acknowledged() {
+    let c = Cluster::new(2);
+    let w = c.handles[0].open("v.db").unwrap();
+    w.blocking_exec_sql("CREATE TABLE t(a)", vec![]).unwrap();
+    c.wait_all_applied();
+    c.hold(true);
+    let h = c.handles[0].clone();
+    let writer = std::thread::spawn(move || {
+        let w = h.open("v.db").unwrap();
+        w.blocking_exec_sql("INSERT INTO t VALUES (1)", vec![]).unwrap();
+        Instant::now()
+    });
+    let r = c.handles[0].open("v.db").unwrap();
+    // The entry is proposed but held: nobody sees it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.last_index() < 3 {
+        assert!(Instant::now() < deadline, "no proposal");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for _ in 0..50 {
+        assert_eq!(count(&r, "SELECT count(*) FROM t"), 0);
+    }
+    assert!(!writer.is_finished());
+    c.hold(false);
+    writer.join().unwrap();
+    assert_eq!(count(&r, "SELECT count(*) FROM t"), 1);
+}
+
+#[test]
+fn follower_readers_never_see_a_partial_entry() {
+    let c = Cluster::new(2);
+    let w = c.handles[0].open("p.db").unwrap();
+    w.blocking_exec_sql(
+        "CREATE TABLE a(x); CREATE TABLE b(x); INSERT INTO a VALUES (0); INSERT INTO b VALUES (0);",
+        vec![],
+    )
+    .unwrap();
+    c.wait_all_applied();
+    let stop = Arc::new(AtomicBool::new(false));
+    let checks = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let h = c.handles[1].clone();
+        let (stop, checks) = (stop.clone(), checks.clone());
+        readers.push(std::thread::spawn(move || {
+            let r = h.open("p.db").unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                // Invariant: both tables always hold the same sum (every entry updates both).
+                let rows = r
+                    .blocking_query_sql(
+                        "SELECT (SELECT sum(x) FROM a), (SELECT sum(x) FROM b), (SELECT count(*) FROM a)",
+                        vec![],
+                    )
+                    .unwrap()
+                    .blocking_collect()
+                    .unwrap();
+                assert_eq!(rows[0][0], rows[0][1], "partial entry visible: {rows:?}");
+                checks.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for i in 1..=300 {
+        w.blocking_exec_sql(
+            "BEGIN; INSERT INTO a VALUES (?); INSERT INTO b VALUES (?); COMMIT;",
+            vec![Value::Integer(i), Value::Integer(i)],
+        )
+        .unwrap();
+    }
+    c.wait_all_applied();
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert!(checks.load(Ordering::Relaxed) > 10);
+    assert_eq!(dump(&c.handles[0], "p.db"), dump(&c.handles[1], "p.db"));
+}
+
+#[test]
+fn sixteen_concurrent_writers_never_get_busy() {
+    let c = Cluster::new(2);
+    c.handles[0].open("w.db").unwrap().blocking_exec_sql("CREATE TABLE t(w, i)", vec![]).unwrap();
+    let mut ts = Vec::new();
+    for w in 0..16 {
+        let h = c.handles[0].clone();
+        ts.push(std::thread::spawn(move || {
+            let conn = h.open("w.db").unwrap();
+            for i in 0..20 {
+                if i % 2 == 0 {
+                    conn.blocking_exec_sql("INSERT INTO t VALUES (?, ?)", vec![Value::Integer(w), Value::Integer(i)])
+                        .unwrap();
+                } else {
+                    conn.blocking_exec_sql(
+                        "BEGIN IMMEDIATE; INSERT INTO t VALUES (?, ?); COMMIT;",
+                        vec![Value::Integer(w), Value::Integer(i)],
+                    )
+                    .unwrap();
+                }
+            }
+        }));
+    }
+    for t in ts {
+        t.join().unwrap();
+    }
+    c.wait_all_applied();
+    let r = c.handles[1].open("w.db").unwrap();
+    assert_eq!(count(&r, "SELECT count(*) FROM t"), 320);
+}
+
+#[test]
+fn what_would_break_replication_is_refused_with_its_reason() {
+    let c = Cluster::new(1);
+    let conn = c.handles[0].open("r.db").unwrap();
+    conn.blocking_exec_sql("CREATE TABLE t(a); INSERT INTO t VALUES (1);", vec![]).unwrap();
+    for sql in [
+        "PRAGMA journal_mode=DELETE",
+        "PRAGMA journal_mode=WAL",
+        "PRAGMA synchronous=OFF",
+        "PRAGMA locking_mode=EXCLUSIVE",
+        "PRAGMA page_size=8192",
+        "PRAGMA writable_schema=ON",
+        "PRAGMA wal_checkpoint(TRUNCATE)",
+        "PRAGMA mmap_size=1000000",
+        "PRAGMA query_only=0",
+        "ATTACH 'other.db' AS o",
+        "VACUUM INTO 'copy.db'",
+        "SELECT load_extension('x')",
+    ] {
+        let e = conn.blocking_exec_sql(sql, vec![]).unwrap_err();
+        assert_eq!(e.code() & 0xff, 23, "{sql}: {e}");
+        assert!(e.to_string().contains("refused"), "{sql}: {e}");
+    }
+    // Reading settings and VACUUM are fine.
+    let mode = conn.blocking_query_sql("PRAGMA journal_mode", vec![]).unwrap().blocking_collect().unwrap();
+    assert_eq!(mode, vec![vec![Value::Text("wal".into())]]);
+    conn.blocking_exec_sql("VACUUM", vec![]).unwrap();
+    assert_eq!(count(&conn, "SELECT count(*) FROM t"), 1);
+    assert!(c.handles[0].open("../escape").is_err());
+    assert!(c.handles[0].open(".hidden").is_err());
+}
+
+#[test]
+fn a_damaged_entry_stops_apply_naming_its_index() {
+    let c = Cluster::new(2);
+    let conn = c.handles[0].open("d.db").unwrap();
+    conn.blocking_exec_sql("CREATE TABLE t(a)", vec![]).unwrap();
+    c.wait_all_applied();
+    c.hold(true);
+    let h = c.handles[0].clone();
+    let t = std::thread::spawn(move || h.open("d.db").unwrap().blocking_exec_sql("INSERT INTO t VALUES (1)", vec![]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let index = loop {
+        let n = c.last_index();
+        if n >= 3 {
+            break n;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    {
+        let mut st = c.shared.st.lock().unwrap();
+        let e = &mut st.entries[index as usize - 1];
+        let mid = e.data.len() / 2;
+        e.data[mid] ^= 0xff;
+    }
+    c.hold(false);
+    let err = c.wait_error(1);
+    assert!(err.contains(&format!("entry {index}")), "{err}");
+    // The leader's own check fails too: the damaged bytes are what Raft committed.
+    let _ = c.wait_error(0);
+    let r = c.handles[1].open("d.db").unwrap();
+    assert_eq!(count(&r, "SELECT count(*) FROM t"), 0);
+    drop(t);
+}
+
+#[test]
+fn leadership_lost_while_pending_then_the_entry_commits() {
+    let c = Cluster::new(2);
+    let conn = c.handles[0].open("l.db").unwrap();
+    conn.blocking_exec_sql("CREATE TABLE t(a)", vec![]).unwrap();
+    c.wait_all_applied();
+    c.hold(true);
+    let h = c.handles[0].clone();
+    let t = std::thread::spawn(move || h.open("l.db").unwrap().blocking_exec_sql("INSERT INTO t VALUES (42)", vec![]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.last_index() < 3 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    c.elect(None);
+    let e = t.join().unwrap().unwrap_err();
+    assert_eq!(e.code(), 10506, "{e}");
+    // The entry does commit: every node applies it, the old leader as a follower would.
+    c.hold(false);
+    c.wait_all_applied();
+    for i in 0..2 {
+        let r = c.handles[i].open("l.db").unwrap();
+        assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a = 42"), 1, "node {i}");
+    }
+    // A new leader (node 1) writes on top of it.
+    c.elect(Some(1));
+    c.handles[1].open("l.db").unwrap().blocking_exec_sql("INSERT INTO t VALUES (7)", vec![]).unwrap();
+    c.wait_all_applied();
+    assert_eq!(dump(&c.handles[0], "l.db"), dump(&c.handles[1], "l.db"));
+}
+
+#[test]
+fn several_databases_share_one_log() {
+    let c = Cluster::new(2);
+    for round in 0..5 {
+        for db in ["one.db", "two.db", "three.db"] {
+            let conn = c.handles[0].open(db).unwrap();
+            conn.blocking_exec_sql("CREATE TABLE IF NOT EXISTS t(a, db)", vec![]).unwrap();
+            conn.blocking_exec_sql("INSERT INTO t VALUES (?, ?)", vec![Value::Integer(round), Value::Text(db.into())])
+                .unwrap();
+        }
+    }
+    c.wait_all_applied();
+    for db in ["one.db", "two.db", "three.db"] {
+        let d = dump(&c.handles[0], db);
+        assert_eq!(d, dump(&c.handles[1], db));
+        assert!(d.contains(db) && !d.contains(if db == "one.db" { "two.db" } else { "one.db\"" }));
+    }
+}
+
+fn write_load(c: &Cluster, db: &str, n: i64) {
+    let conn = c.handles[0].open(db).unwrap();
+    conn.blocking_exec_sql("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, r, b)", vec![]).unwrap();
+    for _ in 0..n {
+        conn.blocking_exec_sql("INSERT INTO t(r, b) VALUES (random(), randomblob(500))", vec![]).unwrap();
+    }
+}
+
+#[test]
+fn restart_rebuilds_the_committed_state_from_the_files() {
+    let seed: u64 = std::env::var("DB_RESTART_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    println!("DB_RESTART_SEED={seed}");
+    let rounds: u64 = std::env::var("DB_RESTART_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let mut x = seed | 1;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut cfg = config();
+    cfg.checkpoint_every_entries = 7;
+    cfg.checkpoint_wal_frames = 40;
+    let mut c = Cluster::with_config(2, cfg);
+    for round in 0..rounds {
+        write_load(&c, "a.db", 5 + (rnd() % 30) as i64);
+        write_load(&c, "b.db", 1 + (rnd() % 10) as i64);
+        c.wait_all_applied();
+        c.stop_node(1);
+        // Lose part of the follower's unsynced WAL tail (the OS dropped it), or not.
+        let wal = c.dir(1).join("db/a.db-wal");
+        let len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        match rnd() % 3 {
+            0 if len > 32 => {
+                let cut = 32 + rnd() % (len - 32);
+                std::fs::OpenOptions::new().write(true).open(&wal).unwrap().set_len(cut).unwrap();
+            }
+            1 if len > 4000 => {
+                // A torn write in the tail.
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
+                f.write_all_at(&[0xAB; 100], len - 3000).unwrap();
+            }
+            _ => {}
+        }
+        c.restart_all_or_rebuild();
+        c.wait_all_applied();
+        for db in ["a.db", "b.db"] {
+            assert_eq!(dump(&c.handles[0], db), dump(&c.handles[1], db), "round {round} db {db} seed {seed}");
+            integrity_ok(&c.handles[1], db);
+        }
+    }
+}
+
+#[test]
+fn restart_refuses_a_foreign_wal_naming_the_file() {
+    let mut c = Cluster::new(2);
+    write_load(&c, "a.db", 20);
+    c.wait_all_applied();
+    c.stop_node(1);
+    // Replace the follower's WAL by one whose commits do not match the log.
+    let other = Cluster::new(1);
+    write_load(&other, "a.db", 20);
+    other.wait_all_applied();
+    drop(other.handles[0].open("a.db").unwrap());
+    let src = other.dir(0).join("db/a.db-wal");
+    let dst = c.dir(1).join("db/a.db-wal");
+    std::fs::copy(&src, &dst).unwrap();
+    // The foreign WAL has other salts than the sidecar: refused at open, naming the WAL.
+    let rep = Arc::new(NodeReplicator { shared: c.shared.clone(), id: 1 });
+    let err = dqlite_node::db::Databases::open(&c.dir(1), rep, config()).unwrap_err();
+    assert!(err.to_string().contains("a.db-wal"), "{err}");
+}
+
+#[test]
+fn snapshot_then_restore_on_a_fresh_node_gives_identical_content() {
+    let c = Cluster::new(1);
+    write_load(&c, "s1.db", 50);
+    write_load(&c, "s2.db", 5);
+    c.wait_all_applied();
+    let (index, image) = c.on_sm(0, |sm| {
+        let mut out = Vec::new();
+        let i = sm.snapshot(&mut out).unwrap();
+        (i, out)
+    });
+    assert_eq!(index.0, c.last_index());
+    // A corrupted image is refused.
+    let fresh = tempfile::tempdir().unwrap();
+    let rep = Arc::new(NodeReplicator { shared: c.shared.clone(), id: 5 });
+    let mut sm = dqlite_node::db::Databases::open(fresh.path(), rep, config()).unwrap();
+    let mut bad = image.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    assert!(sm.restore(index, &mut bad.as_slice()).is_err());
+    sm.restore(index, &mut image.as_slice()).unwrap();
+    assert_eq!(sm.applied_index(), index);
+    let h = sm.handle();
+    for db in ["s1.db", "s2.db"] {
+        assert_eq!(dump(&h, db), dump(&c.handles[0], db));
+        integrity_ok(&h, db);
+    }
+    // It goes on applying later entries.
+    let e = Entry { term: Term(1), index: LogIndex(index.0 + 1), kind: EntryKind::Barrier, data: vec![] };
+    sm.apply(&e).unwrap();
+}
