@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dqlite_node::db::conn::DbHandle;
-use dqlite_node::db::{Databases, DbConfig, LateReplicator};
+use dqlite_node::db::{Databases, DbConfig};
+use dqlite_node::replication::Replicator;
 use dqlite_node::raft::NodeId;
 use dqlite_node::runtime::harness::{seed_from_env, Cluster};
 use dqlite_node::storage::backend::CrashMode;
@@ -15,35 +16,25 @@ use dqlite_wire::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-type Slots = Arc<Mutex<HashMap<NodeId, (Arc<LateReplicator>, DbHandle)>>>;
+type Slots = Arc<Mutex<HashMap<NodeId, DbHandle>>>;
 
-type DbCluster = Cluster<Databases, Box<dyn Fn(NodeId) -> Databases + Send + Sync>>;
+type Factory = Box<dyn Fn(NodeId, Arc<dyn Replicator>) -> Databases + Send + Sync>;
+type DbCluster = Cluster<Databases, Factory>;
 
 async fn start(n: u64, seed: u64, dirs: HashMap<NodeId, PathBuf>, slots: Slots) -> DbCluster {
     let s = slots.clone();
-    let factory: Box<dyn Fn(NodeId) -> Databases + Send + Sync> = Box::new(move |id| {
-        let late = LateReplicator::new();
+    let factory: Factory = Box::new(move |id, replicator| {
         let mut cfg = DbConfig::default();
         cfg.checkpoint_every_entries = 25;
-        let dbs = Databases::open(&dirs[&id], late.clone(), cfg).expect("databases open");
-        s.lock().unwrap().insert(id, (late, dbs.handle()));
+        let dbs = Databases::open(&dirs[&id], replicator, cfg).expect("databases open");
+        s.lock().unwrap().insert(id, dbs.handle());
         dbs
     });
-    let c = Cluster::start(n, seed, factory, |o| o.network_latency = Duration::from_millis(5)).await.expect("cluster");
-    bind(&c, &slots);
-    c
-}
-
-fn bind(c: &DbCluster, slots: &Slots) {
-    for (id, (late, _)) in slots.lock().unwrap().iter() {
-        if let Some(h) = c.handle(*id) {
-            late.set(Arc::new(h.clone()));
-        }
-    }
+    Cluster::start(n, seed, factory, |o| o.network_latency = Duration::from_millis(5)).await.expect("cluster")
 }
 
 fn handle(slots: &Slots, id: NodeId) -> DbHandle {
-    slots.lock().unwrap()[&id].1.clone()
+    slots.lock().unwrap()[&id].clone()
 }
 
 fn dump_blocking(h: DbHandle, db: &str) -> String {
@@ -131,7 +122,6 @@ async fn three_nodes_on_the_runtime_hold_identical_databases_across_a_crash() {
         conn.exec_sql("INSERT INTO t(r, b) VALUES (random(), randomblob(3000))", vec![]).await.unwrap();
     }
     c.restart(follower).await.expect("restart");
-    bind(&c, &slots);
     let d2 = converge(&slots, &ids, "app.db").await;
     assert_eq!(d2.lines().count(), 1 + 51);
     drop(conn);

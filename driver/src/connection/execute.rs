@@ -160,7 +160,10 @@ impl DqliteConnection {
         if self.migration_lock.is_some() && !self.in_migrate_step && self.transaction_depth == 0 {
             // A request outside the migrator's steps: it finished without `unlock()` (an
             // early error return). Release the lock first.
-            Box::pin(self.release_migration_lock()).await?;
+            // Best effort: if it fails the lease expires on its own.
+            if let Err(e) = Box::pin(self.release_migration_lock()).await {
+                tracing::warn!(error = %e, "could not release the migration lock");
+            }
         }
         if let Some(session) = self.session.as_mut() {
             if !session.is_idle_alive() {
