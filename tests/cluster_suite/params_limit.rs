@@ -1,5 +1,6 @@
 //! More than 255 parameters is refused clearly on dqlite 1.11 (no schema-1 tuples) instead of
-//! being truncated, dropped or misread.
+//! being truncated, dropped or misread; on our own node (which reads schema-1 tuples, as dqlite
+//! >= 1.15 does) the same statements run with every parameter bound.
 //!
 //! Why each count matters: dqlite 1.11 ignores the schema byte of EXEC/QUERY and reads a
 //! schema-1 tuple as a schema-0 one, whose count is the low byte of the uint32. 256 or 512
@@ -22,7 +23,12 @@ async fn more_than_255_parameters_is_a_clear_error_on_dqlite_1_11() {
 }
 
 async fn check_parameter_limit(db: &str, options: &str) {
-    let url = common::shared_cluster().url_with(&common::db_name(db), options);
+    let (url, launcher) = {
+        let cluster = common::shared_cluster();
+        (cluster.url_with(&common::db_name(db), options), cluster.launcher())
+    };
+    // Only C dqlite 1.11 lacks schema-1 (params32) tuples; our node has them.
+    let params32 = launcher != "real";
     let pool = common::pool_for(&url, 1).await;
     pool.execute("CREATE TABLE sink (x INTEGER)").await.unwrap();
 
@@ -36,6 +42,10 @@ async fn check_parameter_limit(db: &str, options: &str) {
     assert_eq!(row.get::<i64, _>(254), 254);
 
     for n in [256_usize, 300, 512] {
+        if params32 {
+            check_all_bound(&pool, n).await;
+            continue;
+        }
         // A read: refused, not answered with NULLs.
         let mut q = sqlx::query(AssertSqlSafe(format!("SELECT {}", placeholders(n))));
         for i in 0..n as i64 {
@@ -73,6 +83,30 @@ async fn check_parameter_limit(db: &str, options: &str) {
         .await
         .unwrap();
     assert_eq!(one, 1);
+}
+
+/// On a server with schema-1 tuples: every one of `n` parameters is bound, for a read and a write.
+async fn check_all_bound(pool: &sqlx_dqlite::DqlitePool, n: usize) {
+    let mut q = sqlx::query(AssertSqlSafe(format!("SELECT {}", placeholders(n))));
+    for i in 0..n as i64 {
+        q = q.bind(i);
+    }
+    let row = q.fetch_one(pool).await.unwrap();
+    assert_eq!(row.len(), n);
+    for i in 0..n {
+        assert_eq!(row.get::<i64, _>(i), i as i64, "parameter {i} of {n}");
+    }
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM sink").fetch_one(pool).await.unwrap();
+    let sql = format!("INSERT INTO sink (x) VALUES {}", vec!["(?)"; n].join(", "));
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for i in 0..n as i64 {
+        q = q.bind(i + 1);
+    }
+    assert_eq!(q.execute(pool).await.unwrap().rows_affected(), n as u64);
+    let (count, sum): (i64, i64) =
+        sqlx::query_as("SELECT count(*), coalesce(sum(x), 0) FROM sink").fetch_one(pool).await.unwrap();
+    assert_eq!(count - before, n as i64);
+    assert!(sum >= (n * (n + 1) / 2) as i64, "every inserted value bound: sum {sum}");
 }
 
 fn assert_too_many(err: &sqlx::Error, n: usize) {
