@@ -27,11 +27,10 @@ pub(crate) fn parse_duration(key: &str, value: &str) -> Result<Duration, Error> 
     } else {
         (v, 1000)
     };
-    let n: u64 = digits.trim().parse().map_err(|_| {
-        config_err(format!(
-            "invalid duration {value:?} for `{key}` (expected e.g. 250ms, 5s, 1m)"
-        ))
-    })?;
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| config_err(format!("invalid duration {value:?} for `{key}` (expected e.g. 250ms, 5s, 1m)")))?;
     n.checked_mul(mult_ms)
         .map(Duration::from_millis)
         .ok_or_else(|| config_err(format!("duration {value:?} for `{key}` is too large")))
@@ -84,9 +83,7 @@ impl DqliteConnectOptions {
         opts.host = NodeAddress::new(host, url.port().unwrap_or(DEFAULT_PORT));
 
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(config_err(
-                "dqlite URLs do not take a user name or password (dqlite has no authentication)",
-            ));
+            return Err(config_err("dqlite URLs do not take a user name or password (dqlite has no authentication)"));
         }
 
         let path = url.path().trim_start_matches('/');
@@ -94,9 +91,7 @@ impl DqliteConnectOptions {
             .decode_utf8()
             .map_err(|e| config_err(format!("database name is not valid UTF-8: {e}")))?;
         if database.is_empty() {
-            return Err(config_err(
-                "dqlite URL names no database (expected dqlite://HOST:PORT/DATABASE)",
-            ));
+            return Err(config_err("dqlite URL names no database (expected dqlite://HOST:PORT/DATABASE)"));
         }
         if database.contains('\0') {
             return Err(config_err("database name contains a NUL byte"));
@@ -114,21 +109,20 @@ impl DqliteConnectOptions {
                 "leader_timeout" => opts.leader_timeout = parse_duration(&key, &value)?,
                 "statement_cache_capacity" => {
                     opts.statement_cache_capacity = value.parse().map_err(|_| {
-                        config_err(format!(
-                            "invalid statement_cache_capacity {value:?} (expected a number)"
-                        ))
+                        config_err(format!("invalid statement_cache_capacity {value:?} (expected a number)"))
                     })?
                 }
                 "request_timeout" => opts.request_timeout = parse_duration(&key, &value)?,
+                "busy_timeout" => opts.busy_timeout = parse_duration(&key, &value)?,
                 "client_id" => {
-                    opts.client_id = value.parse().map_err(|_| {
-                        config_err(format!("invalid client_id {value:?} (expected a number)"))
-                    })?
+                    opts.client_id = value
+                        .parse()
+                        .map_err(|_| config_err(format!("invalid client_id {value:?} (expected a number)")))?
                 }
                 other => {
                     return Err(config_err(format!(
                         "unknown dqlite URL parameter `{other}` (known: peers, connect_timeout, \
-                         leader_timeout, statement_cache_capacity, request_timeout, client_id)"
+                         leader_timeout, statement_cache_capacity, request_timeout, busy_timeout, client_id)"
                     )))
                 }
             }
@@ -144,9 +138,7 @@ impl DqliteConnectOptions {
             Err(_) => {
                 let host = utf8_percent_encode(&self.host.host, NON_ALPHANUMERIC).to_string();
                 let url = self.url_string(&format!("{host}:{}", self.host.port));
-                Url::parse(&url).unwrap_or_else(|e| {
-                    unreachable!("percent-encoded dqlite URL {url:?} must parse: {e}")
-                })
+                Url::parse(&url).unwrap_or_else(|e| unreachable!("percent-encoded dqlite URL {url:?} must parse: {e}"))
             }
         }
     }
@@ -170,6 +162,7 @@ impl DqliteConnectOptions {
         push("leader_timeout", &format!("{}ms", self.leader_timeout.as_millis()));
         push("statement_cache_capacity", &self.statement_cache_capacity.to_string());
         push("request_timeout", &format!("{}ms", self.request_timeout.as_millis()));
+        push("busy_timeout", &format!("{}ms", self.busy_timeout.as_millis()));
         push("client_id", &self.client_id.to_string());
         s
     }
@@ -179,9 +172,7 @@ impl FromStr for DqliteConnectOptions {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        let url: Url = s
-            .parse()
-            .map_err(|e| config_err(format!("invalid dqlite URL: {e}")))?;
+        let url: Url = s.parse().map_err(|e| config_err(format!("invalid dqlite URL: {e}")))?;
         Self::parse_from_url(&url)
     }
 }
@@ -202,10 +193,7 @@ mod tests {
             .unwrap();
         assert_eq!(o.database, "app.db");
         assert_eq!(o.host, NodeAddress::new("127.0.0.1", 9001));
-        assert_eq!(
-            o.peers,
-            vec![NodeAddress::new("127.0.0.2", 9002), NodeAddress::new("::1", 9003)]
-        );
+        assert_eq!(o.peers, vec![NodeAddress::new("127.0.0.2", 9002), NodeAddress::new("::1", 9003)]);
         assert_eq!(o.connect_timeout, Duration::from_millis(250));
         assert_eq!(o.leader_timeout, Duration::from_secs(60));
         assert_eq!(o.statement_cache_capacity, 7);
@@ -227,7 +215,7 @@ mod tests {
         for s in [
             "dqlite://127.0.0.1:9001/app.db",
             "dqlite://127.0.0.1:9001/my%20db?peers=127.0.0.2:9002,127.0.0.3:9003",
-            "dqlite://[::1]:7000/x?peers=[::2]:7001&connect_timeout=3s&leader_timeout=1500ms&statement_cache_capacity=0&request_timeout=2s&client_id=9",
+            "dqlite://[::1]:7000/x?peers=[::2]:7001&connect_timeout=3s&leader_timeout=1500ms&statement_cache_capacity=0&request_timeout=2s&busy_timeout=0&client_id=9",
         ] {
             let a: DqliteConnectOptions = s.parse().unwrap();
             let url = a.to_url_lossy();
@@ -257,9 +245,7 @@ mod tests {
             .peers([("10.0.0.2", 9001), ("10.0.0.3", 9001)])
             .connect_timeout(Duration::from_secs(2));
         let parsed: DqliteConnectOptions =
-            "dqlite://10.0.0.1:9001/app.db?peers=10.0.0.2:9001,10.0.0.3:9001&connect_timeout=2s"
-                .parse()
-                .unwrap();
+            "dqlite://10.0.0.1:9001/app.db?peers=10.0.0.2:9001,10.0.0.3:9001&connect_timeout=2s".parse().unwrap();
         assert!(same(&built, &parsed));
     }
 
@@ -278,20 +264,14 @@ mod tests {
             "not a url",
         ] {
             let r = s.parse::<DqliteConnectOptions>();
-            assert!(
-                matches!(r, Err(Error::Configuration(_))),
-                "{s} should be a configuration error, got {r:?}"
-            );
+            assert!(matches!(r, Err(Error::Configuration(_))), "{s} should be a configuration error, got {r:?}");
         }
     }
 
     #[test]
     fn seeds_deduplicate() {
         let o: DqliteConnectOptions = "dqlite://a:1/db?peers=a:1,b:2,b:2".parse().unwrap();
-        assert_eq!(
-            o.get_seeds(),
-            vec![NodeAddress::new("a", 1), NodeAddress::new("b", 2)]
-        );
+        assert_eq!(o.get_seeds(), vec![NodeAddress::new("a", 1), NodeAddress::new("b", 2)]);
     }
 
     #[test]
