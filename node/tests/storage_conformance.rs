@@ -164,7 +164,9 @@ fn segments_roll_over_and_compact(dir: &dyn Dir) {
     let closed = names.iter().filter(|n| n.starts_with("closed-")).count();
     let open_n = names.iter().filter(|n| n.starts_with("open-")).count();
     assert!(closed >= 3, "expected several closed segments, got {names:?}");
-    assert_eq!(open_n, 1, "{names:?}");
+    // The segment being written, the next one prepared ahead, and a full one whose rename to
+    // `closed-` is still with the preparer.
+    assert!((1..=3).contains(&open_n), "{names:?}");
     s.log.compact(LogIndex(100)).expect("compact");
     let first = s.log.first_index();
     assert!(first > LogIndex(1) && first <= LogIndex(101), "first index after compact: {first}");

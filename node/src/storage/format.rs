@@ -7,8 +7,18 @@ use dqlite_raft::{Entry, EntryKind, HardState, LogIndex, NodeId, Term};
 
 use super::error::CorruptReason;
 
-/// The format version this build writes and reads.
+/// The format version this build writes into metadata, snapshot metadata and pre-zeroed log
+/// segments (and reads).
 pub const FORMAT_VERSION: u32 = 1;
+/// Segment header version of a pre-zeroed segment: every byte after the last batch is zero.
+pub const SEGMENT_VERSION_ZEROED: u32 = 1;
+/// Segment header version of a *recycled* segment (a freed segment file reused under a new
+/// sequence): after the last batch come [`END_MARKER_LEN`] zero bytes, then possibly stale
+/// bytes of the file's earlier use. Readers of version 1 refuse it, so they never misread it.
+pub const SEGMENT_VERSION_RECYCLED: u32 = 2;
+/// Zero bytes that follow the last batch of a recycled segment (the end-of-data marker): a
+/// batch header's size, so "a batch header of zeros" ends the segment in both versions.
+pub const END_MARKER_LEN: usize = 40;
 
 /// Segment header magic.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"DQRSLOG\0";
@@ -52,11 +62,17 @@ pub const fn pad8(n: usize) -> usize {
 // Segment header
 // ---------------------------------------------------------------------------------------------
 
-/// Encodes a segment header for segment `seq`.
+/// Encodes a segment header for segment `seq` (version 1: a pre-zeroed segment).
 pub fn encode_segment_header(seq: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    encode_segment_header_version(seq, SEGMENT_VERSION_ZEROED)
+}
+
+/// Encodes a segment header for segment `seq` with header `version`
+/// ([`SEGMENT_VERSION_ZEROED`] or [`SEGMENT_VERSION_RECYCLED`]).
+pub fn encode_segment_header_version(seq: u64, version: u32) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[0..8].copy_from_slice(&SEGMENT_MAGIC);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
     h[16..24].copy_from_slice(&seq.to_le_bytes());
     let crc = crc32c::crc32c(&h[0..60]);
@@ -73,8 +89,14 @@ pub enum SegmentHeaderError {
     Version(u32),
 }
 
-/// Decodes a segment header, returning the segment sequence.
+/// Decodes a segment header of either version, returning the segment sequence.
 pub fn decode_segment_header(b: &[u8]) -> Result<u64, SegmentHeaderError> {
+    decode_segment_header_version(b).map(|(seq, _)| seq)
+}
+
+/// Decodes a segment header, returning the segment sequence and the header version
+/// ([`SEGMENT_VERSION_ZEROED`] or [`SEGMENT_VERSION_RECYCLED`]).
+pub fn decode_segment_header_version(b: &[u8]) -> Result<(u64, u32), SegmentHeaderError> {
     if b.len() < SEGMENT_HEADER_LEN {
         return Err(SegmentHeaderError::Corrupt(CorruptReason::BadLength));
     }
@@ -85,13 +107,13 @@ pub fn decode_segment_header(b: &[u8]) -> Result<u64, SegmentHeaderError> {
         return Err(SegmentHeaderError::Corrupt(CorruptReason::BadHeaderChecksum));
     }
     let version = u32_at(b, 8);
-    if version != FORMAT_VERSION {
+    if version != SEGMENT_VERSION_ZEROED && version != SEGMENT_VERSION_RECYCLED {
         return Err(SegmentHeaderError::Version(version));
     }
     if u32_at(b, 12) as usize != SEGMENT_HEADER_LEN {
         return Err(SegmentHeaderError::Corrupt(CorruptReason::BadLength));
     }
-    Ok(u64_at(b, 16))
+    Ok((u64_at(b, 16), version))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -215,13 +237,7 @@ pub fn decode_batch(b: &[u8], seq: u64) -> Result<BatchInfo, CorruptReason> {
         if data_off + size > len {
             return Err(CorruptReason::BadLength);
         }
-        entries.push(EntryMeta {
-            term,
-            index,
-            kind,
-            data_offset: data_off as u32,
-            data_len: size as u32,
-        });
+        entries.push(EntryMeta { term, index, kind, data_offset: data_off as u32, data_len: size as u32 });
         data_off += size;
     }
     if count > 0 && first_index.0 == 0 {
@@ -313,8 +329,7 @@ pub struct SnapshotMetaFields {
 
 /// Encodes a snapshot metadata file.
 pub fn encode_snapshot_meta(f: &SnapshotMetaFields) -> Vec<u8> {
-    let (index, term, data_len, data_crc, configuration) =
-        (f.index, f.term, f.data_len, f.data_crc, &f.configuration);
+    let (index, term, data_len, data_crc, configuration) = (f.index, f.term, f.data_len, f.data_crc, &f.configuration);
     let mut b = Vec::with_capacity(SNAPSHOT_META_FIXED_LEN + configuration.len() + 4);
     b.extend_from_slice(&SNAPSHOT_MAGIC);
     b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -341,8 +356,7 @@ pub fn decode_snapshot_meta(b: &[u8]) -> Result<SnapshotMetaFields, SegmentHeade
         return bad(CorruptReason::BadMagic);
     }
     let conf_len = u32_at(b, 52) as usize;
-    let Some(total) = SNAPSHOT_META_FIXED_LEN.checked_add(conf_len).and_then(|n| n.checked_add(4))
-    else {
+    let Some(total) = SNAPSHOT_META_FIXED_LEN.checked_add(conf_len).and_then(|n| n.checked_add(4)) else {
         return bad(CorruptReason::BadLength);
     };
     if total != b.len() {

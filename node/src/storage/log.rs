@@ -29,8 +29,9 @@ pub struct LogOptions {
     /// Size a segment is preallocated to (written with zeros ahead of use). Rounded up to a
     /// multiple of 4096; a batch larger than a segment gets a segment of its own size.
     pub segment_size_bytes: u64,
-    /// Prepare the next segment on a background thread while the current one fills, so an
-    /// append rarely waits for zeros to be written. When `false` the same files are prepared
+    /// Prepare the next segment on a background thread while the current one fills (zeros or
+    /// a recycled file, its name, the directory sync, and the previous segment's rename), so an
+    /// append at rollover does no file-system metadata work. When `false` the same steps run
     /// inline at rollover (deterministic, for simulation and crash tests).
     pub background_preallocation: bool,
 }
@@ -50,6 +51,16 @@ fn round_up(n: u64, a: u64) -> u64 {
 
 fn spare_name(seq: u64) -> String {
     format!("prealloc-{seq:020}")
+}
+
+fn recycle_name(seq: u64) -> String {
+    format!("recycle-{seq:020}")
+}
+
+/// The old sequence number in a `recycle-<seq>` name.
+fn parse_recycle_name(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix("recycle-")?;
+    (rest.len() == 20).then(|| rest.parse().ok()).flatten()
 }
 
 fn open_name(seq: u64) -> String {
@@ -92,6 +103,9 @@ struct Segment {
     max_index: u64,
     /// Live entries (not truncated or compacted away) stored in it.
     live: u64,
+    /// A recycled segment (header version 2): stale bytes may follow the end marker, so every
+    /// write also zeroes the [`format::END_MARKER_LEN`] bytes after its batch.
+    recycled: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -102,6 +116,9 @@ struct Loc {
     pos: u32,
     term: Term,
 }
+
+/// How many freed segment files are kept for reuse.
+const RECYCLE_POOL: usize = 2;
 
 /// The durable Raft log.
 pub struct LogStore {
@@ -118,8 +135,12 @@ pub struct LogStore {
     started: bool,
     next_seq: u64,
     scratch: Vec<u8>,
-    /// The next segment, being preallocated in the background.
-    spare: Option<SpareJob>,
+    /// The next segment, already named `open-<seq>` with its header and the directory durable.
+    ready: Option<Ready>,
+    /// Freed segment files (`recycle-<old seq>`) waiting to be reused.
+    pool: Vec<Recyclable>,
+    /// The background preparer, while it is working on the next segment.
+    worker: Option<Worker>,
     /// Tests: make the next index update fail after the batch was written.
     #[cfg(test)]
     fail_next_apply: bool,
@@ -140,6 +161,28 @@ enum ApplyError {
     Gap,
 }
 
+/// Damage at the end of an `open-` segment found during recovery: a torn tail if no later
+/// segment holds data, an error otherwise.
+struct PendingTail {
+    seq: u64,
+    name: String,
+    /// Offset of the damage and what it is.
+    at: u64,
+    reason: CorruptReason,
+    /// End of the valid data.
+    off: u64,
+    /// The write that repairs it: `(offset, bytes)`.
+    fix: (u64, Vec<u8>),
+}
+
+/// What recovering one segment found.
+struct SegmentScan {
+    /// At least one valid batch.
+    has_batches: bool,
+    /// Damage at its end, if it is an `open-` segment.
+    tail: Option<PendingTail>,
+}
+
 impl LogStore {
     /// Opens the log in `backend`'s directory, replaying and verifying every segment (see the
     /// module docs for what is repaired and what is an error).
@@ -156,14 +199,14 @@ impl LogStore {
             started: false,
             next_seq: 1,
             scratch: Vec::new(),
-            spare: None,
+            ready: None,
+            pool: Vec::new(),
+            worker: None,
             #[cfg(test)]
             fail_next_apply: false,
         };
         log.recover()?;
-        if log.segments.values().next_back().is_some_and(|s| !s.closed) {
-            log.start_spare();
-        }
+        log.start_preparing(None);
         Ok(log)
     }
 
@@ -172,33 +215,98 @@ impl LogStore {
         let mut segs: Vec<(u64, bool, String)> =
             names.iter().filter_map(|n| parse_segment_name(n).map(|(s, o)| (s, o, n.clone()))).collect();
         segs.sort();
+        let mut dir_changed = false;
         // Spares never got into use: remove them.
-        let spares: Vec<&String> = names.iter().filter(|n| n.starts_with("prealloc-")).collect();
-        for n in &spares {
+        for n in names.iter().filter(|n| n.starts_with("prealloc-")) {
             self.backend.remove(n).map_err(|e| self.poison.write_error("remove", n, e))?;
+            dir_changed = true;
         }
-        if !spares.is_empty() {
-            self.sync_dir()?;
+        // Freed segments kept for reuse: adopt a few, remove the rest.
+        // Sequences are never reused, not even those of files waiting for reuse.
+        for n in &names {
+            if let Some(seq) =
+                parse_recycle_name(n).or_else(|| n.strip_prefix("prealloc-").and_then(|r| r.parse().ok()))
+            {
+                self.next_seq = self.next_seq.max(seq + 1);
+            }
+        }
+        for n in names.iter().filter(|n| parse_recycle_name(n).is_some()) {
+            if self.pool.len() < RECYCLE_POOL {
+                if let Ok(file) = self.backend.open(n, OpenMode::Existing) {
+                    if let Ok(size) = file.len() {
+                        if size >= self.opts.segment_size_bytes && size % ALIGN == 0 {
+                            self.pool.push(Recyclable { name: n.clone(), file, size });
+                            continue;
+                        }
+                    }
+                }
+            }
+            self.backend.remove(n).map_err(|e| self.poison.write_error("remove", n, e))?;
+            dir_changed = true;
         }
         let count = segs.len();
+        let mut pending: Option<PendingTail> = None;
         for (i, (seq, is_open, name)) in segs.into_iter().enumerate() {
             let newest = i + 1 == count;
-            self.recover_segment(seq, is_open, newest, &name)?;
+            let scan = self.recover_segment(seq, is_open, newest, &name)?;
             self.next_seq = self.next_seq.max(seq + 1);
+            if let Some(p) = pending.take() {
+                // Damage followed by data in a later segment is not a torn tail.
+                if scan.has_batches || !is_open || scan.tail.is_some() {
+                    return Err(StorageError::Corrupt { file: p.name, offset: p.at, reason: p.reason });
+                }
+                pending = Some(p);
+            }
+            if scan.tail.is_some() {
+                pending = scan.tail;
+            }
+        }
+        if let Some(p) = pending {
+            // A torn, never-acknowledged tail of the segment being written at the crash.
+            tracing::warn!(file = %p.name, offset = p.off, reason = ?p.reason, "dropping torn tail of the open segment");
+            let Some(seg) = self.segments.get_mut(&p.seq) else {
+                return Err(StorageError::Corrupt { file: p.name, offset: p.at, reason: p.reason });
+            };
+            seg.file.write_all_sync(&[(p.fix.0, &p.fix.1)]).map_err(|f| match f {
+                BatchFailure::Write(e) => StorageError::io("write", &p.name, e),
+                BatchFailure::Sync(e) => StorageError::SyncFailed { file: p.name.clone(), source: e },
+            })?;
+        }
+        // Every `open-` segment but the newest is full (its rename to `closed-` was still
+        // pending at the crash): give it its closed name now.
+        let target = self.segments.iter().next_back().filter(|(_, s)| !s.closed).map(|(k, _)| *k);
+        let mut renames = Vec::new();
+        for (seq, seg) in &self.segments {
+            if Some(*seq) != target && seg.name.starts_with("open-") {
+                let (first, last) = if seg.max_index == 0 { (0, 0) } else { (seg.min_index, seg.max_index) };
+                renames.push((*seq, seg.name.clone(), closed_name(*seq, first, last)));
+            }
+        }
+        for (seq, from, to) in renames {
+            self.backend.rename(&from, &to).map_err(|e| self.poison.write_error("rename", &from, e))?;
+            dir_changed = true;
+            if let Some(s) = self.segments.get_mut(&seq) {
+                s.name = to;
+                s.closed = true;
+            }
+        }
+        if dir_changed {
+            self.sync_dir()?;
         }
         tracing::debug!(first = %self.first, last = %self.last_index(), segments = self.segments.len(), "log recovered");
         Ok(())
     }
 
-    fn recover_segment(&mut self, seq: u64, is_open: bool, newest: bool, name: &str) -> Result<()> {
+    fn recover_segment(&mut self, seq: u64, is_open: bool, newest: bool, name: &str) -> Result<SegmentScan> {
         let (file, buf) = open_and_read(&*self.backend, name)?;
         let len = buf.len();
         let corrupt = |offset: u64, reason| StorageError::Corrupt { file: name.to_owned(), offset, reason };
+        let mut scan = SegmentScan { has_batches: false, tail: None };
 
         // The header. A torn header is only acceptable on the newest open segment, and only if
         // the file holds no batch at all (its preallocation was interrupted).
-        match format::decode_segment_header(&buf) {
-            Ok(s) if s == seq => {}
+        let recycled = match format::decode_segment_header_version(&buf) {
+            Ok((s, v)) if s == seq => v == format::SEGMENT_VERSION_RECYCLED,
             Ok(_) => return Err(corrupt(0, CorruptReason::WrongSegment)),
             Err(SegmentHeaderError::Version(v)) => {
                 return Err(StorageError::UnsupportedVersion { file: name.to_owned(), version: v })
@@ -211,11 +319,11 @@ impl LogStore {
                     self.backend
                         .sync_dir()
                         .map_err(|e| StorageError::io("fsync directory", &self.backend.describe(), e))?;
-                    return Ok(());
+                    return Ok(scan);
                 }
                 return Err(corrupt(0, reason));
             }
-        }
+        };
 
         self.segments.insert(
             seq,
@@ -229,6 +337,7 @@ impl LogStore {
                 min_index: u64::MAX,
                 max_index: 0,
                 live: 0,
+                recycled,
             },
         );
         let mut off = SEGMENT_HEADER_LEN;
@@ -237,15 +346,22 @@ impl LogStore {
             let rest = &buf[off..];
             let head = &rest[..rest.len().min(BATCH_HEADER_LEN)];
             if head.iter().all(|&b| b == 0) {
-                // End of the written part: everything after must be preallocated zeros.
-                if let Some(nz) = rest.iter().position(|&b| b != 0) {
-                    damage = Some((off + nz, CorruptReason::TrailingGarbage));
+                // End of the written part. A pre-zeroed segment must be zero to its end; in a
+                // recycled one, stale bytes of the file's earlier use may follow the end marker
+                // (they belong to older segment sequences), but no batch of this segment may.
+                if !recycled {
+                    if let Some(nz) = rest.iter().position(|&b| b != 0) {
+                        damage = Some((off + nz, CorruptReason::TrailingGarbage));
+                    }
+                } else if find_valid_batch(&buf, off + 8, seq).is_some() {
+                    return Err(corrupt(off as u64, CorruptReason::DamageBeforeValidData));
                 }
                 break;
             }
             match format::decode_batch(rest, seq) {
                 Ok(info) => {
                     let batch_len = info.len;
+                    scan.has_batches = true;
                     if let (Some(f), Some(l), Some(s)) =
                         (info.entries.first(), info.entries.last(), self.segments.get_mut(&seq))
                     {
@@ -275,39 +391,40 @@ impl LogStore {
         }
         let seg = self.segments.get_mut(&seq).ok_or_else(|| corrupt(0, CorruptReason::BadLength))?;
         seg.end = off as u64;
+        let a = (seg.file.alignment() as u64).max(1);
         if let Some((at, reason)) = damage {
             // Valid data after the damage means it is not a torn tail.
             if find_valid_batch(&buf, at + 8, seq).is_some() {
                 return Err(corrupt(at as u64, CorruptReason::DamageBeforeValidData));
             }
-            if seg.closed {
+            if !is_open {
                 return Err(corrupt(at as u64, reason));
             }
-            // A torn, never-acknowledged tail of the open segment: zero it.
-            let garbage_end = buf.iter().rposition(|&b| b != 0).map(|p| p + 1).unwrap_or(off);
-            tracing::warn!(
-                file = name,
-                offset = off,
-                bytes = garbage_end - off,
-                ?reason,
-                "dropping torn tail of the open segment"
-            );
-            let a = (seg.file.alignment() as u64).max(1);
+            // Possibly a torn, never-acknowledged tail of the segment written at the crash
+            // (decided once the later segments are read): zero it, or, in a recycled segment,
+            // write the end marker.
+            let garbage_end = if recycled {
+                (off + format::END_MARKER_LEN).min(len)
+            } else {
+                buf.iter().rposition(|&b| b != 0).map(|p| p + 1).unwrap_or(off)
+            };
             let start = off as u64 - off as u64 % a;
             let stop = round_up(garbage_end as u64, a).min(len as u64);
             let mut fix = buf[start as usize..off].to_vec();
             fix.resize((stop - start) as usize, 0);
-            seg.file.write_all_sync(&[(start, &fix)]).map_err(|f| match f {
-                BatchFailure::Write(e) => StorageError::io("write", name, e),
-                BatchFailure::Sync(e) => StorageError::SyncFailed { file: name.to_owned(), source: e },
-            })?;
+            scan.tail = Some(PendingTail {
+                seq,
+                name: name.to_owned(),
+                at: at as u64,
+                reason,
+                off: off as u64,
+                fix: (start, fix),
+            });
         }
-        let a = (seg.file.alignment() as u64).max(1);
         let tail_start = (seg.end - seg.end % a) as usize;
         seg.tail = buf[tail_start..seg.end as usize].to_vec();
-        Ok(())
+        Ok(scan)
     }
-
     /// Applies one batch to the in-memory index (shared by replay and by writes).
     fn apply(
         &mut self,
@@ -492,22 +609,39 @@ impl LogStore {
         self.remove_segments(&remove)
     }
 
+    /// Takes closed segments out of the log: a few are kept for reuse (renamed
+    /// `recycle-<seq>`, see [`RECYCLE_POOL`]), the rest are removed; then the directory is
+    /// synced once.
     fn remove_segments(&mut self, seqs: &[u64]) -> Result<()> {
         if seqs.is_empty() {
             return Ok(());
         }
         self.poison.check()?;
+        // A pending rename of one of them must land first.
+        self.settle()?;
         for seq in seqs {
             let Some(seg) = self.segments.get(seq) else { continue };
             let name = seg.name.clone();
-            self.backend.remove(&name).map_err(|e| self.write_err("remove", &name, e))?;
+            let keep = self.pool.len() < RECYCLE_POOL
+                && seg.capacity >= self.opts.segment_size_bytes
+                && seg.capacity % ALIGN == 0;
+            let recycled_as = recycle_name(*seq);
+            if keep {
+                self.backend.rename(&name, &recycled_as).map_err(|e| self.write_err("rename", &name, e))?;
+            } else {
+                self.backend.remove(&name).map_err(|e| self.write_err("remove", &name, e))?;
+            }
             // Live entries of removed segments are at the front of the log.
             while self.locs.front().is_some_and(|l| l.seg == *seq) {
                 self.locs.pop_front();
                 self.first = self.first.next();
             }
-            self.segments.remove(seq);
-            tracing::debug!(file = %name, "removed segment");
+            if let Some(seg) = self.segments.remove(seq) {
+                if keep {
+                    self.pool.push(Recyclable { name: recycled_as, size: seg.capacity, file: seg.file });
+                }
+            }
+            tracing::debug!(file = %name, recycled = keep, "removed segment");
         }
         self.sync_dir()
     }
@@ -566,7 +700,14 @@ impl LogStore {
         self.scratch.extend_from_slice(&seg.tail);
         format::encode_batch(&mut self.scratch, seq, first, flags, entries);
         let new_end = batch_off + len as u64;
-        let padded = (round_up(start + self.scratch.len() as u64, a) - start) as usize;
+        // In a recycled segment the batch is followed by the end marker (zeros over stale
+        // bytes), written in the same write; a pre-zeroed segment already has it.
+        let want_end = if seg.recycled {
+            (new_end + format::END_MARKER_LEN as u64).min(seg.capacity.max(new_end))
+        } else {
+            new_end
+        };
+        let padded = (round_up(want_end, a) - start) as usize;
         self.scratch.resize(padded, 0);
         if let Err(f) = seg.file.write_all_sync(&[(start, &self.scratch)]) {
             let name = seg.name.clone();
@@ -609,161 +750,337 @@ impl LogStore {
         StorageError::Poisoned { op, file: file.to_owned() }
     }
 
-    /// The open segment with room for `len` more bytes, closing the current one and installing
-    /// a preallocated new one if needed.
+    /// The open segment with room for `len` more bytes.
+    ///
+    /// At rollover the next segment is normally the one prepared ahead: already named
+    /// `open-<seq>`, with its header, its zeros (or recycled blocks) and its directory entry
+    /// durable. Switching to it is an in-memory step: no file is created or renamed and the
+    /// directory is not synced on the commit path. The previous segment's rename to
+    /// `closed-…` goes to the preparer with the next preparation. Without background
+    /// preparation, or when nothing suitable is ready, the same steps run inline.
     fn segment_for(&mut self, len: u64) -> Result<u64> {
         if let Some((&seq, seg)) = self.segments.iter().next_back() {
             if !seg.closed && seg.end + len <= seg.capacity {
                 return Ok(seq);
             }
         }
-        let size = self.opts.segment_size_bytes.max(round_up(SEGMENT_HEADER_LEN as u64 + len, ALIGN));
-        let seq = self.next_seq;
-        let spare = spare_name(seq);
-        // Preallocate first (or take the spare prepared in the background): if that fails
-        // (disk full), nothing changed and the current segment stays open.
-        let file = match self.take_spare(seq, size) {
-            Some(f) => f,
-            None => preallocate(&*self.backend, &spare, seq, size).map_err(|e| self.prealloc_err(&spare, e))?,
-        };
-        let name = open_name(seq);
-        self.backend.rename(&spare, &name).map_err(|e| self.write_err("rename", &spare, e))?;
-        self.next_seq += 1;
-        if let Some((&old_seq, old)) = self.segments.iter_mut().next_back() {
-            if !old.closed {
-                let (first, last) = if old.max_index == 0 { (0, 0) } else { (old.min_index, old.max_index) };
-                let new_name = closed_name(old_seq, first, last);
-                let old_name = old.name.clone();
-                old.closed = true;
-                if let Err(e) = self.backend.rename(&old_name, &new_name) {
-                    return Err(self.write_err("rename", &old_name, e));
-                }
-                if let Some(old) = self.segments.get_mut(&old_seq) {
-                    old.name = new_name;
-                }
+        let need = self.opts.segment_size_bytes.max(round_up(SEGMENT_HEADER_LEN as u64 + len, ALIGN));
+        self.settle()?;
+        let ready = match self.ready.take() {
+            Some(r) if r.size >= need => r,
+            Some(r) => {
+                // Too small for this batch: keep the file for reuse, prepare a big one inline.
+                self.shelve(r)?;
+                self.prepare_inline(need)?
             }
-        }
-        self.sync_dir()?;
-        let a = (file.alignment() as u64).max(1);
+            None => self.prepare_inline(need)?,
+        };
+        // The previous open segment is now full. If preparing failed above (disk full),
+        // nothing changed and it stays open.
+        let close = match self.segments.iter_mut().next_back() {
+            Some((&old_seq, old)) if !old.closed => {
+                old.closed = true;
+                let (first, last) = if old.max_index == 0 { (0, 0) } else { (old.min_index, old.max_index) };
+                Some(Close { seq: old_seq, from: old.name.clone(), to: closed_name(old_seq, first, last) })
+            }
+            _ => None,
+        };
+        let seq = ready.seq;
+        let a = (ready.file.alignment() as u64).max(1);
         let tail_start = SEGMENT_HEADER_LEN as u64 - SEGMENT_HEADER_LEN as u64 % a;
-        let header = encode_header_block(seq);
+        let header = encode_header_block(seq, ready.recycled);
         self.segments.insert(
             seq,
             Segment {
-                name,
-                file,
+                name: open_name(seq),
+                file: ready.file,
                 closed: false,
-                capacity: size,
+                capacity: ready.size,
                 end: SEGMENT_HEADER_LEN as u64,
                 tail: header[tail_start as usize..SEGMENT_HEADER_LEN].to_vec(),
                 min_index: u64::MAX,
                 max_index: 0,
                 live: 0,
+                recycled: ready.recycled,
             },
         );
-        self.start_spare();
+        if self.opts.background_preallocation {
+            self.start_preparing(close);
+        } else if let Some(c) = close {
+            self.backend.rename(&c.from, &c.to).map_err(|e| self.write_err("rename", &c.from, e))?;
+            if let Some(old) = self.segments.get_mut(&c.seq) {
+                old.name = c.to;
+            }
+            self.sync_dir()?;
+        }
         Ok(seq)
     }
 
-    fn prealloc_err(&self, name: &str, e: PreallocError) -> StorageError {
+    /// Prepares segment `next_seq` of at least `size` bytes now (reusing a freed file if one
+    /// is big enough).
+    fn prepare_inline(&mut self, size: u64) -> Result<Ready> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let recycle = self.take_recyclable(size);
+        let done = prepare(&*self.backend, Work { seq, size, recycle, close: None });
+        let dir = self.backend.describe();
+        let ready = done.ready.map_err(|(name, e)| self.prep_err(&name, e));
+        done.dir.map_err(|e| self.poison.sync_error(&dir, e))?;
+        ready
+    }
+
+    fn prep_err(&self, name: &str, e: PrepError) -> StorageError {
         match e {
-            PreallocError::Create(e) => self.poison.write_error("create", name, e),
-            PreallocError::Batch(BatchFailure::Write(e)) => {
-                let err = self.poison.write_error("preallocate", name, e);
-                if matches!(err, StorageError::DiskFull { .. }) && self.backend.remove(name).is_ok() {
-                    // Space given back (the segment never held data). A failed directory sync
-                    // poisons the store; the disk-full error is still the one to report.
-                    let _ = self.sync_dir();
-                }
-                err
-            }
-            PreallocError::Batch(BatchFailure::Sync(e)) => self.poison.sync_error(name, e),
+            PrepError::Create(e) => self.poison.write_error("create", name, e),
+            PrepError::Rename(e) => self.poison.write_error("rename", name, e),
+            PrepError::Batch(BatchFailure::Write(e)) => self.poison.write_error("preallocate", name, e),
+            PrepError::Batch(BatchFailure::Sync(e)) => self.poison.sync_error(name, e),
         }
     }
 
-    /// Starts preparing the spare for the next segment in the background (if enabled).
-    fn start_spare(&mut self) {
-        if !self.opts.background_preallocation || self.spare.is_some() {
+    /// Puts a prepared but unused segment back into the pool of reusable files.
+    fn shelve(&mut self, r: Ready) -> Result<()> {
+        let from = open_name(r.seq);
+        if self.pool.len() < RECYCLE_POOL && r.size % ALIGN == 0 && r.size >= self.opts.segment_size_bytes {
+            let to = recycle_name(r.seq);
+            self.backend.rename(&from, &to).map_err(|e| self.write_err("rename", &from, e))?;
+            self.pool.push(Recyclable { name: to, file: r.file, size: r.size });
+        } else {
+            drop(r.file);
+            self.backend.remove(&from).map_err(|e| self.write_err("remove", &from, e))?;
+        }
+        self.sync_dir()
+    }
+
+    /// A freed segment file of at least `size` bytes, if one is kept.
+    fn take_recyclable(&mut self, size: u64) -> Option<Recyclable> {
+        let i = self.pool.iter().position(|r| r.size >= size)?;
+        Some(self.pool.swap_remove(i))
+    }
+
+    /// Hands the preparation of the next segment (and the rename `close` of the previous
+    /// one) to the background preparer. No-op without background preparation.
+    fn start_preparing(&mut self, close: Option<Close>) {
+        if !self.opts.background_preallocation {
             return;
         }
         let seq = self.next_seq;
+        self.next_seq += 1;
         let size = self.opts.segment_size_bytes;
-        let backend = Arc::clone(&self.backend);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new().name("dqlite-log-prealloc".into()).spawn(move || {
-            let name = spare_name(seq);
-            let res = preallocate(&*backend, &name, seq, size);
-            // The store may be gone; then the spare is removed at the next open.
-            let _ = tx.send(res);
-        });
-        match spawned {
-            Ok(handle) => self.spare = Some(SpareJob { seq, size, rx, handle }),
-            Err(e) => tracing::warn!(error = %e, "could not start the preallocation thread"),
+        let recycle = self.take_recyclable(size);
+        let work = Work { seq, size, recycle, close };
+        if self.worker.is_none() {
+            self.worker = Worker::spawn(Arc::clone(&self.backend));
+        }
+        let work = match self.worker.as_mut() {
+            Some(w) => match w.work.as_ref().map(|tx| tx.send(work)) {
+                Some(Ok(())) => {
+                    w.busy = true;
+                    return;
+                }
+                Some(Err(std::sync::mpsc::SendError(work))) => work,
+                None => return,
+            },
+            None => work,
+        };
+        // No preparer thread: do the work now (rare: the thread could not be started).
+        self.worker = None;
+        let done = prepare(&*self.backend, work);
+        // A failed directory sync poisons the store; the next write reports it.
+        let _ = self.absorb(done);
+    }
+
+    /// Waits for the background preparer, if it is working, and takes its result.
+    fn settle(&mut self) -> Result<()> {
+        let Some(w) = self.worker.as_mut() else { return Ok(()) };
+        if !w.busy {
+            return Ok(());
+        }
+        w.busy = false;
+        match w.done.recv() {
+            Ok(done) => self.absorb(done),
+            Err(_) => {
+                // The thread died: what it did to the directory is unknown.
+                self.worker = None;
+                let dir = self.backend.describe();
+                Err(self.poison_invariant("prepare segment", &dir))
+            }
         }
     }
 
-    /// The spare segment for `seq` if one of at least `size` bytes was prepared (waits for it
-    /// if it is still being written). A failed or unsuitable spare is discarded.
-    fn take_spare(&mut self, seq: u64, size: u64) -> Option<Box<dyn BackendFile>> {
-        let job = self.spare.take()?;
-        let res = job.rx.recv();
-        let _ = job.handle.join();
-        let name = spare_name(job.seq);
-        match res {
-            Ok(Ok(file)) if job.seq == seq && job.size >= size => return Some(file),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(file = %name, error = ?e, "background preallocation failed; retrying inline"),
-            Err(_) => tracing::warn!(file = %name, "background preallocation thread died; retrying inline"),
+    /// Takes a preparation's result: a ready segment, the previous segment's new name.
+    fn absorb(&mut self, done: Done) -> Result<()> {
+        if let Some((c, res)) = done.close {
+            match res {
+                Ok(()) => {
+                    if let Some(s) = self.segments.get_mut(&c.seq) {
+                        s.name = c.to;
+                    }
+                }
+                // Its data is intact; the next open gives it its closed name.
+                Err(e) => tracing::warn!(file = %c.from, error = %e, "could not rename a full segment"),
+            }
         }
-        if self.backend.remove(&name).is_ok() {
-            // A failed directory sync poisons the store; the next write reports it.
-            let _ = self.sync_dir();
+        match done.ready {
+            Ok(r) => self.ready = Some(r),
+            Err((name, e)) => {
+                tracing::warn!(file = %name, error = ?e, "background segment preparation failed; retrying inline")
+            }
         }
-        None
+        let dir = self.backend.describe();
+        done.dir.map_err(|e| self.poison.sync_error(&dir, e))
     }
 }
 
 impl Drop for LogStore {
     fn drop(&mut self) {
-        // Do not leave a thread writing into the directory after the lock is released.
-        if let Some(job) = self.spare.take() {
-            let _ = job.rx.recv();
-            let _ = job.handle.join();
+        // Do not leave a thread writing into the directory after the lock is released. A
+        // segment it prepared stays on disk and is used after the next open.
+        let _ = self.settle();
+        if let Some(mut w) = self.worker.take() {
+            drop(w.work.take());
+            if let Some(h) = w.handle.take() {
+                let _ = h.join();
+            }
         }
     }
 }
 
-/// A spare segment being prepared by a background thread.
-struct SpareJob {
+/// A segment ready to be written: named `open-<seq>`, header and directory entry durable.
+struct Ready {
     seq: u64,
     size: u64,
-    rx: std::sync::mpsc::Receiver<Result<Box<dyn BackendFile>, PreallocError>>,
-    handle: std::thread::JoinHandle<()>,
+    file: Box<dyn BackendFile>,
+    /// Reused from a freed segment (header version 2).
+    recycled: bool,
 }
 
-/// Why preallocating a segment failed.
+/// A freed segment file kept for reuse, named `recycle-<its old seq>`.
+struct Recyclable {
+    name: String,
+    file: Box<dyn BackendFile>,
+    size: u64,
+}
+
+/// A full segment's rename from `open-` to `closed-`.
+struct Close {
+    seq: u64,
+    from: String,
+    to: String,
+}
+
+/// One preparation: segment `seq` of at least `size` bytes, from `recycle` if given.
+struct Work {
+    seq: u64,
+    size: u64,
+    recycle: Option<Recyclable>,
+    close: Option<Close>,
+}
+
+/// What a preparation did.
+struct Done {
+    close: Option<(Close, std::io::Result<()>)>,
+    ready: Result<Ready, (String, PrepError)>,
+    /// The directory sync that made all of it durable.
+    dir: std::io::Result<()>,
+}
+
+/// The background preparer thread.
+struct Worker {
+    work: Option<std::sync::mpsc::Sender<Work>>,
+    done: std::sync::mpsc::Receiver<Done>,
+    handle: Option<std::thread::JoinHandle<()>>,
+    /// A `Work` was sent and its `Done` not yet received.
+    busy: bool,
+}
+
+impl Worker {
+    fn spawn(backend: Arc<dyn Backend>) -> Option<Worker> {
+        let (work_tx, work_rx) = std::sync::mpsc::channel::<Work>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new().name("dqlite-log-prepare".into()).spawn(move || {
+            for work in work_rx {
+                if done_tx.send(prepare(&*backend, work)).is_err() {
+                    break;
+                }
+            }
+        });
+        match spawned {
+            Ok(handle) => Some(Worker { work: Some(work_tx), done: done_rx, handle: Some(handle), busy: false }),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start the segment preparation thread");
+                None
+            }
+        }
+    }
+}
+
+/// Why preparing a segment failed.
 #[derive(Debug)]
-enum PreallocError {
+enum PrepError {
     Create(std::io::Error),
     Batch(BatchFailure),
+    Rename(std::io::Error),
+}
+
+/// Does one preparation: renames the previous segment to its closed name (if asked), builds
+/// `prealloc-<seq>` (zeros, or a recycled file with a new header), syncs it, renames it to
+/// `open-<seq>`, and syncs the directory once for all of it. On failure the half-built file
+/// is removed (space given back) before that sync.
+fn prepare(backend: &dyn Backend, work: Work) -> Done {
+    let close = work.close.map(|c| {
+        let r = backend.rename(&c.from, &c.to);
+        (c, r)
+    });
+    let spare = spare_name(work.seq);
+    let built = match work.recycle {
+        Some(r) => reuse(backend, r, &spare, work.seq),
+        None => preallocate(backend, &spare, work.seq, work.size).map(|f| (f, work.size, false)),
+    };
+    let ready = built
+        .and_then(|(file, size, recycled)| {
+            backend.rename(&spare, &open_name(work.seq)).map_err(PrepError::Rename)?;
+            tracing::debug!(seq = work.seq, size, recycled, "segment prepared");
+            Ok(Ready { seq: work.seq, size, file, recycled })
+        })
+        .map_err(|e| {
+            let _ = backend.remove(&spare);
+            (spare, e)
+        });
+    let dir = backend.sync_dir();
+    Done { close, ready, dir }
+}
+
+/// Turns a freed segment file into `spare` for segment `seq`: renames it, then overwrites its
+/// first block with a version-2 header followed by zeros (so the end marker is in place) and
+/// syncs. Its other blocks keep their stale bytes: they were written before, which is what
+/// makes later `fdatasync`s cheap, and they can never pass for batches of `seq`.
+fn reuse(
+    backend: &dyn Backend,
+    r: Recyclable,
+    spare: &str,
+    seq: u64,
+) -> Result<(Box<dyn BackendFile>, u64, bool), PrepError> {
+    backend.rename(&r.name, spare).map_err(PrepError::Create)?;
+    let mut file = r.file;
+    let header = encode_header_block(seq, true);
+    file.write_all_sync(&[(0, &header)]).map_err(PrepError::Batch)?;
+    Ok((file, r.size, true))
 }
 
 /// Creates `name` (replacing a leftover), writes the segment header for `seq` and zeros up to
 /// `size`, and syncs it. The caller renames it into place and syncs the directory.
-fn preallocate(backend: &dyn Backend, name: &str, seq: u64, size: u64) -> Result<Box<dyn BackendFile>, PreallocError> {
+fn preallocate(backend: &dyn Backend, name: &str, seq: u64, size: u64) -> Result<Box<dyn BackendFile>, PrepError> {
     let mut file = match backend.open(name, OpenMode::CreateNew) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            backend.remove(name).map_err(PreallocError::Create)?;
-            backend.open(name, OpenMode::CreateNew).map_err(PreallocError::Create)?
+            backend.remove(name).map_err(PrepError::Create)?;
+            backend.open(name, OpenMode::CreateNew).map_err(PrepError::Create)?
         }
-        Err(e) => return Err(PreallocError::Create(e)),
+        Err(e) => return Err(PrepError::Create(e)),
     };
-    let header = encode_header_block(seq);
-    // 4096-aligned in memory, so an O_DIRECT backend can write it without a copy.
-    let zero_buf = vec![0u8; ZERO_CHUNK + ALIGN as usize];
-    let at = zero_buf.as_ptr().align_offset(ALIGN as usize).min(ALIGN as usize);
-    let zeros = &zero_buf[at..at + ZERO_CHUNK];
+    let header = encode_header_block(seq, false);
+    let zeros = vec![0u8; ZERO_CHUNK];
     let mut writes: Vec<(u64, &[u8])> = vec![(0, &header[..])];
     let mut off = ALIGN;
     while off < size {
@@ -771,15 +1088,17 @@ fn preallocate(backend: &dyn Backend, name: &str, seq: u64, size: u64) -> Result
         writes.push((off, &zeros[..n]));
         off += n as u64;
     }
-    file.write_all_sync(&writes).map_err(PreallocError::Batch)?;
-    tracing::debug!(file = name, size, "preallocated segment");
+    // Through the page cache: O_DIRECT zeros would be written synchronously and compete with
+    // the log's own writes for the device.
+    file.write_all_sync_cached(&writes).map_err(PrepError::Batch)?;
     Ok(file)
 }
 
-/// The first 4096 bytes of a segment: header then zeros.
-fn encode_header_block(seq: u64) -> Vec<u8> {
+/// The first 4096 bytes of a segment: header (version 1 pre-zeroed, 2 recycled) then zeros.
+fn encode_header_block(seq: u64, recycled: bool) -> Vec<u8> {
+    let version = if recycled { format::SEGMENT_VERSION_RECYCLED } else { format::SEGMENT_VERSION_ZEROED };
     let mut b = vec![0u8; ALIGN as usize];
-    b[..SEGMENT_HEADER_LEN].copy_from_slice(&format::encode_segment_header(seq));
+    b[..SEGMENT_HEADER_LEN].copy_from_slice(&format::encode_segment_header_version(seq, version));
     b
 }
 

@@ -62,6 +62,13 @@ pub trait BackendFile: Send + fmt::Debug {
         }
         self.sync().map_err(BatchFailure::Sync)
     }
+    /// Like [`BackendFile::write_all_sync`], but through the page cache even where the backend
+    /// would write directly to the device (`O_DIRECT`): for bulk writes off the commit path,
+    /// such as a segment's preallocation zeros, which should not hold the device while they are
+    /// issued. The default is [`BackendFile::write_all_sync`].
+    fn write_all_sync_cached(&mut self, writes: &[(u64, &[u8])]) -> Result<(), BatchFailure> {
+        self.write_all_sync(writes)
+    }
     /// Truncates or extends (with zeros) to `len`. Durable after [`BackendFile::sync`].
     fn set_len(&mut self, len: u64) -> io::Result<()>;
     /// The write granularity this file prefers: writes whose offset and length are multiples

@@ -366,6 +366,12 @@ impl BackendFile for UringFile {
     fn write_all_sync(&mut self, writes: &[(u64, &[u8])]) -> Result<(), BatchFailure> {
         self.submit(writes, true)
     }
+    fn write_all_sync_cached(&mut self, writes: &[(u64, &[u8])]) -> Result<(), BatchFailure> {
+        for (offset, data) in writes {
+            self.buffered.write_all_at(data, *offset).map_err(BatchFailure::Write)?;
+        }
+        self.buffered.sync_data().map_err(BatchFailure::Sync)
+    }
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         self.buffered.set_len(len)
     }
