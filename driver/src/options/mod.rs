@@ -121,6 +121,8 @@ pub struct DqliteConnectOptions {
     /// tried first by the next leader search.
     pub(crate) leader_hint: Arc<Mutex<Option<NodeAddress>>>,
     pub(crate) log_settings: LogSettings,
+    /// `data=DIR` (and `join=`): run or attach to a node of this process (feature `embedded`).
+    pub(crate) embedded: Option<crate::embedded::EmbeddedSpec>,
 }
 
 impl fmt::Debug for DqliteConnectOptions {
@@ -137,6 +139,7 @@ impl fmt::Debug for DqliteConnectOptions {
             .field("statement_cache_capacity", &self.statement_cache_capacity)
             .field("client_id", &self.client_id)
             .field("request_timeout", &self.request_timeout)
+            .field("embedded", &self.embedded)
             .finish()
     }
 }
@@ -162,6 +165,7 @@ impl DqliteConnectOptions {
             request_timeout: Duration::ZERO,
             leader_hint: Arc::new(Mutex::new(None)),
             log_settings: LogSettings::default(),
+            embedded: None,
         }
     }
 
@@ -243,7 +247,8 @@ impl DqliteConnectOptions {
     /// (duplicates removed).
     pub fn get_seeds(&self) -> Vec<NodeAddress> {
         let mut out: Vec<NodeAddress> = Vec::with_capacity(1 + self.peers.len());
-        for a in std::iter::once(&self.host).chain(self.peers.iter()) {
+        let join = self.embedded.iter().flat_map(|e| e.join.iter());
+        for a in std::iter::once(&self.host).chain(self.peers.iter()).chain(join) {
             if !out.contains(a) {
                 out.push(a.clone());
             }

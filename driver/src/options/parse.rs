@@ -77,11 +77,19 @@ impl DqliteConnectOptions {
         }
         let mut opts = DqliteConnectOptions::new();
 
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| config_err("dqlite URL has no host (expected dqlite://HOST:PORT/DATABASE)"))?;
-        opts.host = NodeAddress::new(host, url.port().unwrap_or(DEFAULT_PORT));
+        let host = url.host_str().filter(|h| !h.is_empty());
+        let embedded = crate::embedded::EmbeddedSpec::from_url(url, host.is_some())?;
+        match host {
+            Some(host) => opts.host = NodeAddress::new(host, url.port().unwrap_or(DEFAULT_PORT)),
+            None if embedded.is_some() => {}
+            None => {
+                return Err(config_err(
+                    "dqlite URL has no host (expected dqlite://HOST:PORT/DATABASE, or \
+                     dqlite:///DATABASE?data=DIR for an embedded node)",
+                ))
+            }
+        }
+        opts.embedded = embedded;
 
         if !url.username().is_empty() || url.password().is_some() {
             return Err(config_err(
@@ -120,6 +128,8 @@ impl DqliteConnectOptions {
                     })?
                 }
                 "request_timeout" => opts.request_timeout = parse_duration(&key, &value)?,
+                // Embedded node options, taken by `EmbeddedSpec::from_url` above.
+                "data" | "join" => {}
                 "client_id" => {
                     opts.client_id = value.parse().map_err(|_| {
                         config_err(format!("invalid client_id {value:?} (expected a number)"))
@@ -128,7 +138,7 @@ impl DqliteConnectOptions {
                 other => {
                     return Err(config_err(format!(
                         "unknown dqlite URL parameter `{other}` (known: peers, connect_timeout, \
-                         leader_timeout, statement_cache_capacity, request_timeout, client_id)"
+                         leader_timeout, statement_cache_capacity, request_timeout, client_id, data, join)"
                     )))
                 }
             }
@@ -153,6 +163,8 @@ impl DqliteConnectOptions {
 
     fn url_string(&self, host: &str) -> String {
         let db = utf8_percent_encode(&self.database, NON_ALPHANUMERIC).to_string();
+        let no_socket = self.embedded.as_ref().is_some_and(|e| !e.listen);
+        let host = if no_socket { "" } else { host };
         let mut s = format!("dqlite://{host}/{db}");
         let mut sep = '?';
         let mut push = |k: &str, v: &str| {
@@ -171,6 +183,9 @@ impl DqliteConnectOptions {
         push("statement_cache_capacity", &self.statement_cache_capacity.to_string());
         push("request_timeout", &format!("{}ms", self.request_timeout.as_millis()));
         push("client_id", &self.client_id.to_string());
+        if let Some(e) = &self.embedded {
+            e.push_url_options(&mut push);
+        }
         s
     }
 }
