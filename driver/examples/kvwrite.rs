@@ -229,8 +229,18 @@ async fn ours(secs: u64, workers: usize, round: usize) -> Stats {
     Stats::from_latencies(ms, secs, errors)
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // KVWRITE_RUNTIME=current runs the client on tokio's single-threaded runtime (no hand-offs
+    // between worker threads); the default is the multi-threaded one most applications use.
+    let mut rt = if std::env::var("KVWRITE_RUNTIME").as_deref() == Ok("current") {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    rt.enable_all().build().expect("tokio runtime").block_on(run());
+}
+
+async fn run() {
     let mut args = std::env::args().skip(1);
     let secs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
     let workers: Vec<usize> =

@@ -16,11 +16,7 @@ pub struct DqliteColumn {
 
 impl DqliteColumn {
     pub(crate) fn new(name: &str, ordinal: usize, type_info: DqliteTypeInfo) -> Self {
-        DqliteColumn {
-            name: UStr::new(name),
-            ordinal,
-            type_info,
-        }
+        DqliteColumn { name: UStr::new(name), ordinal, type_info }
     }
 }
 

@@ -3,9 +3,8 @@
 use sqlx_core::database::{Database, HasStatementCache};
 
 use crate::{
-    DqliteArgumentBuffer, DqliteArguments, DqliteColumn, DqliteConnection, DqliteQueryResult,
-    DqliteRow, DqliteStatement, DqliteTransactionManager, DqliteTypeInfo, DqliteValue,
-    DqliteValueRef,
+    DqliteArgumentBuffer, DqliteArguments, DqliteColumn, DqliteConnection, DqliteQueryResult, DqliteRow,
+    DqliteStatement, DqliteTransactionManager, DqliteTypeInfo, DqliteValue, DqliteValueRef,
 };
 
 /// dqlite: Raft-replicated SQLite, reached over the dqlite wire protocol.

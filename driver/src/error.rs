@@ -66,32 +66,17 @@ pub struct DqliteError {
 impl DqliteError {
     /// An error from a `FAILURE` response.
     pub fn new(code: u64, message: impl Into<String>) -> Self {
-        let reason = if codes::is_leadership_lost(code) {
-            DqliteErrorReason::OutcomeUnknown
-        } else {
-            DqliteErrorReason::Server
-        };
-        DqliteError {
-            code,
-            message: message.into(),
-            reason,
-        }
+        let reason =
+            if codes::is_leadership_lost(code) { DqliteErrorReason::OutcomeUnknown } else { DqliteErrorReason::Server };
+        DqliteError { code, message: message.into(), reason }
     }
 
     pub(crate) fn outcome_unknown(message: impl Into<String>) -> Self {
-        DqliteError {
-            code: code::LEADERSHIP_LOST,
-            message: message.into(),
-            reason: DqliteErrorReason::OutcomeUnknown,
-        }
+        DqliteError { code: code::LEADERSHIP_LOST, message: message.into(), reason: DqliteErrorReason::OutcomeUnknown }
     }
 
     pub(crate) fn transaction_lost(message: impl Into<String>) -> Self {
-        DqliteError {
-            code: code::NOT_LEADER,
-            message: message.into(),
-            reason: DqliteErrorReason::TransactionLost,
-        }
+        DqliteError { code: code::NOT_LEADER, message: message.into(), reason: DqliteErrorReason::TransactionLost }
     }
 
     pub(crate) fn too_many_parameters(n: usize) -> Self {
@@ -145,11 +130,9 @@ impl DqliteError {
 impl Display for DqliteError {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         match self.reason {
-            DqliteErrorReason::OutcomeUnknown => write!(
-                f,
-                "(code: {}) commit outcome unknown: {}",
-                self.code, self.message
-            ),
+            DqliteErrorReason::OutcomeUnknown => {
+                write!(f, "(code: {}) commit outcome unknown: {}", self.code, self.message)
+            }
             _ => write!(f, "(code: {}) {}", self.code, self.message),
         }
     }
@@ -194,8 +177,7 @@ impl DatabaseError for DqliteError {
 
 /// The [`DqliteError`] inside an `sqlx::Error`, if there is one.
 pub fn dqlite_error(err: &sqlx_core::Error) -> Option<&DqliteError> {
-    err.as_database_error()
-        .and_then(|e| e.try_downcast_ref::<DqliteError>())
+    err.as_database_error().and_then(|e| e.try_downcast_ref::<DqliteError>())
 }
 
 /// True when `err` says a commit's outcome is unknown (see [`DqliteError::is_outcome_unknown`]).

@@ -111,15 +111,14 @@ pub mod migrate;
 #[cfg(feature = "migrate")]
 mod testing;
 
-
 pub use arguments::{DqliteArgumentBuffer, DqliteArguments};
 pub use column::DqliteColumn;
 pub use connection::DqliteConnection;
 pub use database::Dqlite;
 pub use error::{code, dqlite_error, is_outcome_unknown, DqliteError, DqliteErrorReason};
 pub use options::{
-    DqliteConnectOptions, NodeAddress, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LEADER_TIMEOUT,
-    DEFAULT_PORT, DEFAULT_STATEMENT_CACHE_CAPACITY,
+    DqliteConnectOptions, NodeAddress, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LEADER_TIMEOUT, DEFAULT_PORT,
+    DEFAULT_STATEMENT_CACHE_CAPACITY,
 };
 pub use query_result::DqliteQueryResult;
 pub use row::DqliteRow;

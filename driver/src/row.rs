@@ -30,23 +30,14 @@ impl Row for DqliteRow {
         I: ColumnIndex<Self>,
     {
         let index = index.index(self)?;
-        let value = self
-            .values
-            .get(index)
-            .ok_or(Error::ColumnIndexOutOfBounds {
-                index,
-                len: self.values.len(),
-            })?;
+        let value = self.values.get(index).ok_or(Error::ColumnIndexOutOfBounds { index, len: self.values.len() })?;
         Ok(DqliteValueRef::new(value.as_ref()))
     }
 }
 
 impl ColumnIndex<DqliteRow> for &'_ str {
     fn index(&self, row: &DqliteRow) -> Result<usize, Error> {
-        row.column_names
-            .get(*self)
-            .copied()
-            .ok_or_else(|| Error::ColumnNotFound((*self).into()))
+        row.column_names.get(*self).copied().ok_or_else(|| Error::ColumnNotFound((*self).into()))
     }
 }
 

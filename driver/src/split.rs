@@ -143,13 +143,24 @@ enum ParamToken {
     Named(String),
 }
 
+/// Progress through `CREATE [TEMP|TEMPORARY] TRIGGER` at the start of a statement.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Leading {
+    #[default]
+    Start,
+    Create,
+    Temp,
+    /// Matched, or cannot match any more.
+    Done,
+}
+
 /// What the splitter knows about the statement it is in.
 #[derive(Debug, Default)]
 struct Statement {
     /// Some token other than whitespace, comments and `;` was seen.
     significant: bool,
-    /// Leading words, to recognise `CREATE [TEMP|TEMPORARY] TRIGGER`.
-    leading: Vec<String>,
+    /// How far the leading words match `CREATE [TEMP|TEMPORARY] TRIGGER`.
+    leading: Leading,
     /// Inside a `CREATE TRIGGER`.
     trigger: bool,
     /// The last significant token was the word `END`.
@@ -164,18 +175,23 @@ impl Statement {
     fn token(&mut self, token: Token<'_>) {
         self.significant = true;
         self.after_end = false;
-        if let Token::Word(w) = token {
+        let word = match token {
+            Token::Word(w) => Some(w),
+            Token::Other => None,
+        };
+        if let Some(w) = word {
             self.after_end = w.eq_ignore_ascii_case("end");
-            if !self.trigger && self.leading.len() < 3 {
-                self.leading.push(w.to_ascii_uppercase());
-                let l: Vec<&str> = self.leading.iter().map(String::as_str).collect();
-                self.trigger =
-                    matches!(l.as_slice(), ["CREATE", "TRIGGER"] | ["CREATE", "TEMP" | "TEMPORARY", "TRIGGER"]);
-            }
-        } else if self.leading.len() < 3 {
-            // Anything else among the first words: not a CREATE TRIGGER.
-            self.leading.push(String::new());
         }
+        let is = |k: &str| word.is_some_and(|w| w.eq_ignore_ascii_case(k));
+        self.leading = match self.leading {
+            Leading::Start if is("create") => Leading::Create,
+            Leading::Create if is("temp") || is("temporary") => Leading::Temp,
+            Leading::Create | Leading::Temp if is("trigger") => {
+                self.trigger = true;
+                Leading::Done
+            }
+            _ => Leading::Done,
+        };
     }
 
     fn semicolon_ends(&self) -> bool {

@@ -14,9 +14,8 @@ use sqlx_core::Error;
 use crate::{Dqlite, DqliteConnectOptions, DqliteConnection};
 
 fn base_options() -> Result<DqliteConnectOptions, Error> {
-    let url = std::env::var("DATABASE_URL").map_err(|_| {
-        Error::Configuration("DATABASE_URL must be set to a dqlite:// URL for #[sqlx::test]".into())
-    })?;
+    let url = std::env::var("DATABASE_URL")
+        .map_err(|_| Error::Configuration("DATABASE_URL must be set to a dqlite:// URL for #[sqlx::test]".into()))?;
     url.parse()
 }
 
@@ -31,11 +30,7 @@ impl TestSupport for Dqlite {
         let db_name = Self::db_name(args);
         let connect_opts = base_options()?.database(db_name.clone());
         empty_database(&connect_opts).await?;
-        Ok(TestContext {
-            pool_opts: PoolOptions::new().max_connections(4),
-            connect_opts,
-            db_name,
-        })
+        Ok(TestContext { pool_opts: PoolOptions::new().max_connections(4), connect_opts, db_name })
     }
 
     async fn cleanup_test(db_name: &str) -> Result<(), Error> {
@@ -49,8 +44,6 @@ impl TestSupport for Dqlite {
     }
 
     async fn snapshot(_conn: &mut DqliteConnection) -> Result<FixtureSnapshot<Self>, Error> {
-        Err(Error::Configuration(
-            "fixture snapshots are not supported by sqlx-dqlite".into(),
-        ))
+        Err(Error::Configuration("fixture snapshots are not supported by sqlx-dqlite".into()))
     }
 }

@@ -96,11 +96,7 @@ pub(crate) fn mismatch(wanted: &str, got: &WireValueRef<'_>) -> BoxDynError {
     if is_null(got) {
         return Box::new(sqlx_core::error::UnexpectedNullError);
     }
-    format!(
-        "expected {wanted}, got a dqlite {} value",
-        type_info_of(got)
-    )
-    .into()
+    format!("expected {wanted}, got a dqlite {} value", type_info_of(got)).into()
 }
 
 impl Value for DqliteValue {

@@ -33,10 +33,7 @@ impl Drop for Node {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind an ephemeral port")
 }
 
 /// Start a single-node cluster; panics if dqlite-demo is missing.
@@ -121,30 +118,17 @@ async fn crud_types_and_errors() {
     assert_eq!(row.get::<String, _>("at"), "2024-01-02 03:04:05");
 
     let (score, data, at): (Option<f64>, Option<Vec<u8>>, Option<String>) =
-        query_as("SELECT score, data, at FROM t WHERE name = 'bob'")
-            .fetch_one(&mut conn)
-            .await
-            .expect("nulls");
+        query_as("SELECT score, data, at FROM t WHERE name = 'bob'").fetch_one(&mut conn).await.expect("nulls");
     assert_eq!((score, data, at), (None, None, None), "\"\" in a DATETIME column is NULL");
 
-    let err = query("INSERT INTO t (name) VALUES (?)")
-        .bind("alice")
-        .execute(&mut conn)
-        .await
-        .expect_err("duplicate");
+    let err = query("INSERT INTO t (name) VALUES (?)").bind("alice").execute(&mut conn).await.expect_err("duplicate");
     let db = err.as_database_error().expect("database error");
     assert_eq!(db.kind(), ErrorKind::UniqueViolation, "{db}");
     assert_eq!(db.code().as_deref(), Some("2067"));
 
-    let err = query("INSERT INTO t (name, score) VALUES ('carol', -1)")
-        .execute(&mut conn)
-        .await
-        .expect_err("check");
+    let err = query("INSERT INTO t (name, score) VALUES ('carol', -1)").execute(&mut conn).await.expect_err("check");
     assert_eq!(err.as_database_error().unwrap().kind(), ErrorKind::CheckViolation);
-    let err = query("INSERT INTO t (name) VALUES (NULL)")
-        .execute(&mut conn)
-        .await
-        .expect_err("not null");
+    let err = query("INSERT INTO t (name) VALUES (NULL)").execute(&mut conn).await.expect_err("not null");
     assert_eq!(err.as_database_error().unwrap().kind(), ErrorKind::NotNullViolation);
 
     let err = conn.execute("SELEC 1").await.expect_err("syntax");
@@ -161,10 +145,7 @@ async fn crud_types_and_errors() {
             q = q.bind(i + 1);
         }
         let err = q.execute(&mut conn).await.expect_err("too many params");
-        assert!(
-            err.to_string().contains("more than 255 parameters"),
-            "{n}: unexpected error: {err}"
-        );
+        assert!(err.to_string().contains("more than 255 parameters"), "{n}: unexpected error: {err}");
     }
     let written: i64 = query_scalar("SELECT count(*) FROM sink").fetch_one(&mut conn).await.unwrap();
     assert_eq!(written, 0, "nothing was written");
@@ -233,10 +214,7 @@ async fn streaming_interrupt_and_transactions() {
             s.try_next().await.expect("row").expect("some");
         }
     }
-    let n: i64 = query_scalar("SELECT count(*) FROM n")
-        .fetch_one(&mut conn)
-        .await
-        .expect("query after dropped stream");
+    let n: i64 = query_scalar("SELECT count(*) FROM n").fetch_one(&mut conn).await.expect("query after dropped stream");
     assert_eq!(n, 10_000);
 
     // Transactions: commit, rollback, savepoints, rollback on drop.
@@ -248,10 +226,7 @@ async fn streaming_interrupt_and_transactions() {
             sp.execute("DELETE FROM n").await.expect("delete all");
             sp.rollback().await.expect("rollback to savepoint");
         }
-        let inner: i64 = query_scalar("SELECT count(*) FROM n")
-            .fetch_one(&mut *tx)
-            .await
-            .expect("count in tx");
+        let inner: i64 = query_scalar("SELECT count(*) FROM n").fetch_one(&mut *tx).await.expect("count in tx");
         assert_eq!(inner, 10);
         tx.rollback().await.expect("rollback");
     }
@@ -276,27 +251,15 @@ async fn streaming_interrupt_and_transactions() {
 #[tokio::test]
 async fn pool_reuses_connections() {
     let node = start_node();
-    let pool = DqlitePoolOptions::new()
-        .max_connections(3)
-        .connect(&url(&node, "pool.db"))
-        .await
-        .expect("pool");
+    let pool = DqlitePoolOptions::new().max_connections(3).connect(&url(&node, "pool.db")).await.expect("pool");
     pool.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER)").await.unwrap();
     for i in 0..20i64 {
-        query("INSERT INTO kv VALUES (?, ?)")
-            .bind(format!("k{i}"))
-            .bind(i)
-            .execute(&pool)
-            .await
-            .unwrap();
+        query("INSERT INTO kv VALUES (?, ?)").bind(format!("k{i}")).bind(i).execute(&pool).await.unwrap();
     }
     let sum: i64 = query_scalar("SELECT sum(v) FROM kv").fetch_one(&pool).await.unwrap();
     assert_eq!(sum, 190);
     // fetch_optional leaves the rest of a result to be drained lazily.
-    let first: Option<(String,)> = query_as("SELECT k FROM kv ORDER BY k")
-        .fetch_optional(&pool)
-        .await
-        .unwrap();
+    let first: Option<(String,)> = query_as("SELECT k FROM kv ORDER BY k").fetch_optional(&pool).await.unwrap();
     assert_eq!(first.unwrap().0, "k0");
     let n: i64 = query_scalar("SELECT count(*) FROM kv").fetch_one(&pool).await.unwrap();
     assert_eq!(n, 20);
@@ -341,10 +304,8 @@ async fn migrations_and_database_lifecycle() {
     let pool = DqlitePoolOptions::new().max_connections(2).connect(&url).await.unwrap();
     migrator.run(&pool).await.expect("first run");
     migrator.run(&pool).await.expect("second run is a no-op");
-    let applied: i64 = query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let applied: i64 =
+        query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(&pool).await.unwrap();
     assert_eq!(applied, 2);
     let users: i64 = query_scalar("SELECT count(*) FROM users").fetch_one(&pool).await.unwrap();
     assert_eq!(users, 1, "second run did not re-apply");
@@ -352,10 +313,7 @@ async fn migrations_and_database_lifecycle() {
 
     Dqlite::drop_database(&url).await.unwrap();
     let mut conn = connect(&node, "migrate.db").await;
-    let objects: i64 = query_scalar("SELECT count(*) FROM sqlite_master")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let objects: i64 = query_scalar("SELECT count(*) FROM sqlite_master").fetch_one(&mut conn).await.unwrap();
     assert_eq!(objects, 0, "drop_database empties the database");
 }
 
@@ -370,13 +328,7 @@ async fn any_driver() {
     let mut conn = AnyConnection::connect(&url(&node, "any.db")).await.expect("any connect");
     assert_eq!(conn.backend_name(), "dqlite");
     conn.execute("CREATE TABLE a (x INTEGER, y TEXT, f BOOLEAN)").await.unwrap();
-    query("INSERT INTO a VALUES (?, ?, ?)")
-        .bind(5i64)
-        .bind("five")
-        .bind(true)
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    query("INSERT INTO a VALUES (?, ?, ?)").bind(5i64).bind("five").bind(true).execute(&mut conn).await.unwrap();
     let row = query("SELECT x, y, f FROM a").fetch_one(&mut conn).await.unwrap();
     assert_eq!(row.get::<i64, _>(0), 5);
     assert_eq!(row.get::<String, _>(1), "five");
@@ -397,17 +349,14 @@ fn test_support_runs_a_pool_test() {
 
     async fn body(pool: Pool<Dqlite>) -> Result<(), sqlx_core::Error> {
         pool.execute("CREATE TABLE only_in_test (x INTEGER)").await?;
-        let db: String = query_scalar("SELECT name FROM pragma_database_list")
-            .fetch_one(&pool)
-            .await?;
+        let db: String = query_scalar("SELECT name FROM pragma_database_list").fetch_one(&pool).await?;
         assert_eq!(db, "main");
         Ok(())
     }
     let f: fn(Pool<Dqlite>) -> _ = body;
     // Twice: the second run must find the database emptied again.
     for _ in 0..2 {
-        let r: Result<(), sqlx_core::Error> =
-            f.run_test(TestArgs::new("real_node::test_support_runs_a_pool_test"));
+        let r: Result<(), sqlx_core::Error> = f.run_test(TestArgs::new("real_node::test_support_runs_a_pool_test"));
         r.expect("test body");
     }
 }

@@ -81,14 +81,14 @@ async fn full_disk_refuses_writes_with_disk_full_and_recovers() {
     assert!(st.disk_full.is_some() && st.poisoned.is_none(), "{st:?}");
     assert!(h.metrics().disk_full);
     // Reads keep working: the local state machine still serves what it has applied.
-    assert_eq!(kv.slot(leader).snapshot().map.get(&b"a".to_vec()), Some(&b"1".to_vec()));
+    assert_eq!(kv.slot(leader).snapshot().map.get(b"a".as_slice()), Some(&b"1".to_vec()));
     // Space returns: the held entry is written, applied everywhere, and writes go through.
     disk.set_capacity(None);
     wait_applied(&kv, &ids, big.index.0).await;
     let p = wait_until(WAIT, || async { h.propose_async(b"d=1".to_vec()).await.ok() }).await.expect("writes again");
     wait_applied(&kv, &ids, p.index.0).await;
     let s = assert_converged(&kv, &ids).await;
-    assert_eq!(s.map.get(&b"d".to_vec()), Some(&b"1".to_vec()));
+    assert_eq!(s.map.get(b"d".as_slice()), Some(&b"1".to_vec()));
     tokio::time::timeout(WAIT, h.read_index()).await.expect("read index in time").expect("read index");
     assert!(!h.metrics().disk_full);
     c.shutdown_all().await;
@@ -124,7 +124,7 @@ async fn failed_fsync_poisons_writes_and_the_cluster_moves_on() {
         .await
         .expect("cluster writes");
     wait_applied(&kv, &rest, p.index.0).await;
-    assert!(kv.slot(leader).snapshot().map.contains_key(&b"a".to_vec()));
+    assert!(kv.slot(leader).snapshot().map.contains_key(b"a".as_slice()));
     assert!(matches!(
         h.propose_async(b"e=1".to_vec()).await,
         Err(ProposeError::Unavailable { .. } | ProposeError::NotLeader { .. })

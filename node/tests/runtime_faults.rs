@@ -123,3 +123,31 @@ async fn followers_crashed_at_random_points_catch_up_to_identical_state() {
     }
     eprintln!("{n} seeds from {base} in {:?}", t0.elapsed());
 }
+
+/// Opt-in (`RUNTIME_LONG=1`): write unavailability after a leader crash with the LAN defaults
+/// (heartbeat 100 ms, election timeout 1 s): from the crash to the first write acknowledged by
+/// the new leader, median of 5 runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_crash_write_unavailability_with_lan_defaults() {
+    if std::env::var("RUNTIME_LONG").is_err() {
+        eprintln!("skipped: set RUNTIME_LONG=1");
+        return;
+    }
+    let mut times = Vec::new();
+    for run in 0..5u64 {
+        let kv = dqlite_node::runtime::harness::KvCluster::new(0);
+        let f: KvFactory = Box::new(kv.factory());
+        let mut c = dqlite_node::runtime::harness::Cluster::start(3, 100 + run, f, |_| {}).await.unwrap();
+        let leader = c.wait_for_leader(WAIT).await.unwrap();
+        c.propose(b"a=1".to_vec(), WAIT).await.unwrap();
+        let t0 = Instant::now();
+        c.crash(leader, CrashMode::LOSE_UNSYNCED).await;
+        c.propose(b"b=1".to_vec(), WAIT).await.unwrap();
+        let p = c.propose(b"c=1".to_vec(), WAIT).await.unwrap();
+        wait_applied(&kv, &[p.0], p.1.index.0).await;
+        times.push(t0.elapsed());
+        c.shutdown_all().await;
+    }
+    times.sort();
+    eprintln!("write unavailability after a leader crash (LAN defaults): median {:?}, all {times:?}", times[2]);
+}

@@ -30,14 +30,14 @@ async fn lagging_follower(seed: u64, corrupt: bool) {
     }
     let live: Vec<NodeId> = ids.iter().copied().filter(|i| *i != victim).collect();
     wait_applied(&kv, &live, last).await;
+    // Memory does not grow with the write history: once the writes are applied, the leader
+    // holds about snapshot_threshold + trailing_entries entries, not 300.
     let lm = wait_until(WAIT, || async {
         let m = c.handle(leader).unwrap().metrics();
-        (m.compacted_index > 200).then_some(m)
+        (m.compacted_index > 200 && m.in_memory_entries <= 32 + 8 + 16).then_some(m)
     })
     .await
-    .expect("leader compacted its log");
-    // Memory does not grow with the write history.
-    assert!(lm.in_memory_entries <= 32 + 8 + 16, "{} entries in memory", lm.in_memory_entries);
+    .unwrap_or_else(|| panic!("leader did not compact: {:?}", c.handle(leader).unwrap().metrics()));
     assert!(lm.snapshots_taken >= 1);
     let refused_chunks = Arc::new(AtomicU64::new(0));
     if corrupt {

@@ -340,9 +340,15 @@ async fn not_leader_names_the_leader_and_closes_sessions() {
         })
         .await;
     assert_eq!(failure(&f.decode()), (SQLITE_IOERR_NOT_LEADER, messages::NOT_LEADER.into()));
+    // As dqlite 1.11: OPEN and PREPARE work on a follower, running a statement does not.
     let mut other = RawClient::connect(s.addr).await;
-    let f = other.request(&Request::Open { name: "nl", flags: 0, vfs: "" }).await;
-    assert_eq!(failure(&f.decode()).0, SQLITE_IOERR_NOT_LEADER);
+    open(&mut other, "nl").await;
+    let f = other.request(&Request::Prepare { db: DbId(0), sql: "SELECT 1", schema: Schema::V0 }).await;
+    assert!(matches!(f.decode(), Response::Stmt { .. }));
+    let f = other
+        .request(&Request::Query { db: DbId(0), stmt: StmtId(0), params: Params::none(), schema: Schema::V0 })
+        .await;
+    assert_eq!(failure(&f.decode()), (SQLITE_IOERR_NOT_LEADER, messages::NOT_LEADER.into()));
     for req in [
         Request::Add { id: WireNodeId(3), address: "x:1" },
         Request::Assign { id: WireNodeId(3), role: Role::Voter },

@@ -28,6 +28,7 @@
 //! removed) and, should the test process die without unwinding, by a small supervising shell
 //! that kills its node when the test process's end of a pipe closes.
 
+mod own;
 mod probe;
 mod real;
 
@@ -36,6 +37,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 pub use probe::{Role, ServerInfo};
+pub use own::OwnDqlite;
 pub use real::RealDqlite;
 
 /// How often waits re-check their condition.
@@ -119,7 +121,7 @@ pub enum LaunchError {
         log_tail: String,
     },
     /// `DQLITE_TEST_LAUNCHER` names no known launcher.
-    #[error("{LAUNCHER_ENV}={0:?} names no launcher; known launchers: real")]
+    #[error("{LAUNCHER_ENV}={0:?} names no launcher; known launchers: real, own")]
     UnknownLauncher(String),
     /// A node index out of range, or a request that makes no sense for the cluster's state.
     #[error("{0}")]
@@ -129,6 +131,7 @@ pub enum LaunchError {
 /// Returns the launcher named by `DQLITE_TEST_LAUNCHER` (default `real`).
 ///
 /// * `real`: [`RealDqlite`], C dqlite 1.11 via Debian's `dqlite-demo`.
+/// * `own`: [`OwnDqlite`], this project's nodes via `dqlited run`.
 pub fn launcher_from_env() -> Result<Box<dyn Launcher>, LaunchError> {
     let name = std::env::var(LAUNCHER_ENV).unwrap_or_default();
     launcher_by_name(&name)
@@ -138,6 +141,7 @@ pub fn launcher_from_env() -> Result<Box<dyn Launcher>, LaunchError> {
 pub fn launcher_by_name(name: &str) -> Result<Box<dyn Launcher>, LaunchError> {
     match name {
         "real" | "" => Ok(Box::new(RealDqlite::from_env()?)),
+        "own" => Ok(Box::new(OwnDqlite::from_env()?)),
         other => Err(LaunchError::UnknownLauncher(other.to_owned())),
     }
 }

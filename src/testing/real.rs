@@ -31,7 +31,7 @@ const DEFAULT_DEMO_BIN: &str = "/usr/bin/dqlite-demo";
 /// Supervisor: `sh -c SCRIPT supervisor LOG DIR BINARY ARGS...`. Prints the node's pid, then
 /// waits for a line (or EOF) on stdin. `kill -9` + `wait` means the node is gone (and its
 /// port closed) when the supervisor exits.
-const SUPERVISOR: &str = r#"log=$1; dir=$2; shift 2
+pub(super) const SUPERVISOR: &str = r#"log=$1; dir=$2; shift 2
 "$@" </dev/null >>"$log" 2>&1 &
 pid=$!
 echo "$pid"
@@ -42,7 +42,7 @@ if [ "$cmd" != keep ]; then rm -rf "$dir"; rmdir "$(dirname "$dir")" 2>/dev/null
 exit 0"#;
 
 /// How long a supervisor may take to exit after being told to kill its node.
-const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many times [`RealDqlite::start`] re-forms a cluster whose node died while starting
 /// (typically a port taken between choosing it and the node binding it).
 const START_ATTEMPTS: usize = 3;
@@ -421,7 +421,7 @@ impl Drop for DemoNode {
 }
 
 /// A port that is free on `ip` right now (the kernel picks it; the listener is closed at once).
-fn free_addr(ip: IpAddr) -> Result<SocketAddr, LaunchError> {
+pub(super) fn free_addr(ip: IpAddr) -> Result<SocketAddr, LaunchError> {
     let listener = TcpListener::bind((ip, 0)).map_err(|source| LaunchError::Io {
         what: format!("binding a free port on {ip} (is the loopback interface up?)"),
         source,
@@ -432,7 +432,7 @@ fn free_addr(ip: IpAddr) -> Result<SocketAddr, LaunchError> {
     })
 }
 
-fn unique_root_dir() -> Result<PathBuf, LaunchError> {
+pub(super) fn unique_root_dir() -> Result<PathBuf, LaunchError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -450,7 +450,7 @@ fn unique_root_dir() -> Result<PathBuf, LaunchError> {
     Ok(dir)
 }
 
-fn find_in_path(name: &str) -> Option<PathBuf> {
+pub(super) fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use futures_util::TryStreamExt;
 use sqlx::pool::PoolConnection;
-use sqlx::{Acquire, Executor};
+use sqlx::{Acquire, Connection, Executor};
 use sqlx_dqlite::{Dqlite, DqlitePool};
 
 use crate::common;
@@ -110,6 +110,27 @@ async fn cancelled_begin_never_leaves_a_transaction_open() {
         }
     }
     panic!("BEGIN never completed");
+}
+
+#[tokio::test]
+async fn cancelled_custom_begin_never_leaves_a_transaction_open() {
+    let mut f = Fixture::new("cancel_begin_with").await;
+    for polls in 0..MAX_POLLS {
+        let mut conn = f.pool.acquire().await.unwrap();
+        let completed = match cancel_after(polls, conn.begin_with("BEGIN IMMEDIATE")).await {
+            Some(tx) => {
+                tx.unwrap().rollback().await.unwrap();
+                true
+            }
+            None => false,
+        };
+        drop(conn);
+        f.check("begin_with", polls).await;
+        if completed {
+            return;
+        }
+    }
+    panic!("BEGIN IMMEDIATE never completed");
 }
 
 #[tokio::test]

@@ -42,6 +42,33 @@ enum RunError {
     Fatal(Error),
 }
 
+/// True for `SQLITE_BUSY` and its extended codes from the server (the statement did not run).
+fn is_busy(e: &Error) -> bool {
+    crate::dqlite_error(e).is_some_and(|d| d.is_busy() && d.reason() == crate::DqliteErrorReason::Server)
+}
+
+/// Waits between retries of a busy statement, with SQLite's busy-handler delays.
+#[derive(Default)]
+struct BusyWait {
+    tries: usize,
+    waited: std::time::Duration,
+}
+
+impl BusyWait {
+    /// Sleep before the next try; false once `timeout` would be exceeded.
+    async fn wait(&mut self, timeout: std::time::Duration) -> bool {
+        const DELAYS_MS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
+        let delay = std::time::Duration::from_millis(DELAYS_MS[self.tries.min(DELAYS_MS.len() - 1)]);
+        if self.waited + delay > timeout {
+            return false;
+        }
+        self.tries += 1;
+        self.waited += delay;
+        tokio::time::sleep(delay).await;
+        true
+    }
+}
+
 fn not_connected() -> Error {
     Error::Io(std::io::Error::new(std::io::ErrorKind::NotConnected, "not connected to the dqlite leader"))
 }
@@ -133,7 +160,10 @@ impl DqliteConnection {
         if self.migration_lock.is_some() && !self.in_migrate_step && self.transaction_depth == 0 {
             // A request outside the migrator's steps: it finished without `unlock()` (an
             // early error return). Release the lock first.
-            Box::pin(self.release_migration_lock()).await?;
+            // Best effort: if it fails the lease expires on its own.
+            if let Err(e) = Box::pin(self.release_migration_lock()).await {
+                tracing::warn!(error = %e, "could not release the migration lock");
+            }
         }
         if let Some(session) = self.session.as_mut() {
             if !session.is_idle_alive() {
@@ -286,10 +316,18 @@ impl DqliteConnection {
     /// Run one statement: prepared (cached) when `prepared`, else as SQL text.
     pub(crate) async fn run(&mut self, sql: &str, params: &[WireValue], prepared: bool) -> Result<Started, Error> {
         let mut attempt = 1;
+        let mut busy = BusyWait::default();
         loop {
             self.ready().await?;
             match self.run_once(sql, params, prepared).await {
                 Ok(started) => return Ok(started),
+                Err(RunError::Fatal(e)) if self.transaction_depth == 0 && is_busy(&e) => {
+                    // Another writer holds the lock; the statement did not run. Wait as
+                    // SQLite's busy handler would, up to `busy_timeout`.
+                    if !busy.wait(self.options.busy_timeout).await {
+                        return Err(e);
+                    }
+                }
                 Err(RunError::Fatal(e)) => return Err(e),
                 Err(RunError::Reprepare(e)) => {
                     if attempt >= MAX_ATTEMPTS {

@@ -323,3 +323,26 @@ async fn argument_count_must_match_the_prepared_statement() {
     assert!(matches!(err, sqlx_core::Error::InvalidArgument(_)), "{err}");
     assert_eq!(node.count("EXEC") + node.count("QUERY #"), 0, "nothing ran");
 }
+
+#[tokio::test]
+async fn busy_statements_outside_a_transaction_wait_for_the_lock() {
+    let node = FakeNode::leader().await;
+    let mut conn = opts(&[&node]).connect().await.unwrap();
+    conn.execute("DELETE FROM t").await.unwrap(); // learn: no columns
+    node.fault("EXEC_SQL DELETE FROM t", Fault::Fail(5, "database is locked"));
+    node.fault("EXEC_SQL DELETE FROM t", Fault::Fail(5, "database is locked"));
+    conn.execute("DELETE FROM t").await.expect("retried until the lock was free");
+    assert_eq!(node.count("EXEC_SQL DELETE FROM t"), 4);
+    // Inside a transaction the error is the caller's.
+    let mut tx = sqlx_core::connection::Connection::begin(&mut conn).await.unwrap();
+    node.fault("EXEC_SQL DELETE FROM t", Fault::Fail(5, "database is locked"));
+    let err = tx.execute("DELETE FROM t").await.expect_err("busy inside a transaction");
+    assert!(dqlite_error(&err).unwrap().is_busy(), "{err}");
+    tx.rollback().await.unwrap();
+    // busy_timeout = 0: fail at once.
+    let mut conn = opts(&[&node]).busy_timeout(Duration::ZERO).connect().await.unwrap();
+    conn.execute("DELETE FROM t").await.unwrap();
+    node.fault("EXEC_SQL DELETE FROM t", Fault::Fail(5, "database is locked"));
+    let err = conn.execute("DELETE FROM t").await.expect_err("no waiting");
+    assert!(dqlite_error(&err).unwrap().is_busy(), "{err}");
+}

@@ -17,6 +17,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default number of prepared statements kept per connection.
 pub const DEFAULT_STATEMENT_CACHE_CAPACITY: usize = 100;
+/// Default [`DqliteConnectOptions::busy_timeout`] (as sqlx-sqlite's).
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A `host:port` address of a dqlite node, as it is dialed and as the cluster reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -30,11 +32,7 @@ impl NodeAddress {
     pub fn new(host: impl Into<String>, port: u16) -> Self {
         let host = host.into();
         // Accept "[::1]" as well as "::1".
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .map(str::to_owned)
-            .unwrap_or(host);
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).map(str::to_owned).unwrap_or(host);
         NodeAddress { host, port }
     }
 
@@ -81,6 +79,9 @@ impl fmt::Display for NodeAddress {
 /// | `statement_cache_capacity=100` | [`statement_cache_capacity`](Self::statement_cache_capacity) | 100 | prepared statements kept per connection (0 disables the cache: statements run with `EXEC_SQL`/`QUERY_SQL`) |
 /// | `request_timeout=0` | [`request_timeout`](Self::request_timeout) | 0 (off) | longest wait for one response message from the leader; on expiry the connection is dropped and the request fails (a write then has an unknown outcome). Guards against a leader host that vanished without closing TCP |
 /// | `client_id=0` | [`client_id`](Self::client_id) | 0 | id sent in the `CLIENT` handshake (informational for the server) |
+/// | `data=DIR` | [`data_dir`](Self::data_dir) | none | feature `embedded`: run (or attach to, if this process already runs it) a dqlite-rs node inside this process with data directory `DIR`, listening on the URL's `HOST:PORT`. A fresh `DIR` bootstraps a new cluster (or joins, with `join=`); a used one resumes. While that node leads, statements reach it through an in-process pipe (same protocol and errors, no socket); otherwise over TCP to the leader. `dqlite:///DB?data=DIR` (no host): a single node with no listening socket ([`no_socket`](Self::no_socket)) |
+/// | `join=H:P,H:P` | [`join`](Self::join) | none | with `data=`: nodes a fresh embedded node joins through; they are also leader-search seeds |
+/// | `busy_timeout=5s` | [`busy_timeout`](Self::busy_timeout) | 5 s | how long a statement outside a transaction is retried while the server answers `SQLITE_BUSY` ("database is locked": another writer holds the lock; the statement did not run), with SQLite's busy-handler delays (1 ms … 100 ms); 0 = fail at once. sqlx-sqlite's default is the same |
 ///
 /// Durations accept `ms`, `s` and `m` suffixes (`250ms`, `5s`, `1m`); a bare number means
 /// seconds. [`to_url_lossy`](sqlx_core::connection::ConnectOptions::to_url_lossy) writes every
@@ -117,6 +118,7 @@ pub struct DqliteConnectOptions {
     pub(crate) statement_cache_capacity: usize,
     pub(crate) client_id: u64,
     pub(crate) request_timeout: Duration,
+    pub(crate) busy_timeout: Duration,
     /// The leader found last by any connection made from these options (or their clones):
     /// tried first by the next leader search.
     pub(crate) leader_hint: Arc<Mutex<Option<NodeAddress>>>,
@@ -129,16 +131,14 @@ impl fmt::Debug for DqliteConnectOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DqliteConnectOptions")
             .field("host", &self.host.to_string())
-            .field(
-                "peers",
-                &self.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            )
+            .field("peers", &self.peers.iter().map(ToString::to_string).collect::<Vec<_>>())
             .field("database", &self.database)
             .field("connect_timeout", &self.connect_timeout)
             .field("leader_timeout", &self.leader_timeout)
             .field("statement_cache_capacity", &self.statement_cache_capacity)
             .field("client_id", &self.client_id)
             .field("request_timeout", &self.request_timeout)
+            .field("busy_timeout", &self.busy_timeout)
             .field("embedded", &self.embedded)
             .finish()
     }
@@ -163,6 +163,7 @@ impl DqliteConnectOptions {
             statement_cache_capacity: DEFAULT_STATEMENT_CACHE_CAPACITY,
             client_id: 0,
             request_timeout: Duration::ZERO,
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
             leader_hint: Arc::new(Mutex::new(None)),
             log_settings: LogSettings::default(),
             embedded: None,
@@ -181,10 +182,7 @@ impl DqliteConnectOptions {
         I: IntoIterator<Item = (S, u16)>,
         S: Into<String>,
     {
-        self.peers = peers
-            .into_iter()
-            .map(|(h, p)| NodeAddress::new(h, p))
-            .collect();
+        self.peers = peers.into_iter().map(|(h, p)| NodeAddress::new(h, p)).collect();
         self
     }
 
@@ -236,6 +234,19 @@ impl DqliteConnectOptions {
     /// The request timeout (`Duration::ZERO` = none).
     pub fn get_request_timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    /// How long a statement outside a transaction is retried while the server answers
+    /// `SQLITE_BUSY` (`busy_timeout=`; `Duration::ZERO` fails at once). A busy statement did
+    /// not run, so retrying it is safe; inside a transaction the error is returned at once.
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// The busy timeout.
+    pub fn get_busy_timeout(&self) -> Duration {
+        self.busy_timeout
     }
 
     /// The database name.

@@ -27,11 +27,10 @@ pub(crate) fn parse_duration(key: &str, value: &str) -> Result<Duration, Error> 
     } else {
         (v, 1000)
     };
-    let n: u64 = digits.trim().parse().map_err(|_| {
-        config_err(format!(
-            "invalid duration {value:?} for `{key}` (expected e.g. 250ms, 5s, 1m)"
-        ))
-    })?;
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| config_err(format!("invalid duration {value:?} for `{key}` (expected e.g. 250ms, 5s, 1m)")))?;
     n.checked_mul(mult_ms)
         .map(Duration::from_millis)
         .ok_or_else(|| config_err(format!("duration {value:?} for `{key}` is too large")))
@@ -92,9 +91,7 @@ impl DqliteConnectOptions {
         opts.embedded = embedded;
 
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(config_err(
-                "dqlite URLs do not take a user name or password (dqlite has no authentication)",
-            ));
+            return Err(config_err("dqlite URLs do not take a user name or password (dqlite has no authentication)"));
         }
 
         let path = url.path().trim_start_matches('/');
@@ -102,9 +99,7 @@ impl DqliteConnectOptions {
             .decode_utf8()
             .map_err(|e| config_err(format!("database name is not valid UTF-8: {e}")))?;
         if database.is_empty() {
-            return Err(config_err(
-                "dqlite URL names no database (expected dqlite://HOST:PORT/DATABASE)",
-            ));
+            return Err(config_err("dqlite URL names no database (expected dqlite://HOST:PORT/DATABASE)"));
         }
         if database.contains('\0') {
             return Err(config_err("database name contains a NUL byte"));
@@ -122,23 +117,23 @@ impl DqliteConnectOptions {
                 "leader_timeout" => opts.leader_timeout = parse_duration(&key, &value)?,
                 "statement_cache_capacity" => {
                     opts.statement_cache_capacity = value.parse().map_err(|_| {
-                        config_err(format!(
-                            "invalid statement_cache_capacity {value:?} (expected a number)"
-                        ))
+                        config_err(format!("invalid statement_cache_capacity {value:?} (expected a number)"))
                     })?
                 }
                 "request_timeout" => opts.request_timeout = parse_duration(&key, &value)?,
+                "busy_timeout" => opts.busy_timeout = parse_duration(&key, &value)?,
                 // Embedded node options, taken by `EmbeddedSpec::from_url` above.
                 "data" | "join" => {}
                 "client_id" => {
-                    opts.client_id = value.parse().map_err(|_| {
-                        config_err(format!("invalid client_id {value:?} (expected a number)"))
-                    })?
+                    opts.client_id = value
+                        .parse()
+                        .map_err(|_| config_err(format!("invalid client_id {value:?} (expected a number)")))?
                 }
                 other => {
                     return Err(config_err(format!(
                         "unknown dqlite URL parameter `{other}` (known: peers, connect_timeout, \
-                         leader_timeout, statement_cache_capacity, request_timeout, client_id, data, join)"
+                         leader_timeout, statement_cache_capacity, request_timeout, busy_timeout, client_id, \
+                         data, join)"
                     )))
                 }
             }
@@ -154,9 +149,7 @@ impl DqliteConnectOptions {
             Err(_) => {
                 let host = utf8_percent_encode(&self.host.host, NON_ALPHANUMERIC).to_string();
                 let url = self.url_string(&format!("{host}:{}", self.host.port));
-                Url::parse(&url).unwrap_or_else(|e| {
-                    unreachable!("percent-encoded dqlite URL {url:?} must parse: {e}")
-                })
+                Url::parse(&url).unwrap_or_else(|e| unreachable!("percent-encoded dqlite URL {url:?} must parse: {e}"))
             }
         }
     }
@@ -182,6 +175,7 @@ impl DqliteConnectOptions {
         push("leader_timeout", &format!("{}ms", self.leader_timeout.as_millis()));
         push("statement_cache_capacity", &self.statement_cache_capacity.to_string());
         push("request_timeout", &format!("{}ms", self.request_timeout.as_millis()));
+        push("busy_timeout", &format!("{}ms", self.busy_timeout.as_millis()));
         push("client_id", &self.client_id.to_string());
         if let Some(e) = &self.embedded {
             e.push_url_options(&mut push);
@@ -194,9 +188,7 @@ impl FromStr for DqliteConnectOptions {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        let url: Url = s
-            .parse()
-            .map_err(|e| config_err(format!("invalid dqlite URL: {e}")))?;
+        let url: Url = s.parse().map_err(|e| config_err(format!("invalid dqlite URL: {e}")))?;
         Self::parse_from_url(&url)
     }
 }
@@ -217,10 +209,7 @@ mod tests {
             .unwrap();
         assert_eq!(o.database, "app.db");
         assert_eq!(o.host, NodeAddress::new("127.0.0.1", 9001));
-        assert_eq!(
-            o.peers,
-            vec![NodeAddress::new("127.0.0.2", 9002), NodeAddress::new("::1", 9003)]
-        );
+        assert_eq!(o.peers, vec![NodeAddress::new("127.0.0.2", 9002), NodeAddress::new("::1", 9003)]);
         assert_eq!(o.connect_timeout, Duration::from_millis(250));
         assert_eq!(o.leader_timeout, Duration::from_secs(60));
         assert_eq!(o.statement_cache_capacity, 7);
@@ -242,7 +231,7 @@ mod tests {
         for s in [
             "dqlite://127.0.0.1:9001/app.db",
             "dqlite://127.0.0.1:9001/my%20db?peers=127.0.0.2:9002,127.0.0.3:9003",
-            "dqlite://[::1]:7000/x?peers=[::2]:7001&connect_timeout=3s&leader_timeout=1500ms&statement_cache_capacity=0&request_timeout=2s&client_id=9",
+            "dqlite://[::1]:7000/x?peers=[::2]:7001&connect_timeout=3s&leader_timeout=1500ms&statement_cache_capacity=0&request_timeout=2s&busy_timeout=0&client_id=9",
         ] {
             let a: DqliteConnectOptions = s.parse().unwrap();
             let url = a.to_url_lossy();
@@ -272,9 +261,7 @@ mod tests {
             .peers([("10.0.0.2", 9001), ("10.0.0.3", 9001)])
             .connect_timeout(Duration::from_secs(2));
         let parsed: DqliteConnectOptions =
-            "dqlite://10.0.0.1:9001/app.db?peers=10.0.0.2:9001,10.0.0.3:9001&connect_timeout=2s"
-                .parse()
-                .unwrap();
+            "dqlite://10.0.0.1:9001/app.db?peers=10.0.0.2:9001,10.0.0.3:9001&connect_timeout=2s".parse().unwrap();
         assert!(same(&built, &parsed));
     }
 
@@ -293,20 +280,14 @@ mod tests {
             "not a url",
         ] {
             let r = s.parse::<DqliteConnectOptions>();
-            assert!(
-                matches!(r, Err(Error::Configuration(_))),
-                "{s} should be a configuration error, got {r:?}"
-            );
+            assert!(matches!(r, Err(Error::Configuration(_))), "{s} should be a configuration error, got {r:?}");
         }
     }
 
     #[test]
     fn seeds_deduplicate() {
         let o: DqliteConnectOptions = "dqlite://a:1/db?peers=a:1,b:2,b:2".parse().unwrap();
-        assert_eq!(
-            o.get_seeds(),
-            vec![NodeAddress::new("a", 1), NodeAddress::new("b", 2)]
-        );
+        assert_eq!(o.get_seeds(), vec![NodeAddress::new("a", 1), NodeAddress::new("b", 2)]);
     }
 
     #[test]

@@ -29,19 +29,12 @@ enum Probe {
 async fn probe(addr: &NodeAddress, timeout: Duration) -> Result<Probe, Error> {
     let work = async {
         let mut stream = WireStream::connect(addr, timeout).await?;
-        stream
-            .send(&Request::Leader)
-            .await
-            .map_err(WireError::into_inner)?;
+        stream.send(&Request::Leader).await.map_err(WireError::into_inner)?;
         let frame = stream.recv().await?;
         let leader = match frame.decode(stream.ctx())? {
-            Response::Server { address, .. } | Response::ServerLegacy { address } => {
-                address.to_owned()
-            }
+            Response::Server { address, .. } | Response::ServerLegacy { address } => address.to_owned(),
             Response::Failure { code, message } => {
-                return Err(Error::Protocol(format!(
-                    "LEADER failed on {addr}: ({code}) {message}"
-                )))
+                return Err(Error::Protocol(format!("LEADER failed on {addr}: ({code}) {message}")))
             }
             other => {
                 return Err(Error::Protocol(format!(
@@ -56,9 +49,10 @@ async fn probe(addr: &NodeAddress, timeout: Duration) -> Result<Probe, Error> {
         if leader == addr.to_string() {
             return Ok(Probe::Leader(stream));
         }
-        Ok(Probe::Redirect(parse_host_port(&leader).map_err(|_| {
-            Error::Protocol(format!("node {addr} reported an invalid leader address {leader:?}"))
-        })?))
+        Ok(Probe::Redirect(
+            parse_host_port(&leader)
+                .map_err(|_| Error::Protocol(format!("node {addr} reported an invalid leader address {leader:?}")))?,
+        ))
     };
     tokio::time::timeout(timeout, work).await.map_err(|_| {
         Error::Io(io::Error::new(
@@ -69,27 +63,16 @@ async fn probe(addr: &NodeAddress, timeout: Duration) -> Result<Probe, Error> {
 }
 
 /// CLIENT handshake then OPEN. `Ok(None)` if the node turned out not to be the leader.
-async fn open_on_leader(
-    mut stream: WireStream,
-    opts: &DqliteConnectOptions,
-) -> Result<Option<Session>, Error> {
+async fn open_on_leader(mut stream: WireStream, opts: &DqliteConnectOptions) -> Result<Option<Session>, Error> {
     let work = async {
-        stream
-            .send(&Request::Client { id: opts.client_id })
-            .await
-            .map_err(WireError::into_inner)?;
+        stream.send(&Request::Client { id: opts.client_id }).await.map_err(WireError::into_inner)?;
         let frame = stream.recv().await?;
         match frame.decode(stream.ctx())? {
             Response::Welcome { .. } => {}
             Response::Failure { code, message } => {
                 return Err(Error::Protocol(format!("CLIENT failed: ({code}) {message}")))
             }
-            other => {
-                return Err(Error::Protocol(format!(
-                    "unexpected reply to CLIENT: {:?}",
-                    other.response_type()
-                )))
-            }
+            other => return Err(Error::Protocol(format!("unexpected reply to CLIENT: {:?}", other.response_type()))),
         }
         match Session::open(stream, &opts.database).await? {
             Ok(session) => Ok(Some(session)),
@@ -97,14 +80,9 @@ async fn open_on_leader(
             Err(f) => Err(f.into_error()),
         }
     };
-    tokio::time::timeout(opts.connect_timeout, work)
-        .await
-        .map_err(|_| {
-            Error::Io(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "dqlite leader did not answer CLIENT/OPEN in time",
-            ))
-        })?
+    tokio::time::timeout(opts.connect_timeout, work).await.map_err(|_| {
+        Error::Io(io::Error::new(io::ErrorKind::TimedOut, "dqlite leader did not answer CLIENT/OPEN in time"))
+    })?
 }
 
 fn leader_hint(opts: &DqliteConnectOptions) -> Option<NodeAddress> {
@@ -189,18 +167,12 @@ pub(crate) async fn connect_leader(opts: &DqliteConnectOptions) -> Result<Sessio
         }
         let now = Instant::now();
         if now + backoff >= deadline {
-            let detail = last_error
-                .map(|e| format!("; last error: {e}"))
-                .unwrap_or_default();
+            let detail = last_error.map(|e| format!("; last error: {e}")).unwrap_or_default();
             return Err(Error::Io(io::Error::new(
                 io::ErrorKind::NotConnected,
                 format!(
                     "no available dqlite leader found among {} after {sweeps} sweep(s) in {:?}{detail}",
-                    seeds
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    seeds.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
                     opts.leader_timeout
                 ),
             )));

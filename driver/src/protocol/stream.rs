@@ -127,14 +127,9 @@ impl WireStream {
     /// Dial `addr`, send the version-1 handshake.
     pub async fn connect(addr: &NodeAddress, timeout: Duration) -> Result<Self, Error> {
         let dial = TcpStream::connect((addr.host(), addr.port()));
-        let socket = tokio::time::timeout(timeout, dial)
-            .await
-            .map_err(|_| {
-                Error::Io(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("timed out connecting to dqlite node {addr}"),
-                ))
-            })??;
+        let socket = tokio::time::timeout(timeout, dial).await.map_err(|_| {
+            Error::Io(io::Error::new(io::ErrorKind::TimedOut, format!("timed out connecting to dqlite node {addr}")))
+        })??;
         socket.set_nodelay(true)?;
         Self::handshake(Socket::Tcp(socket), addr.clone()).await
     }
@@ -196,15 +191,11 @@ impl WireStream {
             )));
         }
         self.write_buf.clear();
-        req.encode(&mut self.write_buf)
-            .map_err(|e| WireError::NotSent(Error::Encode(Box::new(e))))?;
+        req.encode(&mut self.write_buf).map_err(|e| WireError::NotSent(Error::Encode(Box::new(e))))?;
         self.write_incomplete = true;
         // A failed write_all means the kernel did not accept the whole message, so the server
         // never saw a complete request: it cannot have executed it.
-        self.socket
-            .write_all(&self.write_buf)
-            .await
-            .map_err(|e| WireError::NotSent(Error::Io(e)))?;
+        self.socket.write_all(&self.write_buf).await.map_err(|e| WireError::NotSent(Error::Io(e)))?;
         self.write_incomplete = false;
         if self.write_buf.capacity() > 1 << 20 {
             self.write_buf = Vec::with_capacity(1024);
@@ -236,10 +227,7 @@ impl WireStream {
             if let Some((msg, used)) = header::parse(&self.read_buf, DEFAULT_MAX_BODY_BYTES)
                 .map_err(|e| Error::Protocol(format!("malformed dqlite message: {e}")))?
             {
-                let frame = Frame {
-                    header: msg.header,
-                    body: msg.body.to_vec(),
-                };
+                let frame = Frame { header: msg.header, body: msg.body.to_vec() };
                 self.read_buf.drain(..used);
                 self.frames_received += 1;
                 self.last_received = std::time::Instant::now();

@@ -1,8 +1,6 @@
 //! `chrono` date/time types (feature `chrono`). See the table in [`crate::types`].
 
-use chrono::{
-    DateTime, FixedOffset, Local, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Utc,
-};
+use chrono::{DateTime, FixedOffset, Local, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Utc};
 use dqlite_wire::value::{Value as WireValue, ValueRef as WireValueRef};
 use sqlx_core::decode::Decode;
 use sqlx_core::encode::{Encode, IsNull};
@@ -15,26 +13,21 @@ use crate::value::mismatch;
 use crate::{Dqlite, DqliteArgumentBuffer, DqliteTypeInfo, DqliteValueRef};
 
 fn datetime_compatible(ty: &DqliteTypeInfo) -> bool {
-    matches!(
-        ty.0,
-        DataType::Iso8601 | DataType::Text | DataType::UnixTime | DataType::Integer
-    )
+    matches!(ty.0, DataType::Iso8601 | DataType::Text | DataType::UnixTime | DataType::Integer)
 }
 
 /// The wall-clock time and, if known, its offset east of UTC in seconds.
 fn decode_parts(value: &DqliteValueRef<'_>) -> Result<(NaiveDateTime, Option<i32>), BoxDynError> {
     match value.value {
         WireValueRef::UnixTime(s) | WireValueRef::Integer(s) => {
-            let dt = DateTime::from_timestamp(s, 0)
-                .ok_or_else(|| format!("Unix time {s} is out of range"))?;
+            let dt = DateTime::from_timestamp(s, 0).ok_or_else(|| format!("Unix time {s} is out of range"))?;
             Ok((dt.naive_utc(), Some(0)))
         }
         WireValueRef::Text(t) | WireValueRef::Iso8601(t) => {
             let p = parse(t).ok_or_else(|| parse_error(t))?;
-            let date = NaiveDate::from_ymd_opt(p.year, p.month, p.day)
-                .ok_or_else(|| parse_error(t))?;
-            let time = NaiveTime::from_hms_nano_opt(p.hour, p.minute, p.second, p.nanosecond)
-                .ok_or_else(|| parse_error(t))?;
+            let date = NaiveDate::from_ymd_opt(p.year, p.month, p.day).ok_or_else(|| parse_error(t))?;
+            let time =
+                NaiveTime::from_hms_nano_opt(p.hour, p.minute, p.second, p.nanosecond).ok_or_else(|| parse_error(t))?;
             Ok((NaiveDateTime::new(date, time), p.offset_seconds))
         }
         other => Err(mismatch("a date/time", &other)),
@@ -66,10 +59,7 @@ where
 {
     fn encode_by_ref(&self, buf: &mut DqliteArgumentBuffer) -> Result<IsNull, BoxDynError> {
         let off = self.offset().fix();
-        let text = self
-            .with_timezone(&off)
-            .format("%Y-%m-%d %H:%M:%S%.f%:z")
-            .to_string();
+        let text = self.with_timezone(&off).format("%Y-%m-%d %H:%M:%S%.f%:z").to_string();
         buf.push(WireValue::Iso8601(text));
         Ok(IsNull::No)
     }
@@ -91,9 +81,7 @@ impl<'r> Decode<'r, Dqlite> for DateTime<FixedOffset> {
     fn decode(value: DqliteValueRef<'r>) -> Result<Self, BoxDynError> {
         let (naive, offset) = decode_parts(&value)?;
         let off = FixedOffset::east_opt(offset.unwrap_or(0)).ok_or("invalid zone offset")?;
-        off.from_local_datetime(&naive)
-            .single()
-            .ok_or_else(|| "date/time out of range".into())
+        off.from_local_datetime(&naive).single().ok_or_else(|| "date/time out of range".into())
     }
 }
 
@@ -109,9 +97,7 @@ impl Type<Dqlite> for NaiveDateTime {
 
 impl Encode<'_, Dqlite> for NaiveDateTime {
     fn encode_by_ref(&self, buf: &mut DqliteArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        buf.push(WireValue::Iso8601(
-            self.format("%Y-%m-%d %H:%M:%S%.f").to_string(),
-        ));
+        buf.push(WireValue::Iso8601(self.format("%Y-%m-%d %H:%M:%S%.f").to_string()));
         Ok(IsNull::No)
     }
 }
@@ -170,8 +156,7 @@ impl<'r> Decode<'r, Dqlite> for NaiveTime {
         let p = parse(&format!("2000-01-01 {t}"))
             .filter(|p| p.has_time && p.offset_seconds.is_none())
             .ok_or_else(|| format!("cannot parse {t:?} as a time of day (expected HH:MM:SS.f)"))?;
-        NaiveTime::from_hms_nano_opt(p.hour, p.minute, p.second, p.nanosecond)
-            .ok_or_else(|| parse_error(t))
+        NaiveTime::from_hms_nano_opt(p.hour, p.minute, p.second, p.nanosecond).ok_or_else(|| parse_error(t))
     }
 }
 
@@ -184,19 +169,12 @@ mod tests {
 
     #[test]
     fn chrono_round_trips() {
-        let utc = Utc.with_ymd_and_hms(2024, 2, 29, 23, 59, 58).unwrap()
-            + chrono::Duration::nanoseconds(123_456_789);
+        let utc = Utc.with_ymd_and_hms(2024, 2, 29, 23, 59, 58).unwrap() + chrono::Duration::nanoseconds(123_456_789);
         assert_eq!(round_trip(utc), utc);
-        let fixed = FixedOffset::east_opt(-7 * 3600)
-            .unwrap()
-            .with_ymd_and_hms(2006, 1, 2, 15, 4, 5)
-            .unwrap();
+        let fixed = FixedOffset::east_opt(-7 * 3600).unwrap().with_ymd_and_hms(2006, 1, 2, 15, 4, 5).unwrap();
         assert_eq!(round_trip(fixed), fixed);
         assert_eq!(round_trip(fixed).offset().local_minus_utc(), -7 * 3600);
-        let naive = NaiveDate::from_ymd_opt(1999, 12, 31)
-            .unwrap()
-            .and_hms_micro_opt(1, 2, 3, 4)
-            .unwrap();
+        let naive = NaiveDate::from_ymd_opt(1999, 12, 31).unwrap().and_hms_micro_opt(1, 2, 3, 4).unwrap();
         assert_eq!(round_trip(naive), naive);
         let date = NaiveDate::from_ymd_opt(2020, 6, 1).unwrap();
         assert_eq!(round_trip(date), date);

@@ -138,9 +138,7 @@ pub(crate) fn parse(text: &str) -> Option<ParsedDateTime> {
 
 fn valid(p: ParsedDateTime) -> Option<ParsedDateTime> {
     // Leap seconds (60) are accepted by both chrono and time only in limited ways; reject here.
-    if p.month == 0 || p.month > 12 || p.day == 0 || p.day > 31 || p.hour > 23 || p.minute > 59
-        || p.second > 59
-    {
+    if p.month == 0 || p.month > 12 || p.day == 0 || p.day > 31 || p.hour > 23 || p.minute > 59 || p.second > 59 {
         return None;
     }
     Some(p)
@@ -148,8 +146,7 @@ fn valid(p: ParsedDateTime) -> Option<ParsedDateTime> {
 
 /// Error text for an unparseable date/time.
 pub(crate) fn parse_error(text: &str) -> sqlx_core::error::BoxDynError {
-    format!("cannot parse {text:?} as a date/time (expected e.g. 2006-01-02 15:04:05.999999999-07:00)")
-        .into()
+    format!("cannot parse {text:?} as a date/time (expected e.g. 2006-01-02 15:04:05.999999999-07:00)").into()
 }
 
 /// Format an offset in seconds as `+HH:MM`.
@@ -171,10 +168,7 @@ mod tests {
     #[test]
     fn all_go_dqlite_layouts_parse() {
         let full = p("2006-01-02 15:04:05.999999999-07:00");
-        assert_eq!(
-            (full.year, full.month, full.day, full.hour, full.minute, full.second),
-            (2006, 1, 2, 15, 4, 5)
-        );
+        assert_eq!((full.year, full.month, full.day, full.hour, full.minute, full.second), (2006, 1, 2, 15, 4, 5));
         assert_eq!(full.nanosecond, 999_999_999);
         assert_eq!(full.offset_seconds, Some(-7 * 3600));
         assert_eq!(p("2006-01-02T15:04:05.999999999-07:00"), full);

@@ -53,9 +53,7 @@ impl Type<Dqlite> for String {
 impl Encode<'_, Dqlite> for String {
     fn encode(self, buf: &mut DqliteArgumentBuffer) -> Result<IsNull, BoxDynError> {
         if self.contains('\0') {
-            return Err(
-                "dqlite cannot transmit text containing a NUL character; use a blob".into(),
-            );
+            return Err("dqlite cannot transmit text containing a NUL character; use a blob".into());
         }
         buf.push(WireValue::Text(self));
         Ok(IsNull::No)
@@ -143,10 +141,7 @@ mod tests {
             let v = encode(s);
             assert_eq!(v.try_decode::<&str>().unwrap(), s);
         }
-        assert_eq!(
-            decode::<String>(&DqliteValue::new(Value::Iso8601("2024-01-01".into()))),
-            "2024-01-01"
-        );
+        assert_eq!(decode::<String>(&DqliteValue::new(Value::Iso8601("2024-01-01".into()))), "2024-01-01");
     }
 
     #[test]

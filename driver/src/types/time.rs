@@ -13,10 +13,7 @@ use crate::value::mismatch;
 use crate::{Dqlite, DqliteArgumentBuffer, DqliteTypeInfo, DqliteValueRef};
 
 fn datetime_compatible(ty: &DqliteTypeInfo) -> bool {
-    matches!(
-        ty.0,
-        DataType::Iso8601 | DataType::Text | DataType::UnixTime | DataType::Integer
-    )
+    matches!(ty.0, DataType::Iso8601 | DataType::Text | DataType::UnixTime | DataType::Integer)
 }
 
 fn decode_parts(value: &DqliteValueRef<'_>) -> Result<(PrimitiveDateTime, Option<i32>), BoxDynError> {
@@ -28,8 +25,7 @@ fn decode_parts(value: &DqliteValueRef<'_>) -> Result<(PrimitiveDateTime, Option
         WireValueRef::Text(t) | WireValueRef::Iso8601(t) => {
             let p = parse(t).ok_or_else(|| parse_error(t))?;
             let month = Month::try_from(p.month as u8).map_err(|_| parse_error(t))?;
-            let date = Date::from_calendar_date(p.year, month, p.day as u8)
-                .map_err(|_| parse_error(t))?;
+            let date = Date::from_calendar_date(p.year, month, p.day as u8).map_err(|_| parse_error(t))?;
             let time = Time::from_hms_nano(p.hour as u8, p.minute as u8, p.second as u8, p.nanosecond)
                 .map_err(|_| parse_error(t))?;
             Ok((PrimitiveDateTime::new(date, time), p.offset_seconds))
@@ -95,11 +91,7 @@ impl Type<Dqlite> for PrimitiveDateTime {
 
 impl Encode<'_, Dqlite> for PrimitiveDateTime {
     fn encode_by_ref(&self, buf: &mut DqliteArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        buf.push(WireValue::Iso8601(format!(
-            "{} {}",
-            fmt_date(self.date()),
-            fmt_time(self.time())
-        )));
+        buf.push(WireValue::Iso8601(format!("{} {}", fmt_date(self.date()), fmt_time(self.time()))));
         Ok(IsNull::No)
     }
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 use dqlite_raft::{Configuration, Entry, LogIndex, NodeId, Role, Server, StateRole, Term};
 
 use super::memory::MemNetwork;
-use super::{inbox, Runtime, RuntimeError, RuntimeHandle, RuntimeOptions};
-use crate::replication::{ApplyError, ProposeError, Proposed, StateMachine};
+use super::{inbox, LateReplicator, Runtime, RuntimeError, RuntimeHandle, RuntimeOptions};
+use crate::replication::{ApplyError, ProposeError, Proposed, Replicator, StateMachine};
 use crate::storage::backend::{CrashMode, MemBackend, MemDisk};
 
 /// Reads the seed from environment variable `var` (decimal), else uses `default`; prints it
@@ -60,10 +60,11 @@ struct HNode {
     disk: MemDisk,
     opts: RuntimeOptions,
     handle: Option<RuntimeHandle>,
+    replicator: Arc<LateReplicator>,
 }
 
 /// An in-process cluster.
-pub struct Cluster<S: StateMachine, F: Fn(NodeId) -> S + Send + Sync + 'static> {
+pub struct Cluster<S: StateMachine, F: Fn(NodeId, Arc<dyn Replicator>) -> S + Send + Sync + 'static> {
     net: MemNetwork,
     nodes: BTreeMap<NodeId, HNode>,
     factory: F,
@@ -76,7 +77,7 @@ pub fn address_of(id: NodeId) -> String {
     format!("mem://{id}")
 }
 
-impl<S: StateMachine, F: Fn(NodeId) -> S + Send + Sync + 'static> Cluster<S, F> {
+impl<S: StateMachine, F: Fn(NodeId, Arc<dyn Replicator>) -> S + Send + Sync + 'static> Cluster<S, F> {
     /// Starts `n` nodes (ids 1..=n) bootstrapped as voters. `tune` adjusts each node's options.
     pub async fn start(
         n: u64,
@@ -110,7 +111,7 @@ impl<S: StateMachine, F: Fn(NodeId) -> S + Send + Sync + 'static> Cluster<S, F> 
         opts.storage.log.segment_size_bytes = 64 * 1024;
         (self.tune)(&mut opts);
         let disk = MemDisk::new();
-        self.nodes.insert(id, HNode { disk, opts, handle: None });
+        self.nodes.insert(id, HNode { disk, opts, handle: None, replicator: LateReplicator::new() });
         self.restart(id).await
     }
 
@@ -119,9 +120,11 @@ impl<S: StateMachine, F: Fn(NodeId) -> S + Send + Sync + 'static> Cluster<S, F> 
         let Some(node) = self.nodes.get_mut(&id) else { return Err(RuntimeError::Stopped) };
         let (tx, rx) = inbox(node.opts.inbox_queue);
         let backend: Arc<dyn crate::storage::backend::Backend> = Arc::new(node.disk.backend());
-        let sm = (self.factory)(id);
+        let replicator: Arc<dyn Replicator> = node.replicator.clone();
+        let sm = (self.factory)(id, replicator);
         let h = Runtime::start(node.opts.clone(), backend, sm, self.net.transport(id), rx).await?;
         self.net.attach(id, tx);
+        node.replicator.bind(Some(h.clone()));
         node.handle = Some(h);
         Ok(())
     }
@@ -131,6 +134,7 @@ impl<S: StateMachine, F: Fn(NodeId) -> S + Send + Sync + 'static> Cluster<S, F> 
     pub async fn crash(&mut self, id: NodeId, mode: CrashMode) {
         let Some(node) = self.nodes.get_mut(&id) else { return };
         node.disk.crash_now();
+        node.replicator.bind(None);
         self.net.detach(id);
         if let Some(h) = node.handle.take() {
             h.kill().await;
@@ -141,6 +145,7 @@ impl<S: StateMachine, F: Fn(NodeId) -> S + Send + Sync + 'static> Cluster<S, F> 
     /// Stops node `id` gracefully (it hands leadership over first).
     pub async fn shutdown(&mut self, id: NodeId) {
         let Some(node) = self.nodes.get_mut(&id) else { return };
+        node.replicator.bind(None);
         if let Some(h) = node.handle.take() {
             h.shutdown().await;
         }
@@ -151,8 +156,11 @@ impl<S: StateMachine, F: Fn(NodeId) -> S + Send + Sync + 'static> Cluster<S, F> 
     pub async fn shutdown_all(&mut self) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
-            if let Some(h) = self.nodes.get_mut(&id).and_then(|n| n.handle.take()) {
-                h.kill().await;
+            if let Some(n) = self.nodes.get_mut(&id) {
+                n.replicator.bind(None);
+                if let Some(h) = n.handle.take() {
+                    h.kill().await;
+                }
             }
         }
     }
@@ -396,9 +404,9 @@ impl KvCluster {
     }
 
     /// A factory for [`Cluster::start`].
-    pub fn factory(&self) -> impl Fn(NodeId) -> KvStateMachine + Send + Sync + 'static {
+    pub fn factory(&self) -> impl Fn(NodeId, Arc<dyn Replicator>) -> KvStateMachine + Send + Sync + 'static {
         let me = self.clone();
-        move |id| {
+        move |id, _replicator| {
             let fresh = KvSlot {
                 state: Arc::default(),
                 roles: Arc::default(),

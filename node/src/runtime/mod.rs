@@ -773,6 +773,13 @@ impl<T: Transport> Driver<T> {
                 self.last_snapshot = self.last_snapshot.max(index);
                 self.maybe_compact();
             }
+            StorageDone::SnapshotMissing { index } => {
+                tracing::info!(id = %self.id, %index, "snapshot not stored: taking a new one");
+                self.snapshot_in_progress = false;
+                if self.apply_failed.is_none() && self.poisoned.is_none() {
+                    self.take_snapshot();
+                }
+            }
             StorageDone::Chunk { req, data, done } => {
                 if self.core.send_snapshot_chunk(&req, data, done).is_ok() {
                     self.metrics.snapshot_chunks_sent.fetch_add(1, Ordering::Relaxed);
@@ -834,7 +841,8 @@ impl<T: Transport> Driver<T> {
     }
 
     fn maybe_compact(&mut self) {
-        let Some(snap) = self.core.snapshot_meta().map(|s| s.index) else { return };
+        // Only up to a snapshot known to be stored (a restart needs the log contiguous after it).
+        let Some(snap) = self.core.snapshot_meta().map(|s| s.index.min(self.last_snapshot)) else { return };
         let target = self.durable.min(LogIndex(self.applied.0.saturating_sub(self.opts.trailing_entries))).min(snap);
         if target <= self.compacted {
             return;
@@ -1248,6 +1256,36 @@ impl RuntimeHandle {
             Ok(Ok(r)) => r.leader.ok_or(RuntimeError::Timeout),
             Ok(Err(_)) => Err(RuntimeError::Stopped),
             Err(_) => Err(RuntimeError::Timeout),
+        }
+    }
+}
+
+/// A [`Replicator`] that forwards to a [`RuntimeHandle`] bound after the runtime started (the
+/// state machine needs a replicator before [`Runtime::start`] returns the handle). Until bound,
+/// and after the handle is unbound, proposals get [`ProposeError::Unavailable`].
+#[derive(Debug, Default)]
+pub struct LateReplicator {
+    handle: std::sync::RwLock<Option<RuntimeHandle>>,
+}
+
+impl LateReplicator {
+    /// An unbound replicator.
+    pub fn new() -> Arc<LateReplicator> {
+        Arc::new(LateReplicator::default())
+    }
+
+    /// Binds (or rebinds, after a restart) the node's handle; `None` unbinds.
+    pub fn bind(&self, handle: Option<RuntimeHandle>) {
+        *self.handle.write().unwrap_or_else(|e| e.into_inner()) = handle;
+    }
+}
+
+impl Replicator for LateReplicator {
+    fn propose(&self, data: Vec<u8>) -> Result<Proposed, ProposeError> {
+        let h = self.handle.read().unwrap_or_else(|e| e.into_inner()).clone();
+        match h {
+            Some(h) => h.propose(data),
+            None => Err(ProposeError::Unavailable { reason: "the node's runtime is not running".into() }),
         }
     }
 }

@@ -59,6 +59,9 @@ pub(crate) enum StorageDone {
     Poisoned { reason: String },
     /// A locally taken snapshot is durable.
     SnapshotWritten { index: LogIndex },
+    /// A locally taken snapshot could not be written (disk full), or a chunk was asked of a
+    /// snapshot no longer stored: a new one is needed.
+    SnapshotMissing { index: LogIndex },
     /// Bytes for a follower's snapshot.
     Chunk { req: SnapshotChunkRequest, data: Vec<u8>, done: bool },
 }
@@ -278,6 +281,7 @@ impl StorageThread {
                     }
                     Err(StorageError::DiskFull { .. }) => {
                         tracing::warn!(id = %self.id, index = %meta.index, "disk full: snapshot not written");
+                        self.send(StorageDone::SnapshotMissing { index: meta.index });
                     }
                     Err(e) => self.poison(format!("writing snapshot {}: {e}", meta.index)),
                 }
@@ -292,6 +296,7 @@ impl StorageThread {
                     .cloned();
                 let Some(info) = info else {
                     tracing::debug!(id = %self.id, index = %req.meta.index, "chunk asked of a snapshot no longer stored");
+                    self.send(StorageDone::SnapshotMissing { index: req.meta.index });
                     return;
                 };
                 let mut buf = vec![0u8; req.max_bytes.min(info.data_len.saturating_sub(req.offset)) as usize];

@@ -22,8 +22,9 @@ const READ_CHUNK: usize = 16 << 10;
 
 struct OpenDb<Sess: SqlSession> {
     session: Sess,
-    /// The leader term the database was opened in: a session does not survive a change.
-    term: u64,
+    /// The leader term the database was used in as leader (`None` while opened on a follower):
+    /// a session does not survive a change of leadership term.
+    term: Option<u64>,
     /// Statement handles by wire id (ids are reused smallest-first, as dqlite does).
     stmts: Vec<Option<Sess::Stmt>>,
 }
@@ -171,28 +172,29 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
         }
     }
 
-    /// The open database, if this node still leads in the term it was opened in.
+    /// The open database, for a request that runs SQL: this node must lead, in the term the
+    /// session was used in as leader (dqlite closes its leader connections on leadership loss).
     fn sql_db(&mut self, db: DbId) -> Result<&mut OpenDb<S::Session>, BackendError> {
-        let term = self.shared.cluster.leader_term();
-        match (term, &self.db) {
-            (None, open) => {
-                if open.is_some() {
-                    tracing::info!("not leader any more: closing this connection's database");
-                    self.db = None;
-                }
-                return Err(not_leader());
-            }
-            (Some(t), Some(open)) if open.term != t => {
-                tracing::info!("leadership changed since OPEN: closing this connection's database");
+        let term = self.shared.cluster.leader_term().ok_or_else(not_leader)?;
+        if let Some(open) = &self.db {
+            if open.term.is_some_and(|t| t != term) {
+                tracing::info!("leadership changed since this database was used: closing it");
                 self.db = None;
                 return Err(no_database());
             }
-            _ => {}
         }
-        if db.0 != 0 {
-            return Err(no_database());
+        let open = self.open_db(db)?;
+        open.term = Some(term);
+        Ok(open)
+    }
+
+    /// The open database, for a request that needs no leader (PREPARE, FINALIZE: dqlite 1.11
+    /// serves them on followers).
+    fn open_db(&mut self, db: DbId) -> Result<&mut OpenDb<S::Session>, BackendError> {
+        match (&mut self.db, db) {
+            (Some(open), DbId(0)) => Ok(open),
+            _ => Err(no_database()),
         }
-        self.db.as_mut().ok_or_else(no_database)
     }
 
     fn require_leader(&self) -> Result<(), BackendError> {
@@ -219,9 +221,11 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
             }
             Request::Heartbeat { .. } => return Err(failure(DQLITE_PARSE, messages::UNRECOGNIZED_REQUEST)),
             Request::Open { name, .. } => {
-                let term = cluster.leader_term().ok_or_else(not_leader)?;
+                // dqlite 1.11 opens on followers too; statements then fail with NOT_LEADER.
+                let term = cluster.leader_term();
                 if let Some(open) = &self.db {
-                    if open.term == term {
+                    let stale = matches!((open.term, term), (Some(a), Some(b)) if a != b);
+                    if !stale {
                         return Err(failure(SQLITE_BUSY, messages::ALREADY_OPEN));
                     }
                     self.db = None;
@@ -231,7 +235,7 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
                 self.reply(&Response::Db { id: DbId(0) });
             }
             Request::Prepare { db, sql, schema } => {
-                let open = self.sql_db(db)?;
+                let open = self.open_db(db)?;
                 let (stmt, info) = open.session.prepare(sql).await?;
                 if schema == Schema::V0 && info.has_tail {
                     let _ = open.session.finalize(stmt).await;
@@ -278,10 +282,7 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
                 return Ok(Outcome::Rows(columns));
             }
             Request::Finalize { db, stmt } => {
-                let open = match (&mut self.db, db) {
-                    (Some(open), DbId(0)) => open,
-                    _ => return Err(no_database()),
-                };
+                let open = self.open_db(db)?;
                 let handle = lookup(open, stmt)?;
                 open.stmts[stmt.0 as usize] = None;
                 open.session.finalize(handle).await?;

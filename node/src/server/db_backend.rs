@@ -23,6 +23,11 @@ pub fn db_failure(e: DbError) -> BackendError {
     }
 }
 
+fn empty_statement() -> BackendError {
+    let f = dqlite_wire::failure::EMPTY_STATEMENT;
+    BackendError::new(f.code, f.message)
+}
+
 /// Whether `sql` holds only whitespace, comments and semicolons.
 pub(crate) fn is_blank(sql: &str) -> bool {
     let mut s = sql.trim_start();
@@ -91,6 +96,9 @@ impl SqlSession for DbSession {
     type Stmt = u32;
 
     async fn prepare(&mut self, sql: &str) -> Result<(u32, PrepareInfo), BackendError> {
+        if is_blank(sql) {
+            return Err(empty_statement());
+        }
         let p = self.conn.prepare(sql).await.map_err(db_failure)?;
         let tail = sql.get(p.tail_offset as usize..).unwrap_or("");
         Ok((p.id, PrepareInfo { params: p.params, tail_offset: p.tail_offset, has_tail: !is_blank(tail) }))
@@ -107,6 +115,9 @@ impl SqlSession for DbSession {
 
     async fn query(&mut self, target: Target<'_, u32>, params: Vec<Value>) -> Result<Vec<String>, BackendError> {
         self.rows = None;
+        if matches!(target, Target::Sql(sql) if is_blank(sql)) {
+            return Err(empty_statement());
+        }
         let rows = match target {
             Target::Stmt(id) => self.conn.query(id, params).await,
             Target::Sql(sql) => self.conn.query_sql(sql, params).await,

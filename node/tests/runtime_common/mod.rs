@@ -1,16 +1,19 @@
 //! Shared helpers of the runtime tests.
 #![allow(dead_code)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dqlite_node::raft::NodeId;
+use dqlite_node::replication::Replicator;
 use dqlite_node::runtime::harness::{Cluster, KvCluster, KvState, KvStateMachine};
 use dqlite_node::runtime::RuntimeOptions;
 
 /// Bound on every wait in these tests (generous: CI machines are shared).
 pub const WAIT: Duration = Duration::from_secs(20);
 
-pub type KvTestCluster = Cluster<KvStateMachine, Box<dyn Fn(NodeId) -> KvStateMachine + Send + Sync>>;
+pub type KvFactory = Box<dyn Fn(NodeId, Arc<dyn Replicator>) -> KvStateMachine + Send + Sync>;
+pub type KvTestCluster = Cluster<KvStateMachine, KvFactory>;
 
 /// Starts `n` KV nodes with a fast timing (5 ms latency: heartbeat 50 ms, election 500 ms).
 pub async fn kv_cluster(
@@ -21,7 +24,7 @@ pub async fn kv_cluster(
 ) -> (KvTestCluster, KvCluster) {
     let kv = KvCluster::new(checkpoint_every);
     let f = kv.factory();
-    let factory: Box<dyn Fn(NodeId) -> KvStateMachine + Send + Sync> = Box::new(f);
+    let factory: KvFactory = Box::new(f);
     let c = Cluster::start(n, seed, factory, move |o| {
         o.network_latency = Duration::from_millis(5);
         tune(o)

@@ -674,6 +674,7 @@ impl Cluster {
                     ..
                 } => {
                     self.report.elections += 1;
+                    self.check_leadership_durable(h, *term)?;
                     self.checker
                         .observe_leader(id, *term)
                         .map_err(|v| self.fail(v.to_string()))?;
@@ -748,7 +749,8 @@ impl Cluster {
         // 4. Entries, recorded for log matching as they are written; a leader's own new
         //    entries only once durable (until then no one else can have seen them: if they
         //    are lost in a crash, the same index and term may be reused harmlessly).
-        let own = self.hosts[h].raw.as_ref().is_some_and(|r| r.role() == StateRole::Leader);
+        // (A leader-elect reports itself a candidate; a real candidate appends nothing.)
+        let own = self.hosts[h].raw.as_ref().is_some_and(|r| matches!(r.role(), StateRole::Leader | StateRole::Candidate));
         let mut deferred = Vec::new();
         if let Some(first) = rd.entries.first() {
             let view = &self.hosts[h].view;
@@ -999,6 +1001,21 @@ impl Cluster {
         }
     }
 
+    /// The application is told "you lead `term`" (role, `is_leader`, known leader, or a
+    /// `RoleChanged` event) only once `term` is durable: otherwise a crash could bring the
+    /// server back in an earlier term, vote for another server in `term`, and two servers would
+    /// have been announced leader of it (finding F2).
+    fn check_leadership_durable(&self, h: usize, term: Term) -> Result<(), Failure> {
+        let d = self.hosts[h].disk.hard;
+        if d.term < term {
+            return Err(self.fail(format!(
+                "{:?} announced leadership of {term:?} with durable term {:?}",
+                self.hosts[h].id, d.term
+            )));
+        }
+        Ok(())
+    }
+
     /// Figure 2, AppendEntries rule 5 and its heartbeat analogue: a follower's commit index
     /// never passes what the leader's message covered: `min(leaderCommit, index of the last new
     /// entry)` for an append, the heartbeat's commit for a heartbeat.
@@ -1055,8 +1072,10 @@ impl Cluster {
                 host.view.term_at(view_last)
             )));
         }
-        if raw.role() == StateRole::Leader {
+        if raw.role() == StateRole::Leader || raw.is_leader() || raw.leader() == Some(id) {
             let term = raw.term();
+            self.check_leadership_durable(h, term)?;
+            let host = &self.hosts[h];
             let base = host.view.base.0;
             let view = &host.view;
             self.checker
@@ -1435,7 +1454,16 @@ impl Cluster {
                 if self.hosts.iter().any(|x| x.wiped || x.corrupt) {
                     return Ok(());
                 }
-                let Some(conf) = self.hosts[l].raw.as_ref().map(|r| r.configuration().clone()) else { return Ok(()) };
+                // Only against a settled configuration (a change in flight may still lower the
+                // number of voters): a lost voter of two cannot be removed without a quorum.
+                let Some(conf) = self.hosts[l]
+                    .raw
+                    .as_ref()
+                    .filter(|r| r.configuration_index() <= r.log().committed())
+                    .map(|r| r.configuration().clone())
+                else {
+                    return Ok(());
+                };
                 let pool: Vec<usize> = started
                     .iter()
                     .copied()

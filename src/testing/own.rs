@@ -1,0 +1,379 @@
+//! [`OwnDqlite`]: clusters of this project's own nodes, run as `dqlited run` processes on
+//! 127.0.0.x (selected by `DQLITE_TEST_LAUNCHER=own`).
+//!
+//! Node 0 bootstraps (`dqlited run --address A0 --data D0`); the others join through it
+//! (`--join A0`); the first three become voters, later ones standbys. Each node runs under
+//! the same supervising `sh` as [`RealDqlite`](super::RealDqlite)'s nodes: `kill` is a
+//! SIGKILL that keeps the data, and the nodes die with the test process.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::real::{find_in_path, free_addr, unique_root_dir, KILL_TIMEOUT, SUPERVISOR};
+use super::{probe, Cluster, LaunchError, Launcher, NodeProcess, Role, POLL_INTERVAL, PROBE_TIMEOUT};
+
+/// Environment variable overriding the `dqlited` path.
+pub const DQLITED_BIN_ENV: &str = "DQLITED_BIN";
+
+/// The first members up to this many are voters (`dqlited run`'s rule).
+const VOTERS: usize = 3;
+
+/// Launches `dqlited run` nodes.
+#[derive(Debug, Clone)]
+pub struct OwnDqlite {
+    binary: PathBuf,
+    /// Bound for the first node to elect itself, and for a restarted node to answer.
+    pub node_start_timeout: Duration,
+    /// Bound for the cluster to form.
+    pub formation_timeout: Duration,
+}
+
+impl OwnDqlite {
+    /// Uses `$DQLITED_BIN`, else a `dqlited` next to the running executable or its parent
+    /// directory (cargo's `target/<profile>/` for tests), else `dqlited` from `PATH`. Fails (never
+    /// skips) when none exists.
+    pub fn from_env() -> Result<Self, LaunchError> {
+        let binary = match std::env::var_os(DQLITED_BIN_ENV) {
+            Some(path) => PathBuf::from(path),
+            None => beside_current_exe("dqlited")
+                .or_else(|| find_in_path("dqlited"))
+                .unwrap_or_else(|| PathBuf::from("dqlited")),
+        };
+        Self::with_binary(binary)
+    }
+
+    /// Uses the given `dqlited` binary.
+    pub fn with_binary(binary: impl Into<PathBuf>) -> Result<Self, LaunchError> {
+        let binary = binary.into();
+        if !binary.is_file() {
+            return Err(LaunchError::Invalid(format!(
+                "{} not found: the `own` launcher runs this project's nodes; build them with \
+                 `cargo build --bin dqlited`, or point {DQLITED_BIN_ENV} at a dqlited binary",
+                binary.display()
+            )));
+        }
+        Ok(OwnDqlite {
+            binary,
+            node_start_timeout: Duration::from_secs(20),
+            formation_timeout: Duration::from_secs(60),
+        })
+    }
+
+    fn try_start(&self, n_nodes: usize) -> Result<Cluster, LaunchError> {
+        let root = unique_root_dir()?;
+        let mut nodes: Vec<OwnNode> = Vec::with_capacity(n_nodes);
+        for i in 0..n_nodes {
+            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 250) as u8));
+            nodes.push(OwnNode {
+                index: i,
+                binary: self.binary.clone(),
+                address: free_addr(ip)?,
+                dir: root.join(format!("node{i}")),
+                running: None,
+            });
+        }
+        let seed = nodes[0].address;
+        nodes[0].spawn(None)?;
+        let start = Instant::now();
+        loop {
+            if !nodes[0].is_running() {
+                return Err(nodes[0].exited("bootstrap"));
+            }
+            if probe::leader(seed, PROBE_TIMEOUT).ok().flatten() == Some(seed.to_string()) {
+                break;
+            }
+            if start.elapsed() >= self.node_start_timeout {
+                return Err(LaunchError::Timeout {
+                    what: format!("node 0 ({seed}) to elect itself leader"),
+                    waited: start.elapsed(),
+                    detail: nodes[0].log_tail(4096),
+                });
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        for node in nodes.iter_mut().skip(1) {
+            node.spawn(Some(seed))?;
+        }
+        let boxed: Vec<Box<dyn NodeProcess>> = nodes.into_iter().map(|n| Box::new(n) as Box<dyn NodeProcess>).collect();
+        let mut cluster = Cluster::from_nodes("own", boxed);
+        self.wait_formed(&mut cluster, n_nodes)?;
+        Ok(cluster)
+    }
+
+    fn wait_formed(&self, cluster: &mut Cluster, n_nodes: usize) -> Result<(), LaunchError> {
+        let voters_wanted = n_nodes.min(VOTERS);
+        let start = Instant::now();
+        let mut observed = String::from("nothing yet");
+        loop {
+            for i in 0..n_nodes {
+                if !cluster.is_running(i) {
+                    return Err(LaunchError::NodeExited {
+                        node: i,
+                        address: cluster.address(i),
+                        during: "cluster formation".into(),
+                        log_tail: cluster.nodes[i].log_tail(4096),
+                    });
+                }
+            }
+            if let Ok(members) = cluster.members() {
+                let voters = members.iter().filter(|m| m.role == Role::Voter).count();
+                let standbys = members.iter().filter(|m| m.role == Role::Standby).count();
+                if voters == voters_wanted && voters + standbys == n_nodes && members.len() == n_nodes {
+                    tracing::info!(n_nodes, waited = ?start.elapsed(), "own dqlite cluster formed");
+                    return Ok(());
+                }
+                observed = format!("configuration: {members:?}");
+            }
+            if start.elapsed() >= self.formation_timeout {
+                return Err(cluster.timeout(
+                    &format!("{voters_wanted} voters of {n_nodes}"),
+                    start.elapsed(),
+                    observed,
+                ));
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+impl Launcher for OwnDqlite {
+    fn name(&self) -> &'static str {
+        "own"
+    }
+
+    fn start(&self, n_nodes: usize) -> Result<Cluster, LaunchError> {
+        if n_nodes == 0 || n_nodes > 250 {
+            return Err(LaunchError::Invalid(format!("cannot start {n_nodes} nodes (1..=250)")));
+        }
+        let mut attempt = 1;
+        loop {
+            match self.try_start(n_nodes) {
+                Err(err @ LaunchError::NodeExited { .. }) if attempt < 3 => {
+                    tracing::warn!(attempt, %err, "a node died while the cluster formed; retrying");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn beside_current_exe(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join(name), dir.parent()?.join(name)].into_iter().find(|p| p.is_file())
+}
+
+struct Supervised {
+    shell: Child,
+    stdin: Option<ChildStdin>,
+    pid: u32,
+}
+
+/// One `dqlited run` process under its supervising shell.
+struct OwnNode {
+    index: usize,
+    binary: PathBuf,
+    address: SocketAddr,
+    dir: PathBuf,
+    running: Option<Supervised>,
+}
+
+impl OwnNode {
+    fn log_path(&self) -> PathBuf {
+        // Beside the data directory, so it survives restarts and is removed with it.
+        self.dir.with_extension("log")
+    }
+
+    fn spawn(&mut self, join: Option<SocketAddr>) -> Result<(), LaunchError> {
+        let io = |what: &str| {
+            let what = format!("{what} for node {} ({})", self.index, self.address);
+            move |source| LaunchError::Io { what, source }
+        };
+        fs::create_dir_all(&self.dir).map_err(io("creating the data directory"))?;
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(SUPERVISOR)
+            .arg("dqlited-supervisor")
+            .arg(self.log_path())
+            .arg(&self.dir)
+            .arg(&self.binary)
+            .arg("run")
+            .arg("--address")
+            .arg(self.address.to_string())
+            .arg("--data")
+            .arg(&self.dir);
+        if let Some(seed) = join {
+            command.arg("--join").arg(seed.to_string());
+        }
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "info");
+        }
+        let mut shell = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(io("spawning the supervising sh"))?;
+        let stdin = shell.stdin.take();
+        let mut line = String::new();
+        let read = match shell.stdout.take() {
+            Some(stdout) => BufReader::new(stdout).read_line(&mut line),
+            None => Ok(0),
+        };
+        let pid = match read {
+            Ok(_) => match line.trim().parse::<u32>() {
+                Ok(pid) => pid,
+                Err(e) => {
+                    let _ = shell.kill();
+                    let _ = shell.wait();
+                    return Err(LaunchError::Io {
+                        what: format!("reading node {}'s pid from its supervisor (got {line:?})", self.index),
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                    });
+                }
+            },
+            Err(e) => {
+                let _ = shell.kill();
+                let _ = shell.wait();
+                return Err(LaunchError::Io { what: format!("reading node {}'s pid", self.index), source: e });
+            }
+        };
+        tracing::debug!(node = self.index, address = %self.address, pid, ?join, "dqlited started");
+        self.running = Some(Supervised { shell, stdin, pid });
+        Ok(())
+    }
+
+    fn stop(&mut self, keep: bool) -> Result<(), LaunchError> {
+        let Some(mut sup) = self.running.take() else { return Ok(()) };
+        if let Some(mut stdin) = sup.stdin.take() {
+            let _ = stdin.write_all(if keep { b"keep\n" } else { b"drop\n" });
+        }
+        let start = Instant::now();
+        loop {
+            match sup.shell.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if start.elapsed() < KILL_TIMEOUT => std::thread::sleep(Duration::from_millis(5)),
+                Ok(None) => {
+                    let _ = sup.shell.kill();
+                    let _ = sup.shell.wait();
+                    return Err(LaunchError::Timeout {
+                        what: format!("node {} (pid {}) to die after SIGKILL", self.index, sup.pid),
+                        waited: start.elapsed(),
+                        detail: String::new(),
+                    });
+                }
+                Err(source) => {
+                    return Err(LaunchError::Io {
+                        what: format!("waiting for node {}'s supervisor", self.index),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    fn exited(&self, during: &str) -> LaunchError {
+        LaunchError::NodeExited {
+            node: self.index,
+            address: self.address,
+            during: during.to_owned(),
+            log_tail: self.log_tail(4096),
+        }
+    }
+}
+
+impl NodeProcess for OwnNode {
+    fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    fn kill(&mut self) -> Result<(), LaunchError> {
+        if self.running.is_none() {
+            return Err(LaunchError::Invalid(format!("node {} is not running", self.index)));
+        }
+        self.stop(true)
+    }
+
+    fn restart(&mut self) -> Result<(), LaunchError> {
+        if self.running.is_some() {
+            return Err(LaunchError::Invalid(format!("node {} is already running", self.index)));
+        }
+        // The data directory holds the node id and the membership: no --join needed.
+        self.spawn(None)?;
+        let start = Instant::now();
+        loop {
+            if !self.is_running() {
+                return Err(self.exited("restart"));
+            }
+            if probe::leader(self.address, PROBE_TIMEOUT).is_ok() {
+                return Ok(());
+            }
+            if start.elapsed() >= Duration::from_secs(20) {
+                return Err(LaunchError::Timeout {
+                    what: format!("restarted node {} ({}) to answer requests", self.index, self.address),
+                    waited: start.elapsed(),
+                    detail: self.log_tail(4096),
+                });
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        let Some(sup) = self.running.as_mut() else { return false };
+        if !matches!(sup.shell.try_wait(), Ok(None)) {
+            return false;
+        }
+        match fs::read_to_string(format!("/proc/{}/stat", sup.pid)) {
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|state| state != 'Z' && state != 'X'),
+            Err(_) if !Path::new("/proc/self").exists() => true,
+            Err(_) => false,
+        }
+    }
+
+    fn log_tail(&self, max_bytes: usize) -> String {
+        let Ok(mut file) = fs::File::open(self.log_path()) else { return "(no log)".to_owned() };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = file.seek(SeekFrom::Start(len.saturating_sub(max_bytes as u64)));
+        let mut bytes = Vec::new();
+        let _ = file.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl Drop for OwnNode {
+    fn drop(&mut self) {
+        if self.running.is_some() {
+            if let Err(err) = self.stop(false) {
+                tracing::warn!(node = self.index, %err, "could not stop dqlited");
+            }
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+        let _ = fs::remove_file(self.log_path());
+        if let Some(parent) = self.dir.parent() {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binary_is_a_loud_error() {
+        let err = OwnDqlite::with_binary("/nonexistent/dqlited").unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("/nonexistent/dqlited") && message.contains(DQLITED_BIN_ENV), "{message}");
+    }
+}
