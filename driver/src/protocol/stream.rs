@@ -265,11 +265,9 @@ impl WireStream {
                 let mut byte = [0u8; 1];
                 let mut rb = tokio::io::ReadBuf::new(&mut byte);
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                return match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(pipe), &mut cx, &mut rb) {
-                    std::task::Poll::Pending => true,
-                    // EOF, unsolicited bytes or an error.
-                    std::task::Poll::Ready(_) => false,
-                };
+                // Pending: open and idle. Ready: EOF, unsolicited bytes or an error.
+                return tokio::io::AsyncRead::poll_read(std::pin::Pin::new(pipe), &mut cx, &mut rb)
+                    .is_pending();
             }
         };
         let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
