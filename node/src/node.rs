@@ -313,6 +313,10 @@ impl Node {
             opts.bootstrap = Some(conf);
             tracing::info!(node = %id, address = %config.address, "bootstrapping a new cluster");
         }
+        // A frame must hold the largest entry the runtime accepts (an AppendEntries always
+        // carries at least one entry) plus a full batch and a snapshot chunk.
+        tcfg.max_frame_bytes =
+            tcfg.max_frame_bytes.max(opts.max_entry_bytes + (2 << 20) + opts.snapshot_chunk_bytes as usize);
         let (inbox_tx, inbox_rx) = inbox(opts.inbox_queue);
         let transport = TcpTransport::new(tcfg, inbox_tx, tokio::runtime::Handle::current());
         let backend = crate::storage::backend::auto(&data.raft_dir())

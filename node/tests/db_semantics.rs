@@ -343,3 +343,88 @@ fn snapshot_then_restore_on_a_fresh_node_gives_identical_content() {
     let e = Entry { term: Term(1), index: LogIndex(index.0 + 1), kind: EntryKind::Barrier, data: vec![] };
     sm.apply(&e).unwrap();
 }
+
+struct NoLog;
+
+impl dqlite_node::replication::Replicator for NoLog {
+    fn propose(
+        &self,
+        _: Vec<u8>,
+    ) -> Result<dqlite_node::replication::Proposed, dqlite_node::replication::ProposeError> {
+        Err(dqlite_node::replication::ProposeError::NotLeader { leader: None })
+    }
+}
+
+/// Copies a follower's database files at random moments while it applies (a crash image: the
+/// WAL first, then the database file, then the sidecars, as a crash could leave them), then
+/// starts a node on each copy and replays the log into it: identical content, or a refusal
+/// naming a file of the copy.
+#[test]
+fn crash_images_taken_while_applying_recover_or_refuse() {
+    let seed: u64 = std::env::var("DB_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    println!("DB_CRASH_SEED={seed}");
+    let images: usize = std::env::var("DB_CRASH_IMAGES").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    let mut x = seed | 1;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut cfg = config();
+    cfg.checkpoint_every_entries = 9;
+    cfg.checkpoint_wal_frames = 30;
+    let c = Cluster::with_config(2, cfg);
+    let h = c.handles[0].clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let conn = h.open("c.db").unwrap();
+        conn.blocking_exec_sql("CREATE TABLE t(id INTEGER PRIMARY KEY, r, b)", vec![]).unwrap();
+        while !s2.load(Ordering::Relaxed) {
+            conn.blocking_exec_sql("INSERT INTO t(r, b) VALUES (random(), randomblob(700))", vec![]).unwrap();
+        }
+    });
+    let mut copies = Vec::new();
+    for _ in 0..images {
+        // The leader's files (frames written through after commit) or the follower's.
+        let src = c.dir((rnd() % 2) as usize).join("db");
+        std::thread::sleep(Duration::from_millis(5 + rnd() % 40));
+        let dst = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dst.path().join("db")).unwrap();
+        for name in ["c.db-wal", "c.db", "c.db-dqlite", ".applied-base"] {
+            let _ = std::fs::copy(src.join(name), dst.path().join("db").join(name));
+        }
+        copies.push(dst);
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    c.wait_all_applied();
+    let expected = dump(&c.handles[0], "c.db");
+    let entries = c.shared.st.lock().unwrap().entries.clone();
+    let (mut recovered, mut refused) = (0, 0);
+    for copy in &copies {
+        match dqlite_node::db::Databases::open(copy.path(), Arc::new(NoLog), config()) {
+            Ok(mut sm) => {
+                sm.role_changed(dqlite_node::raft::StateRole::Follower, Term(1), None);
+                let from = sm.applied_index().0 as usize;
+                for e in &entries[from..] {
+                    sm.apply(e).unwrap_or_else(|err| panic!("seed {seed}: replay failed: {err}"));
+                }
+                let h = sm.handle();
+                assert_eq!(dump(&h, "c.db"), expected, "seed {seed}");
+                integrity_ok(&h, "c.db");
+                recovered += 1;
+            }
+            Err(e) => {
+                let dir = copy.path().join("db").canonicalize().unwrap();
+                assert!(e.to_string().contains(dir.to_str().unwrap()), "seed {seed}: refusal names no file: {e}");
+                refused += 1;
+            }
+        }
+    }
+    println!("crash images: {recovered} recovered, {refused} refused");
+    assert!(recovered > 0, "seed {seed}: no image recovered");
+}

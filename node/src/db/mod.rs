@@ -327,6 +327,17 @@ impl DbHooks for DbShared {
                 return self.fail(&mut st, conn, code, e.to_string());
             }
         };
+        if p.term != guard {
+            // Appended in another term than the one we were ready in: every node skips it.
+            st.pending = Pending::None;
+            self.cv.notify_all();
+            return self.fail(
+                &mut st,
+                conn,
+                SQLITE_IOERR_LEADERSHIP_LOST,
+                "leadership changed during the commit; it was not applied".into(),
+            );
+        }
         if let Pending::GaveUp(code) = st.pending {
             // Leadership was lost while proposing.
             st.pending = Pending::None;

@@ -538,7 +538,9 @@ impl<T: Transport> Driver<T> {
     }
 
     fn can_take_work(&self) -> bool {
-        self.storage_overflow.len() < BACKLOG_LIMIT && self.apply_backlog.len() < BACKLOG_LIMIT
+        self.storage_overflow.len() < BACKLOG_LIMIT
+            && self.apply_backlog.len() < BACKLOG_LIMIT
+            && self.waiting_persist.len() < BACKLOG_LIMIT
     }
 
     fn check_stopping(&mut self) {
@@ -589,6 +591,10 @@ impl<T: Transport> Driver<T> {
     }
 
     fn on_message(&mut self, m: Message) {
+        if self.poisoned.is_some() && !self.core.is_leader() {
+            // Nothing can be made durable: take no part in replication (local reads still work).
+            return;
+        }
         if let MessageBody::InstallSnapshot(s) = &m.body {
             if s.done && !self.snapshot_image_ok(&m) {
                 return;

@@ -309,7 +309,8 @@ impl SnapshotStore {
     }
 
     /// Reads up to `buf.len()` bytes of a snapshot's data at `offset` (for streaming it to a
-    /// follower in chunks; the receiver checks the whole CRC). Returns the count read.
+    /// follower in chunks; the runtime frames every image with a length + CRC32C trailer that the
+    /// receiver checks before installing, `docs/runtime.md`). Returns the count read.
     pub fn read_chunk(&self, info: &SnapshotInfo, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let (name, f) = self.open_data(info)?;
         let n = (info.data_len.saturating_sub(offset) as usize).min(buf.len());
