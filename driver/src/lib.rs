@@ -87,6 +87,7 @@
 #[macro_use]
 extern crate sqlx_core;
 
+mod embedded;
 mod arguments;
 mod column;
 mod connection;

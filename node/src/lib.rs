@@ -10,3 +10,7 @@ pub mod db;
 pub mod transport;
 pub mod server;
 pub mod node;
+pub mod embedded;
+
+pub use embedded::{EmbeddedError, EmbeddedNode, NodeBuilder};
+pub use node::{Node, NodeConfig};

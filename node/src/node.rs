@@ -229,6 +229,13 @@ pub struct NodeConfig {
     pub server: ServerConfig,
     /// First members up to this many become voters, later ones standbys.
     pub max_voters: usize,
+    /// Whether to listen on `address` (default true). Without a socket the node can only be a
+    /// single-node cluster reached in process ([`Node::local_connector`]).
+    pub listen: bool,
+    /// Take a snapshot after this many entries (None: the runtime's default).
+    pub snapshot_threshold: Option<u64>,
+    /// Entries kept in the log behind a snapshot (None: the runtime's default).
+    pub snapshot_trailing: Option<u64>,
 }
 
 impl NodeConfig {
@@ -240,6 +247,9 @@ impl NodeConfig {
             network_latency: Duration::from_millis(10),
             server: ServerConfig::default(),
             max_voters: 3,
+            listen: true,
+            snapshot_threshold: None,
+            snapshot_trailing: None,
         }
     }
 }
@@ -270,10 +280,16 @@ impl Node {
         sm: S,
         sql: impl FnOnce(&RuntimeHandle) -> B,
     ) -> Result<Node, NodeError> {
-        let listener = tokio::net::TcpListener::bind(&config.address)
-            .await
-            .map_err(|source| NodeError::Bind { address: config.address.clone(), source })?;
-        let local_addr = listener.local_addr().ok();
+        let listener = if config.listen {
+            Some(
+                tokio::net::TcpListener::bind(&config.address)
+                    .await
+                    .map_err(|source| NodeError::Bind { address: config.address.clone(), source })?,
+            )
+        } else {
+            None
+        };
+        let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
         let id = data.node_id();
         let bootstrap = data.is_fresh() && config.join.is_empty();
         if bootstrap && data.cluster_id() == 0 {
@@ -285,6 +301,12 @@ impl Node {
         let mut opts = RuntimeOptions::new(id, config.address.clone());
         opts.network_latency = config.network_latency;
         opts.rng_seed = random_id();
+        if let Some(n) = config.snapshot_threshold {
+            opts.snapshot_threshold = n;
+        }
+        if let Some(n) = config.snapshot_trailing {
+            opts.trailing_entries = n;
+        }
         if bootstrap {
             let mut conf = Configuration::new();
             conf.upsert(RaftServer { id, address: config.address.clone(), role: Role::Voter });
@@ -302,7 +324,11 @@ impl Node {
         let runtime = Runtime::start(opts, backend, sm, Arc::new(transport.clone()), inbox_rx).await?;
         let sql = sql(&runtime);
         let cluster = RuntimeCluster::new(runtime.clone(), data.db_dir());
-        let server = Server::new(config.server.clone(), sql, cluster).with_peers(transport.clone()).spawn(listener);
+        let server = Server::new(config.server.clone(), sql, cluster).with_peers(transport.clone());
+        let server = match listener {
+            Some(listener) => server.spawn(listener),
+            None => server.spawn_local(),
+        };
         let join_task = (!config.join.is_empty()).then(|| {
             let mut opts = JoinOptions::new(config.join.clone(), id.0, config.address.clone());
             opts.max_voters = config.max_voters;
@@ -351,6 +377,11 @@ impl Node {
     /// The bound address.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// Opens in-process client connections to this node's server (no socket).
+    pub fn local_connector(&self) -> Option<crate::server::LocalConnector> {
+        self.server.as_ref().map(ServerHandle::local_connector)
     }
 
     /// The runtime.

@@ -79,6 +79,8 @@ impl fmt::Display for NodeAddress {
 /// | `statement_cache_capacity=100` | [`statement_cache_capacity`](Self::statement_cache_capacity) | 100 | prepared statements kept per connection (0 disables the cache: statements run with `EXEC_SQL`/`QUERY_SQL`) |
 /// | `request_timeout=0` | [`request_timeout`](Self::request_timeout) | 0 (off) | longest wait for one response message from the leader; on expiry the connection is dropped and the request fails (a write then has an unknown outcome). Guards against a leader host that vanished without closing TCP |
 /// | `client_id=0` | [`client_id`](Self::client_id) | 0 | id sent in the `CLIENT` handshake (informational for the server) |
+/// | `data=DIR` | [`data_dir`](Self::data_dir) | none | feature `embedded`: run (or attach to, if this process already runs it) a dqlite-rs node inside this process with data directory `DIR`, listening on the URL's `HOST:PORT`. A fresh `DIR` bootstraps a new cluster (or joins, with `join=`); a used one resumes. While that node leads, statements reach it through an in-process pipe (same protocol and errors, no socket); otherwise over TCP to the leader. `dqlite:///DB?data=DIR` (no host): a single node with no listening socket ([`no_socket`](Self::no_socket)) |
+/// | `join=H:P,H:P` | [`join`](Self::join) | none | with `data=`: nodes a fresh embedded node joins through; they are also leader-search seeds |
 /// | `busy_timeout=5s` | [`busy_timeout`](Self::busy_timeout) | 5 s | how long a statement outside a transaction is retried while the server answers `SQLITE_BUSY` ("database is locked": another writer holds the lock; the statement did not run), with SQLite's busy-handler delays (1 ms … 100 ms); 0 = fail at once. sqlx-sqlite's default is the same |
 ///
 /// Durations accept `ms`, `s` and `m` suffixes (`250ms`, `5s`, `1m`); a bare number means
@@ -121,6 +123,8 @@ pub struct DqliteConnectOptions {
     /// tried first by the next leader search.
     pub(crate) leader_hint: Arc<Mutex<Option<NodeAddress>>>,
     pub(crate) log_settings: LogSettings,
+    /// `data=DIR` (and `join=`): run or attach to a node of this process (feature `embedded`).
+    pub(crate) embedded: Option<crate::embedded::EmbeddedSpec>,
 }
 
 impl fmt::Debug for DqliteConnectOptions {
@@ -135,6 +139,7 @@ impl fmt::Debug for DqliteConnectOptions {
             .field("client_id", &self.client_id)
             .field("request_timeout", &self.request_timeout)
             .field("busy_timeout", &self.busy_timeout)
+            .field("embedded", &self.embedded)
             .finish()
     }
 }
@@ -161,6 +166,7 @@ impl DqliteConnectOptions {
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             leader_hint: Arc::new(Mutex::new(None)),
             log_settings: LogSettings::default(),
+            embedded: None,
         }
     }
 
@@ -252,7 +258,8 @@ impl DqliteConnectOptions {
     /// (duplicates removed).
     pub fn get_seeds(&self) -> Vec<NodeAddress> {
         let mut out: Vec<NodeAddress> = Vec::with_capacity(1 + self.peers.len());
-        for a in std::iter::once(&self.host).chain(self.peers.iter()) {
+        let join = self.embedded.iter().flat_map(|e| e.join.iter());
+        for a in std::iter::once(&self.host).chain(self.peers.iter()).chain(join) {
             if !out.contains(a) {
                 out.push(a.clone());
             }

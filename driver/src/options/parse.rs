@@ -76,11 +76,19 @@ impl DqliteConnectOptions {
         }
         let mut opts = DqliteConnectOptions::new();
 
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| config_err("dqlite URL has no host (expected dqlite://HOST:PORT/DATABASE)"))?;
-        opts.host = NodeAddress::new(host, url.port().unwrap_or(DEFAULT_PORT));
+        let host = url.host_str().filter(|h| !h.is_empty());
+        let embedded = crate::embedded::EmbeddedSpec::from_url(url, host.is_some())?;
+        match host {
+            Some(host) => opts.host = NodeAddress::new(host, url.port().unwrap_or(DEFAULT_PORT)),
+            None if embedded.is_some() => {}
+            None => {
+                return Err(config_err(
+                    "dqlite URL has no host (expected dqlite://HOST:PORT/DATABASE, or \
+                     dqlite:///DATABASE?data=DIR for an embedded node)",
+                ))
+            }
+        }
+        opts.embedded = embedded;
 
         if !url.username().is_empty() || url.password().is_some() {
             return Err(config_err("dqlite URLs do not take a user name or password (dqlite has no authentication)"));
@@ -114,6 +122,8 @@ impl DqliteConnectOptions {
                 }
                 "request_timeout" => opts.request_timeout = parse_duration(&key, &value)?,
                 "busy_timeout" => opts.busy_timeout = parse_duration(&key, &value)?,
+                // Embedded node options, taken by `EmbeddedSpec::from_url` above.
+                "data" | "join" => {}
                 "client_id" => {
                     opts.client_id = value
                         .parse()
@@ -122,7 +132,8 @@ impl DqliteConnectOptions {
                 other => {
                     return Err(config_err(format!(
                         "unknown dqlite URL parameter `{other}` (known: peers, connect_timeout, \
-                         leader_timeout, statement_cache_capacity, request_timeout, busy_timeout, client_id)"
+                         leader_timeout, statement_cache_capacity, request_timeout, busy_timeout, client_id, \
+                         data, join)"
                     )))
                 }
             }
@@ -145,6 +156,8 @@ impl DqliteConnectOptions {
 
     fn url_string(&self, host: &str) -> String {
         let db = utf8_percent_encode(&self.database, NON_ALPHANUMERIC).to_string();
+        let no_socket = self.embedded.as_ref().is_some_and(|e| !e.listen);
+        let host = if no_socket { "" } else { host };
         let mut s = format!("dqlite://{host}/{db}");
         let mut sep = '?';
         let mut push = |k: &str, v: &str| {
@@ -164,6 +177,9 @@ impl DqliteConnectOptions {
         push("request_timeout", &format!("{}ms", self.request_timeout.as_millis()));
         push("busy_timeout", &format!("{}ms", self.busy_timeout.as_millis()));
         push("client_id", &self.client_id.to_string());
+        if let Some(e) = &self.embedded {
+            e.push_url_options(&mut push);
+        }
         s
     }
 }

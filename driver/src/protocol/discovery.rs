@@ -100,6 +100,14 @@ fn set_leader_hint(opts: &DqliteConnectOptions, leader: Option<NodeAddress>) {
 /// The leader last found through these options (shared by their clones, e.g. a pool's
 /// connections) is asked first; then every seed in order.
 pub(crate) async fn connect_leader(opts: &DqliteConnectOptions) -> Result<Session, Error> {
+    if let Some(spec) = &opts.embedded {
+        #[cfg(not(feature = "embedded"))]
+        return Err(crate::embedded::unavailable(spec));
+        #[cfg(feature = "embedded")]
+        if let Some(session) = connect_local(opts, spec).await? {
+            return Ok(session);
+        }
+    }
     let mut seeds = opts.get_seeds();
     if let Some(hint) = leader_hint(opts) {
         seeds.retain(|s| *s != hint);
@@ -171,5 +179,57 @@ pub(crate) async fn connect_leader(opts: &DqliteConnectOptions) -> Result<Sessio
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// The embedded node's session if it leads (in process, no socket); `None` if another node
+/// leads (the caller then searches over TCP). A node without a socket is the only member:
+/// it waits for it to lead, bounded by the leader timeout.
+#[cfg(feature = "embedded")]
+async fn connect_local(
+    opts: &DqliteConnectOptions,
+    spec: &crate::embedded::EmbeddedSpec,
+) -> Result<Option<Session>, Error> {
+    let node = crate::embedded::node(opts, spec).await?;
+    let deadline = Instant::now() + opts.leader_timeout;
+    let peer = match node.address() {
+        Some(a) => parse_host_port(a).unwrap_or_else(|_| opts.host.clone()),
+        None => NodeAddress::new(dqlite_node::embedded::NO_SOCKET_ADDRESS, 0),
+    };
+    let mut role = node.runtime().watch_role();
+    loop {
+        if node.is_leader() {
+            let stream = WireStream::local(node.connect_local(), peer.clone()).await?;
+            match open_on_leader(stream, opts).await {
+                Ok(Some(mut session)) => {
+                    session.set_request_timeout(opts.request_timeout);
+                    tracing::debug!(leader = %peer, "connected to the embedded leader in process");
+                    return Ok(Some(session));
+                }
+                Ok(None) => tracing::debug!("embedded node stepped down before OPEN"),
+                Err(e) => return Err(e),
+            }
+        } else if spec.listen && node.leader().is_some_and(|(id, _)| id != node.id()) {
+            return Ok(None);
+        }
+        if node.is_closed() {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("the embedded dqlite node on {} has been closed", spec.data.display()),
+            )));
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!(
+                    "the embedded dqlite node on {} found no leader within {:?}",
+                    spec.data.display(),
+                    opts.leader_timeout
+                ),
+            )));
+        }
+        // Woken by a role change; re-checked at least every 50 ms.
+        let _ = tokio::time::timeout(remaining.min(Duration::from_millis(50)), role.changed()).await;
     }
 }

@@ -29,10 +29,69 @@ impl Frame {
     }
 }
 
+/// What a [`WireStream`] runs over: a TCP socket, or (feature `embedded`) an in-process pipe to
+/// a node of this process, served exactly like a TCP client.
+#[derive(Debug)]
+pub(crate) enum Socket {
+    Tcp(TcpStream),
+    #[cfg(feature = "embedded")]
+    Local(tokio::io::DuplexStream),
+}
+
+impl tokio::io::AsyncRead for Socket {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "embedded")]
+            Socket::Local(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Socket {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "embedded")]
+            Socket::Local(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "embedded")]
+            Socket::Local(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            #[cfg(feature = "embedded")]
+            Socket::Local(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A socket that completed the protocol handshake.
 #[derive(Debug)]
 pub(crate) struct WireStream {
-    socket: TcpStream,
+    socket: Socket,
     read_buf: Vec<u8>,
     write_buf: Vec<u8>,
     write_incomplete: bool,
@@ -72,13 +131,24 @@ impl WireStream {
             Error::Io(io::Error::new(io::ErrorKind::TimedOut, format!("timed out connecting to dqlite node {addr}")))
         })??;
         socket.set_nodelay(true)?;
+        Self::handshake(Socket::Tcp(socket), addr.clone()).await
+    }
+
+    /// An in-process connection to a node of this process (`peer` names it in errors), after
+    /// the same handshake as over TCP.
+    #[cfg(feature = "embedded")]
+    pub async fn local(pipe: tokio::io::DuplexStream, peer: NodeAddress) -> Result<Self, Error> {
+        Self::handshake(Socket::Local(pipe), peer).await
+    }
+
+    async fn handshake(socket: Socket, peer: NodeAddress) -> Result<Self, Error> {
         let mut stream = WireStream {
             socket,
             read_buf: Vec::with_capacity(8192),
             write_buf: Vec::with_capacity(1024),
             write_incomplete: false,
             ctx: DecodeContext::default(),
-            peer: addr.clone(),
+            peer,
             frames_received: 0,
             request_timeout: None,
             last_received: std::time::Instant::now(),
@@ -186,8 +256,22 @@ impl WireStream {
         if !self.read_buf.is_empty() || self.write_incomplete {
             return false;
         }
+        let tcp = match &mut self.socket {
+            Socket::Tcp(tcp) => tcp,
+            #[cfg(feature = "embedded")]
+            Socket::Local(pipe) => {
+                // A pipe learns of its peer's end at once: poll it without waiting (a no-op
+                // waker is fine; the next real read registers the task again).
+                let mut byte = [0u8; 1];
+                let mut rb = tokio::io::ReadBuf::new(&mut byte);
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                // Pending: open and idle. Ready: EOF, unsolicited bytes or an error.
+                return tokio::io::AsyncRead::poll_read(std::pin::Pin::new(pipe), &mut cx, &mut rb)
+                    .is_pending();
+            }
+        };
         let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        match socket2::SockRef::from(&self.socket).peek(&mut byte) {
+        match socket2::SockRef::from(&*tcp).peek(&mut byte) {
             // Nothing to read: open and idle (tokio sockets are non-blocking).
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => true,

@@ -12,7 +12,7 @@ use dqlite_wire::{
     RowsEnd, RowsWriter, Schema, StmtId, Value, ValueType, WireNodeId,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::backend::{BackendError, ClusterBackend, SqlBackend, SqlSession, Target};
 use super::{messages, Shared};
@@ -29,8 +29,8 @@ struct OpenDb<Sess: SqlSession> {
     stmts: Vec<Option<Sess::Stmt>>,
 }
 
-struct Conn<S: SqlBackend, C> {
-    stream: TcpStream,
+struct Conn<S: SqlBackend, C, T> {
+    stream: T,
     version: ProtocolVersion,
     shared: Arc<Shared<S, C>>,
     rbuf: Vec<u8>,
@@ -60,8 +60,8 @@ fn no_database() -> BackendError {
     failure(SQLITE_NOTFOUND, messages::NO_DATABASE)
 }
 
-pub(crate) async fn serve<S: SqlBackend, C: ClusterBackend>(
-    stream: TcpStream,
+pub(crate) async fn serve<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin>(
+    stream: T,
     version: ProtocolVersion,
     shared: Arc<Shared<S, C>>,
 ) -> io::Result<()> {
@@ -77,7 +77,7 @@ pub(crate) async fn serve<S: SqlBackend, C: ClusterBackend>(
     conn.run().await
 }
 
-impl<S: SqlBackend, C: ClusterBackend> Conn<S, C> {
+impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S, C, T> {
     async fn run(&mut self) -> io::Result<()> {
         loop {
             let Some(frame) = self.read_request().await? else { return Ok(()) };
@@ -399,7 +399,7 @@ impl<S: SqlBackend, C: ClusterBackend> Conn<S, C> {
     fn interrupt_arrived(&mut self) -> io::Result<bool> {
         loop {
             self.rbuf.reserve(READ_CHUNK);
-            match self.stream.try_read_buf(&mut self.rbuf) {
+            match try_read_buf(&mut self.stream, &mut self.rbuf) {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client closed during a query")),
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -419,6 +419,24 @@ impl<S: SqlBackend, C: ClusterBackend> Conn<S, C> {
         }
         self.rbuf.drain(..len);
         Ok(true)
+    }
+}
+
+/// Reads what is already available without waiting (`WouldBlock` if nothing is), for any
+/// stream: a TCP socket or an in-process duplex pipe. Polling with a no-op waker is fine here:
+/// the next real `.await` on the stream registers the task's waker again.
+fn try_read_buf<T: AsyncRead + Unpin>(stream: &mut T, buf: &mut Vec<u8>) -> io::Result<usize> {
+    use std::task::{Context, Poll, Waker};
+    let mut tmp = [0u8; 4096];
+    let mut rb = tokio::io::ReadBuf::new(&mut tmp);
+    let mut cx = Context::from_waker(Waker::noop());
+    match std::pin::Pin::new(stream).poll_read(&mut cx, &mut rb) {
+        Poll::Ready(Ok(())) => {
+            buf.extend_from_slice(rb.filled());
+            Ok(rb.filled().len())
+        }
+        Poll::Ready(Err(e)) => Err(e),
+        Poll::Pending => Err(io::Error::new(io::ErrorKind::WouldBlock, "no data yet")),
     }
 }
 

@@ -111,8 +111,17 @@ impl<S: SqlBackend, C: ClusterBackend> Server<S, C> {
     pub fn spawn(self, listener: TcpListener) -> ServerHandle {
         let local_addr = listener.local_addr().ok();
         let (tx, rx) = watch::channel(false);
+        let local = LocalConnector::new(self.shared.clone(), rx.clone());
         let task = tokio::spawn(self.serve(listener, rx));
-        ServerHandle { local_addr, shutdown: tx, task: Some(task) }
+        ServerHandle { local_addr, shutdown: tx, task: Some(task), local }
+    }
+
+    /// A server without a listening socket: only [`ServerHandle::connect_local`] reaches it
+    /// (an embedded single node).
+    pub fn spawn_local(self) -> ServerHandle {
+        let (tx, rx) = watch::channel(false);
+        let local = LocalConnector::new(self.shared.clone(), rx);
+        ServerHandle { local_addr: None, shutdown: tx, task: None, local }
     }
 
     /// The accept loop: runs until `shutdown` turns true (or its sender is dropped), then
@@ -194,15 +203,84 @@ async fn route<S: SqlBackend, C: ClusterBackend>(
     }
 }
 
+/// Size of an in-process connection's pipe in each direction (a ROWS batch is ~4 KiB).
+pub const LOCAL_PIPE_BYTES: usize = 64 << 10;
+
+/// Opens in-process client connections to a server: a [`tokio::io::DuplexStream`] whose other
+/// end is served exactly like an accepted TCP client (handshake word, then the protocol), so
+/// semantics and errors are those of the wire, without a socket.
+#[derive(Clone)]
+pub struct LocalConnector {
+    open: Arc<dyn Fn() -> tokio::io::DuplexStream + Send + Sync>,
+}
+
+impl std::fmt::Debug for LocalConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalConnector")
+    }
+}
+
+impl LocalConnector {
+    fn new<S: SqlBackend, C: ClusterBackend>(shared: Arc<Shared<S, C>>, shutdown: watch::Receiver<bool>) -> Self {
+        let open = move || {
+            let (client, server) = tokio::io::duplex(LOCAL_PIPE_BYTES);
+            let shared = shared.clone();
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = serve_local(server, shared) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => {}
+                }
+            });
+            client
+        };
+        LocalConnector { open: Arc::new(open) }
+    }
+
+    /// A new in-process connection (the caller sends the protocol handshake first).
+    pub fn connect(&self) -> tokio::io::DuplexStream {
+        (self.open)()
+    }
+}
+
+async fn serve_local<S: SqlBackend, C: ClusterBackend>(mut stream: tokio::io::DuplexStream, shared: Arc<Shared<S, C>>) {
+    let mut word = [0u8; 8];
+    if stream.read_exact(&mut word).await.is_err() {
+        return;
+    }
+    let version = match u64::from_le_bytes(word) {
+        ProtocolVersion::V1_WORD => ProtocolVersion::V1,
+        ProtocolVersion::LEGACY_WORD => ProtocolVersion::Legacy,
+        other => {
+            tracing::debug!(word = format_args!("{other:#x}"), "in-process client: unknown protocol version; closed");
+            return;
+        }
+    };
+    if let Err(e) = connection::serve(stream, version, shared).await {
+        tracing::debug!(error = %e, "in-process client connection ended");
+    }
+}
+
 /// A running server. Dropping it stops the server too.
 #[derive(Debug)]
 pub struct ServerHandle {
     local_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
+    local: LocalConnector,
 }
 
 impl ServerHandle {
+    /// Opens an in-process client connection (see [`LocalConnector`]).
+    pub fn connect_local(&self) -> tokio::io::DuplexStream {
+        self.local.connect()
+    }
+
+    /// The in-process connector (clonable, usable after the handle moved).
+    pub fn local_connector(&self) -> LocalConnector {
+        self.local.clone()
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr

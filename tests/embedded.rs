@@ -1,0 +1,100 @@
+//! Embedded nodes: the builder's one-node-per-directory rule, `data=` URLs (with and without a
+//! socket), and pools, `migrate!` and `AnyPool` over the in-process path.
+
+use std::time::Duration;
+
+use dqlite::node::{EmbeddedError, NodeBuilder};
+use sqlx::{FromRow, Row};
+use sqlx_dqlite::{DqliteConnectOptions, DqlitePoolOptions};
+
+#[derive(Debug, FromRow, PartialEq)]
+struct Note {
+    id: i64,
+    author: String,
+    body: String,
+    stars: i64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_on_a_directory_in_use_is_a_clear_error() {
+    let dir = tempfile_dir("second-open");
+    let node = NodeBuilder::new(&dir).start().await.expect("first start");
+    node.ready(Duration::from_secs(20)).await.expect("ready");
+    assert_eq!(node.cluster().len(), 1);
+    assert_eq!(node.leader().map(|l| l.0), Some(node.id()));
+    assert!(node.describe().await.unwrap().contains("Leader"), "{}", node.describe().await.unwrap());
+    let err = NodeBuilder::new(&dir).start().await.expect_err("second start on the same directory");
+    assert!(matches!(err, EmbeddedError::AlreadyRunning { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("already in use") && message.contains("second-open"), "{message}");
+    // The first node is unharmed, and after close the directory can be used again.
+    assert!(node.is_leader());
+    let id = node.id();
+    node.close().await;
+    let again = NodeBuilder::new(&dir).start().await.expect("start after close");
+    assert_eq!(again.id(), id, "the node resumes from its data directory");
+    again.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_socket_url_runs_migrate_query_as_and_any() {
+    let dir = tempfile_dir("no-socket");
+    let url = format!("dqlite:///notes.db?data={}", dir.display());
+    let opts: DqliteConnectOptions = url.parse().unwrap();
+    assert_eq!(opts.get_data_dir(), Some(dir.as_path()));
+    let pool = DqlitePoolOptions::new().max_connections(3).connect(&url).await.unwrap();
+    sqlx::migrate!("examples/migrations").run(&pool).await.unwrap();
+    sqlx::query("INSERT INTO notes (author, body, stars) VALUES (?, ?, ?)")
+        .bind("ada")
+        .bind("in process")
+        .bind(2)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let notes: Vec<Note> = sqlx::query_as("SELECT id, author, body, stars FROM notes").fetch_all(&pool).await.unwrap();
+    assert_eq!(notes, [Note { id: 1, author: "ada".into(), body: "in process".into(), stars: 2 }]);
+    // SQL errors are those of the wire.
+    let err = sqlx::query("INSERT INTO nope VALUES (1)").execute(&pool).await.unwrap_err();
+    assert!(err.to_string().contains("no such table"), "{err}");
+    // A second URL on the same directory attaches to the running node.
+    let node = dqlite::node::embedded::running(&dir).expect("the URL started a node");
+    assert_eq!(node.address(), None, "no listening socket");
+    let pool2 = DqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notes").fetch_one(&pool2).await.unwrap();
+    assert_eq!(n, 1);
+    // AnyPool on the same URL.
+    let _ = sqlx::any::install_drivers(&[sqlx_dqlite::any::DRIVER]);
+    let any = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+    let row = sqlx::query("SELECT author FROM notes").fetch_one(&any).await.unwrap();
+    assert_eq!(row.get::<String, _>(0), "ada");
+    any.close().await;
+    pool2.close().await;
+    pool.close().await;
+    node.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn embedded_url_options_are_checked() {
+    let bad = |url: &str| url.parse::<DqliteConnectOptions>().expect_err(url).to_string();
+    assert!(bad("dqlite:///db").contains("no host"));
+    assert!(bad("dqlite:///db?data=/tmp/x&join=127.0.0.1:1").contains("needs a listening node"));
+    assert!(bad("dqlite://127.0.0.1:1/db?join=127.0.0.2:1").contains("needs `data=DIR`"));
+    assert!(bad("dqlite://127.0.0.1:1/db?data=").contains("names no directory"));
+    let o: DqliteConnectOptions = "dqlite://127.0.0.1:7001/db?data=/tmp/n1&join=127.0.0.2:7001".parse().unwrap();
+    let again: DqliteConnectOptions =
+        sqlx::ConnectOptions::to_url_lossy(&o).as_str().parse().expect("to_url_lossy parses back");
+    assert_eq!(format!("{o:?}"), format!("{again:?}"));
+    assert_eq!(o.get_seeds().len(), 2);
+}
+
+fn tempfile_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("dqlite-embedded-{tag}-{}-{}", std::process::id(), rand_suffix()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    dqlite::node::node::random_id() % 1_000_000
+}
