@@ -138,7 +138,9 @@ async fn run_seed(seed: u64) {
                             Some(t) => told.lock().unwrap().push((id, t)),
                             // The node was killed under the connection (a real client would see
                             // its connection drop): no promise either way; counted and reported.
-                            None if e.code() == SQLITE_IOERR_FSYNC && e.to_string().contains("not running") => {
+                            None if e.code() == SQLITE_IOERR_FSYNC
+                                && e.to_string().contains("node is stopping or its storage failed") =>
+                            {
                                 told.lock().unwrap().push((id, Told::Unknown));
                                 other.lock().unwrap().push(format!("{}: {e}", e.code()));
                             }

@@ -428,3 +428,36 @@ fn crash_images_taken_while_applying_recover_or_refuse() {
     println!("crash images: {recovered} recovered, {refused} refused");
     assert!(recovered > 0, "seed {seed}: no image recovered");
 }
+
+/// An idle write transaction on a node that lost leadership holds the write lock the follower
+/// apply needs: it is rolled back at once, apply proceeds, and the client's next statement is told
+/// LEADERSHIP_LOST.
+#[test]
+fn an_idle_write_transaction_is_rolled_back_when_leadership_is_lost() {
+    let c = Cluster::new(2);
+    let conn = c.handles[0].open("idle.db").unwrap();
+    conn.blocking_exec_sql("CREATE TABLE t(a)", vec![]).unwrap();
+    c.wait_all_applied();
+    conn.blocking_exec_sql("BEGIN", vec![]).unwrap();
+    conn.blocking_exec_sql("INSERT INTO t VALUES (1)", vec![]).unwrap();
+    // Leadership moves while the transaction is idle; the new leader writes.
+    c.elect(Some(1));
+    let started = Instant::now();
+    let c1 = c.handles[1].open("idle.db").unwrap();
+    // Node 1 learns its role through its apply thread; it may take a moment.
+    while let Err(e) = c1.blocking_exec_sql("INSERT INTO t VALUES (2)", vec![]) {
+        assert_eq!(e.code(), 10250, "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5), "node 1 never took the write: {e}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    c.wait_all_applied();
+    assert!(started.elapsed() < Duration::from_secs(5), "apply waited {:?}", started.elapsed());
+    let e = conn.blocking_exec_sql("INSERT INTO t VALUES (3)", vec![]).unwrap_err();
+    assert_eq!(e.code(), 10506, "{e}");
+    // The transaction is gone: the connection is back in autocommit, read-only on a follower.
+    let e = conn.blocking_exec_sql("INSERT INTO t VALUES (4)", vec![]).unwrap_err();
+    assert_eq!(e.code(), 10250, "{e}");
+    assert_eq!(count(&conn, "SELECT count(*) FROM t WHERE a = 2"), 1);
+    assert_eq!(count(&conn, "SELECT count(*) FROM t WHERE a <> 2"), 0);
+    assert_eq!(dump(&c.handles[0], "idle.db"), dump(&c.handles[1], "idle.db"));
+}
