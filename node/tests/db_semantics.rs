@@ -461,3 +461,38 @@ fn an_idle_write_transaction_is_rolled_back_when_leadership_is_lost() {
     assert_eq!(count(&conn, "SELECT count(*) FROM t WHERE a <> 2"), 0);
     assert_eq!(dump(&c.handles[0], "idle.db"), dump(&c.handles[1], "idle.db"));
 }
+
+/// No quorum: the commit fails with the clear timeout error; while its fate is unknown other
+/// writes to that database are refused; once the entry commits it is applied as a follower would,
+/// and writes go on.
+#[test]
+fn a_commit_timeout_is_reported_then_the_entry_is_applied_when_it_commits() {
+    let mut cfg = config();
+    cfg.commit_timeout = Duration::from_millis(300);
+    let c = Cluster::with_config(2, cfg);
+    let conn = c.handles[0].open("to.db").unwrap();
+    conn.blocking_exec_sql("CREATE TABLE t(a)", vec![]).unwrap();
+    c.wait_all_applied();
+    c.hold(true);
+    let e = conn.blocking_exec_sql("INSERT INTO t VALUES (1)", vec![]).unwrap_err();
+    assert_eq!(e.code(), dqlite_node::db::SQLITE_IOERR_COMMIT_TIMEOUT, "{e}");
+    assert!(e.to_string().contains("not confirmed by Raft"), "{e}");
+    let e = conn.blocking_exec_sql("INSERT INTO t VALUES (2)", vec![]).unwrap_err();
+    assert_eq!(e.code(), 10506, "{e}");
+    assert!(e.to_string().contains("unknown outcome"), "{e}");
+    c.hold(false);
+    c.wait_all_applied();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = conn.blocking_exec_sql("INSERT INTO t VALUES (3)", vec![]) {
+        assert!(Instant::now() < deadline, "writes never resumed: {e}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    c.wait_all_applied();
+    for i in 0..2 {
+        let r = c.handles[i].open("to.db").unwrap();
+        assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a = 1"), 1, "node {i}");
+        assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a = 2"), 0, "node {i}");
+        assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a = 3"), 1, "node {i}");
+    }
+    assert_eq!(dump(&c.handles[0], "to.db"), dump(&c.handles[1], "to.db"));
+}
