@@ -496,3 +496,24 @@ fn a_commit_timeout_is_reported_then_the_entry_is_applied_when_it_commits() {
     }
     assert_eq!(dump(&c.handles[0], "to.db"), dump(&c.handles[1], "to.db"));
 }
+
+/// `interrupt` stops a long query with SQLITE_INTERRUPT; the connection keeps working.
+#[test]
+fn interrupt_stops_a_long_query() {
+    let c = Cluster::new(1);
+    let conn = Arc::new(c.handles[0].open("int.db").unwrap());
+    let q = conn.clone();
+    let t = std::thread::spawn(move || {
+        q.blocking_query_sql("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c", vec![])
+            .and_then(|r| r.blocking_collect())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !t.is_finished() {
+        assert!(Instant::now() < deadline, "the query was not interrupted");
+        std::thread::sleep(Duration::from_millis(20));
+        conn.interrupt();
+    }
+    let e = t.join().unwrap().unwrap_err();
+    assert_eq!(e.code(), 9, "{e}");
+    assert_eq!(count(&conn, "SELECT 41 + 1"), 42);
+}
