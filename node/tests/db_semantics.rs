@@ -504,8 +504,11 @@ fn interrupt_stops_a_long_query() {
     let conn = Arc::new(c.handles[0].open("int.db").unwrap());
     let q = conn.clone();
     let t = std::thread::spawn(move || {
-        q.blocking_query_sql("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c", vec![])
-            .and_then(|r| r.blocking_collect())
+        q.blocking_query_sql(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+            vec![],
+        )
+        .and_then(|r| r.blocking_collect())
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     while !t.is_finished() {
@@ -516,4 +519,28 @@ fn interrupt_stops_a_long_query() {
     let e = t.join().unwrap().unwrap_err();
     assert_eq!(e.code(), 9, "{e}");
     assert_eq!(count(&conn, "SELECT 41 + 1"), 42);
+}
+
+/// The log's disk is full: a write gets SQLITE_FULL and loses nothing; reads go on; writes work
+/// again once space returns.
+#[test]
+fn a_full_disk_answers_sqlite_full_then_writes_resume() {
+    let c = Cluster::new(2);
+    let conn = c.handles[0].open("full.db").unwrap();
+    conn.blocking_exec_sql("CREATE TABLE t(a)", vec![]).unwrap();
+    conn.blocking_exec_sql("INSERT INTO t VALUES (1)", vec![]).unwrap();
+    c.wait_all_applied();
+    c.shared.st.lock().unwrap().disk_full = true;
+    let e = conn.blocking_exec_sql("INSERT INTO t VALUES (2)", vec![]).unwrap_err();
+    assert_eq!(e.code() & 0xff, 13, "{e}");
+    assert_eq!(count(&conn, "SELECT count(*) FROM t"), 1);
+    let other = c.handles[0].open("full.db").unwrap();
+    assert_eq!(count(&other, "SELECT count(*) FROM t"), 1);
+    c.shared.st.lock().unwrap().disk_full = false;
+    conn.blocking_exec_sql("INSERT INTO t VALUES (3)", vec![]).unwrap();
+    c.wait_all_applied();
+    for i in 0..2 {
+        let r = c.handles[i].open("full.db").unwrap();
+        assert_eq!(count(&r, "SELECT group_concat(a) = '1,3' FROM t"), 1, "node {i}");
+    }
 }
