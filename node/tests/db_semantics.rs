@@ -544,3 +544,32 @@ fn a_full_disk_answers_sqlite_full_then_writes_resume() {
         assert_eq!(count(&r, "SELECT group_concat(a) = '1,3' FROM t"), 1, "node {i}");
     }
 }
+
+/// A connection opened before a snapshot install does not keep reading the old files: it fails
+/// with a clear error so the client reconnects.
+#[test]
+fn a_connection_opened_before_restore_gets_a_clear_error() {
+    let c = Cluster::new(1);
+    write_load(&c, "r.db", 20);
+    c.wait_all_applied();
+    let (index, image) = c.on_sm(0, |sm| {
+        let mut out = Vec::new();
+        let i = sm.snapshot(&mut out).unwrap();
+        (i, out)
+    });
+    let fresh = tempfile::tempdir().unwrap();
+    let rep = Arc::new(NodeReplicator { shared: c.shared.clone(), id: 5 });
+    let mut sm = dqlite_node::db::Databases::open(fresh.path(), rep, config()).unwrap();
+    let h = sm.handle();
+    let old = h.open("r.db").unwrap();
+    old.blocking_exec_sql("SELECT 1", vec![]).unwrap();
+    sm.restore(index, &mut image.as_slice()).unwrap();
+    let want = dump(&c.handles[0], "r.db");
+    assert_eq!(dump(&h, "r.db"), want);
+    let e = old.blocking_query_sql("SELECT count(*) FROM t", vec![]).and_then(|r| r.blocking_collect()).unwrap_err();
+    assert_eq!(e.code(), 4, "{e}");
+    assert!(e.to_string().contains("reopen the connection"), "{e}");
+    assert_eq!(old.blocking_prepare("SELECT 1").unwrap_err().code(), 4);
+    // A new connection reads the restored state.
+    assert_eq!(count(&h.open("r.db").unwrap(), "SELECT count(*) FROM t"), 20);
+}

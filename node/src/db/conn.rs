@@ -284,8 +284,32 @@ impl<'c> Worker<'c> {
         }
     }
 
-    /// After a rollback for lost leadership, the next statement fails with LEADERSHIP_LOST.
+    /// After a rollback for lost leadership, the next statement fails with LEADERSHIP_LOST; once a
+    /// snapshot install replaced this database's files, every request but finalize fails with a
+    /// clear error (the client reconnects).
     fn refuse_if_lost(&mut self, cmd: Command) -> Option<Command> {
+        let current = lock(&self.node.dbs).get(&self.db.name).is_some_and(|d| Arc::ptr_eq(d, &self.db));
+        if !current {
+            let err = || {
+                DbError::sql(
+                    libsqlite3_sys::SQLITE_ABORT,
+                    "the database was replaced by a snapshot install; reopen the connection",
+                )
+            };
+            match cmd {
+                Command::Prepare(_, reply) => {
+                    let _ = reply.send(Err(err()));
+                }
+                Command::Exec(_, _, reply) | Command::ExecSql(_, _, reply) => {
+                    let _ = reply.send(Err(err()));
+                }
+                Command::Query(_, _, reply) | Command::QuerySql(_, _, reply) => {
+                    let _ = reply.send(Err(err()));
+                }
+                other => return Some(other),
+            }
+            return None;
+        }
         if !self.lost {
             return Some(cmd);
         }
