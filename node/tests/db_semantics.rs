@@ -428,3 +428,148 @@ fn crash_images_taken_while_applying_recover_or_refuse() {
     println!("crash images: {recovered} recovered, {refused} refused");
     assert!(recovered > 0, "seed {seed}: no image recovered");
 }
+
+/// An idle write transaction on a node that lost leadership holds the write lock the follower
+/// apply needs: it is rolled back at once, apply proceeds, and the client's next statement is told
+/// LEADERSHIP_LOST.
+#[test]
+fn an_idle_write_transaction_is_rolled_back_when_leadership_is_lost() {
+    let c = Cluster::new(2);
+    let conn = c.handles[0].open("idle.db").unwrap();
+    conn.blocking_exec_sql("CREATE TABLE t(a)", vec![]).unwrap();
+    c.wait_all_applied();
+    conn.blocking_exec_sql("BEGIN", vec![]).unwrap();
+    conn.blocking_exec_sql("INSERT INTO t VALUES (1)", vec![]).unwrap();
+    // Leadership moves while the transaction is idle; the new leader writes.
+    c.elect(Some(1));
+    let started = Instant::now();
+    let c1 = c.handles[1].open("idle.db").unwrap();
+    // Node 1 learns its role through its apply thread; it may take a moment.
+    while let Err(e) = c1.blocking_exec_sql("INSERT INTO t VALUES (2)", vec![]) {
+        assert_eq!(e.code(), 10250, "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5), "node 1 never took the write: {e}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    c.wait_all_applied();
+    assert!(started.elapsed() < Duration::from_secs(5), "apply waited {:?}", started.elapsed());
+    let e = conn.blocking_exec_sql("INSERT INTO t VALUES (3)", vec![]).unwrap_err();
+    assert_eq!(e.code(), 10506, "{e}");
+    // The transaction is gone: the connection is back in autocommit, read-only on a follower.
+    let e = conn.blocking_exec_sql("INSERT INTO t VALUES (4)", vec![]).unwrap_err();
+    assert_eq!(e.code(), 10250, "{e}");
+    assert_eq!(count(&conn, "SELECT count(*) FROM t WHERE a = 2"), 1);
+    assert_eq!(count(&conn, "SELECT count(*) FROM t WHERE a <> 2"), 0);
+    assert_eq!(dump(&c.handles[0], "idle.db"), dump(&c.handles[1], "idle.db"));
+}
+
+/// No quorum: the commit fails with the clear timeout error; while its fate is unknown other
+/// writes to that database are refused; once the entry commits it is applied as a follower would,
+/// and writes go on.
+#[test]
+fn a_commit_timeout_is_reported_then_the_entry_is_applied_when_it_commits() {
+    let mut cfg = config();
+    cfg.commit_timeout = Duration::from_millis(300);
+    let c = Cluster::with_config(2, cfg);
+    let conn = c.handles[0].open("to.db").unwrap();
+    conn.blocking_exec_sql("CREATE TABLE t(a)", vec![]).unwrap();
+    c.wait_all_applied();
+    c.hold(true);
+    let e = conn.blocking_exec_sql("INSERT INTO t VALUES (1)", vec![]).unwrap_err();
+    assert_eq!(e.code(), dqlite_node::db::SQLITE_IOERR_COMMIT_TIMEOUT, "{e}");
+    assert!(e.to_string().contains("not confirmed by Raft"), "{e}");
+    let e = conn.blocking_exec_sql("INSERT INTO t VALUES (2)", vec![]).unwrap_err();
+    assert_eq!(e.code(), 10506, "{e}");
+    assert!(e.to_string().contains("unknown outcome"), "{e}");
+    c.hold(false);
+    c.wait_all_applied();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = conn.blocking_exec_sql("INSERT INTO t VALUES (3)", vec![]) {
+        assert!(Instant::now() < deadline, "writes never resumed: {e}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    c.wait_all_applied();
+    for i in 0..2 {
+        let r = c.handles[i].open("to.db").unwrap();
+        assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a = 1"), 1, "node {i}");
+        assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a = 2"), 0, "node {i}");
+        assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a = 3"), 1, "node {i}");
+    }
+    assert_eq!(dump(&c.handles[0], "to.db"), dump(&c.handles[1], "to.db"));
+}
+
+/// `interrupt` stops a long query with SQLITE_INTERRUPT; the connection keeps working.
+#[test]
+fn interrupt_stops_a_long_query() {
+    let c = Cluster::new(1);
+    let conn = Arc::new(c.handles[0].open("int.db").unwrap());
+    let q = conn.clone();
+    let t = std::thread::spawn(move || {
+        q.blocking_query_sql(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+            vec![],
+        )
+        .and_then(|r| r.blocking_collect())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !t.is_finished() {
+        assert!(Instant::now() < deadline, "the query was not interrupted");
+        std::thread::sleep(Duration::from_millis(20));
+        conn.interrupt();
+    }
+    let e = t.join().unwrap().unwrap_err();
+    assert_eq!(e.code(), 9, "{e}");
+    assert_eq!(count(&conn, "SELECT 41 + 1"), 42);
+}
+
+/// The log's disk is full: a write gets SQLITE_FULL and loses nothing; reads go on; writes work
+/// again once space returns.
+#[test]
+fn a_full_disk_answers_sqlite_full_then_writes_resume() {
+    let c = Cluster::new(2);
+    let conn = c.handles[0].open("full.db").unwrap();
+    conn.blocking_exec_sql("CREATE TABLE t(a)", vec![]).unwrap();
+    conn.blocking_exec_sql("INSERT INTO t VALUES (1)", vec![]).unwrap();
+    c.wait_all_applied();
+    c.shared.st.lock().unwrap().disk_full = true;
+    let e = conn.blocking_exec_sql("INSERT INTO t VALUES (2)", vec![]).unwrap_err();
+    assert_eq!(e.code() & 0xff, 13, "{e}");
+    assert_eq!(count(&conn, "SELECT count(*) FROM t"), 1);
+    let other = c.handles[0].open("full.db").unwrap();
+    assert_eq!(count(&other, "SELECT count(*) FROM t"), 1);
+    c.shared.st.lock().unwrap().disk_full = false;
+    conn.blocking_exec_sql("INSERT INTO t VALUES (3)", vec![]).unwrap();
+    c.wait_all_applied();
+    for i in 0..2 {
+        let r = c.handles[i].open("full.db").unwrap();
+        assert_eq!(count(&r, "SELECT group_concat(a) = '1,3' FROM t"), 1, "node {i}");
+    }
+}
+
+/// A connection opened before a snapshot install does not keep reading the old files: it fails
+/// with a clear error so the client reconnects.
+#[test]
+fn a_connection_opened_before_restore_gets_a_clear_error() {
+    let c = Cluster::new(1);
+    write_load(&c, "r.db", 20);
+    c.wait_all_applied();
+    let (index, image) = c.on_sm(0, |sm| {
+        let mut out = Vec::new();
+        let i = sm.snapshot(&mut out).unwrap();
+        (i, out)
+    });
+    let fresh = tempfile::tempdir().unwrap();
+    let rep = Arc::new(NodeReplicator { shared: c.shared.clone(), id: 5 });
+    let mut sm = dqlite_node::db::Databases::open(fresh.path(), rep, config()).unwrap();
+    let h = sm.handle();
+    let old = h.open("r.db").unwrap();
+    old.blocking_exec_sql("SELECT 1", vec![]).unwrap();
+    sm.restore(index, &mut image.as_slice()).unwrap();
+    let want = dump(&c.handles[0], "r.db");
+    assert_eq!(dump(&h, "r.db"), want);
+    let e = old.blocking_query_sql("SELECT count(*) FROM t", vec![]).and_then(|r| r.blocking_collect()).unwrap_err();
+    assert_eq!(e.code(), 4, "{e}");
+    assert!(e.to_string().contains("reopen the connection"), "{e}");
+    assert_eq!(old.blocking_prepare("SELECT 1").unwrap_err().code(), 4);
+    // A new connection reads the restored state.
+    assert_eq!(count(&h.open("r.db").unwrap(), "SELECT count(*) FROM t"), 20);
+}

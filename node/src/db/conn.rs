@@ -36,7 +36,8 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::ValueRef;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
-use super::{lock, DbError, DbShared, NodeShared, SQLITE_IOERR_NOT_LEADER};
+use super::{lock, DbError, DbShared, NodeShared, SQLITE_IOERR_LEADERSHIP_LOST, SQLITE_IOERR_NOT_LEADER};
+use crate::raft::Term;
 use crate::vfs::VfsConnection;
 
 /// Commands queued to one connection's worker at most.
@@ -194,7 +195,15 @@ struct Worker<'c> {
     refused: Arc<std::sync::Mutex<Option<String>>>,
     internal: Arc<AtomicBool>,
     query_only: bool,
+    /// The leader term in which this connection's open write transaction took the write lock.
+    write_term: Option<Term>,
+    /// The open write transaction was rolled back because leadership was lost: the next
+    /// statement is told so (once).
+    lost: bool,
 }
+
+/// How often an idle connection holding the write lock checks that its node still leads.
+const LEADERSHIP_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn to_sql(v: &Value) -> rusqlite::types::Value {
     use rusqlite::types::Value as V;
@@ -239,6 +248,90 @@ impl<'c> Worker<'c> {
         let r = f();
         self.internal.store(false, Ordering::SeqCst);
         r
+    }
+
+    /// An open write transaction of a node that no longer leads (in the term it began in) holds
+    /// the write lock that the follower apply needs: roll it back now, and tell the client at
+    /// its next statement.
+    fn check_leadership(&mut self) {
+        if !self.vc.holds_write_lock() {
+            self.write_term = None;
+            return;
+        }
+        let now = self.node.leader_term();
+        if now.is_some() && (self.write_term.is_none() || self.write_term == now) {
+            return;
+        }
+        let c = self.vc.conn();
+        match self.internal(|| c.execute_batch("ROLLBACK")) {
+            Ok(()) => tracing::debug!(db = self.db.name, "leadership lost: open write transaction rolled back"),
+            Err(e) => tracing::warn!(db = self.db.name, error = %e, "leadership lost: rollback failed"),
+        }
+        self.vc.end_statement();
+        self.write_term = None;
+        self.lost = true;
+    }
+
+    /// Records the leader term of a write transaction that just took the write lock.
+    fn note_write_term(&mut self) {
+        if !self.vc.holds_write_lock() {
+            self.write_term = None;
+        } else if self.write_term.is_none() {
+            self.write_term = self.node.leader_term();
+            if self.write_term.is_none() {
+                self.check_leadership();
+            }
+        }
+    }
+
+    /// After a rollback for lost leadership, the next statement fails with LEADERSHIP_LOST; once a
+    /// snapshot install replaced this database's files, every request but finalize fails with a
+    /// clear error (the client reconnects).
+    fn refuse_if_lost(&mut self, cmd: Command) -> Option<Command> {
+        let current = lock(&self.node.dbs).get(&self.db.name).is_some_and(|d| Arc::ptr_eq(d, &self.db));
+        if !current {
+            let err = || {
+                DbError::sql(
+                    libsqlite3_sys::SQLITE_ABORT,
+                    "the database was replaced by a snapshot install; reopen the connection",
+                )
+            };
+            match cmd {
+                Command::Prepare(_, reply) => {
+                    let _ = reply.send(Err(err()));
+                }
+                Command::Exec(_, _, reply) | Command::ExecSql(_, _, reply) => {
+                    let _ = reply.send(Err(err()));
+                }
+                Command::Query(_, _, reply) | Command::QuerySql(_, _, reply) => {
+                    let _ = reply.send(Err(err()));
+                }
+                other => return Some(other),
+            }
+            return None;
+        }
+        if !self.lost {
+            return Some(cmd);
+        }
+        let err = || {
+            DbError::sql(
+                SQLITE_IOERR_LEADERSHIP_LOST,
+                "leadership lost: the open transaction was rolled back; reconnect to the leader",
+            )
+        };
+        match cmd {
+            Command::Exec(_, _, reply) | Command::ExecSql(_, _, reply) => {
+                self.lost = false;
+                let _ = reply.send(Err(err()));
+                None
+            }
+            Command::Query(_, _, reply) | Command::QuerySql(_, _, reply) => {
+                self.lost = false;
+                let _ = reply.send(Err(err()));
+                None
+            }
+            other => Some(other),
+        }
     }
 
     /// Followers' connections are read-only (`query_only`), leaders' read-write.
@@ -508,10 +601,31 @@ impl DbHandle {
                     refused,
                     internal,
                     query_only: false,
+                    write_term: None,
+                    lost: false,
                 };
                 w.sync_role();
-                while let Ok(cmd) = rx.recv() {
-                    w.handle(cmd);
+                loop {
+                    let cmd = if w.vc.holds_write_lock() {
+                        match rx.recv_timeout(LEADERSHIP_POLL) {
+                            Ok(cmd) => cmd,
+                            Err(mpsc::RecvTimeoutError::Timeout) => {
+                                w.check_leadership();
+                                continue;
+                            }
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        }
+                    } else {
+                        match rx.recv() {
+                            Ok(cmd) => cmd,
+                            Err(_) => break,
+                        }
+                    };
+                    w.check_leadership();
+                    if let Some(cmd) = w.refuse_if_lost(cmd) {
+                        w.handle(cmd);
+                    }
+                    w.note_write_term();
                 }
                 drop(w);
                 drop(vc);

@@ -172,7 +172,9 @@ impl From<rusqlite::Error> for DbError {
             }
             // SQLite's own message (`sqlite3_errmsg`), as dqlite sends it, without rusqlite's
             // " in <sql> at offset <n>" suffix.
-            rusqlite::Error::SqlInputError { error, msg, .. } => DbError::Sql { code: error.extended_code, message: msg },
+            rusqlite::Error::SqlInputError { error, msg, .. } => {
+                DbError::Sql { code: error.extended_code, message: msg }
+            }
             other => DbError::Sql { code: libsqlite3_sys::SQLITE_ERROR, message: other.to_string() },
         }
     }
@@ -499,6 +501,12 @@ impl NodeShared {
             self.config.cache_size_kib
         ))?;
         Ok(c)
+    }
+
+    /// The term this node leads in, if it is the leader.
+    pub(crate) fn leader_term(&self) -> Option<Term> {
+        let r = lock(&self.role);
+        (r.role == StateRole::Leader).then_some(r.term)
     }
 
     pub(crate) fn is_leader(&self) -> bool {

@@ -788,6 +788,11 @@ impl VfsConnection {
         &self.busy.entry
     }
 
+    /// Whether this connection holds the database's write lock (an open write transaction).
+    pub fn holds_write_lock(&self) -> bool {
+        self.busy.entry.queue.holds(self.busy.id)
+    }
+
     /// Drops the connection's place in the write-lock queue unless it holds the lock. Call after
     /// every statement: a statement that ended with `SQLITE_BUSY` outside the busy handler (a
     /// deferred transaction upgrading to a write) must not keep others waiting.

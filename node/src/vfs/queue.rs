@@ -102,7 +102,6 @@ impl WriteQueue {
     }
 
     /// True if `conn` holds the lock.
-    #[cfg(test)]
     pub(crate) fn holds(&self, conn: ConnId) -> bool {
         self.lock().holder == Some(conn)
     }

@@ -31,6 +31,8 @@ pub struct LogState {
     pub stop: bool,
     pub errors: Vec<(usize, String)>,
     pub applied_by_index: Vec<u64>,
+    /// Proposals fail with `ProposeError::DiskFull` (the log's disk is full).
+    pub disk_full: bool,
 }
 
 pub struct Shared {
@@ -48,6 +50,9 @@ impl Replicator for NodeReplicator {
         let mut st = self.shared.st.lock().unwrap();
         if st.leader != Some(self.id) {
             return Err(ProposeError::NotLeader { leader: st.leader.map(|l| NodeId(l as u64 + 1)) });
+        }
+        if st.disk_full {
+            return Err(ProposeError::DiskFull { reason: "no space left on device (test)".into() });
         }
         let index = LogIndex(st.entries.len() as u64 + 1);
         let term = Term(st.term);
