@@ -88,6 +88,8 @@ pub(crate) struct Cluster {
     churn: Vec<(u64, NodeId, u64)>,
     /// Messages delivered at the current virtual instant, and that instant.
     same_instant: (u64, u64),
+    /// A membership change catching its server up: (leader, its term, the server).
+    promoting: Option<(NodeId, Term, NodeId)>,
     /// Every command's first application on any replica: (client, seq) -> (clock, output).
     effects: std::collections::HashMap<(u64, u64), (u64, KvOutput)>,
     pub(crate) report: Report,
@@ -183,6 +185,7 @@ impl Cluster {
             churn: Vec::new(),
             same_instant: (0, 0),
             effects: std::collections::HashMap::new(),
+            promoting: None,
             report,
         }
     }
@@ -690,7 +693,13 @@ impl Cluster {
                         self.client_rejected(c, s, None);
                     }
                 }
-                Event::ConfChangeAborted { .. } => self.report.conf_aborted += 1,
+                Event::ConfChangeAborted { node } => {
+                    self.report.conf_aborted += 1;
+                    self.promoting = self.promoting.filter(|p| p.2 != *node);
+                }
+                Event::ConfChangeAppended { node, .. } => {
+                    self.promoting = self.promoting.filter(|p| p.2 != *node);
+                }
                 Event::TransferAborted { .. } => self.report.transfers_aborted += 1,
                 _ => {}
             }
@@ -1464,10 +1473,18 @@ impl Cluster {
                 else {
                     return Ok(());
                 };
+                // Every server's view counts (one may hold a change the leader does not), and a
+                // server being caught up for promotion is left alone.
+                let mut views = self.configurations();
+                views.push(conf);
+                let promoting = self.promotion_pending();
                 let pool: Vec<usize> = started
                     .iter()
                     .copied()
-                    .filter(|&x| !conf.is_voter(self.hosts[x].id) || conf.voter_count() >= 3)
+                    .filter(|&x| {
+                        let id = self.hosts[x].id;
+                        promoting != Some(id) && views.iter().all(|c| !c.is_voter(id) || c.voter_count() >= 3)
+                    })
                     .collect();
                 let Some(&h) = self.rng.pick(&pool) else { return Ok(()) };
                 let id = self.hosts[h].id;
@@ -1563,6 +1580,32 @@ impl Cluster {
         Ok(())
     }
 
+    /// The server a membership change is still catching up, if that change can still complete
+    /// (its leader still leads its term).
+    fn promotion_pending(&self) -> Option<NodeId> {
+        let (l, term, target) = self.promoting?;
+        let h = &self.hosts[self.idx(l)];
+        h.raw.as_ref().filter(|r| r.is_leader() && r.term() == term).map(|_| target)
+    }
+
+    /// The configuration each started server has (running: in force; down: the latest in its
+    /// stored log or snapshot).
+    fn configurations(&self) -> Vec<Configuration> {
+        let mut out = Vec::new();
+        for h in self.hosts.iter().filter(|h| h.started && !h.wiped) {
+            if let Some(r) = &h.raw {
+                out.push(r.configuration().clone());
+                continue;
+            }
+            let stored = h.disk.log.iter().rev().find(|e| e.kind == EntryKind::Configuration);
+            match stored.and_then(|e| Configuration::decode(&e.data).ok()) {
+                Some(c) => out.push(c),
+                None => out.extend(h.disk.snapshot.as_ref().map(|s| s.0.configuration.clone())),
+            }
+        }
+        out
+    }
+
     /// What an operator does about a wiped server: remove it from the configuration (it
     /// lost its votes and acknowledged entries, so it must not come back as the same member),
     /// and once that removal is committed, bring the machine back empty under a *new* id,
@@ -1585,7 +1628,7 @@ impl Cluster {
                         self.drive(l)?;
                     }
                 }
-            } else if settled {
+            } else if settled && self.promotion_pending() != Some(id) {
                 let tick_ms = self.hosts[h].tick_ms;
                 let old = &mut self.hosts[h];
                 old.wiped = false;
@@ -1657,6 +1700,13 @@ impl Cluster {
         let Some(raw) = self.hosts[l].raw.as_mut() else { return Ok(()) };
         let res = raw.propose_conf_change(cc.clone());
         self.report.conf_changes += u64::from(res.is_ok());
+        if res == Ok(crate::ConfChangeStatus::CatchingUp) {
+            let target = match &cc {
+                ConfChange::Add { id, .. } | ConfChange::Assign { id, .. } | ConfChange::Remove { id } => *id,
+            };
+            let term = raw.term();
+            self.promoting = Some((self.hosts[l].id, term, target));
+        }
         self.log(|| format!("CONF {cc:?}: {res:?}"));
         self.drive(l)
     }
