@@ -370,18 +370,20 @@ impl Cluster {
         s
     }
 
+    /// The leader the cluster would agree on: the live server that leads the highest term, if
+    /// no replica (voter or standby) of its configuration has moved to a later term. (A spare
+    /// or a removed server may sit in a later term without disrupting anyone: pre-vote keeps
+    /// it from being heard, and the leader never talks to it.)
     fn leader(&self) -> Option<usize> {
-        let max_term = self
-            .hosts
-            .iter()
-            .filter_map(|h| h.raw.as_ref().map(|r| r.term()))
-            .max()?;
-        self.hosts.iter().position(|h| {
-            h.is_live()
-                && h.raw
-                    .as_ref()
-                    .is_some_and(|r| r.role() == StateRole::Leader && r.term() == max_term)
-        })
+        let best = (0..self.hosts.len())
+            .filter(|&h| self.hosts[h].is_live() && self.hosts[h].raw.as_ref().is_some_and(|r| r.role() == StateRole::Leader))
+            .max_by_key(|&h| self.hosts[h].raw.as_ref().map(|r| r.term()))?;
+        let raw = self.hosts[best].raw.as_ref()?;
+        let conf = raw.configuration();
+        let superseded = self.hosts.iter().any(|h| {
+            conf.replicas().any(|id| id == h.id) && h.raw.as_ref().is_some_and(|r| r.term() > raw.term())
+        });
+        (!superseded).then_some(best)
     }
 
     fn converged(&self) -> bool {
