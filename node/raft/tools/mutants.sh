@@ -54,6 +54,12 @@ root_manifest() {
 }
 
 want=("$@")
+# One snapshot of the revision for every mutant (commits made during a run do not mix in).
+commit=$(cd "$here" && git rev-parse --short "$rev")
+rm -rf "$dir/base"; mkdir -p "$dir/base"
+(cd "$here" && git archive "$commit" node/raft Cargo.lock) | tar -x -C "$dir/base"
+root_manifest > "$dir/base/Cargo.toml"
+echo "mutants of $commit"
 results="$dir/results.tsv"
 : > "$results"
 survivors=0
@@ -61,15 +67,13 @@ while IFS=$'\t' read -r id file subst expect what; do
   [ -z "$id" ] && continue
   if [ ${#want[@]} -gt 0 ] && [[ ! " ${want[*]} " =~ " $id " ]]; then continue; fi
   copy="$dir/src-$id"
-  rm -rf "$copy"; mkdir -p "$copy"
-  (cd "$here" && git archive "$rev" node/raft Cargo.lock) | tar -x -C "$copy"
-  root_manifest > "$copy/Cargo.toml"
+  rm -rf "$copy"; cp -r "$dir/base" "$copy"
   f="$copy/node/raft/src/$file"
   before=$(sha1sum "$f")
   perl -0pi -e "$subst" "$f"
   if [ "$(sha1sum "$f")" = "$before" ]; then
     echo "$id: the substitution no longer applies to $file (update the catalogue)"; survivors=$((survivors+1))
-    printf '%s\tstale\t-\t-\t%s\n' "$id" "$what" >> "$results"; continue
+    printf '%s\tstale\t-\t-\t%s\t%s\n' "$id" "$what" "$commit" >> "$results"; continue
   fi
   if [ -n "${MUT_DRY:-}" ]; then echo "$id: applies"; continue; fi
   cd "$copy"
@@ -93,7 +97,7 @@ while IFS=$'\t' read -r id file subst expect what; do
   secs=$(( $(date +%s) - start ))
   cd "$here"
   echo "$id ($what): simulator: $sim [${secs}s]; unit tests: $unit"
-  printf '%s\t%s\t%s\t%s\t%s\n' "$id" "$sim" "$unit" "$secs" "$what" >> "$results"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$sim" "$unit" "$secs" "$what" "$commit" >> "$results"
 done < <(mutants)
 echo "results in $results; mutants not caught as expected (sim: within $seeds seeds; unit: by a test): $survivors"
 [ "$survivors" -eq 0 ]
