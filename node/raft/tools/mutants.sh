@@ -35,7 +35,7 @@ F06	read_index.rs	s/if !self\.committed_in_term\(\) \{/if false {/	sim	ReadIndex
 F07	replication.rs	s/self\.commit_to\(a\.leader_commit\.min\(last_new\)\);/self.commit_to(a.leader_commit.min(self.log.last_index()));/	sim	follower commits past the entries the leader covered
 F08	replication.rs	s/self\.log\.persisted\n/self.log.last_index()\n/	sim	leader counts its own unpersisted entries toward the quorum
 F09	log.rs	s/Some\(t\) if t == e\.term => continue,/Some(_) => continue,/	sim	a conflicting entry is not truncated
-F10	election.rs	s/let granted = can_vote && !self\.is_blank\(\) && self\.log\.is_up_to_date\(r\.last_log_index, r\.last_log_term\);/let granted = can_vote \&\& !self.is_blank();/	sim	RequestVote (only) ignores the log check
+F10	election.rs	s/let granted = can_vote && !self\.is_blank\(\) && self\.log\.is_up_to_date\(r\.last_log_index, r\.last_log_term\);/let granted = can_vote \&\& !self.is_blank();/	unit	RequestVote (only) ignores the log check (pre-vote still checks the log, so only a transfer or a log change between the rounds exposes it)
 F11	election.rs	s/(own vote must be durable before it asks for others\.\n\s*)self\.persisted_msgs\.push\(m\)/${1}self.msgs.push(m)/	sim	candidate asks for votes before its own vote is durable
 F1	node.rs	s/if self\.role == StateRole::Leader && self\.log\.persisted < self\.leader_first_index \{/if false {/	sim	F1's fix reverted: a self-elected leader sends before its term is durable
 F2	node.rs	s/self\.role == StateRole::Leader && self\.log\.persisted >= self\.leader_first_index/self.role == StateRole::Leader/	sim	F2's fix reverted: leadership announced before the term is durable
