@@ -174,9 +174,7 @@ impl Configuration {
             let role = Role::from_u8(rb).ok_or(ConfigurationDecodeError::UnknownRole(rb))?;
             let len = u32le(&mut buf)? as usize;
             let addr = take(&mut buf, len)?;
-            let address = std::str::from_utf8(addr)
-                .map_err(|_| ConfigurationDecodeError::AddressNotUtf8)?
-                .to_owned();
+            let address = std::str::from_utf8(addr).map_err(|_| ConfigurationDecodeError::AddressNotUtf8)?.to_owned();
             if id == NodeId::ZERO || conf.get(id).is_some() {
                 return Err(ConfigurationDecodeError::BadId(id));
             }

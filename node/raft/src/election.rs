@@ -242,7 +242,10 @@ impl RawNode {
 #[cfg(test)]
 mod tests {
     use crate::test_harness::{config, Cluster};
-    use crate::{Configuration, HardState, LogIndex, Message, MessageBody, NodeId, RawNode, StateRole, Term, VoteRequest, VoteResponse};
+    use crate::{
+        Configuration, HardState, LogIndex, Message, MessageBody, NodeId, RawNode, StateRole, Term, VoteRequest,
+        VoteResponse,
+    };
 
     fn node3() -> RawNode {
         let conf = Configuration::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
@@ -262,7 +265,10 @@ mod tests {
         assert_eq!(n.term(), t);
         let rd = n.ready();
         assert!(rd.hard_state.is_none(), "pre-vote must not change durable state");
-        assert_eq!(rd.messages.iter().filter(|m| matches!(m.body, MessageBody::PreVote(_)) && m.term == t.next()).count(), 2);
+        assert_eq!(
+            rd.messages.iter().filter(|m| matches!(m.body, MessageBody::PreVote(_)) && m.term == t.next()).count(),
+            2
+        );
         // A grant for a different term is ignored; a proper one makes it a candidate.
         n.step(m(2, t.0 + 2, MessageBody::PreVoteResponse(VoteResponse { granted: true }))).unwrap();
         assert_eq!(n.role(), StateRole::PreCandidate);
@@ -294,7 +300,9 @@ mod tests {
         let _ = n.ready();
         n.step(m(3, 3, MessageBody::PreVote(req))).unwrap();
         let rd = n.ready();
-        assert!(matches!(&rd.messages[..], [Message { term: Term(5), body: MessageBody::PreVoteResponse(r), .. }] if !r.granted));
+        assert!(
+            matches!(&rd.messages[..], [Message { term: Term(5), body: MessageBody::PreVoteResponse(r), .. }] if !r.granted)
+        );
     }
 
     #[test]
@@ -313,7 +321,13 @@ mod tests {
     #[test]
     fn restore_takes_term_from_log_when_hard_state_is_behind() {
         let conf = Configuration::with_voters([NodeId(1)]);
-        let n = RawNode::restore(config(1, 0), HardState { term: Term(0), vote: Some(NodeId(1)), commit: LogIndex(7) }, None, vec![RawNode::bootstrap_entry(&conf)]).unwrap();
+        let n = RawNode::restore(
+            config(1, 0),
+            HardState { term: Term(0), vote: Some(NodeId(1)), commit: LogIndex(7) },
+            None,
+            vec![RawNode::bootstrap_entry(&conf)],
+        )
+        .unwrap();
         assert_eq!(n.term(), Term(1));
         assert_eq!(n.hard_state().vote, None);
         assert_eq!(n.log().committed(), LogIndex(1), "commit clamped to the log");
@@ -393,7 +407,8 @@ mod tests {
         for _ in 0..hb * 5 {
             c.node(1).tick();
             let rd = c.node(1).ready();
-            beats += rd.messages.iter().filter(|m| m.to == NodeId(2) && matches!(m.body, MessageBody::Heartbeat(_))).count();
+            beats +=
+                rd.messages.iter().filter(|m| m.to == NodeId(2) && matches!(m.body, MessageBody::Heartbeat(_))).count();
         }
         assert_eq!(beats, 5);
     }

@@ -174,7 +174,11 @@ impl RawNode {
         if p.server.id != id {
             return;
         }
-        let matched = if id == self.id { self.log.last_index() } else { self.progress.get(&id).map_or(LogIndex::ZERO, |pr| pr.match_index) };
+        let matched = if id == self.id {
+            self.log.last_index()
+        } else {
+            self.progress.get(&id).map_or(LogIndex::ZERO, |pr| pr.match_index)
+        };
         if matched < p.round_target {
             return;
         }
@@ -256,7 +260,10 @@ mod tests {
         c.run(1);
         c.add_blank(4);
         c.crash(4);
-        let st = c.node(1).propose_conf_change(ConfChange::Add { id: NodeId(4), address: "x".into(), role: Role::Voter }).unwrap();
+        let st = c
+            .node(1)
+            .propose_conf_change(ConfChange::Add { id: NodeId(4), address: "x".into(), role: Role::Voter })
+            .unwrap();
         assert_eq!(st, ConfChangeStatus::CatchingUp);
         assert_eq!(
             c.node(1).propose_conf_change(ConfChange::Remove { id: NodeId(2) }),
@@ -278,9 +285,13 @@ mod tests {
         c.run(1);
         c.add_blank(4);
         c.crash(4);
-        c.node(1).propose_conf_change(ConfChange::Add { id: NodeId(4), address: String::new(), role: Role::Voter }).unwrap();
+        c.node(1)
+            .propose_conf_change(ConfChange::Add { id: NodeId(4), address: String::new(), role: Role::Voter })
+            .unwrap();
         let et = c.nodes[&NodeId(1)].election_ticks;
-        let aborted = |c: &Cluster| c.events.get(&NodeId(1)).is_some_and(|e| e.contains(&Event::ConfChangeAborted { node: NodeId(4) }));
+        let aborted = |c: &Cluster| {
+            c.events.get(&NodeId(1)).is_some_and(|e| e.contains(&Event::ConfChangeAborted { node: NodeId(4) }))
+        };
         for _ in 0..et * super::MAX_CATCH_UP_ROUNDS - 1 {
             c.tick_all();
             c.deliver();
@@ -296,7 +307,9 @@ mod tests {
         c.elect(1);
         c.run(1);
         c.add_blank(4);
-        c.node(1).propose_conf_change(ConfChange::Add { id: NodeId(4), address: String::new(), role: Role::Voter }).unwrap();
+        c.node(1)
+            .propose_conf_change(ConfChange::Add { id: NodeId(4), address: String::new(), role: Role::Voter })
+            .unwrap();
         // Node 4 is unreachable for one and a half rounds, then catches up.
         c.isolate(4);
         let et = c.nodes[&NodeId(1)].election_ticks;
@@ -331,7 +344,9 @@ mod tests {
         c.elect(1);
         c.run(1);
         c.add_blank(3);
-        c.node(1).propose_conf_change(ConfChange::Add { id: NodeId(3), address: String::new(), role: Role::Standby }).unwrap();
+        c.node(1)
+            .propose_conf_change(ConfChange::Add { id: NodeId(3), address: String::new(), role: Role::Standby })
+            .unwrap();
         c.run(3);
         assert_eq!(c.node(1).configuration().role(NodeId(3)), Some(Role::Standby));
         let st = c.node(1).propose_conf_change(ConfChange::Assign { id: NodeId(3), role: Role::Voter }).unwrap();
@@ -361,7 +376,10 @@ mod tests {
             c.node(1).propose_conf_change(ConfChange::Add { id: NodeId(3), address: String::new(), role: Role::Spare }),
             Err(Error::AlreadyMember(NodeId(3)))
         );
-        assert_eq!(c.node(2).propose_conf_change(ConfChange::Remove { id: NodeId(3) }), Err(Error::NotLeader { leader: Some(NodeId(1)) }));
+        assert_eq!(
+            c.node(2).propose_conf_change(ConfChange::Remove { id: NodeId(3) }),
+            Err(Error::NotLeader { leader: Some(NodeId(1)) })
+        );
     }
 
     #[test]

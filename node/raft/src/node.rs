@@ -458,12 +458,11 @@ impl RawNode {
             || !self.chunk_requests.is_empty()
             || !self.events.is_empty()
             || self.public_soft() != self.last_soft
-            || (self.role == StateRole::Leader
-                && self.progress.values().any(|p| {
-                    p.commit_sent < self.log.committed
-                        && p.match_index.next() == p.next_index
-                        && matches!(&p.state, crate::progress::ProgressState::Replicate { inflight } if inflight.is_empty())
-                }))
+            || (self.role == StateRole::Leader && self.progress.values().any(|p| {
+                p.commit_sent < self.log.committed
+                    && p.match_index.next() == p.next_index
+                    && matches!(&p.state, crate::progress::ProgressState::Replicate { inflight } if inflight.is_empty())
+            }))
     }
 
     /// Takes everything the application must do now (see [`crate::ready`] for the order).
@@ -607,7 +606,11 @@ mod tests {
             for _ in 0..3 {
                 for id in 1..=3 {
                     let rd = c.node(id).ready();
-                    assert!(rd.hard_state.is_none(), "node {id} asked for a hard-state write at commit {:?}", c.node(id).log().committed());
+                    assert!(
+                        rd.hard_state.is_none(),
+                        "node {id} asked for a hard-state write at commit {:?}",
+                        c.node(id).log().committed()
+                    );
                     let out: Vec<_> = rd.messages.iter().chain(rd.persisted_messages.iter()).cloned().collect();
                     c.node(id).advance(&rd);
                     for m in out {
@@ -636,7 +639,10 @@ mod tests {
         let mut c = Cluster::new(1, 91);
         c.elect(1);
         let handed = c.node(1).log().applied();
-        assert_eq!(c.node(1).applied(LogIndex(99)), Err(Error::AppliedTooFar { applied: LogIndex(99), handed_out: handed }));
+        assert_eq!(
+            c.node(1).applied(LogIndex(99)),
+            Err(Error::AppliedTooFar { applied: LogIndex(99), handed_out: handed })
+        );
         let i = c.node(1).propose(b"x".to_vec()).unwrap();
         let _ = c.node(1).ready();
         c.node(1).persisted(i, Term(99));
@@ -651,7 +657,9 @@ mod tests {
         let mut c = Cluster::new(3, 92);
         c.elect(2);
         let ev = &c.events[&NodeId(2)];
-        assert!(ev.iter().any(|e| matches!(e, Event::RoleChanged { role: StateRole::Leader, leader: Some(NodeId(2)), .. })));
+        assert!(ev
+            .iter()
+            .any(|e| matches!(e, Event::RoleChanged { role: StateRole::Leader, leader: Some(NodeId(2)), .. })));
         let st = c.node(1).status();
         assert_eq!(st.leader, Some(NodeId(2)));
         assert_eq!(st.role, StateRole::Follower);
@@ -669,7 +677,12 @@ mod restore_tests {
     }
 
     fn meta(i: u64, t: u64) -> SnapshotMeta {
-        SnapshotMeta { index: LogIndex(i), term: Term(t), configuration: Configuration::with_voters([NodeId(1)]), configuration_index: LogIndex(1) }
+        SnapshotMeta {
+            index: LogIndex(i),
+            term: Term(t),
+            configuration: Configuration::with_voters([NodeId(1)]),
+            configuration_index: LogIndex(1),
+        }
     }
 
     #[test]

@@ -60,8 +60,12 @@ fn s5_2_leader_election_one_vote_per_term() {
     let rd = n.ready();
     assert_eq!(rd.hard_state.unwrap().vote, Some(NodeId(2)));
     // The grant waits for persistence; the rejection does not promise anything.
-    assert!(matches!(rd.persisted_messages[..], [Message { to: NodeId(2), body: MessageBody::RequestVoteResponse(r), .. }] if r.granted));
-    assert!(matches!(rd.messages[..], [Message { to: NodeId(3), body: MessageBody::RequestVoteResponse(r), .. }] if !r.granted));
+    assert!(
+        matches!(rd.persisted_messages[..], [Message { to: NodeId(2), body: MessageBody::RequestVoteResponse(r), .. }] if r.granted)
+    );
+    assert!(
+        matches!(rd.messages[..], [Message { to: NodeId(3), body: MessageBody::RequestVoteResponse(r), .. }] if !r.granted)
+    );
 }
 
 #[test]
@@ -70,7 +74,12 @@ fn s5_2_leader_election_candidate_steps_down_for_leader_of_same_term() {
     n.campaign(false, false);
     assert_eq!(n.role(), StateRole::Candidate);
     let t = n.term();
-    let ae = AppendEntries { prev_log_index: LogIndex(1), prev_log_term: Term(1), entries: vec![], leader_commit: LogIndex(1) };
+    let ae = AppendEntries {
+        prev_log_index: LogIndex(1),
+        prev_log_term: Term(1),
+        entries: vec![],
+        leader_commit: LogIndex(1),
+    };
     n.step(msg(2, 1, t.0, MessageBody::AppendEntries(ae))).unwrap();
     assert_eq!(n.role(), StateRole::Follower);
     assert_eq!(n.leader(), Some(NodeId(2)));
@@ -123,7 +132,12 @@ fn s5_3_log_replication_needs_a_majority_to_commit() {
 fn s5_3_log_replication_follower_rejects_mismatch_with_backoff_hint() {
     // Follower log: 1@1, 2@2, 3@2, 4@2. Leader probes at prev 6 -> hint "log ends at 4".
     let mut n = follower_with(1, 3, 5, &[entry(2, 2), entry(3, 2), entry(4, 2)]);
-    let ae = AppendEntries { prev_log_index: LogIndex(6), prev_log_term: Term(5), entries: vec![], leader_commit: LogIndex(1) };
+    let ae = AppendEntries {
+        prev_log_index: LogIndex(6),
+        prev_log_term: Term(5),
+        entries: vec![],
+        leader_commit: LogIndex(1),
+    };
     n.step(msg(2, 1, 5, MessageBody::AppendEntries(ae))).unwrap();
     let rd = n.ready();
     let MessageBody::AppendEntriesResponse(r) = &rd.messages[0].body else { panic!("{rd:?}") };
@@ -131,7 +145,12 @@ fn s5_3_log_replication_follower_rejects_mismatch_with_backoff_hint() {
     assert_eq!(r.hint.unwrap().conflict_term, None);
     assert_eq!(r.hint.unwrap().conflict_index, LogIndex(5));
     // Probe at prev 4 with term 4: conflicts with term 2, whose run starts at 2.
-    let ae = AppendEntries { prev_log_index: LogIndex(4), prev_log_term: Term(4), entries: vec![], leader_commit: LogIndex(1) };
+    let ae = AppendEntries {
+        prev_log_index: LogIndex(4),
+        prev_log_term: Term(4),
+        entries: vec![],
+        leader_commit: LogIndex(1),
+    };
     n.step(msg(2, 1, 5, MessageBody::AppendEntries(ae))).unwrap();
     let rd = n.ready();
     let MessageBody::AppendEntriesResponse(r) = &rd.messages[0].body else { panic!() };
@@ -216,11 +235,29 @@ fn s5_4_2_commit_only_current_term_entries_by_counting_replicas() {
     // The no-op of term t is at index 3. Follower 2 acknowledges only index 2 (term 2).
     assert_eq!(leader.log().term(LogIndex(3)), Some(t));
     leader
-        .step(msg(2, 1, t.0, MessageBody::AppendEntriesResponse(crate::AppendEntriesResponse { success: true, index: LogIndex(2), hint: None })))
+        .step(msg(
+            2,
+            1,
+            t.0,
+            MessageBody::AppendEntriesResponse(crate::AppendEntriesResponse {
+                success: true,
+                index: LogIndex(2),
+                hint: None,
+            }),
+        ))
         .unwrap();
     assert_eq!(leader.log().committed(), LogIndex(1), "an old-term entry was committed by counting replicas");
     leader
-        .step(msg(2, 1, t.0, MessageBody::AppendEntriesResponse(crate::AppendEntriesResponse { success: true, index: LogIndex(3), hint: None })))
+        .step(msg(
+            2,
+            1,
+            t.0,
+            MessageBody::AppendEntriesResponse(crate::AppendEntriesResponse {
+                success: true,
+                index: LogIndex(3),
+                hint: None,
+            }),
+        ))
         .unwrap();
     assert_eq!(leader.log().committed(), LogIndex(3), "committing the current-term entry commits the old one too");
 }
@@ -281,7 +318,10 @@ fn s6_membership_add_voter_is_caught_up_before_the_configuration_is_appended() {
     }
     c.deliver();
     c.add_blank(4);
-    let st = c.node(1).propose_conf_change(ConfChange::Add { id: NodeId(4), address: "n4".into(), role: Role::Voter }).unwrap();
+    let st = c
+        .node(1)
+        .propose_conf_change(ConfChange::Add { id: NodeId(4), address: "n4".into(), role: Role::Voter })
+        .unwrap();
     assert_eq!(st, ConfChangeStatus::CatchingUp);
     assert!(!c.node(1).configuration().is_voter(NodeId(4)), "voter before catch-up");
     c.process(NodeId(1));
@@ -300,7 +340,8 @@ fn s6_membership_one_change_at_a_time() {
     c.run(1);
     c.isolate(2);
     c.isolate(3);
-    let r = c.node(1).propose_conf_change(ConfChange::Add { id: NodeId(4), address: String::new(), role: Role::Standby });
+    let r =
+        c.node(1).propose_conf_change(ConfChange::Add { id: NodeId(4), address: String::new(), role: Role::Standby });
     assert!(matches!(r, Ok(ConfChangeStatus::Appended(_))));
     let r = c.node(1).propose_conf_change(ConfChange::Add { id: NodeId(5), address: String::new(), role: Role::Spare });
     assert_eq!(r, Err(Error::ConfChangeInProgress));
@@ -334,10 +375,14 @@ fn s6_membership_standby_gets_log_but_no_vote_spare_gets_nothing() {
     c.run(1);
     c.add_blank(4);
     c.add_blank(5);
-    c.node(1).propose_conf_change(ConfChange::Add { id: NodeId(4), address: String::new(), role: Role::Standby }).unwrap();
+    c.node(1)
+        .propose_conf_change(ConfChange::Add { id: NodeId(4), address: String::new(), role: Role::Standby })
+        .unwrap();
     c.process(NodeId(1));
     c.run(2);
-    c.node(1).propose_conf_change(ConfChange::Add { id: NodeId(5), address: String::new(), role: Role::Spare }).unwrap();
+    c.node(1)
+        .propose_conf_change(ConfChange::Add { id: NodeId(5), address: String::new(), role: Role::Spare })
+        .unwrap();
     c.process(NodeId(1));
     c.run(2);
     c.propose(1, b"x");
@@ -362,7 +407,10 @@ fn s6_membership_demote_voter_and_reject_removing_last_voter() {
     c.elect(1);
     c.run(1);
     assert_eq!(c.node(1).propose_conf_change(ConfChange::Remove { id: NodeId(1) }), Err(Error::NoVoterLeft));
-    assert_eq!(c.node(1).propose_conf_change(ConfChange::Assign { id: NodeId(1), role: Role::Voter }), Err(Error::RoleUnchanged(NodeId(1))));
+    assert_eq!(
+        c.node(1).propose_conf_change(ConfChange::Assign { id: NodeId(1), role: Role::Voter }),
+        Err(Error::RoleUnchanged(NodeId(1)))
+    );
     assert_eq!(c.node(1).propose_conf_change(ConfChange::Remove { id: NodeId(9) }), Err(Error::NotMember(NodeId(9))));
 }
 
@@ -455,7 +503,10 @@ fn s8_client_read_index_waits_for_first_commit_in_term_and_fails_on_step_down() 
     assert!(n.is_leader());
     n.read_index(b"r".to_vec()).unwrap();
     let rd = n.ready();
-    assert!(!rd.messages.iter().any(|m| matches!(m.body, MessageBody::Heartbeat(_))), "read round before the no-op committed");
+    assert!(
+        !rd.messages.iter().any(|m| matches!(m.body, MessageBody::Heartbeat(_))),
+        "read round before the no-op committed"
+    );
     n.advance(&rd);
     // Leadership lost before anything commits: the read fails.
     n.step(msg(2, 1, t.0 + 1, MessageBody::TimeoutNow)).unwrap();
@@ -496,13 +547,28 @@ fn s8_client_read_index_parked_until_first_commit_is_then_served() {
 fn s5_3_log_replication_append_below_the_compaction_point_is_acknowledged() {
     // Follower: snapshot at 5 (term 1), entries 6..=8, all committed.
     let conf = Configuration::with_voters((1..=3).map(NodeId));
-    let meta = crate::SnapshotMeta { index: LogIndex(5), term: Term(1), configuration: conf, configuration_index: LogIndex(1) };
+    let meta = crate::SnapshotMeta {
+        index: LogIndex(5),
+        term: Term(1),
+        configuration: conf,
+        configuration_index: LogIndex(1),
+    };
     let hs = HardState { term: Term(1), vote: None, commit: LogIndex(8) };
     let mut n = RawNode::restore(config(1, 1), hs, Some(meta), (6..=8).map(|i| entry(i, 1)).collect()).unwrap();
-    let ae = AppendEntries { prev_log_index: LogIndex(2), prev_log_term: Term(1), entries: (3..=9).map(|i| entry(i, 1)).collect(), leader_commit: LogIndex(9) };
+    let ae = AppendEntries {
+        prev_log_index: LogIndex(2),
+        prev_log_term: Term(1),
+        entries: (3..=9).map(|i| entry(i, 1)).collect(),
+        leader_commit: LogIndex(9),
+    };
     n.step(msg(2, 1, 1, MessageBody::AppendEntries(ae))).unwrap();
     let rd = n.ready();
-    assert!(rd.persisted_messages.iter().any(|m| matches!(m.body, MessageBody::AppendEntriesResponse(r) if r.success && r.index == LogIndex(9))), "{rd:?}");
+    assert!(
+        rd.persisted_messages
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::AppendEntriesResponse(r) if r.success && r.index == LogIndex(9))),
+        "{rd:?}"
+    );
     assert_eq!(n.log().last_index(), LogIndex(9));
 }
 
@@ -515,7 +581,12 @@ fn s6_membership_truncated_configuration_entry_is_rolled_back() {
     let conf_entry = Entry { term: Term(1), index: LogIndex(2), kind: EntryKind::Configuration, data: with4.encode() };
     let mut n = follower_with(1, 3, 1, &[conf_entry]);
     assert_eq!(n.configuration(), &with4);
-    let ae = AppendEntries { prev_log_index: LogIndex(1), prev_log_term: Term(1), entries: vec![entry(2, 2)], leader_commit: LogIndex(1) };
+    let ae = AppendEntries {
+        prev_log_index: LogIndex(1),
+        prev_log_term: Term(1),
+        entries: vec![entry(2, 2)],
+        leader_commit: LogIndex(1),
+    };
     n.step(msg(2, 1, 2, MessageBody::AppendEntries(ae))).unwrap();
     assert_eq!(n.configuration(), &Configuration::with_voters((1..=3).map(NodeId)));
     assert_eq!(n.configuration_index(), LogIndex(1));
@@ -634,13 +705,19 @@ fn ready_contract_acks_wait_for_persistence_and_unpersisted_entries_are_lost_on_
     c.run(1);
     c.node(1).propose(b"x".to_vec()).unwrap();
     let rd = c.node(1).ready();
-    assert!(rd.messages.iter().any(|m| matches!(m.body, MessageBody::AppendEntries(_))), "leader appends go out before its fsync");
+    assert!(
+        rd.messages.iter().any(|m| matches!(m.body, MessageBody::AppendEntries(_))),
+        "leader appends go out before its fsync"
+    );
     let ae = rd.messages[0].clone();
     c.node(1).advance(&rd);
     c.node(2).step(ae).unwrap();
     let rd2 = c.node(2).ready();
     assert!(rd2.messages.is_empty());
-    assert!(rd2.persisted_messages.iter().any(|m| matches!(m.body, MessageBody::AppendEntriesResponse(r) if r.success)));
+    assert!(rd2
+        .persisted_messages
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::AppendEntriesResponse(r) if r.success)));
     assert_eq!(rd2.entries.len(), 1);
     // Crash before persisting: the entry is gone after restart.
     c.crash(2);
@@ -655,7 +732,8 @@ fn ready_contract_self_elected_leader_sends_nothing_before_its_term_is_durable()
     // term again and write different entries under the same (index, term).
     let mut conf = Configuration::with_voters([NodeId(1)]);
     conf.upsert(crate::Server { id: NodeId(2), address: String::new(), role: Role::Standby });
-    let mut n = RawNode::restore(config(1, 2), HardState::default(), None, vec![RawNode::bootstrap_entry(&conf)]).unwrap();
+    let mut n =
+        RawNode::restore(config(1, 2), HardState::default(), None, vec![RawNode::bootstrap_entry(&conf)]).unwrap();
     while n.role != StateRole::Leader {
         n.tick();
     }
@@ -690,7 +768,12 @@ fn step_rejects_misaddressed_messages() {
     assert_eq!(n.step(msg(0, 1, 1, MessageBody::TimeoutNow)), Err(Error::InvalidSender));
     let bad = vec![entry(3, 1)];
     let conf = Configuration::with_voters([NodeId(1)]);
-    let r = RawNode::restore(config(1, 0), HardState::default(), None, [vec![RawNode::bootstrap_entry(&conf)], bad].concat());
+    let r = RawNode::restore(
+        config(1, 0),
+        HardState::default(),
+        None,
+        [vec![RawNode::bootstrap_entry(&conf)], bad].concat(),
+    );
     assert!(matches!(r, Err(Error::InvalidRestore(_))));
 }
 
@@ -704,7 +787,8 @@ fn s6_membership_voter_demoted_by_uncommitted_change_may_still_campaign() {
     let e2 = Entry { term: Term(1), index: LogIndex(2), kind: EntryKind::Configuration, data: demoted.encode() };
     for (commit, may) in [(1, true), (2, false)] {
         let hs = HardState { term: Term(1), vote: None, commit: LogIndex(commit) };
-        let mut n = RawNode::restore(config(1, 3), hs, None, vec![RawNode::bootstrap_entry(&conf), e2.clone()]).unwrap();
+        let mut n =
+            RawNode::restore(config(1, 3), hs, None, vec![RawNode::bootstrap_entry(&conf), e2.clone()]).unwrap();
         for _ in 0..2 * n.election_ticks {
             n.tick();
         }
@@ -718,11 +802,21 @@ fn fig2_append_rule_5_follower_commit_stops_at_the_last_entry_the_leader_covered
     // leader of term 2 may not have). The leader, whose commit index is 5 (its own, different
     // entries), probes with an empty append at prev = 2: it vouches only for 1..=2.
     let mut n = follower_with(2, 3, 2, &[entry(2, 1), entry(3, 1), entry(4, 1), entry(5, 1)]);
-    let ae = AppendEntries { prev_log_index: LogIndex(2), prev_log_term: Term(1), entries: vec![], leader_commit: LogIndex(5) };
+    let ae = AppendEntries {
+        prev_log_index: LogIndex(2),
+        prev_log_term: Term(1),
+        entries: vec![],
+        leader_commit: LogIndex(5),
+    };
     n.step(msg(1, 2, 2, MessageBody::AppendEntries(ae))).unwrap();
     assert_eq!(n.log().committed(), LogIndex(2), "commitIndex = min(leaderCommit, index of last new entry)");
     // With one new entry the bound is prev + 1 (the entry conflicts and replaces 3@1).
-    let ae = AppendEntries { prev_log_index: LogIndex(2), prev_log_term: Term(1), entries: vec![entry(3, 2)], leader_commit: LogIndex(5) };
+    let ae = AppendEntries {
+        prev_log_index: LogIndex(2),
+        prev_log_term: Term(1),
+        entries: vec![entry(3, 2)],
+        leader_commit: LogIndex(5),
+    };
     n.step(msg(1, 2, 2, MessageBody::AppendEntries(ae))).unwrap();
     assert_eq!(n.log().committed(), LogIndex(3));
     assert_eq!(n.log().last_index(), LogIndex(3), "the stale suffix was truncated");

@@ -225,17 +225,31 @@ mod tests {
         assert!(Ready::default().is_empty());
         let m = Message { from: NodeId(1), to: NodeId(2), term: Term(1), body: MessageBody::TimeoutNow };
         let e = Entry { term: Term(1), index: LogIndex(1), kind: EntryKind::Barrier, data: vec![] };
-        let meta = SnapshotMeta { index: LogIndex(1), term: Term(1), configuration: crate::Configuration::new(), configuration_index: LogIndex(0) };
+        let meta = SnapshotMeta {
+            index: LogIndex(1),
+            term: Term(1),
+            configuration: crate::Configuration::new(),
+            configuration_index: LogIndex(0),
+        };
         let fills: Vec<fn(&mut Ready, &Message, &Entry, &SnapshotMeta)> = vec![
             |r, m, _, _| r.messages.push(m.clone()),
-            |r, _, _, s| r.snapshot_chunks.push(IncomingSnapshotChunk { meta: s.clone(), offset: 0, data: vec![], done: false }),
+            |r, _, _, s| {
+                r.snapshot_chunks.push(IncomingSnapshotChunk { meta: s.clone(), offset: 0, data: vec![], done: false })
+            },
             |r, _, _, s| r.snapshot = Some(SnapshotInstall { meta: s.clone(), keep_log: false }),
             |r, _, e, _| r.entries.push(e.clone()),
             |r, _, _, _| r.hard_state = Some(HardState::default()),
             |r, m, _, _| r.persisted_messages.push(m.clone()),
             |r, _, e, _| r.committed_entries.push(e.clone()),
             |r, _, _, _| r.read_states.push(ReadState { ctx: vec![], index: LogIndex(0) }),
-            |r, _, _, s| r.snapshot_requests.push(SnapshotChunkRequest { to: NodeId(2), meta: s.clone(), offset: 0, max_bytes: 1 }),
+            |r, _, _, s| {
+                r.snapshot_requests.push(SnapshotChunkRequest {
+                    to: NodeId(2),
+                    meta: s.clone(),
+                    offset: 0,
+                    max_bytes: 1,
+                })
+            },
             |r, _, _, _| r.events.push(Event::TransferAborted { target: NodeId(2) }),
         ];
         for (k, fill) in fills.iter().enumerate() {
@@ -247,7 +261,12 @@ mod tests {
 
     #[test]
     fn persist_marker_prefers_last_entry_then_snapshot() {
-        let meta = SnapshotMeta { index: LogIndex(5), term: Term(2), configuration: crate::Configuration::new(), configuration_index: LogIndex(0) };
+        let meta = SnapshotMeta {
+            index: LogIndex(5),
+            term: Term(2),
+            configuration: crate::Configuration::new(),
+            configuration_index: LogIndex(0),
+        };
         let mut r = Ready { snapshot: Some(SnapshotInstall { meta, keep_log: true }), ..Ready::default() };
         assert_eq!(r.persist_marker(), Some((LogIndex(5), Term(2))));
         r.entries.push(Entry { term: Term(3), index: LogIndex(6), kind: EntryKind::Barrier, data: vec![] });

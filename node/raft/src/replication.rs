@@ -56,7 +56,12 @@ impl RawNode {
         }
         self.send(
             to,
-            MessageBody::AppendEntries(AppendEntries { prev_log_index: prev, prev_log_term: prev_term, entries, leader_commit: commit }),
+            MessageBody::AppendEntries(AppendEntries {
+                prev_log_index: prev,
+                prev_log_term: prev_term,
+                entries,
+                leader_commit: commit,
+            }),
         );
         true
     }
@@ -83,7 +88,12 @@ impl RawNode {
         for (id, prev, prev_term) in out {
             self.send(
                 id,
-                MessageBody::AppendEntries(AppendEntries { prev_log_index: prev, prev_log_term: prev_term, entries: Vec::new(), leader_commit: commit }),
+                MessageBody::AppendEntries(AppendEntries {
+                    prev_log_index: prev,
+                    prev_log_term: prev_term,
+                    entries: Vec::new(),
+                    leader_commit: commit,
+                }),
             );
         }
     }
@@ -92,7 +102,8 @@ impl RawNode {
     pub(crate) fn broadcast_heartbeat(&mut self) {
         let seq = self.read_seq;
         let commit = self.log.committed;
-        let beats: Vec<(NodeId, LogIndex)> = self.progress.iter().map(|(id, pr)| (*id, pr.match_index.min(commit))).collect();
+        let beats: Vec<(NodeId, LogIndex)> =
+            self.progress.iter().map(|(id, pr)| (*id, pr.match_index.min(commit))).collect();
         for (id, c) in beats {
             self.send(id, MessageBody::Heartbeat(Heartbeat { commit: c, read_seq: seq }));
         }
@@ -143,10 +154,20 @@ impl RawNode {
             let hint = if prev > self.log.last_index() {
                 RejectHint { conflict_term: None, conflict_index: self.log.last_index().next() }
             } else {
-                RejectHint { conflict_term: self.log.term(prev), conflict_index: self.log.first_index_of_term_run(prev) }
+                RejectHint {
+                    conflict_term: self.log.term(prev),
+                    conflict_index: self.log.first_index_of_term_run(prev),
+                }
             };
             tracing::trace!(id = ?self.id, ?prev, ?hint, "append rejected");
-            self.send(from, MessageBody::AppendEntriesResponse(AppendEntriesResponse { success: false, index: a.prev_log_index, hint: Some(hint) }));
+            self.send(
+                from,
+                MessageBody::AppendEntriesResponse(AppendEntriesResponse {
+                    success: false,
+                    index: a.prev_log_index,
+                    hint: Some(hint),
+                }),
+            );
             return;
         }
         if let Some(at) = self.log.merge(entries) {
@@ -313,7 +334,11 @@ mod tests {
             from: NodeId(from),
             to: NodeId(1),
             term,
-            body: MessageBody::AppendEntriesResponse(AppendEntriesResponse { success: false, index: LogIndex(index), hint: Some(hint) }),
+            body: MessageBody::AppendEntriesResponse(AppendEntriesResponse {
+                success: false,
+                index: LogIndex(index),
+                hint: Some(hint),
+            }),
         }
     }
 
@@ -357,12 +382,16 @@ mod tests {
         }
         // Follower holds term 1 at `last` (unknown to the leader after index 1): the leader
         // jumps to just after its last term-1 entry, index 2.
-        c.node(1).step(reject(2, t, last.0, RejectHint { conflict_term: Some(Term(1)), conflict_index: LogIndex(1) })).unwrap();
+        c.node(1)
+            .step(reject(2, t, last.0, RejectHint { conflict_term: Some(Term(1)), conflict_index: LogIndex(1) }))
+            .unwrap();
         assert_eq!(c.node(1).progress(NodeId(2)).unwrap().next_index, LogIndex(2));
         // A term the leader never had: go to the follower's first index of that term.
         let next = c.node(1).progress(NodeId(2)).unwrap().next_index;
         c.node(1).progress.get_mut(&NodeId(2)).unwrap().state = ProgressState::Probe { paused: true };
-        c.node(1).step(reject(2, t, next.prev().0, RejectHint { conflict_term: Some(Term(0)), conflict_index: LogIndex(1) })).unwrap();
+        c.node(1)
+            .step(reject(2, t, next.prev().0, RejectHint { conflict_term: Some(Term(0)), conflict_index: LogIndex(1) }))
+            .unwrap();
         assert_eq!(c.node(1).progress(NodeId(2)).unwrap().next_index, LogIndex(1));
     }
 
@@ -371,7 +400,9 @@ mod tests {
         let (mut c, t) = leader_with(4);
         let before = c.node(1).progress(NodeId(2)).unwrap().clone();
         assert!(matches!(before.state, ProgressState::Replicate { .. }));
-        c.node(1).step(reject(2, t, before.match_index.0, RejectHint { conflict_term: None, conflict_index: LogIndex(1) })).unwrap();
+        c.node(1)
+            .step(reject(2, t, before.match_index.0, RejectHint { conflict_term: None, conflict_index: LogIndex(1) }))
+            .unwrap();
         assert_eq!(c.node(1).progress(NodeId(2)).unwrap(), &before);
     }
 

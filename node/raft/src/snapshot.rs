@@ -154,7 +154,12 @@ impl RawNode {
             return;
         }
         let got = expected + s.data.len() as u64;
-        self.chunks_in.push(IncomingSnapshotChunk { meta: s.meta.clone(), offset: s.offset, data: s.data, done: s.done });
+        self.chunks_in.push(IncomingSnapshotChunk {
+            meta: s.meta.clone(),
+            offset: s.offset,
+            data: s.data,
+            done: s.done,
+        });
         if !s.done {
             self.incoming = Some((s.meta, got));
             self.send_after_persist(from, snap_resp(index, got, false, LogIndex::ZERO));
@@ -302,7 +307,10 @@ mod tests {
         let req = req.expect("leader asked for a chunk");
         let mut wrong = req.clone();
         wrong.offset += 1;
-        assert!(matches!(c.node(1).send_snapshot_chunk(&wrong, vec![1], false), Err(Error::UnexpectedSnapshotChunk { .. })));
+        assert!(matches!(
+            c.node(1).send_snapshot_chunk(&wrong, vec![1], false),
+            Err(Error::UnexpectedSnapshotChunk { .. })
+        ));
         c.node(1).send_snapshot_chunk(&req, vec![1], false).unwrap();
     }
 
@@ -316,12 +324,19 @@ mod tests {
             from: NodeId(1),
             to: NodeId(2),
             term: t,
-            body: MessageBody::InstallSnapshot(InstallSnapshot { meta: meta.clone(), offset: 0, data: vec![], done: true }),
+            body: MessageBody::InstallSnapshot(InstallSnapshot {
+                meta: meta.clone(),
+                offset: 0,
+                data: vec![],
+                done: true,
+            }),
         };
         c.node(2).step(m).unwrap();
         let rd = c.node(2).ready();
         assert!(rd.snapshot.is_none());
-        assert!(rd.persisted_messages.iter().any(|m| matches!(m.body, MessageBody::InstallSnapshotResponse(r) if r.done && r.match_index >= meta.index)));
+        assert!(rd.persisted_messages.iter().any(
+            |m| matches!(m.body, MessageBody::InstallSnapshotResponse(r) if r.done && r.match_index >= meta.index)
+        ));
     }
 
     #[test]
@@ -351,12 +366,22 @@ mod tests {
         c.propose(1, b"a");
         c.run(1);
         let old = c.node(1).log().applied();
-        c.node(1).propose_conf_change(crate::ConfChange::Add { id: NodeId(2), address: String::new(), role: crate::Role::Spare }).unwrap();
+        c.node(1)
+            .propose_conf_change(crate::ConfChange::Add {
+                id: NodeId(2),
+                address: String::new(),
+                role: crate::Role::Spare,
+            })
+            .unwrap();
         c.run(1);
         let first = c.node(1).snapshot_taken(old.prev()).unwrap();
         c.node(1).compact(old.prev());
         let m = c.node(1).snapshot_taken(old).unwrap();
-        assert!(m.configuration.get(NodeId(2)).is_none(), "configuration at {old:?} lost by compaction to {:?}", first.index);
+        assert!(
+            m.configuration.get(NodeId(2)).is_none(),
+            "configuration at {old:?} lost by compaction to {:?}",
+            first.index
+        );
         assert_eq!(m.configuration_index, LogIndex(1));
     }
 

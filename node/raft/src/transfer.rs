@@ -123,9 +123,7 @@ mod tests {
         c.elect(1);
         c.run(1);
         assert_eq!(c.node(1).transfer_leadership(Some(NodeId(9))), Err(Error::InvalidTransferTarget(NodeId(9))));
-        c.node(1)
-            .propose_conf_change(crate::ConfChange::Assign { id: NodeId(2), role: Role::Standby })
-            .unwrap();
+        c.node(1).propose_conf_change(crate::ConfChange::Assign { id: NodeId(2), role: Role::Standby }).unwrap();
         c.run(2);
         assert_eq!(c.node(1).transfer_leadership(None), Err(Error::NoTransferTarget));
         assert_eq!(c.node(2).transfer_leadership(None), Err(Error::NotLeader { leader: Some(NodeId(1)) }));

@@ -11,9 +11,8 @@
 use std::path::{Path, PathBuf};
 
 /// Crates the library may not depend on.
-const FORBIDDEN_CRATES: &[&str] = &[
-    "tokio", "async-std", "async-io", "async-net", "mio", "smol", "socket2", "rand", "getrandom", "quanta",
-];
+const FORBIDDEN_CRATES: &[&str] =
+    &["tokio", "async-std", "async-io", "async-net", "mio", "smol", "socket2", "rand", "getrandom", "quanta"];
 
 /// Crates that may not appear anywhere in the library's dependency tree (besides the above):
 /// the operating system's interfaces.
@@ -21,15 +20,36 @@ const FORBIDDEN_TRANSITIVE: &[&str] = &["libc", "nix", "rustix", "winapi", "wind
 
 /// Paths the library source may not mention (whitespace removed before matching).
 const FORBIDDEN_PATHS: &[&str] = &[
-    "tokio::", "async_std::", "mio::", "std::net", "std::fs", "std::io", "std::env", "std::thread",
-    "std::time::Instant", "std::time::SystemTime", "SystemTime", "Instant::now", "std::process", "std::os::",
-    "std::io::stdout", "std::io::stderr",
+    "tokio::",
+    "async_std::",
+    "mio::",
+    "std::net",
+    "std::fs",
+    "std::io",
+    "std::env",
+    "std::thread",
+    "std::time::Instant",
+    "std::time::SystemTime",
+    "SystemTime",
+    "Instant::now",
+    "std::process",
+    "std::os::",
+    "std::io::stdout",
+    "std::io::stderr",
 ];
 
 /// Macros the library source may not call: printing (logging goes through `tracing`), the
 /// build or run environment, and files read at compile time.
 const FORBIDDEN_MACROS: &[&str] = &[
-    "println!", "print!", "eprintln!", "eprint!", "dbg!", "env!", "option_env!", "include_str!", "include_bytes!",
+    "println!",
+    "print!",
+    "eprintln!",
+    "eprint!",
+    "dbg!",
+    "env!",
+    "option_env!",
+    "include_str!",
+    "include_bytes!",
     "include!",
 ];
 
@@ -64,7 +84,10 @@ fn strip(src: &str) -> String {
                     i += 1;
                 }
             }
-        } else if c == 'r' && (next == Some('"') || (next == Some('#') && !prev_is_ident(&b, i))) && !prev_is_ident(&b, i) {
+        } else if c == 'r'
+            && (next == Some('"') || (next == Some('#') && !prev_is_ident(&b, i)))
+            && !prev_is_ident(&b, i)
+        {
             // Raw string r"..." or r#"..."#.
             let mut j = i + 1;
             let mut hashes = 0;
@@ -175,9 +198,7 @@ fn scan_source(src: &str) -> Vec<String> {
             found.push("std aliased".to_string());
         }
         for name in FORBIDDEN_IN_STD_GROUP {
-            let hit = inner
-                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-                .any(|tok| tok == *name);
+            let hit = inner.split(|c: char| !(c.is_alphanumeric() || c == '_')).any(|tok| tok == *name);
             if hit {
                 found.push(format!("std::{{{name}}}"));
             }
@@ -288,7 +309,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn no_io_dependencies() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("read Cargo.toml");
-    let mut problems: Vec<String> = scan_manifest(&manifest).into_iter().map(|c| format!("Cargo.toml: depends on {c}")).collect();
+    let mut problems: Vec<String> =
+        scan_manifest(&manifest).into_iter().map(|c| format!("Cargo.toml: depends on {c}")).collect();
     let lock = std::fs::read_to_string(root.join("../../Cargo.lock")).expect("read the workspace's Cargo.lock");
     let closure = lock_closure(&lock, "dqlite-raft");
     assert!(closure.iter().any(|c| c == "tracing"), "dependency closure not found in Cargo.lock: {closure:?}");
@@ -319,7 +341,10 @@ fn scanner_catches_violations_and_ignores_comments() {
     assert!(scan_source("use core::time::Duration; let c = 'x'; fn f<'a>(x: &'a str) {}").is_empty());
     assert!(scan_source("let r = r#\"std::fs\"#;").is_empty());
     assert_eq!(scan_manifest("[dependencies]\ntokio = \"1\"\n[dev-dependencies]\nmio = \"1\""), vec!["tokio"]);
-    assert_eq!(scan_manifest("[target.'cfg(unix)'.dependencies]\nnet = { package = \"mio\", version = \"1\" }"), vec!["mio"]);
+    assert_eq!(
+        scan_manifest("[target.'cfg(unix)'.dependencies]\nnet = { package = \"mio\", version = \"1\" }"),
+        vec!["mio"]
+    );
     assert_eq!(scan_manifest("[dependencies.tokio]\nversion = \"1\""), vec!["tokio"]);
     assert!(scan_manifest("[dependencies]\nserde = \"1\"\n").is_empty());
 }
@@ -341,7 +366,9 @@ fn scanner_catches_io_printing_environment_and_aliases() {
     assert_eq!(scan_source("use std::{self as s};"), vec!["std aliased"]);
     assert_eq!(scan_source("use ::std as s;"), vec!["std aliased"]);
     // Not violations: a string, a comment, similar names, `core`/`alloc`, tracing's macros.
-    assert!(scan_source("// println!(\"x\")\nlet s = \"env!(X) std::io\"; my_env!(x); tracing::info!(\"x\");").is_empty());
+    assert!(
+        scan_source("// println!(\"x\")\nlet s = \"env!(X) std::io\"; my_env!(x); tracing::info!(\"x\");").is_empty()
+    );
     assert!(scan_source("use core::fmt::Write; use std::{collections::BTreeMap, fmt};").is_empty());
     assert!(scan_source("let environment = 1; let io_len = 2; let stdas = 3;").is_empty());
 }

@@ -38,18 +38,10 @@ fn options(seed: u64) -> Options {
 }
 
 fn report_failure(f: &Failure) -> String {
-    let tail_len = if std::env::var_os("SIM_TRACE").is_some() {
-        usize::MAX
-    } else {
-        300
-    };
+    let tail_len = if std::env::var_os("SIM_TRACE").is_some() { usize::MAX } else { 300 };
     let skip = f.trace.len().saturating_sub(tail_len);
     let mut out = format!("\n==== SIM FAILED: seed {} ====\n{f}", f.seed);
-    out.push_str(&format!(
-        "---- trace ({} events, last {} shown) ----\n",
-        f.trace.len(),
-        f.trace.len() - skip
-    ));
+    out.push_str(&format!("---- trace ({} events, last {} shown) ----\n", f.trace.len(), f.trace.len() - skip));
     for line in &f.trace[skip..] {
         out.push_str(line);
         out.push('\n');
@@ -133,7 +125,9 @@ fn commit_seed_base() -> (u64, String) {
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     });
     match sha.as_deref().and_then(|s| u64::from_str_radix(s.get(..12)?, 16).ok()) {
-        Some(x) => ((x % 1_000_000_000) * 1_000, format!("commit {}", sha.as_deref().unwrap_or("").get(..12).unwrap_or(""))),
+        Some(x) => {
+            ((x % 1_000_000_000) * 1_000, format!("commit {}", sha.as_deref().unwrap_or("").get(..12).unwrap_or("")))
+        }
         None => (0, "no commit id found".to_owned()),
     }
 }
@@ -142,10 +136,7 @@ fn commit_seed_base() -> (u64, String) {
 fn simulated_clusters_stay_safe_live_and_linearizable() {
     if let Some(seed) = env_u64("SIM_SEED") {
         eprintln!("SIM replaying seed {seed}");
-        let opts = Options {
-            trace: std::env::var_os("SIM_TRACE").is_some(),
-            ..options(seed)
-        };
+        let opts = Options { trace: std::env::var_os("SIM_TRACE").is_some(), ..options(seed) };
         match run_seed(opts) {
             Ok(r) => {
                 if std::env::var_os("SIM_TRACE").is_some() {
@@ -188,7 +179,10 @@ fn simulated_clusters_stay_safe_live_and_linearizable() {
                 match run_seed(options(seed)) {
                     Ok(r) => {
                         if r.lin_unknown {
-                            eprintln!("SIM seed {seed}: linearizability unknown after {} steps ({} ops, {} unknown outcome)", r.lin_steps, r.ops, r.ops_unknown);
+                            eprintln!(
+                                "SIM seed {seed}: linearizability unknown after {} steps ({} ops, {} unknown outcome)",
+                                r.lin_steps, r.ops, r.ops_unknown
+                            );
                         }
                         totals.lock().expect("totals lock").add(&r)
                     }

@@ -4,8 +4,8 @@
 //! (an open finding's test is `#[ignore]`d until it is fixed).
 
 use dqlite_raft::{
-    Config, Configuration, Entry, EntryKind, Error, Event, HardState, LogIndex, Message, NodeId, RawNode, Role,
-    Server, StateRole, Term,
+    Config, Configuration, Entry, EntryKind, Error, Event, HardState, LogIndex, Message, NodeId, RawNode, Role, Server,
+    StateRole, Term,
 };
 
 /// What a test harness keeps for one server: the core, what is durable, what it applied.
@@ -20,8 +20,8 @@ struct Server1 {
 
 impl Server1 {
     fn new(id: u64, boot: &Entry) -> Server1 {
-        let raw = RawNode::restore(Config::new(NodeId(id)), HardState::default(), None, vec![boot.clone()])
-            .expect("restore");
+        let raw =
+            RawNode::restore(Config::new(NodeId(id)), HardState::default(), None, vec![boot.clone()]).expect("restore");
         Server1 {
             raw,
             durable_hard: HardState::default(),
@@ -113,11 +113,7 @@ fn payload_at(applied: &[Entry], index: LogIndex) -> Option<Vec<u8>> {
 #[test]
 fn f1_self_elected_leader_must_not_send_before_its_term_is_durable() {
     let mut conf = Configuration::with_voters([NodeId(1)]);
-    conf.upsert(Server {
-        id: NodeId(2),
-        address: String::new(),
-        role: Role::Standby,
-    });
+    conf.upsert(Server { id: NodeId(2), address: String::new(), role: Role::Standby });
     let boot = RawNode::bootstrap_entry(&conf);
     let mut n1 = Server1::new(1, &boot);
     let mut n2 = Server1::new(2, &boot);

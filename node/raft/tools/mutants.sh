@@ -35,7 +35,7 @@ F06	read_index.rs	s/if !self\.committed_in_term\(\) \{/if false {/	sim	ReadIndex
 F07	replication.rs	s/self\.commit_to\(a\.leader_commit\.min\(last_new\)\);/self.commit_to(a.leader_commit.min(self.log.last_index()));/	sim	follower commits past the entries the leader covered
 F08	replication.rs	s/self\.log\.persisted\n/self.log.last_index()\n/	sim	leader counts its own unpersisted entries toward the quorum
 F09	log.rs	s/Some\(t\) if t == e\.term => continue,/Some(_) => continue,/	sim	a conflicting entry is not truncated
-F10	election.rs	s/let granted = can_vote && !self\.is_blank\(\) && self\.log\.is_up_to_date\(r\.last_log_index, r\.last_log_term\);/let granted = can_vote \&\& !self.is_blank();/	sim	RequestVote (only) ignores the log check
+F10	election.rs	s/let granted = can_vote && !self\.is_blank\(\) && self\.log\.is_up_to_date\(r\.last_log_index, r\.last_log_term\);/let granted = can_vote \&\& !self.is_blank();/	unit	RequestVote (only) ignores the log check (pre-vote still checks the log, so only a transfer or a log change between the rounds exposes it)
 F11	election.rs	s/(own vote must be durable before it asks for others\.\n\s*)self\.persisted_msgs\.push\(m\)/${1}self.msgs.push(m)/	sim	candidate asks for votes before its own vote is durable
 F1	node.rs	s/if self\.role == StateRole::Leader && self\.log\.persisted < self\.leader_first_index \{/if false {/	sim	F1's fix reverted: a self-elected leader sends before its term is durable
 F2	node.rs	s/self\.role == StateRole::Leader && self\.log\.persisted >= self\.leader_first_index/self.role == StateRole::Leader/	sim	F2's fix reverted: leadership announced before the term is durable
@@ -54,6 +54,12 @@ root_manifest() {
 }
 
 want=("$@")
+# One snapshot of the revision for every mutant (commits made during a run do not mix in).
+commit=$(cd "$here" && git rev-parse --short "$rev")
+rm -rf "$dir/base"; mkdir -p "$dir/base"
+(cd "$here" && git archive "$commit" node/raft Cargo.lock) | tar -x -C "$dir/base"
+root_manifest > "$dir/base/Cargo.toml"
+echo "mutants of $commit"
 results="$dir/results.tsv"
 : > "$results"
 survivors=0
@@ -61,15 +67,13 @@ while IFS=$'\t' read -r id file subst expect what; do
   [ -z "$id" ] && continue
   if [ ${#want[@]} -gt 0 ] && [[ ! " ${want[*]} " =~ " $id " ]]; then continue; fi
   copy="$dir/src-$id"
-  rm -rf "$copy"; mkdir -p "$copy"
-  (cd "$here" && git archive "$rev" node/raft Cargo.lock) | tar -x -C "$copy"
-  root_manifest > "$copy/Cargo.toml"
+  rm -rf "$copy"; cp -r "$dir/base" "$copy"
   f="$copy/node/raft/src/$file"
   before=$(sha1sum "$f")
   perl -0pi -e "$subst" "$f"
   if [ "$(sha1sum "$f")" = "$before" ]; then
     echo "$id: the substitution no longer applies to $file (update the catalogue)"; survivors=$((survivors+1))
-    printf '%s\tstale\t-\t-\t%s\n' "$id" "$what" >> "$results"; continue
+    printf '%s\tstale\t-\t-\t%s\t%s\n' "$id" "$what" "$commit" >> "$results"; continue
   fi
   if [ -n "${MUT_DRY:-}" ]; then echo "$id: applies"; continue; fi
   cd "$copy"
@@ -93,7 +97,7 @@ while IFS=$'\t' read -r id file subst expect what; do
   secs=$(( $(date +%s) - start ))
   cd "$here"
   echo "$id ($what): simulator: $sim [${secs}s]; unit tests: $unit"
-  printf '%s\t%s\t%s\t%s\t%s\n' "$id" "$sim" "$unit" "$secs" "$what" >> "$results"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$sim" "$unit" "$secs" "$what" "$commit" >> "$results"
 done < <(mutants)
 echo "results in $results; mutants not caught as expected (sim: within $seeds seeds; unit: by a test): $survivors"
 [ "$survivors" -eq 0 ]

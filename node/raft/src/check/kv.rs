@@ -58,12 +58,7 @@ impl Model for KvModel {
         None
     }
 
-    fn step(
-        &self,
-        state: &Self::State,
-        input: &KvInput,
-        output: Option<&KvOutput>,
-    ) -> Option<Self::State> {
+    fn step(&self, state: &Self::State, input: &KvInput, output: Option<&KvOutput>) -> Option<Self::State> {
         match input {
             KvInput::Get(_) => match output {
                 None => Some(state.clone()),
@@ -238,11 +233,7 @@ mod tests {
     fn cas(client: u64, k: &str, e: Option<&str>, n: &str, t0: u64, r: Option<(u64, bool)>) -> Op {
         Operation {
             client,
-            input: KvInput::Cas {
-                key: k.into(),
-                expected: e.map(Into::into),
-                new: n.into(),
-            },
+            input: KvInput::Cas { key: k.into(), expected: e.map(Into::into), new: n.into() },
             invoke: t0,
             response: r.map(|(t, b)| (t, KvOutput::Swapped(b))),
         }
@@ -294,22 +285,14 @@ mod tests {
 
     #[test]
     fn rejects_stale_read_after_overwrite() {
-        let h = [
-            put(1, "x", "a", 0, Some(1)),
-            put(1, "x", "b", 2, Some(3)),
-            get(2, "x", 4, 5, Some("a")),
-        ];
+        let h = [put(1, "x", "a", 0, Some(1)), put(1, "x", "b", 2, Some(3)), get(2, "x", 4, 5, Some("a"))];
         assert_rejected(&h);
     }
 
     #[test]
     fn rejects_lost_write() {
         // Two appends acknowledged; a later read shows only one of them.
-        let h = [
-            append(1, "x", "a", 0, Some(2)),
-            append(2, "x", "b", 1, Some(3)),
-            get(3, "x", 4, 5, Some("a")),
-        ];
+        let h = [append(1, "x", "a", 0, Some(2)), append(2, "x", "b", 1, Some(3)), get(3, "x", 4, 5, Some("a"))];
         assert_rejected(&h);
     }
 
@@ -322,11 +305,7 @@ mod tests {
     #[test]
     fn rejects_reads_that_go_back_in_time() {
         // Two sequential reads by one client overlap one write: new then old is impossible.
-        let h = [
-            put(1, "x", "a", 0, Some(100)),
-            get(2, "x", 1, 2, Some("a")),
-            get(2, "x", 3, 4, None),
-        ];
+        let h = [put(1, "x", "a", 0, Some(100)), get(2, "x", 1, 2, Some("a")), get(2, "x", 3, 4, None)];
         assert_rejected(&h);
     }
 
@@ -344,17 +323,9 @@ mod tests {
     #[test]
     fn rejects_appends_out_of_real_time_order() {
         // "a" was acknowledged before "b" was invoked, so "ba" is impossible.
-        let h = [
-            append(1, "x", "a", 0, Some(1)),
-            append(2, "x", "b", 2, Some(3)),
-            get(3, "x", 4, 5, Some("ba")),
-        ];
+        let h = [append(1, "x", "a", 0, Some(1)), append(2, "x", "b", 2, Some(3)), get(3, "x", 4, 5, Some("ba"))];
         assert_rejected(&h);
-        let ok = [
-            append(1, "x", "a", 0, Some(1)),
-            append(2, "x", "b", 2, Some(3)),
-            get(3, "x", 4, 5, Some("ab")),
-        ];
+        let ok = [append(1, "x", "a", 0, Some(1)), append(2, "x", "b", 2, Some(3)), get(3, "x", 4, 5, Some("ab"))];
         assert_eq!(verdict(&ok), Outcome::Linearizable);
     }
 
@@ -363,25 +334,14 @@ mod tests {
         // A put whose client timed out: later reads may see it or not, but not flip back.
         let base = put(1, "x", "a", 0, None);
         assert_eq!(verdict(&[base.clone(), get(2, "x", 5, 6, None)]), Outcome::Linearizable);
-        assert_eq!(
-            verdict(&[base.clone(), get(2, "x", 5, 6, Some("a"))]),
-            Outcome::Linearizable
-        );
+        assert_eq!(verdict(&[base.clone(), get(2, "x", 5, 6, Some("a"))]), Outcome::Linearizable);
         // It may take effect long after the client gave up.
         assert_eq!(
-            verdict(&[
-                base.clone(),
-                get(2, "x", 5, 6, None),
-                get(2, "x", 50, 60, Some("a")),
-            ]),
+            verdict(&[base.clone(), get(2, "x", 5, 6, None), get(2, "x", 50, 60, Some("a")),]),
             Outcome::Linearizable
         );
         // But once seen it cannot be unseen.
-        assert_rejected(&[
-            base.clone(),
-            get(2, "x", 5, 6, Some("a")),
-            get(2, "x", 7, 8, None),
-        ]);
+        assert_rejected(&[base.clone(), get(2, "x", 5, 6, Some("a")), get(2, "x", 7, 8, None)]);
         // And it cannot take effect before it was invoked.
         assert_rejected(&[get(2, "x", 0, 1, Some("a")), put(1, "x", "a", 2, None)]);
     }
@@ -392,32 +352,20 @@ mod tests {
         let mut h: Vec<Op> = (0..40).map(|c| append(c, "x", &format!("[{c}]"), c, None)).collect();
         h.push(append(100, "x", "[a]", 50, Some(51)));
         h.push(get(101, "x", 60, 61, Some("[a]")));
-        assert_eq!(
-            check(&KvModel, &h, Limits { steps_max: 10_000 }),
-            Ok(Outcome::Linearizable)
-        );
+        assert_eq!(check(&KvModel, &h, Limits { steps_max: 10_000 }), Ok(Outcome::Linearizable));
         // One of them observed: still decided, and still right.
         h.push(get(102, "x", 70, 71, Some("[a][7]")));
         assert_eq!(check(&KvModel, &h, Limits { steps_max: 10_000 }), Ok(Outcome::Linearizable));
         h.push(get(103, "x", 80, 81, Some("[a]")));
-        assert!(matches!(
-            check(&KvModel, &h, Limits { steps_max: 10_000 }),
-            Ok(Outcome::NotLinearizable(_))
-        ));
+        assert!(matches!(check(&KvModel, &h, Limits { steps_max: 10_000 }), Ok(Outcome::NotLinearizable(_))));
         // A failed cas returning after the unknown write's invocation disables pruning (the
         // unseen write may explain it); one that returned before does not.
-        let h = [
-            put(1, "x", "a", 0, Some(1)),
-            put(2, "x", "b", 2, None),
-            cas(3, "x", Some("a"), "c", 5, Some((6, false))),
-        ];
+        let h =
+            [put(1, "x", "a", 0, Some(1)), put(2, "x", "b", 2, None), cas(3, "x", Some("a"), "c", 5, Some((6, false)))];
         assert_eq!(verdict(&h), Outcome::Linearizable);
         assert_eq!(KvModel.prunable_unknowns(&h.iter().collect::<Vec<_>>()), vec![false; 3]);
-        let h = [
-            put(1, "x", "a", 0, Some(1)),
-            cas(3, "x", Some("z"), "c", 2, Some((3, false))),
-            put(2, "x", "b", 4, None),
-        ];
+        let h =
+            [put(1, "x", "a", 0, Some(1)), cas(3, "x", Some("z"), "c", 2, Some((3, false))), put(2, "x", "b", 4, None)];
         assert_eq!(KvModel.prunable_unknowns(&h.iter().collect::<Vec<_>>()), vec![false, false, true]);
     }
 
@@ -463,10 +411,7 @@ mod tests {
     #[test]
     fn malformed_histories_are_errors_not_verdicts() {
         let h = [get(1, "x", 5, 4, None)];
-        assert_eq!(
-            check(&KvModel, &h, Limits::default()),
-            Err(HistoryError::ResponseBeforeInvoke { op: 0 })
-        );
+        assert_eq!(check(&KvModel, &h, Limits::default()), Err(HistoryError::ResponseBeforeInvoke { op: 0 }));
         let h = [get(1, "x", 0, 10, None), get(1, "x", 5, 6, None)];
         assert!(matches!(
             check(&KvModel, &h, Limits::default()),
@@ -478,14 +423,9 @@ mod tests {
     fn step_budget_gives_unknown_not_a_verdict() {
         // Many fully concurrent appends then a read that matches none of the orders: the search
         // must explore a lot before it can say no. With a tiny budget it must say "unknown".
-        let mut h: Vec<Op> = (0..12)
-            .map(|c| append(c, "x", &format!("{c},"), 0, Some(100)))
-            .collect();
+        let mut h: Vec<Op> = (0..12).map(|c| append(c, "x", &format!("{c},"), 0, Some(100))).collect();
         h.push(get(99, "x", 200, 201, Some("nope")));
-        assert_eq!(
-            check(&KvModel, &h, Limits { steps_max: 50 }),
-            Ok(Outcome::Unknown { steps: 50 })
-        );
+        assert_eq!(check(&KvModel, &h, Limits { steps_max: 50 }), Ok(Outcome::Unknown { steps: 50 }));
     }
 
     #[test]
@@ -506,20 +446,15 @@ mod tests {
         assert_eq!(KvModel.effect_deadlines(&ops), vec![None, None]);
         // The deadline keeps a real violation visible: the write took effect by time 20, so a
         // later get that does not see it (with nothing overwriting) is a lost write.
-        let lost = vec![
-            append(1, "x", "[1.1]", 0, None),
-            get(2, "x", 10, 20, Some("[1.1]")),
-            get(2, "x", 30, 40, None),
-        ];
+        let lost =
+            vec![append(1, "x", "[1.1]", 0, None), get(2, "x", 10, 20, Some("[1.1]")), get(2, "x", 30, 40, None)];
         assert_rejected(&lost);
     }
 
     #[test]
     fn concurrent_appends_find_the_one_valid_order() {
         // 8 concurrent appends; the read fixes a specific permutation the search must find.
-        let mut h: Vec<Op> = (0..8)
-            .map(|c| append(c, "x", &format!("{c},"), 0, Some(100)))
-            .collect();
+        let mut h: Vec<Op> = (0..8).map(|c| append(c, "x", &format!("{c},"), 0, Some(100))).collect();
         let order = [5u64, 2, 7, 0, 3, 6, 1, 4];
         let expect: String = order.iter().map(|c| format!("{c},")).collect();
         h.push(get(99, "x", 200, 201, Some(&expect)));
@@ -534,10 +469,7 @@ mod tests {
     #[test]
     fn single_object_check_agrees() {
         let h = [put(1, "x", "a", 0, Some(1)), get(2, "x", 2, 3, None)];
-        assert!(matches!(
-            check_single(&KvModel, &h, Limits::default()),
-            Ok(Outcome::NotLinearizable(_))
-        ));
+        assert!(matches!(check_single(&KvModel, &h, Limits::default()), Ok(Outcome::NotLinearizable(_))));
     }
 
     /// Brute force: try every permutation that respects real time. Used to cross-check the
@@ -553,9 +485,10 @@ mod tests {
                     continue;
                 }
                 // i may go next only if no unused op returned before i was invoked.
-                let blocked = h.iter().enumerate().any(|(j, o)| {
-                    !used[j] && j != i && o.response.as_ref().is_some_and(|r| r.0 < h[i].invoke)
-                });
+                let blocked = h
+                    .iter()
+                    .enumerate()
+                    .any(|(j, o)| !used[j] && j != i && o.response.as_ref().is_some_and(|r| r.0 < h[i].invoke));
                 if blocked {
                     continue;
                 }
@@ -599,7 +532,14 @@ mod tests {
                     0 => get(c, "x", t0, t1, [None, Some("a"), Some("b"), Some("ab")][(next() % 4) as usize]),
                     1 => put(c, "x", v, t0, known.then_some(t1)),
                     2 => append(c, "x", v, t0, known.then_some(t1)),
-                    _ => cas(c, "x", [None, Some("a"), Some("b")][(next() % 3) as usize], v, t0, known.then_some((t1, next() % 2 == 0))),
+                    _ => cas(
+                        c,
+                        "x",
+                        [None, Some("a"), Some("b")][(next() % 3) as usize],
+                        v,
+                        t0,
+                        known.then_some((t1, next() % 2 == 0)),
+                    ),
                 };
                 h.push(op);
             }
@@ -607,7 +547,11 @@ mod tests {
             let got = verdict(&h);
             assert_eq!(got.is_linearizable(), expect, "history {h:#?} got {got:?}");
             assert!(!matches!(got, Outcome::Unknown { .. }));
-            if expect { yes += 1 } else { no += 1 }
+            if expect {
+                yes += 1
+            } else {
+                no += 1
+            }
         }
         // Both verdicts must actually occur, or the cross-check proves little.
         assert!(yes > 300 && no > 300, "yes {yes} no {no}");

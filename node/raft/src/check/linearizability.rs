@@ -42,12 +42,7 @@ pub trait Model {
     /// Applies `input` to `state`. With `Some(output)`, returns the new state if the object could
     /// have answered `output`, `None` if not. With `None` (outcome unknown) it must return the
     /// state after the operation takes effect, whatever it would have answered.
-    fn step(
-        &self,
-        state: &Self::State,
-        input: &Self::Input,
-        output: Option<&Self::Output>,
-    ) -> Option<Self::State>;
+    fn step(&self, state: &Self::State, input: &Self::Input, output: Option<&Self::Output>) -> Option<Self::State>;
 
     /// Whether the operation never changes the state (a read). Reads with an unknown outcome
     /// constrain nothing and are dropped before the search.
@@ -149,11 +144,9 @@ impl fmt::Display for HistoryError {
             HistoryError::ResponseBeforeInvoke { op } => {
                 write!(f, "operation {op} returned before it was invoked")
             }
-            HistoryError::OverlappingClientOps { client, ops } => write!(
-                f,
-                "client {client} had operations {} and {} pending at once",
-                ops.0, ops.1
-            ),
+            HistoryError::OverlappingClientOps { client, ops } => {
+                write!(f, "client {client} had operations {} and {} pending at once", ops.0, ops.1)
+            }
         }
     }
 }
@@ -169,9 +162,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            steps_max: 5_000_000,
-        }
+        Limits { steps_max: 5_000_000 }
     }
 }
 
@@ -192,10 +183,7 @@ pub fn check<M: Partitioned>(
         let sub: Vec<&Operation<M::Input, M::Output>> = ops.iter().map(|&i| &history[i]).collect();
         match search(model, &sub, &mut steps_left) {
             Search::Ok => {}
-            Search::Fail {
-                longest_prefix,
-                stuck_at,
-            } => {
+            Search::Fail { longest_prefix, stuck_at } => {
                 return Ok(Outcome::NotLinearizable(Violation {
                     partition: format!("{key:?}"),
                     longest_prefix: longest_prefix.into_iter().map(|i| ops[i]).collect(),
@@ -225,17 +213,10 @@ pub fn check_single<M: Model>(
     let mut steps_left = limits.steps_max;
     Ok(match search(model, &all, &mut steps_left) {
         Search::Ok => Outcome::Linearizable,
-        Search::Fail {
-            longest_prefix,
-            stuck_at,
-        } => Outcome::NotLinearizable(Violation {
-            partition: String::from("all"),
-            longest_prefix,
-            stuck_at,
-        }),
-        Search::OutOfSteps => Outcome::Unknown {
-            steps: limits.steps_max,
-        },
+        Search::Fail { longest_prefix, stuck_at } => {
+            Outcome::NotLinearizable(Violation { partition: String::from("all"), longest_prefix, stuck_at })
+        }
+        Search::OutOfSteps => Outcome::Unknown { steps: limits.steps_max },
     })
 }
 
@@ -257,10 +238,7 @@ fn validate<I, O>(history: &[Operation<I, O>]) -> Result<(), HistoryError> {
             // waiting); a known response must come before the next invocation.
             if let Some(end) = end {
                 if end > history[w[1]].invoke {
-                    return Err(HistoryError::OverlappingClientOps {
-                        client,
-                        ops: (w[0], w[1]),
-                    });
+                    return Err(HistoryError::OverlappingClientOps { client, ops: (w[0], w[1]) });
                 }
             }
         }
@@ -278,10 +256,7 @@ struct Frame<S> {
 
 enum Search {
     Ok,
-    Fail {
-        longest_prefix: Vec<usize>,
-        stuck_at: Vec<usize>,
-    },
+    Fail { longest_prefix: Vec<usize>, stuck_at: Vec<usize> },
     OutOfSteps,
 }
 
@@ -315,11 +290,7 @@ impl Bits {
     }
 }
 
-fn search<M: Model>(
-    model: &M,
-    ops_all: &[&Operation<M::Input, M::Output>],
-    steps_left: &mut u64,
-) -> Search {
+fn search<M: Model>(model: &M, ops_all: &[&Operation<M::Input, M::Output>], steps_left: &mut u64) -> Search {
     // Reads with unknown outcome constrain nothing: drop them, and whatever the model says
     // may be assumed not to have happened.
     let prunable = model.prunable_unknowns(ops_all);
@@ -356,13 +327,7 @@ fn search<M: Model>(
     order.sort_unstable();
     // Slot 0 is a sentinel head.
     let mut ev: Vec<Event> = Vec::with_capacity(order.len() + 1);
-    ev.push(Event {
-        op: NONE,
-        is_call: false,
-        prev: NONE,
-        next: NONE,
-        matching: NONE,
-    });
+    ev.push(Event { op: NONE, is_call: false, prev: NONE, next: NONE, matching: NONE });
     let mut call_slot = vec![NONE; n];
     for (k, &(_, kind, op)) in order.iter().enumerate() {
         let slot = k + 1;
@@ -481,12 +446,7 @@ fn search<M: Model>(
             best = (stack.iter().map(|f| keep[ev[f.cands[f.k]].op]).collect(), stuck);
         }
         match stack.pop() {
-            None => {
-                return Search::Fail {
-                    longest_prefix: best.0,
-                    stuck_at: best.1,
-                }
-            }
+            None => return Search::Fail { longest_prefix: best.0, stuck_at: best.1 },
             Some(f) => {
                 let slot = f.cands[f.k];
                 let op = ev[slot].op;

@@ -181,11 +181,7 @@ impl SafetyChecker {
     pub fn observe_leader(&mut self, node: NodeId, term: Term) -> Result<(), Violation> {
         self.checks += 1;
         match self.leaders.get(&term) {
-            Some(&first) if first != node => Err(Violation::TwoLeaders {
-                term,
-                first,
-                second: node,
-            }),
+            Some(&first) if first != node => Err(Violation::TwoLeaders { term, first, second: node }),
             Some(_) => Ok(()),
             None => {
                 self.leaders.insert(term, node);
@@ -196,28 +192,17 @@ impl SafetyChecker {
 
     /// `node` wrote `entry` to its log right after an entry of term `prev_term` (term 0 for
     /// the first entry, or the snapshot's term when it follows a snapshot).
-    pub fn observe_append(
-        &mut self,
-        node: NodeId,
-        entry: EntryId,
-        prev_term: Term,
-    ) -> Result<(), Violation> {
+    pub fn observe_append(&mut self, node: NodeId, entry: EntryId, prev_term: Term) -> Result<(), Violation> {
         self.checks += 1;
-        let facts = EntryFacts {
-            prev_term,
-            digest: entry.digest,
-        };
+        let facts = EntryFacts { prev_term, digest: entry.digest };
         match self.entries.get(&(entry.index, entry.term)) {
             None => {
                 self.entries.insert((entry.index, entry.term), facts);
                 Ok(())
             }
-            Some(old) if old.digest != facts.digest => Err(Violation::LogMismatch {
-                node,
-                index: entry.index,
-                term: entry.term,
-                what: "payload differs",
-            }),
+            Some(old) if old.digest != facts.digest => {
+                Err(Violation::LogMismatch { node, index: entry.index, term: entry.term, what: "payload differs" })
+            }
             Some(old) if old.prev_term != facts.prev_term => Err(Violation::LogMismatch {
                 node,
                 index: entry.index,
@@ -241,11 +226,7 @@ impl SafetyChecker {
         self.checks += 1;
         let p = self.nodes.entry(node).or_default();
         if commit < p.commit {
-            return Err(Violation::CommitWentBack {
-                node,
-                from: p.commit,
-                to: commit,
-            });
+            return Err(Violation::CommitWentBack { node, from: p.commit, to: commit });
         }
         let from = p.commit;
         p.commit = commit;
@@ -263,10 +244,7 @@ impl SafetyChecker {
         let pos = e.index.0 as usize - 1;
         if let Some(&(t, d)) = self.committed.get(pos) {
             if (t, d) != (e.term, e.digest) {
-                return Err(Violation::CommittedEntryChanged {
-                    node,
-                    index: e.index,
-                });
+                return Err(Violation::CommittedEntryChanged { node, index: e.index });
             }
             return Ok(());
         }
@@ -282,13 +260,7 @@ impl SafetyChecker {
 
     /// `node` (re)started: its volatile progress is forgotten; `commit` is what it restored.
     pub fn observe_restart(&mut self, node: NodeId, commit: LogIndex) {
-        self.nodes.insert(
-            node,
-            NodeProgress {
-                commit,
-                next_apply: None,
-            },
-        );
+        self.nodes.insert(node, NodeProgress { commit, next_apply: None });
     }
 
     /// `node` restored a snapshot covering everything up to `index`: it applies `index + 1` next.
@@ -305,36 +277,22 @@ impl SafetyChecker {
         self.checks += 1;
         let p = self.nodes.entry(node).or_default();
         if entry.index > p.commit {
-            return Err(Violation::AppliedUncommitted {
-                node,
-                index: entry.index,
-                commit: p.commit,
-            });
+            return Err(Violation::AppliedUncommitted { node, index: entry.index, commit: p.commit });
         }
         if let Some(expected) = p.next_apply {
             if entry.index != expected {
-                return Err(Violation::ApplyOutOfOrder {
-                    node,
-                    expected,
-                    got: entry.index,
-                });
+                return Err(Violation::ApplyOutOfOrder { node, expected, got: entry.index });
             }
         }
         p.next_apply = Some(entry.index.next());
         let id = (entry.term, entry.digest);
         if let Some(&c) = self.committed_at(entry.index).as_ref() {
             if c != id {
-                return Err(Violation::ApplyMismatch {
-                    node,
-                    index: entry.index,
-                });
+                return Err(Violation::ApplyMismatch { node, index: entry.index });
             }
         }
         match self.applied.get(&entry.index) {
-            Some(&old) if old != id => Err(Violation::ApplyMismatch {
-                node,
-                index: entry.index,
-            }),
+            Some(&old) if old != id => Err(Violation::ApplyMismatch { node, index: entry.index }),
             Some(_) => Ok(()),
             None => {
                 self.applied.insert(entry.index, id);
@@ -366,11 +324,7 @@ impl SafetyChecker {
         }
         let want = self.committed_at(c);
         if log_at(c) != want {
-            return Err(Violation::LeaderIncomplete {
-                leader,
-                term,
-                index: c,
-            });
+            return Err(Violation::LeaderIncomplete { leader, term, index: c });
         }
         Ok(())
     }
@@ -381,11 +335,7 @@ mod tests {
     use super::*;
 
     fn id(i: u64, t: u64, d: u64) -> EntryId {
-        EntryId {
-            index: LogIndex(i),
-            term: Term(t),
-            digest: d,
-        }
+        EntryId { index: LogIndex(i), term: Term(t), digest: d }
     }
 
     #[test]
@@ -394,10 +344,7 @@ mod tests {
         c.observe_leader(NodeId(1), Term(1)).unwrap();
         c.observe_leader(NodeId(1), Term(1)).unwrap();
         c.observe_leader(NodeId(2), Term(2)).unwrap();
-        assert!(matches!(
-            c.observe_leader(NodeId(3), Term(2)),
-            Err(Violation::TwoLeaders { .. })
-        ));
+        assert!(matches!(c.observe_leader(NodeId(3), Term(2)), Err(Violation::TwoLeaders { .. })));
     }
 
     #[test]
@@ -420,8 +367,7 @@ mod tests {
     fn commit_going_back_and_changed_commits_are_caught() {
         let mut c = SafetyChecker::new();
         let log1 = [id(1, 1, 10), id(2, 1, 11)];
-        c.observe_commit(NodeId(1), Term(1), LogIndex(2), |i| log1.get(i.0 as usize - 1).copied())
-            .unwrap();
+        c.observe_commit(NodeId(1), Term(1), LogIndex(2), |i| log1.get(i.0 as usize - 1).copied()).unwrap();
         assert_eq!(c.committed_index(), LogIndex(2));
         assert!(matches!(
             c.observe_commit(NodeId(1), Term(1), LogIndex(1), |_| None),
@@ -434,8 +380,7 @@ mod tests {
         ));
         // After a restart the volatile commit index may restart lower.
         c.observe_restart(NodeId(1), LogIndex(0));
-        c.observe_commit(NodeId(1), Term(1), LogIndex(1), |i| log1.get(i.0 as usize - 1).copied())
-            .unwrap();
+        c.observe_commit(NodeId(1), Term(1), LogIndex(1), |i| log1.get(i.0 as usize - 1).copied()).unwrap();
     }
 
     #[test]
@@ -445,29 +390,19 @@ mod tests {
         let at = |i: LogIndex| log.get(i.0 as usize - 1).copied();
         c.observe_commit(NodeId(1), Term(1), LogIndex(2), at).unwrap();
         c.observe_apply(NodeId(1), id(1, 1, 10)).unwrap();
-        assert!(matches!(
-            c.observe_apply(NodeId(1), id(3, 1, 12)),
-            Err(Violation::AppliedUncommitted { .. })
-        ));
-        assert!(matches!(
-            c.observe_apply(NodeId(1), id(2, 1, 77)),
-            Err(Violation::ApplyMismatch { .. })
-        ));
+        assert!(matches!(c.observe_apply(NodeId(1), id(3, 1, 12)), Err(Violation::AppliedUncommitted { .. })));
+        assert!(matches!(c.observe_apply(NodeId(1), id(2, 1, 77)), Err(Violation::ApplyMismatch { .. })));
         let mut c2 = SafetyChecker::new();
         c2.observe_commit(NodeId(1), Term(1), LogIndex(3), at).unwrap();
         c2.observe_apply(NodeId(1), id(1, 1, 10)).unwrap();
-        assert!(matches!(
-            c2.observe_apply(NodeId(1), id(3, 1, 12)),
-            Err(Violation::ApplyOutOfOrder { .. })
-        ));
+        assert!(matches!(c2.observe_apply(NodeId(1), id(3, 1, 12)), Err(Violation::ApplyOutOfOrder { .. })));
     }
 
     #[test]
     fn leader_completeness_is_caught() {
         let mut c = SafetyChecker::new();
         let log = [id(1, 1, 10), id(2, 1, 11)];
-        c.observe_commit(NodeId(1), Term(1), LogIndex(2), |i| log.get(i.0 as usize - 1).copied())
-            .unwrap();
+        c.observe_commit(NodeId(1), Term(1), LogIndex(2), |i| log.get(i.0 as usize - 1).copied()).unwrap();
         c.check_leader_complete(NodeId(2), Term(2), LogIndex(0), |i| {
             log.get(i.0 as usize - 1).map(|e| (e.term, e.digest))
         })
@@ -480,18 +415,13 @@ mod tests {
             Err(Violation::LeaderIncomplete { .. })
         ));
         // Compacted past the committed index: nothing to check in the log.
-        c.check_leader_complete(NodeId(3), Term(3), LogIndex(2), |_| None)
-            .unwrap();
+        c.check_leader_complete(NodeId(3), Term(3), LogIndex(2), |_| None).unwrap();
         // A stale leader (term 1) need not hold what term 1's successors commit, but the
         // check still applies to entries committed before its term.
         let mut c = SafetyChecker::new();
-        c.observe_commit(NodeId(1), Term(3), LogIndex(2), |i| log.get(i.0 as usize - 1).copied())
-            .unwrap();
-        c.check_leader_complete(NodeId(2), Term(2), LogIndex(0), |_| None)
-            .unwrap();
-        assert!(c
-            .check_leader_complete(NodeId(2), Term(4), LogIndex(0), |_| None)
-            .is_err());
+        c.observe_commit(NodeId(1), Term(3), LogIndex(2), |i| log.get(i.0 as usize - 1).copied()).unwrap();
+        c.check_leader_complete(NodeId(2), Term(2), LogIndex(0), |_| None).unwrap();
+        assert!(c.check_leader_complete(NodeId(2), Term(4), LogIndex(0), |_| None).is_err());
     }
 
     #[test]

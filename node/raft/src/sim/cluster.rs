@@ -88,6 +88,8 @@ pub(crate) struct Cluster {
     churn: Vec<(u64, NodeId, u64)>,
     /// Messages delivered at the current virtual instant, and that instant.
     same_instant: (u64, u64),
+    /// A membership change catching its server up: (leader, its term, the server).
+    promoting: Option<(NodeId, Term, NodeId)>,
     /// Every command's first application on any replica: (client, seq) -> (clock, output).
     effects: std::collections::HashMap<(u64, u64), (u64, KvOutput)>,
     pub(crate) report: Report,
@@ -126,11 +128,7 @@ fn commit_covered(m: &Message) -> Option<LogIndex> {
 }
 
 fn entry_id(e: &crate::Entry) -> EntryId {
-    EntryId {
-        index: e.index,
-        term: e.term,
-        digest: digest(e.kind, &e.data),
-    }
+    EntryId { index: e.index, term: e.term, digest: digest(e.kind, &e.data) }
 }
 
 impl Cluster {
@@ -148,20 +146,9 @@ impl Cluster {
             h.tick_ms = (sc.tick_ms * rate).div_ceil(1000).max(1);
         }
         let clients = (0..sc.clients as u64)
-            .map(|id| Client {
-                id,
-                seq: 0,
-                op: None,
-                next_ms: 0,
-                leader_hint: None,
-                last_seen: vec![None; sc.keys],
-            })
+            .map(|id| Client { id, seq: 0, op: None, next_ms: 0, leader_hint: None, last_seen: vec![None; sc.keys] })
             .collect();
-        let report = Report {
-            seed: opts.seed,
-            scenario: format!("{sc:?}"),
-            ..Report::default()
-        };
+        let report = Report { seed: opts.seed, scenario: format!("{sc:?}"), ..Report::default() };
         Cluster {
             sc,
             opts,
@@ -183,6 +170,7 @@ impl Cluster {
             churn: Vec::new(),
             same_instant: (0, 0),
             effects: std::collections::HashMap::new(),
+            promoting: None,
             report,
         }
     }
@@ -279,9 +267,7 @@ impl Cluster {
             let id = self.hosts[h].id;
             self.hosts[h].disk = crate::sim::host::Disk::default();
             self.hosts[h].disk.append(std::slice::from_ref(&entry)).map_err(|e| self.fail(e))?;
-            self.checker
-                .observe_append(id, entry_id(&entry), Term(0))
-                .map_err(|v| self.fail(v.to_string()))?;
+            self.checker.observe_append(id, entry_id(&entry), Term(0)).map_err(|v| self.fail(v.to_string()))?;
             self.boot(h)?;
         }
         Ok(())
@@ -367,18 +353,23 @@ impl Cluster {
         s
     }
 
+    /// The leader the cluster would agree on: the live server that leads the highest term, if
+    /// no replica (voter or standby) of its configuration has moved to a later term. (A spare
+    /// or a removed server may sit in a later term without disrupting anyone: pre-vote keeps
+    /// it from being heard, and the leader never talks to it.)
     fn leader(&self) -> Option<usize> {
-        let max_term = self
+        let best = (0..self.hosts.len())
+            .filter(|&h| {
+                self.hosts[h].is_live() && self.hosts[h].raw.as_ref().is_some_and(|r| r.role() == StateRole::Leader)
+            })
+            .max_by_key(|&h| self.hosts[h].raw.as_ref().map(|r| r.term()))?;
+        let raw = self.hosts[best].raw.as_ref()?;
+        let conf = raw.configuration();
+        let superseded = self
             .hosts
             .iter()
-            .filter_map(|h| h.raw.as_ref().map(|r| r.term()))
-            .max()?;
-        self.hosts.iter().position(|h| {
-            h.is_live()
-                && h.raw
-                    .as_ref()
-                    .is_some_and(|r| r.role() == StateRole::Leader && r.term() == max_term)
-        })
+            .any(|h| conf.replicas().any(|id| id == h.id) && h.raw.as_ref().is_some_and(|r| r.term() > raw.term()));
+        (!superseded).then_some(best)
     }
 
     fn converged(&self) -> bool {
@@ -437,11 +428,9 @@ impl Cluster {
             match seq.and_then(|s| self.effects.get(&(op.client, s))) {
                 // Its client went on meanwhile: the completed operation gets a client id of its
                 // own (the checker requires a client's operations not to overlap).
-                Some((t, o)) if *t >= op.invoke => out.push(Operation {
-                    client: (1 << 63) | k as u64,
-                    response: Some((*t, o.clone())),
-                    ..op.clone()
-                }),
+                Some((t, o)) if *t >= op.invoke => {
+                    out.push(Operation { client: (1 << 63) | k as u64, response: Some((*t, o.clone())), ..op.clone() })
+                }
                 Some(_) => out.push(op.clone()),
                 None => {}
             }
@@ -452,9 +441,7 @@ impl Cluster {
     fn check_history(&mut self) -> Result<(), Failure> {
         self.report.ops = self.history.len();
         self.report.ops_unknown = self.history.iter().filter(|o| o.response.is_none()).count();
-        let limits = Limits {
-            steps_max: self.opts.lin_steps_max,
-        };
+        let limits = Limits { steps_max: self.opts.lin_steps_max };
         let history = if self.opts.complete_unknowns { self.completed_history() } else { self.history.clone() };
         match linearizability::check(&KvModel, &history, limits) {
             Ok(Outcome::Linearizable) => Ok(()),
@@ -464,12 +451,8 @@ impl Cluster {
                 Ok(())
             }
             Ok(Outcome::NotLinearizable(v)) => {
-                let ops: Vec<String> = v
-                    .longest_prefix
-                    .iter()
-                    .chain(&v.stuck_at)
-                    .map(|&i| format!("  #{i} {:?}", history[i]))
-                    .collect();
+                let ops: Vec<String> =
+                    v.longest_prefix.iter().chain(&v.stuck_at).map(|&i| format!("  #{i} {:?}", history[i])).collect();
                 Err(self.fail(format!(
                     "history not linearizable on key {}: linearized {} ops, then stuck at {:?}\n{}",
                     v.partition,
@@ -505,7 +488,9 @@ impl Cluster {
         }
         for c in &self.clients {
             match &c.op {
-                Some(op) => next = next.min(op.deadline_ms).min(if op.at.is_none() { op.retry_at_ms } else { u64::MAX }),
+                Some(op) => {
+                    next = next.min(op.deadline_ms).min(if op.at.is_none() { op.retry_at_ms } else { u64::MAX })
+                }
                 None if self.clients_on && self.history.len() < self.opts.ops_max => next = next.min(c.next_ms),
                 None => {}
             }
@@ -565,9 +550,7 @@ impl Cluster {
         self.operator()?;
         // Fsyncs that completed.
         for h in 0..self.hosts.len() {
-            while self.hosts[h].is_live()
-                && self.hosts[h].unsynced.front().is_some_and(|b| b.due_ms <= now)
-            {
+            while self.hosts[h].is_live() && self.hosts[h].unsynced.front().is_some_and(|b| b.due_ms <= now) {
                 if self.faults_on && self.rng.chance(self.sc.fsync_fail_per_million) {
                     // The fsync failed: abort; what reached the disk is up to the crash.
                     self.report.fsync_failures += 1;
@@ -586,16 +569,12 @@ impl Cluster {
             }
         }
         if self.net.in_flight() > IN_FLIGHT_MAX {
-            return Err(self.fail(format!(
-                "runaway: more than {IN_FLIGHT_MAX} messages in flight"
-            )));
+            return Err(self.fail(format!("runaway: more than {IN_FLIGHT_MAX} messages in flight")));
         }
         // Messages.
         while let Some((from, to, msg)) = {
             let hosts = &self.hosts;
-            self.net.pop_due(now, |id| {
-                hosts.get((id.0 - 1) as usize).is_some_and(|h| h.is_up())
-            })
+            self.net.pop_due(now, |id| hosts.get((id.0 - 1) as usize).is_some_and(|h| h.is_up()))
         } {
             if self.same_instant.0 == now {
                 self.same_instant.1 += 1;
@@ -656,10 +635,7 @@ impl Cluster {
             self.handle_ready(h, rd)?;
             self.check_server(h)?;
         }
-        Err(self.fail(format!(
-            "{:?} produced {READY_LOOP_MAX} Readys in a row",
-            self.hosts[h].id
-        )))
+        Err(self.fail(format!("{:?} produced {READY_LOOP_MAX} Readys in a row", self.hosts[h].id)))
     }
 
     fn handle_ready(&mut self, h: usize, rd: Ready) -> Result<(), Failure> {
@@ -668,16 +644,10 @@ impl Cluster {
         for ev in &rd.events {
             self.log(|| format!("{id:?} event {ev:?}"));
             match ev {
-                Event::RoleChanged {
-                    role: StateRole::Leader,
-                    term,
-                    ..
-                } => {
+                Event::RoleChanged { role: StateRole::Leader, term, .. } => {
                     self.report.elections += 1;
                     self.check_leadership_durable(h, *term)?;
-                    self.checker
-                        .observe_leader(id, *term)
-                        .map_err(|v| self.fail(v.to_string()))?;
+                    self.checker.observe_leader(id, *term).map_err(|v| self.fail(v.to_string()))?;
                     if self.faults_on && self.rng.chance(self.sc.churn_per_million) {
                         let at = now + self.rng.range(0, self.sc.latency_ms * 4);
                         let what = self.rng.below(3);
@@ -690,7 +660,13 @@ impl Cluster {
                         self.client_rejected(c, s, None);
                     }
                 }
-                Event::ConfChangeAborted { .. } => self.report.conf_aborted += 1,
+                Event::ConfChangeAborted { node } => {
+                    self.report.conf_aborted += 1;
+                    self.promoting = self.promoting.filter(|p| p.2 != *node);
+                }
+                Event::ConfChangeAppended { node, .. } => {
+                    self.promoting = self.promoting.filter(|p| p.2 != *node);
+                }
                 Event::TransferAborted { .. } => self.report.transfers_aborted += 1,
                 _ => {}
             }
@@ -728,10 +704,8 @@ impl Cluster {
                 Some((meta, data, true)) if meta == si.meta => data,
                 other => {
                     let have = other.map(|(m, d, done)| (m.index, d.len(), done));
-                    return Err(self.fail(format!(
-                        "{id:?}: asked to install snapshot {:?} but received {have:?}",
-                        si.meta.index
-                    )));
+                    return Err(self
+                        .fail(format!("{id:?}: asked to install snapshot {:?} but received {have:?}", si.meta.index)));
                 }
             };
             let Some(kv) = KvStore::restore(&data) else {
@@ -750,7 +724,8 @@ impl Cluster {
         //    entries only once durable (until then no one else can have seen them: if they
         //    are lost in a crash, the same index and term may be reused harmlessly).
         // (A leader-elect reports itself a candidate; a real candidate appends nothing.)
-        let own = self.hosts[h].raw.as_ref().is_some_and(|r| matches!(r.role(), StateRole::Leader | StateRole::Candidate));
+        let own =
+            self.hosts[h].raw.as_ref().is_some_and(|r| matches!(r.role(), StateRole::Leader | StateRole::Candidate));
         let mut deferred = Vec::new();
         if let Some(first) = rd.entries.first() {
             let view = &self.hosts[h].view;
@@ -765,9 +740,7 @@ impl Cluster {
                 if own {
                     deferred.push((entry_id(e), prev));
                 } else {
-                    self.checker
-                        .observe_append(id, entry_id(e), prev)
-                        .map_err(|v| self.fail(v.to_string()))?;
+                    self.checker.observe_append(id, entry_id(e), prev).map_err(|v| self.fail(v.to_string()))?;
                 }
                 prev = e.term;
             }
@@ -817,14 +790,11 @@ impl Cluster {
                 continue;
             }
             if e.index != applied.next() {
-                return Err(self.fail(format!(
-                    "{id:?}: committed entry {:?} handed out after applied {applied:?}",
-                    e.index
-                )));
+                return Err(
+                    self.fail(format!("{id:?}: committed entry {:?} handed out after applied {applied:?}", e.index))
+                );
             }
-            self.checker
-                .observe_apply(id, entry_id(&e))
-                .map_err(|v| self.fail(v.to_string()))?;
+            self.checker.observe_apply(id, entry_id(&e)).map_err(|v| self.fail(v.to_string()))?;
             let host = &mut self.hosts[h];
             host.applied = e.index;
             if e.kind == EntryKind::Command {
@@ -852,10 +822,9 @@ impl Cluster {
         for r in rd.read_states {
             let applied = self.hosts[h].applied;
             if applied < r.index {
-                return Err(self.fail(format!(
-                    "{id:?}: read state at {:?} handed out with applied {applied:?}",
-                    r.index
-                )));
+                return Err(
+                    self.fail(format!("{id:?}: read state at {:?} handed out with applied {applied:?}", r.index))
+                );
             }
             let host = &mut self.hosts[h];
             if let Some((c, s)) = parse_ctx(&r.ctx) {
@@ -885,10 +854,9 @@ impl Cluster {
             }
             let current = self.hosts[h].disk.snapshot.as_ref().map(|s| s.0.index);
             if current.is_none() || self.hosts[h].disk.snapshot.as_ref().map(|s| &s.0) != Some(&req.meta) {
-                return Err(self.fail(format!(
-                    "{id:?}: snapshot {:?} requested, current is {current:?}",
-                    req.meta.index
-                )));
+                return Err(
+                    self.fail(format!("{id:?}: snapshot {:?} requested, current is {current:?}", req.meta.index))
+                );
             }
             let host = &mut self.hosts[h];
             let Some((_, data)) = &host.disk.snapshot else { continue };
@@ -954,9 +922,7 @@ impl Cluster {
             self.check_hard_state(h, hs)?;
         }
         for &(e, prev) in &b.observe {
-            self.checker
-                .observe_append(id, e, prev)
-                .map_err(|v| self.fail(v.to_string()))?;
+            self.checker.observe_append(id, e, prev).map_err(|v| self.fail(v.to_string()))?;
         }
         if let Err(e) = b.write_to(&mut self.hosts[h].disk) {
             return Err(self.fail(format!("{id:?}: {e}")));
@@ -1078,13 +1044,9 @@ impl Cluster {
             let host = &self.hosts[h];
             let base = host.view.base.0;
             let view = &host.view;
+            self.checker.observe_leader(id, term).map_err(|v| self.fail(v.to_string()))?;
             self.checker
-                .observe_leader(id, term)
-                .map_err(|v| self.fail(v.to_string()))?;
-            self.checker
-                .check_leader_complete(id, term, base, |i| {
-                    view.entry(i).map(|e| (e.term, digest(e.kind, &e.data)))
-                })
+                .check_leader_complete(id, term, base, |i| view.entry(i).map(|e| (e.term, digest(e.kind, &e.data))))
                 .map_err(|v| self.fail(v.to_string()))?;
         }
         Ok(())
@@ -1116,7 +1078,9 @@ impl Cluster {
         let host = &mut self.hosts[h];
         let Some((_, index, image)) = host.snapshot_pending.take() else { return Ok(()) };
         let Some(raw) = host.raw.as_mut() else { return Ok(()) };
-        if raw.snapshot_meta().is_some_and(|m| m.index >= index) || host.disk.snapshot.as_ref().is_some_and(|s| s.0.index >= index) {
+        if raw.snapshot_meta().is_some_and(|m| m.index >= index)
+            || host.disk.snapshot.as_ref().is_some_and(|s| s.0.index >= index)
+        {
             // A newer snapshot was installed (or captured) meanwhile: this one is obsolete.
             return Ok(());
         }
@@ -1182,22 +1146,13 @@ impl Cluster {
             35..=49 => (KvInput::Put(key, format!("p[{cid}.{seq}]")), false),
             50..=89 => (KvInput::Append(key, format!("[{cid}.{seq}]")), false),
             _ => (
-                KvInput::Cas {
-                    key,
-                    expected: self.clients[c].last_seen[k].clone(),
-                    new: format!("c[{cid}.{seq}]"),
-                },
+                KvInput::Cas { key, expected: self.clients[c].last_seen[k].clone(), new: format!("c[{cid}.{seq}]") },
                 false,
             ),
         };
         let invoke = self.tick_clock();
         self.history_seq.insert(invoke, seq);
-        self.history.push(Operation {
-            client: cid,
-            input: op.clone(),
-            invoke,
-            response: None,
-        });
+        self.history.push(Operation { client: cid, input: op.clone(), invoke, response: None });
         self.clients[c].op = Some(ClientOp {
             hist: self.history.len() - 1,
             cmd: Command { client: cid, seq, op },
@@ -1247,7 +1202,10 @@ impl Cluster {
             return Ok(());
         };
         if self.opts.trace {
-            let line = format!("{:>7}ms client {} seq {} submits {:?} to {target:?} (read_index {via_ri})", self.now_ms, cmd.client, cmd.seq, cmd.op);
+            let line = format!(
+                "{:>7}ms client {} seq {} submits {:?} to {target:?} (read_index {via_ri})",
+                self.now_ms, cmd.client, cmd.seq, cmd.op
+            );
             TRACE.with(|tr| tr.borrow_mut().push(line));
         }
         let res = if via_ri {
@@ -1357,8 +1315,7 @@ impl Cluster {
             0 => {
                 // Crash a server; half the time one with writes still waiting for their fsync,
                 // where a broken persistence contract shows.
-                let unsynced: Vec<usize> =
-                    up.iter().copied().filter(|&h| !self.hosts[h].unsynced.is_empty()).collect();
+                let unsynced: Vec<usize> = up.iter().copied().filter(|&h| !self.hosts[h].unsynced.is_empty()).collect();
                 let pool = if !unsynced.is_empty() && self.rng.below(2) == 0 { &unsynced } else { &up };
                 if let Some(&h) = self.rng.pick(pool) {
                     self.crash(h, "")?;
@@ -1402,11 +1359,8 @@ impl Cluster {
             4 => self.change_membership()?,
             5 => {
                 if let Some(l) = self.leader() {
-                    let voters: Vec<NodeId> = self.hosts[l]
-                        .raw
-                        .as_ref()
-                        .map(|r| r.configuration().voters().collect())
-                        .unwrap_or_default();
+                    let voters: Vec<NodeId> =
+                        self.hosts[l].raw.as_ref().map(|r| r.configuration().voters().collect()).unwrap_or_default();
                     let target = if self.rng.below(2) == 0 { None } else { self.rng.pick(&voters).copied() };
                     if let Some(raw) = self.hosts[l].raw.as_mut() {
                         let res = raw.transfer_leadership(target);
@@ -1464,10 +1418,18 @@ impl Cluster {
                 else {
                     return Ok(());
                 };
+                // Every server's view counts (one may hold a change the leader does not), and a
+                // server being caught up for promotion is left alone.
+                let mut views = self.configurations();
+                views.push(conf);
+                let promoting = self.promotion_pending();
                 let pool: Vec<usize> = started
                     .iter()
                     .copied()
-                    .filter(|&x| !conf.is_voter(self.hosts[x].id) || conf.voter_count() >= 3)
+                    .filter(|&x| {
+                        let id = self.hosts[x].id;
+                        promoting != Some(id) && views.iter().all(|c| !c.is_voter(id) || c.voter_count() >= 3)
+                    })
                     .collect();
                 let Some(&h) = self.rng.pick(&pool) else { return Ok(()) };
                 let id = self.hosts[h].id;
@@ -1513,9 +1475,7 @@ impl Cluster {
             }
             return Ok(());
         }
-        if !self.hosts[h].is_live()
-            || self.hosts[h].raw.as_ref().is_none_or(|r| r.role() != StateRole::Leader)
-        {
+        if !self.hosts[h].is_live() || self.hosts[h].raw.as_ref().is_none_or(|r| r.role() != StateRole::Leader) {
             return Ok(());
         }
         let ids: Vec<NodeId> = self.hosts.iter().filter(|x| x.started && x.id != id).map(|x| x.id).collect();
@@ -1543,14 +1503,10 @@ impl Cluster {
     /// Kills server `h` and schedules its restart: usually after a while, sometimes at once
     /// (a bounce, so that messages sent to its previous life still arrive).
     fn crash(&mut self, h: usize, label: &str) -> Result<(), Failure> {
-        let (what, surviving) = self.hosts[h]
-            .crash(&mut self.crash_rng)
-            .map_err(|e| self.fail(e))?;
+        let (what, surviving) = self.hosts[h].crash(&mut self.crash_rng).map_err(|e| self.fail(e))?;
         let id = self.hosts[h].id;
         for (e, prev) in surviving {
-            self.checker
-                .observe_append(id, e, prev)
-                .map_err(|v| self.fail(v.to_string()))?;
+            self.checker.observe_append(id, e, prev).map_err(|v| self.fail(v.to_string()))?;
         }
         let down_ms = if self.rng.below(3) == 0 {
             self.rng.range(1, 2 * self.sc.latency_ms)
@@ -1561,6 +1517,32 @@ impl Cluster {
         self.report.crashes += 1;
         self.log(|| format!("CRASH {label}{id:?} ({what}), back in {down_ms} ms"));
         Ok(())
+    }
+
+    /// The server a membership change is still catching up, if that change can still complete
+    /// (its leader still leads its term).
+    fn promotion_pending(&self) -> Option<NodeId> {
+        let (l, term, target) = self.promoting?;
+        let h = &self.hosts[self.idx(l)];
+        h.raw.as_ref().filter(|r| r.is_leader() && r.term() == term).map(|_| target)
+    }
+
+    /// The configuration each started server has (running: in force; down: the latest in its
+    /// stored log or snapshot).
+    fn configurations(&self) -> Vec<Configuration> {
+        let mut out = Vec::new();
+        for h in self.hosts.iter().filter(|h| h.started && !h.wiped) {
+            if let Some(r) = &h.raw {
+                out.push(r.configuration().clone());
+                continue;
+            }
+            let stored = h.disk.log.iter().rev().find(|e| e.kind == EntryKind::Configuration);
+            match stored.and_then(|e| Configuration::decode(&e.data).ok()) {
+                Some(c) => out.push(c),
+                None => out.extend(h.disk.snapshot.as_ref().map(|s| s.0.configuration.clone())),
+            }
+        }
+        out
     }
 
     /// What an operator does about a wiped server: remove it from the configuration (it
@@ -1585,7 +1567,7 @@ impl Cluster {
                         self.drive(l)?;
                     }
                 }
-            } else if settled {
+            } else if settled && self.promotion_pending() != Some(id) {
                 let tick_ms = self.hosts[h].tick_ms;
                 let old = &mut self.hosts[h];
                 old.wiped = false;
@@ -1632,11 +1614,7 @@ impl Cluster {
                     self.hosts[h].started = true;
                     self.boot(h)?;
                 }
-                ConfChange::Add {
-                    id,
-                    address: format!("sim-{}", id.0),
-                    role,
-                }
+                ConfChange::Add { id, address: format!("sim-{}", id.0), role }
             }
             1 => {
                 let Some(&id) = self.rng.pick(&members) else { return Ok(()) };
@@ -1657,6 +1635,13 @@ impl Cluster {
         let Some(raw) = self.hosts[l].raw.as_mut() else { return Ok(()) };
         let res = raw.propose_conf_change(cc.clone());
         self.report.conf_changes += u64::from(res.is_ok());
+        if res == Ok(crate::ConfChangeStatus::CatchingUp) {
+            let target = match &cc {
+                ConfChange::Add { id, .. } | ConfChange::Assign { id, .. } | ConfChange::Remove { id } => *id,
+            };
+            let term = raw.term();
+            self.promoting = Some((self.hosts[l].id, term, target));
+        }
         self.log(|| format!("CONF {cc:?}: {res:?}"));
         self.drive(l)
     }

@@ -45,10 +45,7 @@ impl Disk {
             None => self.snapshot.as_ref().map_or(LogIndex(1), |s| s.0.index.next()),
         };
         if first.index > expected {
-            return Err(format!(
-                "entries start at {:?} but the stored log ends before {:?}",
-                first.index, expected
-            ));
+            return Err(format!("entries start at {:?} but the stored log ends before {:?}", first.index, expected));
         }
         for w in entries.windows(2) {
             if w[1].index != w[0].index.next() {
@@ -141,14 +138,8 @@ impl View {
     /// The view of a disk after a restart: like the core's `restore`, entries at or before the
     /// snapshot are ignored.
     pub fn from_disk(disk: &Disk) -> View {
-        let base = disk
-            .snapshot
-            .as_ref()
-            .map_or((LogIndex(0), Term(0)), |(m, _)| (m.index, m.term));
-        let mut v = View {
-            base,
-            entries: Vec::new(),
-        };
+        let base = disk.snapshot.as_ref().map_or((LogIndex(0), Term(0)), |(m, _)| (m.index, m.term));
+        let mut v = View { base, entries: Vec::new() };
         for e in &disk.log {
             if e.index > base.0 {
                 v.entries.push(e.clone());
@@ -365,10 +356,7 @@ impl Host {
         self.pending_reads.clear();
         self.kv = KvStore::default();
         self.view = View::from_disk(&self.disk);
-        Ok((
-            format!("unsynced batches kept whole {kept}, torn {torn}, lost {lost}+"),
-            surviving,
-        ))
+        Ok((format!("unsynced batches kept whole {kept}, torn {torn}, lost {lost}+"), surviving))
     }
 }
 
@@ -378,12 +366,7 @@ mod tests {
     use crate::EntryKind;
 
     fn e(i: u64, t: u64) -> Entry {
-        Entry {
-            term: Term(t),
-            index: LogIndex(i),
-            kind: EntryKind::Command,
-            data: vec![i as u8],
-        }
+        Entry { term: Term(t), index: LogIndex(i), kind: EntryKind::Command, data: vec![i as u8] }
     }
 
     #[test]

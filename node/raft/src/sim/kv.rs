@@ -39,8 +39,7 @@ impl Reader<'_> {
         self.take(1).map(|b| b[0])
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        self.take(8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
     }
     fn str(&mut self) -> Option<String> {
         let n = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
@@ -101,11 +100,7 @@ impl Command {
                     1 => Some(r.str()?),
                     _ => return None,
                 };
-                KvInput::Cas {
-                    key,
-                    expected,
-                    new: r.str()?,
-                }
+                KvInput::Cas { key, expected, new: r.str()? }
             }
             _ => return None,
         };
@@ -185,23 +180,11 @@ mod tests {
             KvInput::Get("k".into()),
             KvInput::Put("k".into(), "v".into()),
             KvInput::Append("k".into(), "w".into()),
-            KvInput::Cas {
-                key: "k".into(),
-                expected: None,
-                new: "x".into(),
-            },
-            KvInput::Cas {
-                key: "k".into(),
-                expected: Some("v".into()),
-                new: "x".into(),
-            },
+            KvInput::Cas { key: "k".into(), expected: None, new: "x".into() },
+            KvInput::Cas { key: "k".into(), expected: Some("v".into()), new: "x".into() },
         ];
         for (i, op) in ops.into_iter().enumerate() {
-            let c = Command {
-                client: 7,
-                seq: i as u64,
-                op,
-            };
+            let c = Command { client: 7, seq: i as u64, op };
             let b = c.encode();
             assert_eq!(Command::decode(&b), Some(c));
             for cut in 0..b.len() {
@@ -217,17 +200,10 @@ mod tests {
         assert_eq!(s.apply(&KvInput::Append("a".into(), "1".into())), KvOutput::Ok);
         assert_eq!(s.apply(&KvInput::Append("a".into(), "2".into())), KvOutput::Ok);
         assert_eq!(
-            s.apply(&KvInput::Cas {
-                key: "b".into(),
-                expected: None,
-                new: "x".into()
-            }),
+            s.apply(&KvInput::Cas { key: "b".into(), expected: None, new: "x".into() }),
             KvOutput::Swapped(true)
         );
-        assert_eq!(
-            s.apply(&KvInput::Get("a".into())),
-            KvOutput::Value(Some("12".into()))
-        );
+        assert_eq!(s.apply(&KvInput::Get("a".into())), KvOutput::Value(Some("12".into())));
         let r = KvStore::restore(&s.snapshot()).unwrap();
         assert_eq!(r, s);
         assert_eq!(KvStore::restore(&[1, 2, 3]), None);

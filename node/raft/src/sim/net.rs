@@ -28,12 +28,7 @@ pub struct NetConfig {
 impl NetConfig {
     /// A network that delivers everything, in order, after `delay_ms`.
     pub fn perfect(delay_ms: u64) -> NetConfig {
-        NetConfig {
-            delay_ms_min: delay_ms,
-            delay_ms_max: delay_ms,
-            drop_per_million: 0,
-            duplicate_per_million: 0,
-        }
+        NetConfig { delay_ms_min: delay_ms, delay_ms_max: delay_ms, drop_per_million: 0, duplicate_per_million: 0 }
     }
 }
 
@@ -89,9 +84,7 @@ impl<M: Clone> Network<M> {
     }
 
     fn enqueue(&mut self, now_ms: u64, from: NodeId, to: NodeId, msg: M) {
-        let delay = self
-            .rng
-            .range(self.config.delay_ms_min, self.config.delay_ms_max);
+        let delay = self.rng.range(self.config.delay_ms_min, self.config.delay_ms_max);
         self.seq += 1;
         self.queue.push(Reverse((now_ms + delay, self.seq)));
         self.slots.insert(self.seq, InFlight { from, to, msg });
@@ -126,11 +119,7 @@ impl<M: Clone> Network<M> {
 
     /// Removes and returns the next message due at or before `now_ms` whose link is up
     /// (`up(node)` says whether a node is running). Messages on cut links are discarded.
-    pub fn pop_due(
-        &mut self,
-        now_ms: u64,
-        mut up: impl FnMut(NodeId) -> bool,
-    ) -> Option<(NodeId, NodeId, M)> {
+    pub fn pop_due(&mut self, now_ms: u64, mut up: impl FnMut(NodeId) -> bool) -> Option<(NodeId, NodeId, M)> {
         while let Some(&Reverse((t, id))) = self.queue.peek() {
             if t > now_ms {
                 return None;
@@ -217,12 +206,8 @@ mod tests {
 
     #[test]
     fn jittered_delays_reorder_and_faults_happen() {
-        let cfg = NetConfig {
-            delay_ms_min: 1,
-            delay_ms_max: 50,
-            drop_per_million: 100_000,
-            duplicate_per_million: 100_000,
-        };
+        let cfg =
+            NetConfig { delay_ms_min: 1, delay_ms_max: 50, drop_per_million: 100_000, duplicate_per_million: 100_000 };
         let mut net = Network::new(cfg, Rng::new(9));
         for i in 0..1000 {
             net.send(0, n(1), n(2), i);
