@@ -29,10 +29,7 @@ pub struct Summary {
 /// Application code: plain sqlx through `AnyPool`. Nothing in it knows which database is
 /// behind `url`.
 pub async fn app(url: &str) -> Result<Summary, sqlx::Error> {
-    let pool = AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await?;
+    let pool = AnyPoolOptions::new().max_connections(1).connect(url).await?;
     pool.execute(
         "CREATE TABLE IF NOT EXISTS todo (
             id INTEGER PRIMARY KEY,
@@ -45,16 +42,8 @@ pub async fn app(url: &str) -> Result<Summary, sqlx::Error> {
 
     // A committed transaction...
     let mut tx = pool.begin().await?;
-    for (id, title) in [
-        (1_i64, "write the driver"),
-        (2, "test it against real dqlite"),
-        (3, "swap the URL"),
-    ] {
-        sqlx::query("INSERT INTO todo (id, title) VALUES (?, ?)")
-            .bind(id)
-            .bind(title)
-            .execute(&mut *tx)
-            .await?;
+    for (id, title) in [(1_i64, "write the driver"), (2, "test it against real dqlite"), (3, "swap the URL")] {
+        sqlx::query("INSERT INTO todo (id, title) VALUES (?, ?)").bind(id).bind(title).execute(&mut *tx).await?;
     }
     tx.commit().await?;
 
@@ -67,28 +56,16 @@ pub async fn app(url: &str) -> Result<Summary, sqlx::Error> {
         .await?;
     tx.rollback().await?;
 
-    sqlx::query("UPDATE todo SET done = ? WHERE title LIKE ?")
-        .bind(1_i64)
-        .bind("%driver%")
-        .execute(&pool)
-        .await?;
+    sqlx::query("UPDATE todo SET done = ? WHERE title LIKE ?").bind(1_i64).bind("%driver%").execute(&pool).await?;
 
     let todos = sqlx::query("SELECT id, title, done FROM todo ORDER BY id")
         .fetch_all(&pool)
         .await?
         .iter()
         // (Any cannot decode SQLite's BOOLEAN type, so `done` is an INTEGER 0/1.)
-        .map(|row| {
-            Ok((
-                row.try_get("id")?,
-                row.try_get("title")?,
-                row.try_get::<i64, _>("done")? != 0,
-            ))
-        })
+        .map(|row| Ok((row.try_get("id")?, row.try_get("title")?, row.try_get::<i64, _>("done")? != 0)))
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM todo WHERE done = 0")
-        .fetch_one(&pool)
-        .await?;
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM todo WHERE done = 0").fetch_one(&pool).await?;
     pool.close().await;
     Ok(Summary { todos, open })
 }
@@ -117,12 +94,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
         Ok(url) => (None, url),
         Err(_) => {
             println!("2. DQLITE_URL is not set: starting one local dqlite node (dqlite-demo)...");
-            let cluster =
-                tokio::task::spawn_blocking(|| -> Result<_, dqlite::testing::LaunchError> {
-                    use dqlite::testing::Launcher;
-                    dqlite::testing::RealDqlite::from_env()?.start(1)
-                })
-                .await??;
+            let cluster = tokio::task::spawn_blocking(|| -> Result<_, dqlite::testing::LaunchError> {
+                use dqlite::testing::Launcher;
+                dqlite::testing::RealDqlite::from_env()?.start(1)
+            })
+            .await??;
             let url = cluster.url("todo.db");
             (Some(cluster), url)
         }

@@ -22,29 +22,18 @@ const POOL_SIZE: u32 = 4;
 /// Writes rows with client-chosen ids until told to stop; returns (acknowledged, uncertain):
 /// every acknowledged id must survive failover, an uncertain one (reported as "outcome
 /// unknown") may or may not.
-async fn background_writer(
-    pool: DqlitePool,
-    first_id: i64,
-    stop: Arc<AtomicBool>,
-) -> (Vec<i64>, Vec<i64>) {
+async fn background_writer(pool: DqlitePool, first_id: i64, stop: Arc<AtomicBool>) -> (Vec<i64>, Vec<i64>) {
     let (mut acked, mut uncertain) = (Vec::new(), Vec::new());
     let mut id = first_id;
     let deadline = Instant::now() + Duration::from_secs(120);
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-        match sqlx::query("INSERT INTO ledger (id, note) VALUES (?, 'background')")
-            .bind(id)
-            .execute(&pool)
-            .await
-        {
+        match sqlx::query("INSERT INTO ledger (id, note) VALUES (?, 'background')").bind(id).execute(&pool).await {
             Ok(_) => acked.push(id),
             Err(e) => {
                 eprintln!("background write {id} failed: {e}");
                 // The only write that can fail is the one in flight when the leader died, and
                 // the driver must say its outcome is unknown (it never replays it).
-                assert!(
-                    sqlx_dqlite::is_outcome_unknown(&e),
-                    "write {id} failed without 'outcome unknown': {e:?}"
-                );
+                assert!(sqlx_dqlite::is_outcome_unknown(&e), "write {id} failed without 'outcome unknown': {e:?}");
                 uncertain.push(id);
             }
         }
@@ -55,12 +44,7 @@ async fn background_writer(
 }
 
 async fn ids(pool: &DqlitePool) -> BTreeSet<i64> {
-    sqlx::query_scalar("SELECT id FROM ledger")
-        .fetch_all(pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect()
+    sqlx::query_scalar("SELECT id FROM ledger").fetch_all(pool).await.unwrap().into_iter().collect()
 }
 
 /// Every connection the pool can hold serves a query on its first attempt.
@@ -70,33 +54,19 @@ async fn every_pooled_connection_works(pool: &DqlitePool, leader: &str) {
         conns.push(pool.acquire().await.expect("acquire after failover"));
     }
     for conn in &mut conns {
-        let one: i64 = sqlx::query_scalar("SELECT 1")
-            .fetch_one(&mut **conn)
-            .await
-            .expect("query after failover");
+        let one: i64 = sqlx::query_scalar("SELECT 1").fetch_one(&mut **conn).await.expect("query after failover");
         assert_eq!(one, 1);
-        assert_eq!(
-            conn.leader_address().as_deref(),
-            Some(leader),
-            "pooled connection not on the new leader"
-        );
+        assert_eq!(conn.leader_address().as_deref(), Some(leader), "pooled connection not on the new leader");
     }
 }
 
 async fn kill_leader_and_wait(cluster: &mut dqlite::testing::Cluster) -> (usize, usize) {
     block_in_place(|| {
-        let old = cluster
-            .wait_for_leader(ELECTION_BOUND)
-            .expect("a leader before the kill");
+        let old = cluster.wait_for_leader(ELECTION_BOUND).expect("a leader before the kill");
         let start = Instant::now();
         cluster.kill(old).expect("SIGKILL the leader");
-        let new = cluster
-            .wait_for_new_leader(old, ELECTION_BOUND)
-            .expect("a new leader after the kill");
-        eprintln!(
-            "node {old} SIGKILLed; node {new} leader after {:?}",
-            start.elapsed()
-        );
+        let new = cluster.wait_for_new_leader(old, ELECTION_BOUND).expect("a new leader after the kill");
+        eprintln!("node {old} SIGKILLed; node {new} leader after {:?}", start.elapsed());
         (old, new)
     })
 }
@@ -105,33 +75,17 @@ async fn kill_leader_and_wait(cluster: &mut dqlite::testing::Cluster) -> (usize,
 async fn pool_in_use_survives_leader_sigkill_twice() {
     let mut cluster = block_in_place(|| common::start_cluster(3));
     let url = cluster.url("failover.db");
-    let pool = DqlitePoolOptions::new()
-        .max_connections(POOL_SIZE)
-        .connect(&url)
-        .await
-        .unwrap();
-    pool.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, note TEXT NOT NULL)")
-        .await
-        .unwrap();
+    let pool = DqlitePoolOptions::new().max_connections(POOL_SIZE).connect(&url).await.unwrap();
+    pool.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, note TEXT NOT NULL)").await.unwrap();
     for id in 1..=20_i64 {
-        sqlx::query("INSERT INTO ledger (id, note) VALUES (?, 'before')")
-            .bind(id)
-            .execute(&pool)
-            .await
-            .unwrap();
+        sqlx::query("INSERT INTO ledger (id, note) VALUES (?, 'before')").bind(id).execute(&pool).await.unwrap();
     }
     let mut committed: BTreeSet<i64> = (1..=20).collect();
     // The background writer uses a second pool on another database: dqlite has one writer per
     // database, and the open transaction below holds `failover.db`'s write lock.
-    let writer_pool = DqlitePoolOptions::new()
-        .max_connections(1)
-        .connect(&cluster.url("failover_writer.db"))
-        .await
-        .unwrap();
-    writer_pool
-        .execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, note TEXT NOT NULL)")
-        .await
-        .unwrap();
+    let writer_pool =
+        DqlitePoolOptions::new().max_connections(1).connect(&cluster.url("failover_writer.db")).await.unwrap();
+    writer_pool.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, note TEXT NOT NULL)").await.unwrap();
     let mut writer_committed = BTreeSet::new();
 
     for (round, first_id) in [(1, 1_000_i64), (2, 100_000)] {
@@ -149,18 +103,11 @@ async fn pool_in_use_survives_leader_sigkill_twice() {
             .await
             .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let writer = tokio::spawn(background_writer(
-            writer_pool.clone(),
-            first_id,
-            stop.clone(),
-        ));
+        let writer = tokio::spawn(background_writer(writer_pool.clone(), first_id, stop.clone()));
         // Let the writer get some writes acknowledged by the old leader first (bounded).
         let start = Instant::now();
         while ids(&writer_pool).await.range(first_id..).count() < 5 {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "background writer made no progress"
-            );
+            assert!(start.elapsed() < Duration::from_secs(30), "background writer made no progress");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
 
@@ -171,23 +118,13 @@ async fn pool_in_use_survives_leader_sigkill_twice() {
             .await
             .expect("background writer stops within its leader search")
             .unwrap();
-        eprintln!(
-            "round {round}: killed node {old}; writer: {} acknowledged, {} failed",
-            acked.len(),
-            uncertain.len()
-        );
+        eprintln!("round {round}: killed node {old}; writer: {} acknowledged, {} failed", acked.len(), uncertain.len());
 
         // The open transaction is gone, and said so; never replayed.
-        let commit = tx
-            .commit()
-            .await
-            .expect_err("a transaction open on a dead leader cannot commit");
-        let lost = sqlx_dqlite::dqlite_error(&commit)
-            .is_some_and(|e| e.is_transaction_lost() || e.is_outcome_unknown());
-        assert!(
-            lost,
-            "commit after the leader died must report a lost transaction: {commit:?}"
-        );
+        let commit = tx.commit().await.expect_err("a transaction open on a dead leader cannot commit");
+        let lost =
+            sqlx_dqlite::dqlite_error(&commit).is_some_and(|e| e.is_transaction_lost() || e.is_outcome_unknown());
+        assert!(lost, "commit after the leader died must report a lost transaction: {commit:?}");
 
         // From here on, no application retry: each statement must succeed on its first call.
         for id in first_id + 50_000..first_id + 50_010 {
@@ -199,10 +136,8 @@ async fn pool_in_use_survives_leader_sigkill_twice() {
             committed.insert(id);
         }
         // The connection the application held across the kill works too.
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
-            .fetch_one(&mut *held)
-            .await
-            .expect("held connection");
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM ledger").fetch_one(&mut *held).await.expect("held connection");
         assert!(n >= committed.len() as i64);
         assert_eq!(held.leader_address().as_deref(), Some(new_leader.as_str()));
         drop(held);
@@ -212,18 +147,9 @@ async fn pool_in_use_survives_leader_sigkill_twice() {
         // transaction left nothing.
         let present = ids(&pool).await;
         let missing: Vec<_> = committed.difference(&present).collect();
-        assert!(
-            missing.is_empty(),
-            "round {round}: acknowledged rows lost in failover: {missing:?}"
-        );
-        assert_eq!(
-            present, committed,
-            "round {round}: rows that were never acknowledged"
-        );
-        assert!(
-            !present.contains(&(first_id - 1)),
-            "the open transaction's row was committed"
-        );
+        assert!(missing.is_empty(), "round {round}: acknowledged rows lost in failover: {missing:?}");
+        assert_eq!(present, committed, "round {round}: rows that were never acknowledged");
+        assert!(!present.contains(&(first_id - 1)), "the open transaction's row was committed");
 
         // The background writer's pool recovered too; its acknowledged rows survived, and
         // nothing appeared that it did not attempt.
@@ -236,24 +162,16 @@ async fn pool_in_use_survives_leader_sigkill_twice() {
         writer_committed.extend(&acked);
         let present = ids(&writer_pool).await;
         let missing: Vec<_> = writer_committed.difference(&present).collect();
-        assert!(
-            missing.is_empty(),
-            "round {round}: acknowledged background writes lost: {missing:?}"
-        );
+        assert!(missing.is_empty(), "round {round}: acknowledged background writes lost: {missing:?}");
         let allowed: BTreeSet<i64> = writer_committed.iter().chain(&uncertain).copied().collect();
         let unexpected: Vec<_> = present.difference(&allowed).collect();
-        assert!(
-            unexpected.is_empty(),
-            "round {round}: rows nobody attempted: {unexpected:?}"
-        );
+        assert!(unexpected.is_empty(), "round {round}: rows nobody attempted: {unexpected:?}");
         writer_committed = present;
 
         // Bring the killed node back so the next round again has a majority after a kill.
         block_in_place(|| {
             cluster.restart(old).expect("restart the killed node");
-            cluster
-                .wait_for_voters(3, ELECTION_BOUND)
-                .expect("3 voters again");
+            cluster.wait_for_voters(3, ELECTION_BOUND).expect("3 voters again");
         });
     }
     pool.close().await;
@@ -280,41 +198,24 @@ fn launcher_kills_restarts_and_cleans_up() {
     let follower_addr = cluster.address(follower);
     cluster.kill(follower).unwrap();
     assert!(!cluster.is_running(follower));
-    assert!(
-        refuses_connections(follower_addr),
-        "killed node still accepts connections"
-    );
+    assert!(refuses_connections(follower_addr), "killed node still accepts connections");
     assert_eq!(cluster.wait_for_leader(ELECTION_BOUND).unwrap(), leader);
-    assert!(
-        cluster.kill(follower).is_err(),
-        "killing a dead node is an error, not a no-op"
-    );
+    assert!(cluster.kill(follower).is_err(), "killing a dead node is an error, not a no-op");
 
     // Restarted on the same address and data, it is a voter again.
     cluster.restart(follower).unwrap();
     assert!(cluster.is_running(follower));
     cluster.wait_for_voters(3, ELECTION_BOUND).unwrap();
     let members = cluster.members().unwrap();
-    assert!(members
-        .iter()
-        .any(|m| m.address == follower_addr.to_string()));
-    assert!(
-        cluster.restart(follower).is_err(),
-        "restarting a running node is an error"
-    );
-    assert!(
-        cluster.kill(7).is_err(),
-        "out-of-range node index is an error"
-    );
+    assert!(members.iter().any(|m| m.address == follower_addr.to_string()));
+    assert!(cluster.restart(follower).is_err(), "restarting a running node is an error");
+    assert!(cluster.kill(7).is_err(), "out-of-range node index is an error");
 
     // Drop kills every node.
     let addrs = cluster.addresses();
     drop(cluster);
     for addr in addrs {
-        assert!(
-            refuses_connections(addr),
-            "{addr} still up after the cluster was dropped"
-        );
+        assert!(refuses_connections(addr), "{addr} still up after the cluster was dropped");
     }
 }
 
@@ -330,19 +231,10 @@ fn single_node_cluster() {
 
     // With its only node dead, a bounded wait for a leader times out, saying what it waited for.
     cluster.kill(0).unwrap();
-    let err = cluster
-        .wait_for_leader(Duration::from_millis(300))
-        .unwrap_err();
+    let err = cluster.wait_for_leader(Duration::from_millis(300)).unwrap_err();
     let message = err.to_string();
-    assert!(
-        message.contains("timed out after")
-            && message.contains("no node reported itself as leader"),
-        "{message}"
-    );
-    assert!(
-        message.contains("node 0"),
-        "timeout errors show each node's log: {message}"
-    );
+    assert!(message.contains("timed out after") && message.contains("no node reported itself as leader"), "{message}");
+    assert!(message.contains("node 0"), "timeout errors show each node's log: {message}");
     // Restarted on its data, it leads again.
     cluster.restart(0).unwrap();
     assert_eq!(cluster.wait_for_leader(ELECTION_BOUND).unwrap(), 0);
@@ -351,21 +243,11 @@ fn single_node_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_cluster_restart_keeps_data_and_the_pool_reconnects() {
     let mut cluster = block_in_place(|| common::start_cluster(3));
-    let pool = DqlitePoolOptions::new()
-        .max_connections(2)
-        .connect(&cluster.url("restart.db"))
-        .await
-        .unwrap();
-    pool.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, note TEXT NOT NULL)")
-        .await
-        .unwrap();
+    let pool = DqlitePoolOptions::new().max_connections(2).connect(&cluster.url("restart.db")).await.unwrap();
+    pool.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, note TEXT NOT NULL)").await.unwrap();
     let mut tx = pool.begin().await.unwrap();
     for id in 1..=100_i64 {
-        sqlx::query("INSERT INTO ledger (id, note) VALUES (?, 'before')")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        sqlx::query("INSERT INTO ledger (id, note) VALUES (?, 'before')").bind(id).execute(&mut *tx).await.unwrap();
     }
     tx.commit().await.unwrap();
 
@@ -378,26 +260,15 @@ async fn whole_cluster_restart_keeps_data_and_the_pool_reconnects() {
         for i in 0..3 {
             cluster.restart(i).expect("restart on the same data");
         }
-        let leader = cluster
-            .wait_for_leader(ELECTION_BOUND)
-            .expect("a leader after the full restart");
-        eprintln!(
-            "full restart: node {leader} leader after {:?}",
-            start.elapsed()
-        );
+        let leader = cluster.wait_for_leader(ELECTION_BOUND).expect("a leader after the full restart");
+        eprintln!("full restart: node {leader} leader after {:?}", start.elapsed());
     });
 
     // First attempt, same pool: the committed transaction is all there, and writes work.
     let present = ids(&pool).await;
     assert_eq!(present, (1..=100).collect::<BTreeSet<i64>>());
-    sqlx::query("INSERT INTO ledger (id, note) VALUES (101, 'after')")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    sqlx::query("INSERT INTO ledger (id, note) VALUES (101, 'after')").execute(&pool).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger").fetch_one(&pool).await.unwrap();
     assert_eq!(n, 101);
     pool.close().await;
 }

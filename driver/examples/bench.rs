@@ -28,11 +28,7 @@ fn free_port() -> u16 {
 async fn point_queries(conn: &mut DqliteConnection, n: i64) -> Duration {
     let start = Instant::now();
     for i in 0..n {
-        let v: i64 = query_scalar("SELECT v FROM kv WHERE k = ?")
-            .bind(i % 100)
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
+        let v: i64 = query_scalar("SELECT v FROM kv WHERE k = ?").bind(i % 100).fetch_one(&mut *conn).await.unwrap();
         assert_eq!(v, (i % 100) * 2);
     }
     start.elapsed()
@@ -90,18 +86,10 @@ async fn main() {
     );
 
     // The same through a one-connection pool (sqlx pings on release and before acquire).
-    let pool = sqlx_dqlite::DqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts.clone())
-        .await
-        .unwrap();
+    let pool = sqlx_dqlite::DqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await.unwrap();
     let start = Instant::now();
     for i in 0..n {
-        let v: i64 = query_scalar("SELECT v FROM kv WHERE k = ?")
-            .bind(i % 100)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let v: i64 = query_scalar("SELECT v FROM kv WHERE k = ?").bind(i % 100).fetch_one(&pool).await.unwrap();
         assert_eq!(v, (i % 100) * 2);
     }
     let pooled = start.elapsed();

@@ -87,11 +87,11 @@
 #[macro_use]
 extern crate sqlx_core;
 
-mod embedded;
 mod arguments;
 mod column;
 mod connection;
 mod database;
+mod embedded;
 mod error;
 mod options;
 mod protocol;

@@ -2,15 +2,15 @@
 pub use dqlite_raft as raft;
 pub use dqlite_wire as wire;
 
-pub mod replication;
-pub mod storage;
-pub mod runtime;
-pub mod vfs;
 pub mod db;
-pub mod transport;
-pub mod server;
-pub mod node;
 pub mod embedded;
+pub mod node;
+pub mod replication;
+pub mod runtime;
+pub mod server;
+pub mod storage;
+pub mod transport;
+pub mod vfs;
 
 pub use embedded::{EmbeddedError, EmbeddedNode, NodeBuilder};
 pub use node::{Node, NodeConfig};

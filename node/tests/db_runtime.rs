@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use dqlite_node::db::conn::DbHandle;
 use dqlite_node::db::{Databases, DbConfig};
-use dqlite_node::replication::Replicator;
 use dqlite_node::raft::NodeId;
+use dqlite_node::replication::Replicator;
 use dqlite_node::runtime::harness::{seed_from_env, Cluster};
 use dqlite_node::storage::backend::CrashMode;
 use dqlite_wire::Value;

@@ -9,9 +9,7 @@ use std::io::ErrorKind;
 
 use dqlite_node::raft::{LogIndex, NodeId, Term};
 use dqlite_node::storage::backend::OpenMode;
-use dqlite_node::storage::{
-    InvalidRequest, LogOptions, SnapshotInfo, Storage, StorageError, StorageOptions,
-};
+use dqlite_node::storage::{InvalidRequest, LogOptions, SnapshotInfo, Storage, StorageError, StorageOptions};
 use storage_common::*;
 
 fn backend_file_semantics(dir: &dyn Dir) {
@@ -99,10 +97,7 @@ fn append_read_reopen(dir: &dyn Dir) {
     assert_eq!(mid, all[3..69].to_vec());
     assert_eq!(s.log.term(LogIndex(3)), Some(Term(1)));
     assert_eq!(s.log.term(LogIndex(last + 1)), None);
-    assert!(matches!(
-        s.log.entries(LogIndex(1)..LogIndex(last + 2)),
-        Err(StorageError::OutOfRange { .. })
-    ));
+    assert!(matches!(s.log.entries(LogIndex(1)..LogIndex(last + 2)), Err(StorageError::OutOfRange { .. })));
     drop(s);
     let s = open(dir, StorageOptions::default());
     assert_eq!(read_all(&s), all);
@@ -139,17 +134,11 @@ fn invalid_requests_are_refused(dir: &dyn Dir) {
     let mut s = open(dir, StorageOptions::default());
     assert!(matches!(s.log.append(&[]), Err(StorageError::Invalid(InvalidRequest::EmptyAppend))));
     s.log.append(&entries(1, 1, 3, 5)).expect("append");
-    assert!(matches!(
-        s.log.append(&entries(1, 5, 6, 5)),
-        Err(StorageError::Invalid(InvalidRequest::Gap))
-    ));
+    assert!(matches!(s.log.append(&entries(1, 5, 6, 5)), Err(StorageError::Invalid(InvalidRequest::Gap))));
     let mut bad = entries(1, 4, 5, 5);
     bad[1].index = LogIndex(9);
     assert!(matches!(s.log.append(&bad), Err(StorageError::Invalid(InvalidRequest::NotConsecutive))));
-    assert!(matches!(
-        s.log.append(&entries(1, 0, 0, 5)),
-        Err(StorageError::Invalid(InvalidRequest::ZeroIndex))
-    ));
+    assert!(matches!(s.log.append(&entries(1, 0, 0, 5)), Err(StorageError::Invalid(InvalidRequest::ZeroIndex))));
     s.log.truncate_suffix(LogIndex(10)).expect("truncate past the end is a no-op");
     assert_eq!(s.log.last_index(), LogIndex(3));
 }

@@ -36,8 +36,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-pub use probe::{Role, ServerInfo};
 pub use own::OwnDqlite;
+pub use probe::{Role, ServerInfo};
 pub use real::RealDqlite;
 
 /// How often waits re-check their condition.
@@ -154,10 +154,7 @@ pub struct Cluster {
 
 impl fmt::Debug for Cluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cluster")
-            .field("launcher", &self.launcher)
-            .field("nodes", &self.addresses())
-            .finish()
+        f.debug_struct("Cluster").field("launcher", &self.launcher).field("nodes", &self.addresses()).finish()
     }
 }
 
@@ -259,16 +256,8 @@ impl Cluster {
     }
 
     /// Waits (bounded by `bound`) for a leader other than node `old` (e.g. after killing it).
-    pub fn wait_for_new_leader(
-        &mut self,
-        old: usize,
-        bound: Duration,
-    ) -> Result<usize, LaunchError> {
-        self.wait_for_leader_where(
-            bound,
-            |i| i != old,
-            &format!("a leader other than node {old}"),
-        )
+    pub fn wait_for_new_leader(&mut self, old: usize, bound: Duration) -> Result<usize, LaunchError> {
+        self.wait_for_leader_where(bound, |i| i != old, &format!("a leader other than node {old}"))
     }
 
     fn wait_for_leader_where(
@@ -299,14 +288,11 @@ impl Cluster {
 
     /// The configuration as seen by the current leader (one probe, no wait).
     pub fn members(&mut self) -> Result<Vec<ServerInfo>, LaunchError> {
-        let leader = self
-            .leader()
-            .ok_or_else(|| LaunchError::Invalid("no leader to ask for the configuration".into()))?;
+        let leader =
+            self.leader().ok_or_else(|| LaunchError::Invalid("no leader to ask for the configuration".into()))?;
         let addr = self.address(leader);
-        probe::cluster(addr, PROBE_TIMEOUT).map_err(|source| LaunchError::Io {
-            what: format!("CLUSTER request to node {leader} ({addr})"),
-            source,
-        })
+        probe::cluster(addr, PROBE_TIMEOUT)
+            .map_err(|source| LaunchError::Io { what: format!("CLUSTER request to node {leader} ({addr})"), source })
     }
 
     /// Waits (bounded by `bound`) until the leader's configuration has `voters` voters and
@@ -318,9 +304,7 @@ impl Cluster {
             if let Ok(members) = self.members() {
                 let n_voters = members.iter().filter(|m| m.role == Role::Voter).count();
                 let ours = self.addresses();
-                let all_ours = members
-                    .iter()
-                    .all(|m| ours.iter().any(|a| a.to_string() == m.address));
+                let all_ours = members.iter().all(|m| ours.iter().any(|a| a.to_string() == m.address));
                 if n_voters == voters && all_ours {
                     tracing::info!(voters, waited = ?start.elapsed(), "cluster configuration ready");
                     return Ok(());
@@ -338,49 +322,30 @@ impl Cluster {
     pub fn timeout(&self, what: &str, waited: Duration, observed: String) -> LaunchError {
         let mut detail = format!("last observation: {observed}");
         for (i, node) in self.nodes.iter().enumerate() {
-            detail.push_str(&format!(
-                "\n--- node {i} ({}) log tail ---\n{}",
-                node.address(),
-                node.log_tail(2048)
-            ));
+            detail.push_str(&format!("\n--- node {i} ({}) log tail ---\n{}", node.address(), node.log_tail(2048)));
         }
-        LaunchError::Timeout {
-            what: what.to_owned(),
-            waited,
-            detail,
-        }
+        LaunchError::Timeout { what: what.to_owned(), waited, detail }
     }
 
     fn check_index(&self, i: usize) -> Result<(), LaunchError> {
         if i < self.nodes.len() {
             Ok(())
         } else {
-            Err(LaunchError::Invalid(format!(
-                "node {i} out of range: cluster has {} nodes",
-                self.nodes.len()
-            )))
+            Err(LaunchError::Invalid(format!("node {i} out of range: cluster has {} nodes", self.nodes.len())))
         }
     }
 }
 
 /// Polls `condition` every [`POLL_INTERVAL`] until it returns `Some`, or fails with a timeout
 /// error naming `what` after `bound`.
-pub fn wait_until<T>(
-    what: &str,
-    bound: Duration,
-    mut condition: impl FnMut() -> Option<T>,
-) -> Result<T, LaunchError> {
+pub fn wait_until<T>(what: &str, bound: Duration, mut condition: impl FnMut() -> Option<T>) -> Result<T, LaunchError> {
     let start = Instant::now();
     loop {
         if let Some(value) = condition() {
             return Ok(value);
         }
         if start.elapsed() >= bound {
-            return Err(LaunchError::Timeout {
-                what: what.to_owned(),
-                waited: start.elapsed(),
-                detail: String::new(),
-            });
+            return Err(LaunchError::Timeout { what: what.to_owned(), waited: start.elapsed(), detail: String::new() });
         }
         std::thread::sleep(POLL_INTERVAL);
     }
@@ -413,10 +378,7 @@ mod tests {
 
     fn stopped_cluster(n: u8) -> Cluster {
         let nodes = (0..n)
-            .map(|i| {
-                Box::new(Stopped(SocketAddr::from(([127, 0, 0, 2 + i], 9001))))
-                    as Box<dyn NodeProcess>
-            })
+            .map(|i| Box::new(Stopped(SocketAddr::from(([127, 0, 0, 2 + i], 9001)))) as Box<dyn NodeProcess>)
             .collect();
         Cluster::from_nodes("test", nodes)
     }
@@ -424,29 +386,21 @@ mod tests {
     #[test]
     fn urls_name_every_node() {
         let three = stopped_cluster(3);
-        assert_eq!(
-            three.url("app.db"),
-            "dqlite://127.0.0.2:9001/app.db?peers=127.0.0.3:9001,127.0.0.4:9001"
-        );
+        assert_eq!(three.url("app.db"), "dqlite://127.0.0.2:9001/app.db?peers=127.0.0.3:9001,127.0.0.4:9001");
         assert_eq!(
             three.url_with("app.db", "leader_timeout=30s"),
             "dqlite://127.0.0.2:9001/app.db?peers=127.0.0.3:9001,127.0.0.4:9001&leader_timeout=30s"
         );
         let one = stopped_cluster(1);
         assert_eq!(one.url("a.db"), "dqlite://127.0.0.2:9001/a.db");
-        assert_eq!(
-            one.url_with("a.db", "x=1"),
-            "dqlite://127.0.0.2:9001/a.db?x=1"
-        );
+        assert_eq!(one.url_with("a.db", "x=1"), "dqlite://127.0.0.2:9001/a.db?x=1");
     }
 
     #[test]
     fn no_leader_among_stopped_nodes_and_bad_indexes_are_errors() {
         let mut cluster = stopped_cluster(2);
         assert_eq!(cluster.leader(), None);
-        let err = cluster
-            .wait_for_leader(Duration::from_millis(100))
-            .unwrap_err();
+        let err = cluster.wait_for_leader(Duration::from_millis(100)).unwrap_err();
         assert!(err.to_string().contains("last log line"), "{err}");
         assert!(matches!(cluster.kill(2), Err(LaunchError::Invalid(_))));
         assert!(matches!(cluster.restart(9), Err(LaunchError::Invalid(_))));
@@ -455,21 +409,15 @@ mod tests {
 
     #[test]
     fn unknown_launcher_names_the_known_ones() {
-        let err = launcher_by_name("own-nodes-not-yet")
-            .err()
-            .expect("unknown launcher");
+        let err = launcher_by_name("own-nodes-not-yet").err().expect("unknown launcher");
         let message = err.to_string();
-        assert!(
-            message.contains("own-nodes-not-yet") && message.contains("real"),
-            "{message}"
-        );
+        assert!(message.contains("own-nodes-not-yet") && message.contains("real"), "{message}");
     }
 
     #[test]
     fn wait_until_is_bounded_and_says_what_it_waited_for() {
         let start = Instant::now();
-        let err =
-            wait_until("the impossible", Duration::from_millis(120), || None::<()>).unwrap_err();
+        let err = wait_until("the impossible", Duration::from_millis(120), || None::<()>).unwrap_err();
         assert!(start.elapsed() >= Duration::from_millis(120));
         assert!(err.to_string().contains("the impossible"), "{err}");
         let mut calls = 0;

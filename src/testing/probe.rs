@@ -54,11 +54,7 @@ pub fn leader(addr: SocketAddr, timeout: Duration) -> io::Result<Option<String>>
     let mut cursor = Cursor::new(&body);
     let _id = cursor.u64()?;
     let address = cursor.text()?;
-    Ok(if address.is_empty() {
-        None
-    } else {
-        Some(address)
-    })
+    Ok(if address.is_empty() { None } else { Some(address) })
 }
 
 /// Asks the node at `addr` for the cluster configuration (CLUSTER, format 1).
@@ -119,13 +115,9 @@ fn expect(kind: u8, body: Vec<u8>, wanted: u8) -> io::Result<Vec<u8>> {
         let mut cursor = Cursor::new(&body);
         let code = cursor.u64()?;
         let message = cursor.text()?;
-        return Err(io::Error::other(format!(
-            "node answered FAILURE {code}: {message}"
-        )));
+        return Err(io::Error::other(format!("node answered FAILURE {code}: {message}")));
     }
-    Err(invalid(format!(
-        "expected response type {wanted}, got {kind}"
-    )))
+    Err(invalid(format!("expected response type {wanted}, got {kind}")))
 }
 
 fn decode_servers(body: &[u8]) -> io::Result<Vec<ServerInfo>> {
@@ -133,10 +125,7 @@ fn decode_servers(body: &[u8]) -> io::Result<Vec<ServerInfo>> {
     let n = cursor.u64()?;
     // Each entry takes at least 3 words; refuse counts the body cannot hold.
     if n > (body.len() / 24) as u64 {
-        return Err(invalid(format!(
-            "SERVERS claims {n} entries in {} bytes",
-            body.len()
-        )));
+        return Err(invalid(format!("SERVERS claims {n} entries in {} bytes", body.len())));
     }
     let mut servers = Vec::with_capacity(n as usize);
     for _ in 0..n {
@@ -182,13 +171,10 @@ impl<'a> Cursor<'a> {
     /// A NUL-terminated UTF-8 string padded with zeros to the next word boundary.
     fn text(&mut self) -> io::Result<String> {
         let rest = self.bytes.get(self.pos..).unwrap_or_default();
-        let nul = rest
-            .iter()
-            .position(|b| *b == 0)
-            .ok_or_else(|| invalid("text field without NUL terminator".into()))?;
-        let text = std::str::from_utf8(&rest[..nul])
-            .map_err(|e| invalid(format!("text field is not UTF-8: {e}")))?
-            .to_owned();
+        let nul =
+            rest.iter().position(|b| *b == 0).ok_or_else(|| invalid("text field without NUL terminator".into()))?;
+        let text =
+            std::str::from_utf8(&rest[..nul]).map_err(|e| invalid(format!("text field is not UTF-8: {e}")))?.to_owned();
         let padded = (nul + 1).div_ceil(8) * 8;
         if padded > rest.len() {
             return Err(invalid("text field padding runs past the body".into()));
@@ -231,16 +217,8 @@ mod tests {
         assert_eq!(
             servers,
             vec![
-                ServerInfo {
-                    id: 7,
-                    address: "127.0.0.2:9001".into(),
-                    role: Role::Voter
-                },
-                ServerInfo {
-                    id: 8,
-                    address: "127.0.0.3:9001".into(),
-                    role: Role::Spare
-                },
+                ServerInfo { id: 7, address: "127.0.0.2:9001".into(), role: Role::Voter },
+                ServerInfo { id: 8, address: "127.0.0.3:9001".into(), role: Role::Spare },
             ]
         );
     }
@@ -258,19 +236,13 @@ mod tests {
     #[test]
     fn truncated_or_lying_bodies_are_errors() {
         assert!(decode_servers(&[]).is_err());
-        assert!(
-            decode_servers(&5u64.to_le_bytes()).is_err(),
-            "count larger than the body"
-        );
+        assert!(decode_servers(&5u64.to_le_bytes()).is_err(), "count larger than the body");
         let mut body = 1u64.to_le_bytes().to_vec();
         body.extend(1u64.to_le_bytes());
         body.extend(b"no-nul-");
         body.push(b'x');
         body.extend(0u64.to_le_bytes());
-        assert!(
-            decode_servers(&body).is_err(),
-            "entry cut short after its address"
-        );
+        assert!(decode_servers(&body).is_err(), "entry cut short after its address");
         let mut body = 1u64.to_le_bytes().to_vec();
         body.extend(1u64.to_le_bytes());
         body.extend(text("a:1"));

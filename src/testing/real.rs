@@ -20,9 +20,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{
-    probe, Cluster, LaunchError, Launcher, NodeProcess, Role, POLL_INTERVAL, PROBE_TIMEOUT,
-};
+use super::{probe, Cluster, LaunchError, Launcher, NodeProcess, Role, POLL_INTERVAL, PROBE_TIMEOUT};
 
 /// Environment variable overriding the `dqlite-demo` path.
 pub const DEMO_BIN_ENV: &str = "DQLITE_DEMO_BIN";
@@ -72,10 +70,7 @@ impl RealDqlite {
     pub fn with_binary(binary: impl Into<PathBuf>) -> Result<Self, LaunchError> {
         let binary = binary.into();
         if !binary.is_file() {
-            return Err(LaunchError::BinaryMissing {
-                binary: binary.display().to_string(),
-                env: DEMO_BIN_ENV,
-            });
+            return Err(LaunchError::BinaryMissing { binary: binary.display().to_string(), env: DEMO_BIN_ENV });
         }
         Ok(RealDqlite {
             binary,
@@ -90,13 +85,7 @@ impl RealDqlite {
         for i in 0..n_nodes {
             let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 250) as u8));
             let (db, api) = (free_addr(ip)?, free_addr(ip)?);
-            nodes.push(DemoNode::new(
-                i,
-                self.binary.clone(),
-                db,
-                api,
-                root.join(format!("node{i}")),
-            ));
+            nodes.push(DemoNode::new(i, self.binary.clone(), db, api, root.join(format!("node{i}"))));
         }
         // The first node bootstraps the cluster and must be leader before others join it.
         let seed = nodes[0].db;
@@ -154,11 +143,7 @@ impl RealDqlite {
                 observed = format!("configuration: {members:?}");
             }
             if start.elapsed() >= self.formation_timeout {
-                return Err(cluster.timeout(
-                    &format!("{n_nodes} voters"),
-                    start.elapsed(),
-                    observed,
-                ));
+                return Err(cluster.timeout(&format!("{n_nodes} voters"), start.elapsed(), observed));
             }
             std::thread::sleep(POLL_INTERVAL);
         }
@@ -172,9 +157,7 @@ impl Launcher for RealDqlite {
 
     fn start(&self, n_nodes: usize) -> Result<Cluster, LaunchError> {
         if n_nodes == 0 || n_nodes > 250 {
-            return Err(LaunchError::Invalid(format!(
-                "cannot start {n_nodes} nodes (1..=250)"
-            )));
+            return Err(LaunchError::Invalid(format!("cannot start {n_nodes} nodes (1..=250)")));
         }
         let mut attempt = 1;
         loop {
@@ -209,14 +192,7 @@ struct Supervised {
 
 impl DemoNode {
     fn new(index: usize, binary: PathBuf, db: SocketAddr, api: SocketAddr, dir: PathBuf) -> Self {
-        DemoNode {
-            index,
-            binary,
-            db,
-            api,
-            dir,
-            running: None,
-        }
+        DemoNode { index, binary, db, api, dir, running: None }
     }
 
     fn log_path(&self) -> PathBuf {
@@ -264,10 +240,7 @@ impl DemoNode {
                 let _ = shell.kill();
                 let _ = shell.wait();
                 return Err(LaunchError::Io {
-                    what: format!(
-                        "reading node {}'s pid from its supervisor (got {line:?})",
-                        self.index
-                    ),
+                    what: format!("reading node {}'s pid from its supervisor (got {line:?})", self.index),
                     source: match other {
                         Err(e) => e,
                         Ok(Err(e)) => std::io::Error::new(std::io::ErrorKind::InvalidData, e),
@@ -294,9 +267,7 @@ impl DemoNode {
         loop {
             match sup.shell.try_wait() {
                 Ok(Some(_)) => return Ok(()),
-                Ok(None) if start.elapsed() < KILL_TIMEOUT => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
+                Ok(None) if start.elapsed() < KILL_TIMEOUT => std::thread::sleep(Duration::from_millis(5)),
                 Ok(None) => {
                     let _ = sup.shell.kill();
                     let _ = sup.shell.wait();
@@ -333,20 +304,14 @@ impl NodeProcess for DemoNode {
 
     fn kill(&mut self) -> Result<(), LaunchError> {
         if self.running.is_none() {
-            return Err(LaunchError::Invalid(format!(
-                "node {} is not running",
-                self.index
-            )));
+            return Err(LaunchError::Invalid(format!("node {} is not running", self.index)));
         }
         self.stop(true)
     }
 
     fn restart(&mut self) -> Result<(), LaunchError> {
         if self.running.is_some() {
-            return Err(LaunchError::Invalid(format!(
-                "node {} is already running",
-                self.index
-            )));
+            return Err(LaunchError::Invalid(format!("node {} is already running", self.index)));
         }
         // The data directory remembers the cluster; no --join needed.
         self.spawn(None)?;
@@ -360,10 +325,7 @@ impl NodeProcess for DemoNode {
             }
             if start.elapsed() >= Duration::from_secs(20) {
                 return Err(LaunchError::Timeout {
-                    what: format!(
-                        "restarted node {} ({}) to answer requests",
-                        self.index, self.db
-                    ),
+                    what: format!("restarted node {} ({}) to answer requests", self.index, self.db),
                     waited: start.elapsed(),
                     detail: self.log_tail(4096),
                 });
@@ -426,35 +388,25 @@ pub(super) fn free_addr(ip: IpAddr) -> Result<SocketAddr, LaunchError> {
         what: format!("binding a free port on {ip} (is the loopback interface up?)"),
         source,
     })?;
-    listener.local_addr().map_err(|source| LaunchError::Io {
-        what: "reading a bound address".into(),
-        source,
-    })
+    listener.local_addr().map_err(|source| LaunchError::Io { what: "reading a bound address".into(), source })
 }
 
 pub(super) fn unique_root_dir() -> Result<PathBuf, LaunchError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let dir = std::env::temp_dir().join(format!(
         "dqlite-rs-cluster-{}-{}-{nanos}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
-    fs::create_dir_all(&dir).map_err(|source| LaunchError::Io {
-        what: format!("creating {}", dir.display()),
-        source,
-    })?;
+    fs::create_dir_all(&dir)
+        .map_err(|source| LaunchError::Io { what: format!("creating {}", dir.display()), source })?;
     Ok(dir)
 }
 
 pub(super) fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
 }
 
 #[cfg(test)]
@@ -465,10 +417,7 @@ mod tests {
     fn missing_binary_is_a_loud_error_naming_the_package() {
         let err = RealDqlite::with_binary("/nonexistent/dqlite-demo").unwrap_err();
         let message = err.to_string();
-        assert!(
-            message.contains("apt-get install -y go-dqlite"),
-            "{message}"
-        );
+        assert!(message.contains("apt-get install -y go-dqlite"), "{message}");
         assert!(message.contains("/nonexistent/dqlite-demo"), "{message}");
     }
 

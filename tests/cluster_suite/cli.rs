@@ -26,11 +26,7 @@ fn dqlited(args: &[&str]) -> Output {
 
 fn ok(args: &[&str]) -> String {
     let output = dqlited(args);
-    assert!(
-        output.status.success(),
-        "dqlited {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "dqlited {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -55,20 +51,14 @@ fn create_migrate_info_revert_drop() {
     ok(&["database", "create", "--database-url", url]);
 
     let info = ok(&[&["migrate", "info"][..], &src].concat());
-    assert_eq!(
-        [V1, V2, V3].map(|v| status_of(&info, v)),
-        ["pending", "pending", "pending"]
-    );
+    assert_eq!([V1, V2, V3].map(|v| status_of(&info, v)), ["pending", "pending", "pending"]);
 
     let run = ok(&[&["migrate", "run"][..], &src].concat());
     for v in [V1, V2, V3] {
         assert!(run.contains(&format!("Applied {v}/")), "{run}");
     }
     let info = ok(&[&["migrate", "info"][..], &src].concat());
-    assert_eq!(
-        [V1, V2, V3].map(|v| status_of(&info, v)),
-        ["installed", "installed", "installed"]
-    );
+    assert_eq!([V1, V2, V3].map(|v| status_of(&info, v)), ["installed", "installed", "installed"]);
 
     // Second run: nothing to do.
     let again = ok(&[&["migrate", "run"][..], &src].concat());
@@ -78,20 +68,16 @@ fn create_migrate_info_revert_drop() {
     let revert = ok(&[&["migrate", "revert"][..], &src].concat());
     assert!(revert.contains(&format!("Applied {V3}/revert")), "{revert}");
     let info = ok(&[&["migrate", "info"][..], &src].concat());
-    assert_eq!(
-        [V1, V2, V3].map(|v| status_of(&info, v)),
-        ["installed", "installed", "pending"]
-    );
+    assert_eq!([V1, V2, V3].map(|v| status_of(&info, v)), ["installed", "installed", "pending"]);
 
     // Check the schema through the driver itself.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let pool = common::pool_for(url, 1).await;
-        let columns: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM pragma_table_info('accounts') ORDER BY cid")
-                .fetch_all(&pool)
-                .await
-                .unwrap();
+        let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('accounts') ORDER BY cid")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
         assert_eq!(columns, vec!["id", "email", "created_at"]);
         pool.close().await;
     });
@@ -100,29 +86,19 @@ fn create_migrate_info_revert_drop() {
     runtime.block_on(async {
         let pool = common::pool_for(url, 1).await;
         // SQLite's own objects (sqlite_sequence, left by AUTOINCREMENT) cannot be dropped.
-        let objects: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-        assert!(
-            objects.is_empty(),
-            "database drop left objects behind: {objects:?}"
-        );
+        let objects: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert!(objects.is_empty(), "database drop left objects behind: {objects:?}");
         pool.close().await;
     });
 }
 
 #[test]
 fn bad_input_is_a_clear_error() {
-    let missing_db = dqlited(&[
-        "migrate",
-        "info",
-        "--source",
-        "tests/migrations",
-        "--database-url",
-        "dqlite://127.0.0.1:1",
-    ]);
+    let missing_db =
+        dqlited(&["migrate", "info", "--source", "tests/migrations", "--database-url", "dqlite://127.0.0.1:1"]);
     assert!(!missing_db.status.success());
     assert!(!missing_db.stderr.is_empty());
 

@@ -28,11 +28,9 @@ async fn create_read_update_delete() {
 
     // Create: every insert reports one row and a growing rowid.
     let mut ids = Vec::new();
-    for (name, email, age) in [
-        ("ada", Some("ada@example.com"), 36),
-        ("bob", None, 41),
-        ("cy", Some("cy@example.com"), 29),
-    ] {
+    for (name, email, age) in
+        [("ada", Some("ada@example.com"), 36), ("bob", None, 41), ("cy", Some("cy@example.com"), 29)]
+    {
         let done = sqlx::query("INSERT INTO users (name, email, age) VALUES (?, ?, ?)")
             .bind(name)
             .bind(email)
@@ -46,56 +44,26 @@ async fn create_read_update_delete() {
     assert_eq!(ids, vec![1, 2, 3]);
 
     // Read through FromRow.
-    let users: Vec<User> = sqlx::query_as("SELECT id, name, email, age FROM users ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let users: Vec<User> =
+        sqlx::query_as("SELECT id, name, email, age FROM users ORDER BY id").fetch_all(&pool).await.unwrap();
     assert_eq!(
         users,
         vec![
-            User {
-                id: 1,
-                name: "ada".into(),
-                email: Some("ada@example.com".into()),
-                age: 36
-            },
-            User {
-                id: 2,
-                name: "bob".into(),
-                email: None,
-                age: 41
-            },
-            User {
-                id: 3,
-                name: "cy".into(),
-                email: Some("cy@example.com".into()),
-                age: 29
-            },
+            User { id: 1, name: "ada".into(), email: Some("ada@example.com".into()), age: 36 },
+            User { id: 2, name: "bob".into(), email: None, age: 41 },
+            User { id: 3, name: "cy".into(), email: Some("cy@example.com".into()), age: 29 },
         ]
     );
 
     // Read through tuples, query_scalar, Row::get by name and by index.
-    let (name, age): (String, i64) = sqlx::query_as("SELECT name, age FROM users WHERE id = ?")
-        .bind(2_i64)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let (name, age): (String, i64) =
+        sqlx::query_as("SELECT name, age FROM users WHERE id = ?").bind(2_i64).fetch_one(&pool).await.unwrap();
     assert_eq!((name.as_str(), age), ("bob", 41));
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&pool).await.unwrap();
     assert_eq!(count, 3);
-    let row = sqlx::query("SELECT name, email FROM users WHERE id = ?")
-        .bind(3_i64)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let row = sqlx::query("SELECT name, email FROM users WHERE id = ?").bind(3_i64).fetch_one(&pool).await.unwrap();
     assert_eq!(row.get::<String, _>("name"), "cy");
-    assert_eq!(
-        row.get::<Option<String>, _>(1).as_deref(),
-        Some("cy@example.com")
-    );
+    assert_eq!(row.get::<Option<String>, _>(1).as_deref(), Some("cy@example.com"));
     assert_eq!(row.len(), 2);
     let missing = sqlx::query_as::<_, User>("SELECT id, name, email, age FROM users WHERE id = ?")
         .bind(99_i64)
@@ -105,28 +73,15 @@ async fn create_read_update_delete() {
     assert_eq!(missing, None);
 
     // Update.
-    let done = sqlx::query("UPDATE users SET age = age + 1 WHERE age > ?")
-        .bind(30)
-        .execute(&pool)
-        .await
-        .unwrap();
+    let done = sqlx::query("UPDATE users SET age = age + 1 WHERE age > ?").bind(30).execute(&pool).await.unwrap();
     assert_eq!(done.rows_affected(), 2);
-    let ages: Vec<i32> = sqlx::query_scalar("SELECT age FROM users ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let ages: Vec<i32> = sqlx::query_scalar("SELECT age FROM users ORDER BY id").fetch_all(&pool).await.unwrap();
     assert_eq!(ages, vec![37, 42, 29]);
 
     // Delete.
-    let done = sqlx::query("DELETE FROM users WHERE email IS NULL")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let done = sqlx::query("DELETE FROM users WHERE email IS NULL").execute(&pool).await.unwrap();
     assert_eq!(done.rows_affected(), 1);
-    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM users ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM users ORDER BY id").fetch_all(&pool).await.unwrap();
     assert_eq!(names, vec!["ada", "cy"]);
 }
 
@@ -134,15 +89,10 @@ async fn create_read_update_delete() {
 async fn statements_are_reused_from_the_cache_and_without_it() {
     // The same parameterized statement many times (prepared once, cached), then the same work
     // with the statement cache disabled (EXEC_SQL/QUERY_SQL path).
-    for (db, options) in [
-        ("cache_on", ""),
-        ("cache_off", "statement_cache_capacity=0"),
-    ] {
+    for (db, options) in [("cache_on", ""), ("cache_off", "statement_cache_capacity=0")] {
         let url = common::shared_cluster().url_with(&common::db_name(db), options);
         let pool = common::pool_for(&url, 2).await;
-        pool.execute("CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-            .await
-            .unwrap();
+        pool.execute("CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT NOT NULL)").await.unwrap();
         for k in 0..50_i64 {
             sqlx::query("INSERT INTO kv (k, v) VALUES (?, ?)")
                 .bind(k)
@@ -151,17 +101,10 @@ async fn statements_are_reused_from_the_cache_and_without_it() {
                 .await
                 .unwrap();
         }
-        let total: i64 = sqlx::query_scalar("SELECT sum(k) FROM kv WHERE v LIKE ?")
-            .bind("v%")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let total: i64 =
+            sqlx::query_scalar("SELECT sum(k) FROM kv WHERE v LIKE ?").bind("v%").fetch_one(&pool).await.unwrap();
         assert_eq!(total, (0..50).sum::<i64>(), "{db}");
-        let v: String = sqlx::query_scalar("SELECT v FROM kv WHERE k = ?")
-            .bind(42_i64)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let v: String = sqlx::query_scalar("SELECT v FROM kv WHERE k = ?").bind(42_i64).fetch_one(&pool).await.unwrap();
         assert_eq!(v, "v42", "{db}");
     }
 }
@@ -177,9 +120,6 @@ async fn multi_statement_batch_without_arguments() {
     )
     .await
     .unwrap();
-    let sum: i64 = sqlx::query_scalar("SELECT sum(x) FROM a")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let sum: i64 = sqlx::query_scalar("SELECT sum(x) FROM a").fetch_one(&pool).await.unwrap();
     assert_eq!(sum, 6);
 }

@@ -11,9 +11,7 @@ mod url_swap;
 async fn url_swap_example_gives_the_same_results_on_sqlite_and_dqlite() {
     common::install_any_drivers();
     let on_sqlite = url_swap::app("sqlite::memory:").await.unwrap();
-    let on_dqlite = url_swap::app(&common::shared_url("url_swap"))
-        .await
-        .unwrap();
+    let on_dqlite = url_swap::app(&common::shared_url("url_swap")).await.unwrap();
     assert_eq!(on_sqlite, on_dqlite);
     assert!(!on_sqlite.todos.is_empty());
 }

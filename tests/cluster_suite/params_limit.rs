@@ -51,10 +51,7 @@ async fn check_parameter_limit(db: &str, options: &str) {
         for i in 0..n as i64 {
             q = q.bind(i);
         }
-        let err = q
-            .fetch_all(&pool)
-            .await
-            .expect_err(&format!("SELECT with {n} parameters must fail on 1.11"));
+        let err = q.fetch_all(&pool).await.expect_err(&format!("SELECT with {n} parameters must fail on 1.11"));
         assert_too_many(&err, n);
 
         // A write: refused, and nothing written.
@@ -64,24 +61,14 @@ async fn check_parameter_limit(db: &str, options: &str) {
         for i in 0..n as i64 {
             q = q.bind(i + 1);
         }
-        let err = q
-            .execute(&pool)
-            .await
-            .expect_err(&format!("INSERT with {n} parameters must fail on 1.11"));
+        let err = q.execute(&pool).await.expect_err(&format!("INSERT with {n} parameters must fail on 1.11"));
         assert_too_many(&err, n);
-        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM sink")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM sink").fetch_one(&pool).await.unwrap();
         assert_eq!(rows, 0, "a refused {n}-parameter INSERT wrote a row");
     }
 
     // The (only) connection is still usable.
-    let one: i64 = sqlx::query_scalar("SELECT ?")
-        .bind(1_i64)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let one: i64 = sqlx::query_scalar("SELECT ?").bind(1_i64).fetch_one(&pool).await.unwrap();
     assert_eq!(one, 1);
 }
 
@@ -111,16 +98,7 @@ async fn check_all_bound(pool: &sqlx_dqlite::DqlitePool, n: usize) {
 
 fn assert_too_many(err: &sqlx::Error, n: usize) {
     let text = err.to_string();
-    assert!(
-        text.contains("255"),
-        "{n} parameters: the error must name the limit: {text}"
-    );
+    assert!(text.contains("255"), "{n} parameters: the error must name the limit: {text}");
     let reason = sqlx_dqlite::dqlite_error(err).map(|e| e.reason());
-    assert!(
-        matches!(
-            reason,
-            Some(sqlx_dqlite::DqliteErrorReason::TooManyParameters)
-        ),
-        "{n} parameters: {err:?}"
-    );
+    assert!(matches!(reason, Some(sqlx_dqlite::DqliteErrorReason::TooManyParameters)), "{n} parameters: {err:?}");
 }

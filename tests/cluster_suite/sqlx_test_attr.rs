@@ -14,17 +14,10 @@ use crate::common;
 #[sqlx::test(migrations = "tests/migrations")]
 #[ignore = "needs DATABASE_URL; run through sqlx_test_attribute_on_the_shared_cluster"]
 async fn with_migrations(pool: DqlitePool) -> sqlx::Result<()> {
-    let (email,): (String,) = sqlx::query_as("SELECT email FROM accounts")
-        .fetch_one(&pool)
-        .await?;
+    let (email,): (String,) = sqlx::query_as("SELECT email FROM accounts").fetch_one(&pool).await?;
     assert_eq!(email, "seed@example.com");
-    sqlx::query("INSERT INTO accounts (email) VALUES (?)")
-        .bind("new@example.com")
-        .execute(&pool)
-        .await?;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts")
-        .fetch_one(&pool)
-        .await?;
+    sqlx::query("INSERT INTO accounts (email) VALUES (?)").bind("new@example.com").execute(&pool).await?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts").fetch_one(&pool).await?;
     assert_eq!(n, 2);
     Ok(())
 }
@@ -33,9 +26,7 @@ async fn with_migrations(pool: DqlitePool) -> sqlx::Result<()> {
 #[ignore = "needs DATABASE_URL; run through sqlx_test_attribute_on_the_shared_cluster"]
 async fn without_migrations(pool: DqlitePool) -> sqlx::Result<()> {
     // A fresh, empty database for this test.
-    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master")
-        .fetch_one(&pool)
-        .await?;
+    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master").fetch_one(&pool).await?;
     assert_eq!(tables, 0);
     pool.execute("CREATE TABLE t (x INTEGER)").await?;
     Ok(())

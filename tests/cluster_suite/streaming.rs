@@ -41,13 +41,12 @@ async fn ten_thousand_rows_stream_in_order() {
     assert!(payload_bytes > 400_000, "{payload_bytes}");
 
     // The same through query_as with a parameter, collected.
-    let rows: Vec<(i64, String)> =
-        sqlx::query_as("SELECT n, payload FROM big WHERE n > ? ORDER BY n")
-            .bind(ROWS - 2500)
-            .fetch(&pool)
-            .try_collect()
-            .await
-            .unwrap();
+    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT n, payload FROM big WHERE n > ? ORDER BY n")
+        .bind(ROWS - 2500)
+        .fetch(&pool)
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 2500);
     assert_eq!(rows.first().map(|r| r.0), Some(ROWS - 2499));
     assert_eq!(rows.last().map(|r| r.0), Some(ROWS));
@@ -61,9 +60,7 @@ async fn dropped_stream_then_new_query_on_the_same_connection() {
         {
             // Parameterized (prepared statement) on even rounds, plain SQL on odd ones.
             let mut stream = if round % 2 == 0 {
-                sqlx::query("SELECT n, payload FROM big WHERE n >= ? ORDER BY n")
-                    .bind(1_i64)
-                    .fetch(&mut *conn)
+                sqlx::query("SELECT n, payload FROM big WHERE n >= ? ORDER BY n").bind(1_i64).fetch(&mut *conn)
             } else {
                 sqlx::query("SELECT n, payload FROM big ORDER BY n").fetch(&mut *conn)
             };
@@ -74,28 +71,15 @@ async fn dropped_stream_then_new_query_on_the_same_connection() {
             // dropped with ~9,990 rows still on the server side
         }
         // The very next request on this connection sees clean protocol state.
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM big")
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM big").fetch_one(&mut *conn).await.unwrap();
         assert_eq!(count, ROWS, "round {round}");
-        let last: i64 = sqlx::query_scalar("SELECT n FROM big WHERE n = ?")
-            .bind(ROWS)
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
+        let last: i64 =
+            sqlx::query_scalar("SELECT n FROM big WHERE n = ?").bind(ROWS).fetch_one(&mut *conn).await.unwrap();
         assert_eq!(last, ROWS);
     }
     // A write and a full read still work on it.
-    sqlx::query("DELETE FROM big WHERE n > ?")
-        .bind(5000_i64)
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    let all: Vec<i64> = sqlx::query_scalar("SELECT n FROM big ORDER BY n")
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap();
+    sqlx::query("DELETE FROM big WHERE n > ?").bind(5000_i64).execute(&mut *conn).await.unwrap();
+    let all: Vec<i64> = sqlx::query_scalar("SELECT n FROM big ORDER BY n").fetch_all(&mut *conn).await.unwrap();
     assert_eq!(all.len(), 5000);
     drop(conn);
 
@@ -105,9 +89,6 @@ async fn dropped_stream_then_new_query_on_the_same_connection() {
         let mut stream = sqlx::query("SELECT n FROM big ORDER BY n").fetch(&pool);
         assert!(stream.try_next().await.unwrap().is_some());
     }
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM big")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM big").fetch_one(&pool).await.unwrap();
     assert_eq!(count, 5000);
 }

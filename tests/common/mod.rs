@@ -35,12 +35,7 @@ pub fn init_tracing() {
 pub fn start_cluster(n: usize) -> Cluster {
     init_tracing();
     let launcher = launcher_from_env().unwrap_or_else(|e| panic!("no cluster launcher: {e}"));
-    launcher.start(n).unwrap_or_else(|e| {
-        panic!(
-            "{} launcher could not start {n} nodes: {e}",
-            launcher.name()
-        )
-    })
+    launcher.start(n).unwrap_or_else(|e| panic!("{} launcher could not start {n} nodes: {e}", launcher.name()))
 }
 
 /// The 3-node cluster shared by every test of one test binary (each test uses its own
@@ -53,20 +48,15 @@ pub fn shared_cluster() -> MutexGuard<'static, Cluster> {
     let shared = SHARED.get_or_init(|| {
         init_tracing();
         let launcher = launcher_from_env().map_err(|e| format!("no cluster launcher: {e}"))?;
-        let cluster = launcher.start(3).map_err(|e| {
-            format!(
-                "{} launcher could not start the shared cluster: {e}",
-                launcher.name()
-            )
-        })?;
+        let cluster = launcher
+            .start(3)
+            .map_err(|e| format!("{} launcher could not start the shared cluster: {e}", launcher.name()))?;
         std::env::set_var("DATABASE_URL", cluster.url("sqlx_test_default"));
         Ok(Mutex::new(cluster))
     });
     match shared {
         // A test that panicked while holding the guard leaves the cluster itself intact.
-        Ok(cluster) => cluster
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        Ok(cluster) => cluster.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
         Err(message) => panic!("{message}"),
     }
 }
@@ -82,10 +72,7 @@ pub fn shared_url(database: &str) -> String {
 
 /// `name` with a `.db` suffix; see [`shared_url`].
 pub fn db_name(name: &str) -> String {
-    assert!(
-        !name.contains(".db") || name.ends_with(".db"),
-        "{name}: `.db` only as a suffix"
-    );
+    assert!(!name.contains(".db") || name.ends_with(".db"), "{name}: `.db` only as a suffix");
     if name.ends_with(".db") {
         name.to_owned()
     } else {

@@ -65,10 +65,7 @@ impl tokio::io::AsyncWrite for Socket {
         }
     }
 
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
         match self.get_mut() {
             Socket::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
             #[cfg(feature = "embedded")]
@@ -266,8 +263,7 @@ impl WireStream {
                 let mut rb = tokio::io::ReadBuf::new(&mut byte);
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
                 // Pending: open and idle. Ready: EOF, unsolicited bytes or an error.
-                return tokio::io::AsyncRead::poll_read(std::pin::Pin::new(pipe), &mut cx, &mut rb)
-                    .is_pending();
+                return tokio::io::AsyncRead::poll_read(std::pin::Pin::new(pipe), &mut cx, &mut rb).is_pending();
             }
         };
         let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];

@@ -11,8 +11,8 @@ use dqlite_wire::{
     DbId, DecodeError, File, NodeInfo, NodeInfoFormat, Params, ProtocolVersion, Request, RequestType, Response,
     RowsEnd, RowsWriter, Schema, StmtId, Value, ValueType, WireNodeId,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::backend::{BackendError, ClusterBackend, SqlBackend, SqlSession, Target};
 use super::{messages, Shared};

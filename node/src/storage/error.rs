@@ -42,9 +42,7 @@ impl std::fmt::Display for CorruptReason {
             CorruptReason::WrongSegment => "batch belongs to another segment",
             CorruptReason::IndexGap => "log index gap",
             CorruptReason::UnknownEntryKind => "unknown entry kind",
-            CorruptReason::DamageBeforeValidData => {
-                "damaged batch followed by valid data (not a torn tail)"
-            }
+            CorruptReason::DamageBeforeValidData => "damaged batch followed by valid data (not a torn tail)",
             CorruptReason::TrailingGarbage => "non-zero bytes after the last batch of a closed segment",
             CorruptReason::SnapshotData => "snapshot data does not match its metadata",
             CorruptReason::BothMetadataCopies => "both metadata copies are damaged",

@@ -40,9 +40,8 @@ impl MetaStore {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     created = true;
-                    let mut f = backend
-                        .open(name, OpenMode::CreateNew)
-                        .map_err(|e| poison.write_error("create", name, e))?;
+                    let mut f =
+                        backend.open(name, OpenMode::CreateNew).map_err(|e| poison.write_error("create", name, e))?;
                     // Preallocate: later saves overwrite written blocks.
                     f.write_all_sync(&[(0, &[0u8; META_LEN][..])]).map_err(|f| match f {
                         BatchFailure::Write(e) => poison.write_error("write", name, e),
@@ -52,12 +51,9 @@ impl MetaStore {
                 }
                 Err(e) => return Err(StorageError::io("open", name, e)),
             };
-            let len = file
-                .len()
-                .map_err(|e| StorageError::io("stat", name, e))?;
+            let len = file.len().map_err(|e| StorageError::io("stat", name, e))?;
             let mut buf = vec![0u8; (len as usize).min(META_LEN)];
-            file.read_at(0, &mut buf)
-                .map_err(|e| StorageError::io("read", name, e))?;
+            file.read_at(0, &mut buf).map_err(|e| StorageError::io("read", name, e))?;
             copies.push(format::decode_meta(&buf));
             files.push(file);
         }

@@ -69,9 +69,9 @@ mod log;
 mod meta;
 mod snapshot;
 
+pub use dqlite_raft::HardState;
 pub use error::{CorruptReason, InvalidRequest, Result, StorageError};
 pub use log::{LogOptions, LogStore};
-pub use dqlite_raft::HardState;
 pub use meta::{MetaStore, META_FILES};
 pub use snapshot::{SnapshotInfo, SnapshotStore, SNAPSHOTS_KEPT};
 
@@ -131,9 +131,7 @@ impl Poison {
 
 /// Opens the existing file `name` and reads all of it.
 fn open_and_read(backend: &dyn Backend, name: &str) -> Result<(Box<dyn BackendFile>, Vec<u8>)> {
-    let file = backend
-        .open(name, OpenMode::Existing)
-        .map_err(|e| StorageError::io("open", name, e))?;
+    let file = backend.open(name, OpenMode::Existing).map_err(|e| StorageError::io("open", name, e))?;
     let len = file.len().map_err(|e| StorageError::io("stat", name, e))?;
     let mut buf = vec![0u8; len as usize];
     file.read_at(0, &mut buf).map_err(|e| StorageError::io("read", name, e))?;
@@ -178,8 +176,7 @@ impl Storage {
 
     /// Opens `dir` with the best backend available ([`backend::auto`]).
     pub fn open_dir(dir: &std::path::Path, opts: StorageOptions) -> Result<Storage> {
-        let backend = backend::auto(dir)
-            .map_err(|e| StorageError::io("open", &dir.display().to_string(), e))?;
+        let backend = backend::auto(dir).map_err(|e| StorageError::io("open", &dir.display().to_string(), e))?;
         Storage::open(backend, opts)
     }
 

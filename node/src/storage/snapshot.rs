@@ -106,10 +106,16 @@ impl SnapshotStore {
             let (_, buf) = open_and_read(&*backend, name)?;
             let f = format::decode_snapshot_meta(&buf).map_err(|e| match e {
                 SegmentHeaderError::Corrupt(reason) => StorageError::Corrupt { file: name.clone(), offset: 0, reason },
-                SegmentHeaderError::Version(version) => StorageError::UnsupportedVersion { file: name.clone(), version },
+                SegmentHeaderError::Version(version) => {
+                    StorageError::UnsupportedVersion { file: name.clone(), version }
+                }
             })?;
             if f.index != index || f.term != term {
-                return Err(StorageError::Corrupt { file: name.clone(), offset: 0, reason: CorruptReason::WrongSegment });
+                return Err(StorageError::Corrupt {
+                    file: name.clone(),
+                    offset: 0,
+                    reason: CorruptReason::WrongSegment,
+                });
             }
             let dname = data_name(index, term);
             let dlen = backend
@@ -321,10 +327,7 @@ impl SnapshotStore {
     /// Opens a snapshot's data file; returns its name with it for error messages.
     fn open_data(&self, info: &SnapshotInfo) -> Result<(String, Box<dyn BackendFile>)> {
         let name = data_name(info.index, info.term);
-        let f = self
-            .backend
-            .open(&name, OpenMode::Existing)
-            .map_err(|e| StorageError::io("open", &name, e))?;
+        let f = self.backend.open(&name, OpenMode::Existing).map_err(|e| StorageError::io("open", &name, e))?;
         Ok((name, f))
     }
 }

@@ -31,7 +31,9 @@ impl Dir for UringDir {
         // On Linux io_uring must work: fail loudly instead of silently testing something else.
         match dqlite_node::storage::backend::UringBackend::new(self.0.path()) {
             Ok(b) => Arc::new(b),
-            Err(e) => panic!("io_uring backend unavailable on Linux ({e}); the io_uring conformance run cannot be skipped"),
+            Err(e) => {
+                panic!("io_uring backend unavailable on Linux ({e}); the io_uring conformance run cannot be skipped")
+            }
         }
     }
     fn kind(&self) -> &'static str {
@@ -127,10 +129,9 @@ impl Rng {
 pub fn seed_from_env(var: &str) -> u64 {
     let seed = match std::env::var(var) {
         Ok(v) => v.parse().unwrap_or_else(|_| panic!("{var} must be a u64, got {v:?}")),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1),
+        Err(_) => {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+        }
     };
     eprintln!("seed: {seed} (replay with {var}={seed})");
     seed

@@ -29,10 +29,7 @@ impl<'a> Reader<'a> {
 
     /// Start reading `buf` at byte offset `pos` (clamped to the buffer length).
     pub fn at(buf: &'a [u8], pos: usize) -> Self {
-        Reader {
-            buf,
-            pos: pos.min(buf.len()),
-        }
+        Reader { buf, pos: pos.min(buf.len()) }
     }
 
     /// Current offset from the start of the buffer.
@@ -61,14 +58,8 @@ impl<'a> Reader<'a> {
 
     /// Take the next `n` raw bytes.
     pub fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .ok_or(DecodeError::Truncated { what })?;
-        let out = self
-            .buf
-            .get(self.pos..end)
-            .ok_or(DecodeError::Truncated { what })?;
+        let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated { what })?;
+        let out = self.buf.get(self.pos..end).ok_or(DecodeError::Truncated { what })?;
         self.pos = end;
         Ok(out)
     }
@@ -120,10 +111,7 @@ impl<'a> Reader<'a> {
     /// Read a `text`: UTF-8 bytes, a NUL, zero padding to the next word boundary.
     pub fn text(&mut self, what: &'static str) -> Result<&'a str, DecodeError> {
         let rest = self.rest();
-        let nul = rest
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(DecodeError::TextWithoutNul)?;
+        let nul = rest.iter().position(|&b| b == 0).ok_or(DecodeError::TextWithoutNul)?;
         let padded = round_up8(nul + 1).ok_or(DecodeError::Truncated { what })?;
         let raw = self.bytes(padded, what)?;
         std::str::from_utf8(&raw[..nul]).map_err(|_| DecodeError::InvalidUtf8)
@@ -142,22 +130,13 @@ impl<'a> Reader<'a> {
     }
 
     /// Read a `uint64` count of items, each at least `min_item_bytes` long, and check it can fit.
-    pub fn count(
-        &mut self,
-        what: &'static str,
-        min_item_bytes: usize,
-    ) -> Result<usize, DecodeError> {
+    pub fn count(&mut self, what: &'static str, min_item_bytes: usize) -> Result<usize, DecodeError> {
         let count = self.u64(what)?;
         self.check_count(count, what, min_item_bytes)
     }
 
     /// Check that `count` items of at least `min_item_bytes` each can fit in what remains.
-    pub fn check_count(
-        &self,
-        count: u64,
-        what: &'static str,
-        min_item_bytes: usize,
-    ) -> Result<usize, DecodeError> {
+    pub fn check_count(&self, count: u64, what: &'static str, min_item_bytes: usize) -> Result<usize, DecodeError> {
         let too_large = DecodeError::CountTooLarge { what, count };
         let n = usize::try_from(count).map_err(|_| too_large.clone())?;
         let need = n.checked_mul(min_item_bytes).ok_or(too_large.clone())?;
@@ -234,10 +213,7 @@ mod tests {
         put_text(&mut out, "12345678").unwrap();
         assert_eq!(out, b"12345678\0\0\0\0\0\0\0\0");
         assert_eq!(Reader::new(&out).text("t").unwrap(), "12345678");
-        assert_eq!(
-            put_text(&mut out, "a\0b"),
-            Err(EncodeError::TextContainsNul)
-        );
+        assert_eq!(put_text(&mut out, "a\0b"), Err(EncodeError::TextContainsNul));
     }
 
     #[test]
@@ -252,34 +228,16 @@ mod tests {
 
     #[test]
     fn reader_rejects_short_and_bad_fields() {
-        assert!(matches!(
-            Reader::new(&[1, 2, 3]).u64("x"),
-            Err(DecodeError::Truncated { .. })
-        ));
-        assert_eq!(
-            Reader::new(b"abc").text("t"),
-            Err(DecodeError::TextWithoutNul)
-        );
+        assert!(matches!(Reader::new(&[1, 2, 3]).u64("x"), Err(DecodeError::Truncated { .. })));
+        assert_eq!(Reader::new(b"abc").text("t"), Err(DecodeError::TextWithoutNul));
         // NUL present but padding missing.
-        assert!(matches!(
-            Reader::new(b"abc\0").text("t"),
-            Err(DecodeError::Truncated { .. })
-        ));
-        assert_eq!(
-            Reader::new(b"\xff\xfe\0\0\0\0\0\0").text("t"),
-            Err(DecodeError::InvalidUtf8)
-        );
+        assert!(matches!(Reader::new(b"abc\0").text("t"), Err(DecodeError::Truncated { .. })));
+        assert_eq!(Reader::new(b"\xff\xfe\0\0\0\0\0\0").text("t"), Err(DecodeError::InvalidUtf8));
         // Blob length larger than the buffer, including u64::MAX.
         let mut huge = u64::MAX.to_le_bytes().to_vec();
         huge.extend_from_slice(&[0; 8]);
-        assert!(matches!(
-            Reader::new(&huge).blob("b"),
-            Err(DecodeError::Truncated { .. })
-        ));
+        assert!(matches!(Reader::new(&huge).blob("b"), Err(DecodeError::Truncated { .. })));
         let mut r = Reader::new(&huge);
-        assert!(matches!(
-            r.count("n", 8),
-            Err(DecodeError::CountTooLarge { .. })
-        ));
+        assert!(matches!(r.count("n", 8), Err(DecodeError::CountTooLarge { .. })));
     }
 }

@@ -16,22 +16,10 @@ use crate::tuple::{decode_params, decode_row_into, encode_params, encode_row, Pa
 use crate::value::{ValueRef, ValueType};
 
 const CONTEXTS: [DecodeContext; 4] = [
-    DecodeContext {
-        version: ProtocolVersion::V1,
-        node_info_format: NodeInfoFormat::V1,
-    },
-    DecodeContext {
-        version: ProtocolVersion::V1,
-        node_info_format: NodeInfoFormat::V0,
-    },
-    DecodeContext {
-        version: ProtocolVersion::Legacy,
-        node_info_format: NodeInfoFormat::V1,
-    },
-    DecodeContext {
-        version: ProtocolVersion::Legacy,
-        node_info_format: NodeInfoFormat::V0,
-    },
+    DecodeContext { version: ProtocolVersion::V1, node_info_format: NodeInfoFormat::V1 },
+    DecodeContext { version: ProtocolVersion::V1, node_info_format: NodeInfoFormat::V0 },
+    DecodeContext { version: ProtocolVersion::Legacy, node_info_format: NodeInfoFormat::V1 },
+    DecodeContext { version: ProtocolVersion::Legacy, node_info_format: NodeInfoFormat::V0 },
 ];
 
 /// Run `data` through every decoder and check the round-trip invariants.
@@ -69,10 +57,7 @@ fn frames(data: &[u8]) {
             }
             (Ok(FrameStatus::Incomplete { needed }), Ok(None)) => assert!(needed > 0),
             (Err(a), Err(b)) => assert_eq!(a, b),
-            (s, p) => panic!(
-                "check and parse disagree: {s:?} vs {:?}",
-                p.map(|o| o.map(|(_, n)| n))
-            ),
+            (s, p) => panic!("check and parse disagree: {s:?} vs {:?}", p.map(|o| o.map(|(_, n)| n))),
         }
     }
 }
@@ -85,10 +70,7 @@ fn request(header: &Header, body: &[u8]) {
     let h2 = Header::decode(&first).expect("header");
     let again = Request::decode(&h2, &first[HEADER_LEN..]).expect("a re-encoded request decodes");
     let second = again.to_bytes().expect("re-encodes twice");
-    assert_eq!(
-        first, second,
-        "request encoding is not a fixed point: {req:?}"
-    );
+    assert_eq!(first, second, "request encoding is not a fixed point: {req:?}");
 }
 
 fn response(header: &Header, body: &[u8], ctx: &DecodeContext) {
@@ -97,13 +79,9 @@ fn response(header: &Header, body: &[u8], ctx: &DecodeContext) {
     };
     let first = resp.to_bytes().expect("a decoded response re-encodes");
     let h2 = Header::decode(&first).expect("header");
-    let again =
-        Response::decode(&h2, &first[HEADER_LEN..], ctx).expect("a re-encoded response decodes");
+    let again = Response::decode(&h2, &first[HEADER_LEN..], ctx).expect("a re-encoded response decodes");
     let second = again.to_bytes().expect("re-encodes twice");
-    assert_eq!(
-        first, second,
-        "response encoding is not a fixed point: {resp:?}"
-    );
+    assert_eq!(first, second, "response encoding is not a fixed point: {resp:?}");
 }
 
 fn rows(data: &[u8]) {
@@ -149,10 +127,8 @@ fn params(data: &[u8]) {
         let mut r = Reader::new(data);
         if let Ok(values) = decode_params(&mut r, schema) {
             let mut first = Vec::new();
-            encode_params(&Params::from_vec(values), schema, &mut first)
-                .expect("decoded params re-encode");
-            let back =
-                decode_params(&mut Reader::new(&first), schema).expect("re-encoded params decode");
+            encode_params(&Params::from_vec(values), schema, &mut first).expect("decoded params re-encode");
+            let back = decode_params(&mut Reader::new(&first), schema).expect("re-encoded params decode");
             let mut second = Vec::new();
             encode_params(&Params::from_vec(back), schema, &mut second).expect("re-encode twice");
             assert_eq!(first, second, "params encoding is not a fixed point");
@@ -171,8 +147,7 @@ fn row_tuple(data: &[u8]) {
         let mut first = Vec::new();
         encode_row(&out, &mut first).expect("a decoded row re-encodes");
         let mut back = Vec::new();
-        decode_row_into(&mut Reader::new(&first), out.len(), &mut back)
-            .expect("re-encoded row decodes");
+        decode_row_into(&mut Reader::new(&first), out.len(), &mut back).expect("re-encoded row decodes");
         let mut second = Vec::new();
         encode_row(&back, &mut second).expect("re-encode twice");
         assert_eq!(first, second, "row encoding is not a fixed point");
@@ -200,11 +175,7 @@ mod tests {
 
     #[test]
     fn every_valid_message_passes_the_fuzz_invariants() {
-        let values = vec![
-            Value::Float(f64::NAN),
-            Value::Text("t".into()),
-            Value::Boolean(true),
-        ];
+        let values = vec![Value::Float(f64::NAN), Value::Text("t".into()), Value::Boolean(true)];
         for req in crate::request::tests::all_requests(&values) {
             exercise_decoders(&req.to_bytes().unwrap());
         }
@@ -226,11 +197,7 @@ mod tests {
         };
         let dir = std::path::PathBuf::from(dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let values = vec![
-            Value::Integer(1),
-            Value::Text("t".into()),
-            Value::Blob(vec![1, 2]),
-        ];
+        let values = vec![Value::Integer(1), Value::Text("t".into()), Value::Blob(vec![1, 2])];
         let mut n = 0;
         let mut write = |bytes: &[u8]| {
             std::fs::write(dir.join(format!("seed-{n:03}")), bytes).unwrap();

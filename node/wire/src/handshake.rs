@@ -57,17 +57,11 @@ mod tests {
     #[test]
     fn handshake_bytes_are_exact() {
         assert_eq!(ProtocolVersion::V1.encode(), [1, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(
-            ProtocolVersion::Legacy.encode(),
-            [0xe5, 0x3f, 0x43, 0x60, 0xd7, 0x4d, 0x10, 0x86]
-        );
+        assert_eq!(ProtocolVersion::Legacy.encode(), [0xe5, 0x3f, 0x43, 0x60, 0xd7, 0x4d, 0x10, 0x86]);
         for v in [ProtocolVersion::V1, ProtocolVersion::Legacy] {
             assert_eq!(ProtocolVersion::decode(&v.encode()), Ok(v));
         }
-        assert_eq!(
-            ProtocolVersion::decode(&[2, 0, 0, 0, 0, 0, 0, 0]),
-            Err(DecodeError::UnknownProtocolVersion(2))
-        );
+        assert_eq!(ProtocolVersion::decode(&[2, 0, 0, 0, 0, 0, 0, 0]), Err(DecodeError::UnknownProtocolVersion(2)));
         assert!(ProtocolVersion::decode(&[1, 0]).is_err());
     }
 }

@@ -38,12 +38,7 @@ pub struct Header {
 impl Header {
     /// A header for a body of `words` words.
     pub fn new(message_type: u8, schema: u8, words: u32) -> Self {
-        Header {
-            words,
-            message_type,
-            schema,
-            extra: 0,
-        }
+        Header { words, message_type, schema, extra: 0 }
     }
 
     /// Encode to the 8 wire bytes.
@@ -61,9 +56,7 @@ impl Header {
         let b: &[u8; HEADER_LEN] = buf
             .get(..HEADER_LEN)
             .and_then(|s| s.try_into().ok())
-            .ok_or(DecodeError::Truncated {
-                what: "message header",
-            })?;
+            .ok_or(DecodeError::Truncated { what: "message header" })?;
         Ok(Header {
             words: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             message_type: b[4],
@@ -79,9 +72,7 @@ impl Header {
 
     /// Total message length (header + body), if it fits in `usize`.
     pub fn message_bytes(&self) -> Option<usize> {
-        usize::try_from(self.body_bytes())
-            .ok()?
-            .checked_add(HEADER_LEN)
+        usize::try_from(self.body_bytes()).ok()?.checked_add(HEADER_LEN)
     }
 }
 
@@ -114,26 +105,17 @@ pub struct Message<'a> {
 /// `max_body_bytes` long. Never allocates; rejects an oversized header at once.
 pub fn check(buf: &[u8], max_body_bytes: usize) -> Result<FrameStatus, DecodeError> {
     if buf.len() < HEADER_LEN {
-        return Ok(FrameStatus::Incomplete {
-            needed: HEADER_LEN - buf.len(),
-        });
+        return Ok(FrameStatus::Incomplete { needed: HEADER_LEN - buf.len() });
     }
     let header = Header::decode(buf)?;
     let body_bytes = header.body_bytes();
     if body_bytes > max_body_bytes as u64 {
-        return Err(DecodeError::MessageTooLarge {
-            body_bytes,
-            max_bytes: max_body_bytes as u64,
-        });
+        return Err(DecodeError::MessageTooLarge { body_bytes, max_bytes: max_body_bytes as u64 });
     }
-    let len = header.message_bytes().ok_or(DecodeError::MessageTooLarge {
-        body_bytes,
-        max_bytes: max_body_bytes as u64,
-    })?;
+    let len =
+        header.message_bytes().ok_or(DecodeError::MessageTooLarge { body_bytes, max_bytes: max_body_bytes as u64 })?;
     if buf.len() < len {
-        Ok(FrameStatus::Incomplete {
-            needed: len - buf.len(),
-        })
+        Ok(FrameStatus::Incomplete { needed: len - buf.len() })
     } else {
         Ok(FrameStatus::Complete { len })
     }
@@ -141,17 +123,12 @@ pub fn check(buf: &[u8], max_body_bytes: usize) -> Result<FrameStatus, DecodeErr
 
 /// If `buf` starts with a complete message, borrow it and return it with its total length
 /// (the number of bytes to consume). `Ok(None)` means more bytes are needed.
-pub fn parse(
-    buf: &[u8],
-    max_body_bytes: usize,
-) -> Result<Option<(Message<'_>, usize)>, DecodeError> {
+pub fn parse(buf: &[u8], max_body_bytes: usize) -> Result<Option<(Message<'_>, usize)>, DecodeError> {
     match check(buf, max_body_bytes)? {
         FrameStatus::Incomplete { .. } => Ok(None),
         FrameStatus::Complete { len } => {
             let header = Header::decode(buf)?;
-            let body = buf.get(HEADER_LEN..len).ok_or(DecodeError::Truncated {
-                what: "message body",
-            })?;
+            let body = buf.get(HEADER_LEN..len).ok_or(DecodeError::Truncated { what: "message body" })?;
             Ok(Some((Message { header, body }, len)))
         }
     }
@@ -178,16 +155,10 @@ pub(crate) fn write_message(
 
 /// Fill in the placeholder header at `out[start..]` with the word count of the body that
 /// follows it (everything up to the end of `out`).
-pub(crate) fn patch_header(
-    out: &mut [u8],
-    start: usize,
-    message_type: u8,
-    schema: u8,
-) -> Result<(), EncodeError> {
+pub(crate) fn patch_header(out: &mut [u8], start: usize, message_type: u8, schema: u8) -> Result<(), EncodeError> {
     let body_bytes = out.len() - start - HEADER_LEN;
     debug_assert_eq!(body_bytes % WORD, 0, "encoders keep bodies word-aligned");
-    let words = u32::try_from(body_bytes / WORD)
-        .map_err(|_| EncodeError::MessageTooLarge { body_bytes })?;
+    let words = u32::try_from(body_bytes / WORD).map_err(|_| EncodeError::MessageTooLarge { body_bytes })?;
     let header = Header::new(message_type, schema, words).encode();
     out[start..start + HEADER_LEN].copy_from_slice(&header);
     Ok(())
@@ -202,12 +173,7 @@ mod tests {
         let h = Header::new(9, 0, 5);
         assert_eq!(h.encode(), [0x05, 0, 0, 0, 0x09, 0x00, 0x00, 0x00]);
         assert_eq!(Header::decode(&h.encode()).unwrap(), h);
-        let h = Header {
-            words: 0x0102_0304,
-            message_type: 7,
-            schema: 1,
-            extra: 0xbeef,
-        };
+        let h = Header { words: 0x0102_0304, message_type: 7, schema: 1, extra: 0xbeef };
         assert_eq!(h.encode(), [4, 3, 2, 1, 7, 1, 0xef, 0xbe]);
         assert_eq!(Header::decode(&h.encode()).unwrap(), h);
     }
@@ -215,10 +181,7 @@ mod tests {
     #[test]
     fn check_reports_missing_bytes() {
         assert_eq!(check(&[], 64), Ok(FrameStatus::Incomplete { needed: 8 }));
-        assert_eq!(
-            check(&[1, 0, 0], 64),
-            Ok(FrameStatus::Incomplete { needed: 5 })
-        );
+        assert_eq!(check(&[1, 0, 0], 64), Ok(FrameStatus::Incomplete { needed: 5 }));
         let mut msg = Header::new(8, 0, 1).encode().to_vec();
         assert_eq!(check(&msg, 64), Ok(FrameStatus::Incomplete { needed: 8 }));
         msg.extend_from_slice(&[0; 5]);
@@ -237,21 +200,12 @@ mod tests {
         let msg = Header::new(7, 0, u32::MAX).encode();
         assert_eq!(
             check(&msg, 4096),
-            Err(DecodeError::MessageTooLarge {
-                body_bytes: u64::from(u32::MAX) * 8,
-                max_bytes: 4096
-            })
+            Err(DecodeError::MessageTooLarge { body_bytes: u64::from(u32::MAX) * 8, max_bytes: 4096 })
         );
         assert_eq!(
             parse(&Header::new(7, 0, 513).encode(), 4096).map(|_| ()),
-            Err(DecodeError::MessageTooLarge {
-                body_bytes: 4104,
-                max_bytes: 4096
-            })
+            Err(DecodeError::MessageTooLarge { body_bytes: 4104, max_bytes: 4096 })
         );
-        assert_eq!(
-            check(&Header::new(7, 0, 512).encode(), 4096),
-            Ok(FrameStatus::Incomplete { needed: 4096 })
-        );
+        assert_eq!(check(&Header::new(7, 0, 512).encode(), 4096), Ok(FrameStatus::Incomplete { needed: 4096 }));
     }
 }

@@ -79,12 +79,7 @@ impl RowsCursor {
         for _ in 0..columns {
             r.text("column name")?;
         }
-        Ok(RowsCursor {
-            columns,
-            names_start,
-            pos: r.position(),
-            end: None,
-        })
+        Ok(RowsCursor { columns, names_start, pos: r.position(), end: None })
     }
 
     /// Number of columns of every row.
@@ -104,11 +99,7 @@ impl RowsCursor {
     }
 
     /// Decode the next row of `body` into `out` (cleared first), or reach the end marker.
-    pub fn next_row<'b>(
-        &mut self,
-        body: &'b [u8],
-        out: &mut Vec<ValueRef<'b>>,
-    ) -> Result<RowsStep, DecodeError> {
+    pub fn next_row<'b>(&mut self, body: &'b [u8], out: &mut Vec<ValueRef<'b>>) -> Result<RowsStep, DecodeError> {
         out.clear();
         if let Some(end) = self.end {
             return Ok(RowsStep::End(end));
@@ -121,11 +112,7 @@ impl RowsCursor {
             return Ok(RowsStep::End(RowsEnd::Done));
         }
         match first {
-            None => {
-                return Err(DecodeError::Truncated {
-                    what: "rows end marker",
-                })
-            }
+            None => return Err(DecodeError::Truncated { what: "rows end marker" }),
             Some(0xee) | Some(0xff) => {
                 let marker = r.u64("rows end marker")?;
                 let end = match marker {
@@ -162,11 +149,7 @@ impl<'a> Rows<'a> {
     pub fn new(body: &'a [u8]) -> Result<Self, DecodeError> {
         let cursor = RowsCursor::new(body)?;
         let columns = cursor.column_names(body)?;
-        Ok(Rows {
-            body,
-            columns,
-            cursor,
-        })
+        Ok(Rows { body, columns, cursor })
     }
 
     /// Column names.
@@ -238,9 +221,7 @@ impl<'a> RowsBatch<'a> {
         while let Some(row) = rows_iter.next_row()? {
             rows.push(row);
         }
-        let end = rows_iter.end().ok_or(DecodeError::Truncated {
-            what: "rows end marker",
-        })?;
+        let end = rows_iter.end().ok_or(DecodeError::Truncated { what: "rows end marker" })?;
         Ok(RowsBatch { columns, rows, end })
     }
 
@@ -257,16 +238,11 @@ impl<'a> RowsBatch<'a> {
 
     /// Append the whole message (header and body).
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        write_message(out, ResponseType::Rows.code(), 0, |out| {
-            self.encode_body(out)
-        })
+        write_message(out, ResponseType::Rows.code(), 0, |out| self.encode_body(out))
     }
 }
 
-fn encode_columns<'n>(
-    names: impl ExactSizeIterator<Item = &'n str>,
-    out: &mut Vec<u8>,
-) -> Result<usize, EncodeError> {
+fn encode_columns<'n>(names: impl ExactSizeIterator<Item = &'n str>, out: &mut Vec<u8>) -> Result<usize, EncodeError> {
     let n = names.len();
     put_u64(out, n as u64);
     for name in names {
@@ -302,25 +278,14 @@ pub struct RowsWriter<'o> {
 impl<'o> RowsWriter<'o> {
     /// Start a ROWS message at the end of `out`: header placeholder, column count, names.
     /// `budget_bytes` counts the whole message, header included ([`DEFAULT_ROWS_BUDGET_BYTES`]).
-    pub fn begin<'n>(
-        out: &'o mut Vec<u8>,
-        column_names: &[&'n str],
-        budget_bytes: usize,
-    ) -> Result<Self, EncodeError> {
+    pub fn begin<'n>(out: &'o mut Vec<u8>, column_names: &[&'n str], budget_bytes: usize) -> Result<Self, EncodeError> {
         let start = out.len();
         out.extend_from_slice(&[0u8; HEADER_LEN]);
         if let Err(e) = encode_columns(column_names.iter().copied(), out) {
             out.truncate(start);
             return Err(e);
         }
-        Ok(RowsWriter {
-            out,
-            start,
-            columns: column_names.len(),
-            rows: 0,
-            budget_bytes,
-            finished: false,
-        })
+        Ok(RowsWriter { out, start, columns: column_names.len(), rows: 0, budget_bytes, finished: false })
     }
 
     /// Append one row. Rows are always accepted (the budget is checked by the caller
@@ -380,11 +345,7 @@ mod tests {
         // PROTOCOL.md 5.1: the reply to QUERY_SQL "SELECT ?" with INTEGER 1.
         let bytes = hex("05000000 07 00 0000 | 0100000000000000 | 3f00000000000000
              | 0100000000000000 | 0100000000000000 | ffffffffffffffff");
-        let batch = RowsBatch {
-            columns: vec!["?"],
-            rows: vec![vec![ValueRef::Integer(1)]],
-            end: RowsEnd::Done,
-        };
+        let batch = RowsBatch { columns: vec!["?"], rows: vec![vec![ValueRef::Integer(1)]], end: RowsEnd::Done };
         let mut out = Vec::new();
         batch.encode(&mut out).unwrap();
         assert_eq!(out, bytes);
@@ -449,65 +410,34 @@ mod tests {
         }
         assert_eq!(got, batch.rows);
         assert_eq!(cursor.end(), Some(RowsEnd::Part));
-        assert_eq!(
-            cursor.next_row(&owned, &mut row).unwrap(),
-            RowsStep::End(RowsEnd::Part)
-        );
+        assert_eq!(cursor.next_row(&owned, &mut row).unwrap(), RowsStep::End(RowsEnd::Part));
     }
 
     #[test]
     fn malformed_rows_are_errors() {
-        let ok = hex(
-            "0100000000000000 3f00000000000000 0100000000000000 0100000000000000 ffffffffffffffff",
-        );
+        let ok = hex("0100000000000000 3f00000000000000 0100000000000000 0100000000000000 ffffffffffffffff");
         assert!(RowsBatch::decode(&ok).is_ok());
         // Missing marker.
-        assert!(matches!(
-            RowsBatch::decode(&ok[..32]),
-            Err(DecodeError::Truncated { .. })
-        ));
+        assert!(matches!(RowsBatch::decode(&ok[..32]), Err(DecodeError::Truncated { .. })));
         // Trailing bytes after the marker.
         let mut trailing = ok.clone();
         trailing.extend_from_slice(&[0; 8]);
-        assert_eq!(
-            RowsBatch::decode(&trailing),
-            Err(DecodeError::TrailingBytes(8))
-        );
+        assert_eq!(RowsBatch::decode(&trailing), Err(DecodeError::TrailingBytes(8)));
         // A marker that is neither PART nor DONE.
         let mut bad_marker = ok[..32].to_vec();
         bad_marker.extend_from_slice(&[0xee, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(
-            RowsBatch::decode(&bad_marker),
-            Err(DecodeError::BadRowsMarker(0xee))
-        );
+        assert_eq!(RowsBatch::decode(&bad_marker), Err(DecodeError::BadRowsMarker(0xee)));
         // Unknown type nibble.
         let mut bad_type = ok.clone();
         bad_type[16] = 0x07;
-        assert_eq!(
-            RowsBatch::decode(&bad_type),
-            Err(DecodeError::UnknownValueType(7))
-        );
+        assert_eq!(RowsBatch::decode(&bad_type), Err(DecodeError::UnknownValueType(7)));
         // Absurd column count.
         let huge = hex("ffffffffffffff7f 0000000000000000");
-        assert!(matches!(
-            RowsBatch::decode(&huge),
-            Err(DecodeError::CountTooLarge { .. })
-        ));
+        assert!(matches!(RowsBatch::decode(&huge), Err(DecodeError::CountTooLarge { .. })));
         // Zero columns: only a marker may follow.
-        assert_eq!(
-            RowsBatch::decode(&hex("0000000000000000 0100000000000000")),
-            Err(DecodeError::BadRowsMarker(1))
-        );
-        assert_eq!(
-            RowsBatch::decode(&hex("0000000000000000 ffffffffffffffff"))
-                .unwrap()
-                .end,
-            RowsEnd::Done
-        );
-        assert_eq!(
-            RowsBatch::decode(&hex("0000000000000000")).unwrap().end,
-            RowsEnd::Done
-        );
+        assert_eq!(RowsBatch::decode(&hex("0000000000000000 0100000000000000")), Err(DecodeError::BadRowsMarker(1)));
+        assert_eq!(RowsBatch::decode(&hex("0000000000000000 ffffffffffffffff")).unwrap().end, RowsEnd::Done);
+        assert_eq!(RowsBatch::decode(&hex("0000000000000000")).unwrap().end, RowsEnd::Done);
     }
 
     #[test]
@@ -515,17 +445,8 @@ mod tests {
         let mut out = vec![9];
         {
             let mut w = RowsWriter::begin(&mut out, &["a", "b"], 4096).unwrap();
-            assert_eq!(
-                w.push_row(&[ValueRef::Null]),
-                Err(EncodeError::ColumnCountMismatch {
-                    expected: 2,
-                    got: 1
-                })
-            );
-            assert_eq!(
-                RowsWriter::row_bytes(&[ValueRef::Null, ValueRef::Text("12345678")]),
-                8 + 8 + 16
-            );
+            assert_eq!(w.push_row(&[ValueRef::Null]), Err(EncodeError::ColumnCountMismatch { expected: 2, got: 1 }));
+            assert_eq!(RowsWriter::row_bytes(&[ValueRef::Null, ValueRef::Text("12345678")]), 8 + 8 + 16);
         }
         assert_eq!(out, [9]);
     }

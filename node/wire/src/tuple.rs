@@ -41,10 +41,7 @@ impl Schema {
         match schema {
             0 => Ok(Schema::V0),
             1 => Ok(Schema::V1),
-            _ => Err(DecodeError::UnsupportedSchema {
-                message_type,
-                schema,
-            }),
+            _ => Err(DecodeError::UnsupportedSchema { message_type, schema }),
         }
     }
 
@@ -123,10 +120,7 @@ impl<'a> Params<'a> {
 
     /// Iterate over the values in order.
     pub fn iter(&self) -> ParamsIter<'_, 'a> {
-        ParamsIter {
-            params: self,
-            next: 0,
-        }
+        ParamsIter { params: self, next: 0 }
     }
 
     /// Copy into owned values.
@@ -184,20 +178,13 @@ impl<'a> From<Vec<ValueRef<'a>>> for Params<'a> {
 }
 
 /// Append a params tuple in `schema`. Nothing is written for zero values.
-pub fn encode_params(
-    params: &Params<'_>,
-    schema: Schema,
-    out: &mut Vec<u8>,
-) -> Result<(), EncodeError> {
+pub fn encode_params(params: &Params<'_>, schema: Schema, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let n = params.len();
     if n == 0 {
         return Ok(());
     }
     if n > schema.max_params() {
-        return Err(EncodeError::TooManyParams {
-            count: n,
-            max: schema.max_params(),
-        });
+        return Err(EncodeError::TooManyParams { count: n, max: schema.max_params() });
     }
     let start = out.len();
     let count_len = match schema {
@@ -217,10 +204,7 @@ pub fn encode_params(
 
 /// Decode a params tuple in `schema` that extends to the end of `r`.
 /// No bytes left means zero values.
-pub fn decode_params<'a>(
-    r: &mut Reader<'a>,
-    schema: Schema,
-) -> Result<Vec<ValueRef<'a>>, DecodeError> {
+pub fn decode_params<'a>(r: &mut Reader<'a>, schema: Schema) -> Result<Vec<ValueRef<'a>>, DecodeError> {
     if r.remaining() == 0 {
         return Ok(Vec::new());
     }
@@ -228,26 +212,15 @@ pub fn decode_params<'a>(
         Schema::V0 => (usize::from(r.u8("params count")?), 1usize),
         Schema::V1 => {
             let n = r.u32("params count")?;
-            let n = usize::try_from(n).map_err(|_| DecodeError::CountTooLarge {
-                what: "params",
-                count: u64::from(n),
-            })?;
+            let n =
+                usize::try_from(n).map_err(|_| DecodeError::CountTooLarge { what: "params", count: u64::from(n) })?;
             (n, 4usize)
         }
     };
-    let too_large = || DecodeError::CountTooLarge {
-        what: "params",
-        count: n as u64,
-    };
-    let header_len = count_len
-        .checked_add(n)
-        .and_then(round_up8)
-        .ok_or_else(too_large)?;
+    let too_large = || DecodeError::CountTooLarge { what: "params", count: n as u64 };
+    let header_len = count_len.checked_add(n).and_then(round_up8).ok_or_else(too_large)?;
     // Every value takes at least one word after the header.
-    let min_len = n
-        .checked_mul(8)
-        .and_then(|v| v.checked_add(header_len - count_len))
-        .ok_or_else(too_large)?;
+    let min_len = n.checked_mul(8).and_then(|v| v.checked_add(header_len - count_len)).ok_or_else(too_large)?;
     if min_len > r.remaining() {
         return Err(too_large());
     }
@@ -299,11 +272,7 @@ fn encode_values<'v>(
 }
 
 /// Decode a row tuple of `columns` values from `r`, appending them to `out`.
-pub fn decode_row_into<'a>(
-    r: &mut Reader<'a>,
-    columns: usize,
-    out: &mut Vec<ValueRef<'a>>,
-) -> Result<(), DecodeError> {
+pub fn decode_row_into<'a>(r: &mut Reader<'a>, columns: usize, out: &mut Vec<ValueRef<'a>>) -> Result<(), DecodeError> {
     let header = r.bytes(row_header_len(columns), "row header")?;
     // Each value takes at least a word: refuse impossible rows before reserving.
     r.check_count(columns as u64, "row values", 8)?;
@@ -328,21 +297,13 @@ mod tests {
         encode_params(&Params::from_values(&values), Schema::V0, &mut out).unwrap();
         assert_eq!(out, [1, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
         let mut r = Reader::new(&out);
-        assert_eq!(
-            decode_params(&mut r, Schema::V0).unwrap(),
-            vec![ValueRef::Integer(1)]
-        );
+        assert_eq!(decode_params(&mut r, Schema::V0).unwrap(), vec![ValueRef::Integer(1)]);
         r.finish().unwrap();
     }
 
     #[test]
     fn params_schema1_bytes_are_exact() {
-        let values = [
-            Value::Text("a".into()),
-            Value::Null,
-            Value::Boolean(true),
-            Value::Float(2.0),
-        ];
+        let values = [Value::Text("a".into()), Value::Null, Value::Boolean(true), Value::Float(2.0)];
         let mut out = Vec::new();
         encode_params(&Params::from_values(&values), Schema::V1, &mut out).unwrap();
         let expected: Vec<u8> = [
@@ -377,15 +338,9 @@ mod tests {
         let mut out = Vec::new();
         encode_params(&Params::none(), Schema::V0, &mut out).unwrap();
         assert!(out.is_empty());
-        assert!(decode_params(&mut Reader::new(&[]), Schema::V0)
-            .unwrap()
-            .is_empty());
-        assert!(decode_params(&mut Reader::new(&[0; 8]), Schema::V0)
-            .unwrap()
-            .is_empty());
-        assert!(decode_params(&mut Reader::new(&[0; 8]), Schema::V1)
-            .unwrap()
-            .is_empty());
+        assert!(decode_params(&mut Reader::new(&[]), Schema::V0).unwrap().is_empty());
+        assert!(decode_params(&mut Reader::new(&[0; 8]), Schema::V0).unwrap().is_empty());
+        assert!(decode_params(&mut Reader::new(&[0; 8]), Schema::V1).unwrap().is_empty());
     }
 
     #[test]
@@ -394,35 +349,21 @@ mod tests {
         let mut out = vec![0xaa];
         assert_eq!(
             encode_params(&Params::from_values(&values), Schema::V0, &mut out),
-            Err(EncodeError::TooManyParams {
-                count: 256,
-                max: 255
-            })
+            Err(EncodeError::TooManyParams { count: 256, max: 255 })
         );
         assert_eq!(out, [0xaa], "nothing written on error");
         encode_params(&Params::from_values(&values[..255]), Schema::V0, &mut out).unwrap();
         out.clear();
         encode_params(&Params::from_values(&values), Schema::V1, &mut out).unwrap();
-        assert_eq!(
-            decode_params(&mut Reader::new(&out), Schema::V1)
-                .unwrap()
-                .len(),
-            256
-        );
+        assert_eq!(decode_params(&mut Reader::new(&out), Schema::V1).unwrap().len(), 256);
     }
 
     #[test]
     fn params_with_bad_type_or_huge_count_fail() {
         let bad = [1, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(
-            decode_params(&mut Reader::new(&bad), Schema::V0),
-            Err(DecodeError::UnknownValueType(6))
-        );
+        assert_eq!(decode_params(&mut Reader::new(&bad), Schema::V0), Err(DecodeError::UnknownValueType(6)));
         let huge = [0xff, 0xff, 0xff, 0xff, 1, 1, 1, 1];
-        assert!(matches!(
-            decode_params(&mut Reader::new(&huge), Schema::V1),
-            Err(DecodeError::CountTooLarge { .. })
-        ));
+        assert!(matches!(decode_params(&mut Reader::new(&huge), Schema::V1), Err(DecodeError::CountTooLarge { .. })));
     }
 
     #[test]
@@ -454,9 +395,6 @@ mod tests {
         assert_eq!(row_header_len(17), 16);
         assert_eq!(row_header_len(32), 16);
         assert_eq!(row_header_len(33), 24);
-        assert_eq!(
-            row_header_len(usize::MAX),
-            (usize::MAX / 2 + 1).div_ceil(8) * 8
-        );
+        assert_eq!(row_header_len(usize::MAX), (usize::MAX / 2 + 1).div_ceil(8) * 8);
     }
 }

@@ -258,16 +258,10 @@ mod tests {
 
     #[test]
     fn value_bytes_are_exact() {
-        assert_eq!(
-            enc(ValueRef::Integer(-2)),
-            [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
-        );
+        assert_eq!(enc(ValueRef::Integer(-2)), [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
         assert_eq!(enc(ValueRef::Float(1.0)), [0, 0, 0, 0, 0, 0, 0xf0, 0x3f]);
         assert_eq!(enc(ValueRef::Text("hi")), *b"hi\0\0\0\0\0\0");
-        assert_eq!(
-            enc(ValueRef::Blob(&[9])),
-            [1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0]
-        );
+        assert_eq!(enc(ValueRef::Blob(&[9])), [1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(enc(ValueRef::Null), [0; 8]);
         assert_eq!(enc(ValueRef::UnixTime(1)), [1, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(enc(ValueRef::Iso8601("")), [0; 8]);
@@ -302,17 +296,11 @@ mod tests {
         for v in &values {
             let bytes = enc(v.as_ref());
             let mut r = Reader::new(&bytes);
-            assert_eq!(
-                ValueRef::decode(v.value_type(), &mut r).unwrap().to_owned(),
-                *v
-            );
+            assert_eq!(ValueRef::decode(v.value_type(), &mut r).unwrap().to_owned(), *v);
             r.finish().unwrap();
         }
         // Any nonzero boolean decodes as true.
         let mut r = Reader::new(&[2, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(
-            ValueRef::decode(ValueType::Boolean, &mut r),
-            Ok(ValueRef::Boolean(true))
-        );
+        assert_eq!(ValueRef::decode(ValueType::Boolean, &mut r), Ok(ValueRef::Boolean(true)));
     }
 }

@@ -9,34 +9,21 @@ use dqlite_wire::buf::Reader;
 use dqlite_wire::fuzzing::exercise_decoders;
 use dqlite_wire::rows::{RowsCursor, RowsStep, RowsWriter};
 use dqlite_wire::tuple::{decode_params, decode_row_into, encode_params, encode_row};
-use dqlite_wire::{
-    header, DbId, Params, Request, Response, RowsEnd, Schema, StmtId, Value, ValueRef, HEADER_LEN,
-};
+use dqlite_wire::{header, DbId, Params, Request, Response, RowsEnd, Schema, StmtId, Value, ValueRef, HEADER_LEN};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 
 fn config(name: &str, default_cases: u32) -> Config {
-    let seed = std::env::var("DQLITE_WIRE_SEED")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or_else(|| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            now ^ (std::process::id() as u64).rotate_left(32)
-        });
-    let cases = std::env::var("DQLITE_WIRE_PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default_cases);
+    let seed = std::env::var("DQLITE_WIRE_SEED").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        now ^ (std::process::id() as u64).rotate_left(32)
+    });
+    let cases = std::env::var("DQLITE_WIRE_PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(default_cases);
     eprintln!("{name}: seed {seed} (replay with DQLITE_WIRE_SEED={seed}), {cases} cases");
-    Config {
-        cases,
-        rng_seed: RngSeed::Fixed(seed),
-        failure_persistence: None,
-        ..Config::default()
-    }
+    Config { cases, rng_seed: RngSeed::Fixed(seed), failure_persistence: None, ..Config::default() }
 }
 
 fn value() -> impl Strategy<Value = Value> {
@@ -66,46 +53,25 @@ fn same_all(a: &[Value], b: &[ValueRef<'_>]) -> bool {
 
 /// A valid message of a random kind, for mutation.
 fn valid_message() -> impl Strategy<Value = Vec<u8>> {
-    (
-        proptest::collection::vec(value(), 0..10),
-        "[^\u{0}]{0,30}",
-        0u8..4,
-    )
-        .prop_map(|(values, sql, kind)| {
-            let params = Params::from_values(&values);
-            let bytes = match kind {
-                0 => Request::QuerySql {
-                    db: DbId(0),
-                    sql: &sql,
-                    params,
-                    schema: Schema::V0,
-                }
-                .to_bytes(),
-                1 => Request::Exec {
-                    db: DbId(0),
-                    stmt: StmtId(1),
-                    params,
-                    schema: Schema::V1,
-                }
-                .to_bytes(),
-                2 => Response::Failure {
-                    code: 1,
-                    message: &sql,
-                }
-                .to_bytes(),
-                _ => {
-                    let refs: Vec<ValueRef<'_>> = values.iter().map(Value::as_ref).collect();
-                    let names: Vec<&str> = (0..refs.len()).map(|_| sql.as_str()).collect();
-                    let mut out = Vec::new();
-                    let mut w = RowsWriter::begin(&mut out, &names, 4096).expect("begin");
-                    w.push_row(&refs).expect("row");
-                    w.push_row(&refs).expect("row");
-                    w.finish(RowsEnd::Done).expect("finish");
-                    Ok(out)
-                }
-            };
-            bytes.expect("valid message encodes")
-        })
+    (proptest::collection::vec(value(), 0..10), "[^\u{0}]{0,30}", 0u8..4).prop_map(|(values, sql, kind)| {
+        let params = Params::from_values(&values);
+        let bytes = match kind {
+            0 => Request::QuerySql { db: DbId(0), sql: &sql, params, schema: Schema::V0 }.to_bytes(),
+            1 => Request::Exec { db: DbId(0), stmt: StmtId(1), params, schema: Schema::V1 }.to_bytes(),
+            2 => Response::Failure { code: 1, message: &sql }.to_bytes(),
+            _ => {
+                let refs: Vec<ValueRef<'_>> = values.iter().map(Value::as_ref).collect();
+                let names: Vec<&str> = (0..refs.len()).map(|_| sql.as_str()).collect();
+                let mut out = Vec::new();
+                let mut w = RowsWriter::begin(&mut out, &names, 4096).expect("begin");
+                w.push_row(&refs).expect("row");
+                w.push_row(&refs).expect("row");
+                w.finish(RowsEnd::Done).expect("finish");
+                Ok(out)
+            }
+        };
+        bytes.expect("valid message encodes")
+    })
 }
 
 proptest! {

@@ -278,10 +278,7 @@ impl MemDisk {
         let mut s = self.lock_state();
         s.next_ino += 1;
         let ino = s.next_ino;
-        s.files.insert(
-            ino,
-            FileState { data: data.to_vec(), durable: data.to_vec(), pending: Vec::new() },
-        );
+        s.files.insert(ino, FileState { data: data.to_vec(), durable: data.to_vec(), pending: Vec::new() });
         s.dir.insert(name.to_owned(), ino);
         s.durable_dir.insert(name.to_owned(), ino);
     }
@@ -462,9 +459,7 @@ impl Backend for MemBackend {
                 ino
             }
             (OpenMode::Existing, None) => return Err(not_found()),
-            (OpenMode::CreateNew, Some(_)) => {
-                return Err(io::Error::new(io::ErrorKind::AlreadyExists, "file exists"))
-            }
+            (OpenMode::CreateNew, Some(_)) => return Err(io::Error::new(io::ErrorKind::AlreadyExists, "file exists")),
             (OpenMode::CreateNew, None) => {
                 s.point()?;
                 s.next_ino += 1;

@@ -21,12 +21,7 @@ impl DirLock for FlockGuard {}
 /// Takes `flock(LOCK_EX | LOCK_NB)` on the directory's lock file. `WouldBlock` if another open
 /// file description (another process, or another store in this process) holds it.
 pub(crate) fn lock_dir(dir: &Path) -> io::Result<FlockGuard> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dir.join(LOCK_FILE))?;
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join(LOCK_FILE))?;
     // SAFETY: `flock` takes a valid open descriptor (borrowed from `file`, alive for the call)
     // and integer flags; it touches no memory of ours.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };

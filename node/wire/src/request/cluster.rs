@@ -37,55 +37,30 @@ pub(super) fn encode_body(req: &Request<'_>, out: &mut Vec<u8>) -> Result<bool, 
 }
 
 /// Decode the body if `ty` belongs to this family; `Ok(None)` otherwise.
-pub(super) fn decode_body(
-    ty: RequestType,
-    body: &[u8],
-) -> Result<Option<Request<'_>>, DecodeError> {
+pub(super) fn decode_body(ty: RequestType, body: &[u8]) -> Result<Option<Request<'_>>, DecodeError> {
     let mut r = Reader::new(body);
     let req = match ty {
         RequestType::Leader => {
             r.u64("leader unused field")?;
             Request::Leader
         }
-        RequestType::Client => Request::Client {
-            id: r.u64("client id")?,
-        },
-        RequestType::Heartbeat => Request::Heartbeat {
-            timestamp: r.u64("heartbeat timestamp")?,
-        },
-        RequestType::Connect => Request::Connect {
-            id: WireNodeId(r.u64("node id")?),
-            address: r.text("node address")?,
-        },
-        RequestType::Add => Request::Add {
-            id: WireNodeId(r.u64("node id")?),
-            address: r.text("node address")?,
-        },
+        RequestType::Client => Request::Client { id: r.u64("client id")? },
+        RequestType::Heartbeat => Request::Heartbeat { timestamp: r.u64("heartbeat timestamp")? },
+        RequestType::Connect => {
+            Request::Connect { id: WireNodeId(r.u64("node id")?), address: r.text("node address")? }
+        }
+        RequestType::Add => Request::Add { id: WireNodeId(r.u64("node id")?), address: r.text("node address")? },
         RequestType::Assign => {
             let id = WireNodeId(r.u64("node id")?);
             // Old clients sent only the id (PROMOTE): the server defaults to voter.
-            let role = if r.remaining() == 0 {
-                Role::Voter
-            } else {
-                Role::from_code(r.u64("node role")?)?
-            };
+            let role = if r.remaining() == 0 { Role::Voter } else { Role::from_code(r.u64("node role")?)? };
             Request::Assign { id, role }
         }
-        RequestType::Remove => Request::Remove {
-            id: WireNodeId(r.u64("node id")?),
-        },
-        RequestType::Cluster => Request::Cluster {
-            format: NodeInfoFormat::from_code(r.u64("cluster format")?)?,
-        },
-        RequestType::Transfer => Request::Transfer {
-            id: WireNodeId(r.u64("node id")?),
-        },
-        RequestType::Describe => Request::Describe {
-            format: r.u64("describe format")?,
-        },
-        RequestType::Weight => Request::Weight {
-            weight: r.u64("weight")?,
-        },
+        RequestType::Remove => Request::Remove { id: WireNodeId(r.u64("node id")?) },
+        RequestType::Cluster => Request::Cluster { format: NodeInfoFormat::from_code(r.u64("cluster format")?)? },
+        RequestType::Transfer => Request::Transfer { id: WireNodeId(r.u64("node id")?) },
+        RequestType::Describe => Request::Describe { format: r.u64("describe format")? },
+        RequestType::Weight => Request::Weight { weight: r.u64("weight")? },
         _ => return Ok(None),
     };
     r.finish()?;
@@ -103,43 +78,21 @@ mod tests {
 
     #[test]
     fn cluster_requests_are_byte_exact() {
+        assert_eq!(bytes(&Request::Leader), [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes(&Request::Client { id: 0x0102 }), [1, 0, 0, 0, 1, 0, 0, 0, 0x02, 0x01, 0, 0, 0, 0, 0, 0]);
         assert_eq!(
-            bytes(&Request::Leader),
-            [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            bytes(&Request::Connect { id: WireNodeId(2), address: "1.2.3.4:5" }),
+            [&[3, 0, 0, 0, 11, 0, 0, 0][..], &[2, 0, 0, 0, 0, 0, 0, 0], b"1.2.3.4:5\0\0\0\0\0\0\0"].concat()
         );
         assert_eq!(
-            bytes(&Request::Client { id: 0x0102 }),
-            [1, 0, 0, 0, 1, 0, 0, 0, 0x02, 0x01, 0, 0, 0, 0, 0, 0]
-        );
-        assert_eq!(
-            bytes(&Request::Connect {
-                id: WireNodeId(2),
-                address: "1.2.3.4:5"
-            }),
-            [
-                &[3, 0, 0, 0, 11, 0, 0, 0][..],
-                &[2, 0, 0, 0, 0, 0, 0, 0],
-                b"1.2.3.4:5\0\0\0\0\0\0\0"
-            ]
-            .concat()
-        );
-        assert_eq!(
-            bytes(&Request::Assign {
-                id: WireNodeId(3),
-                role: Role::Spare
-            }),
+            bytes(&Request::Assign { id: WireNodeId(3), role: Role::Spare }),
             [2, 0, 0, 0, 13, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
         );
         assert_eq!(
-            bytes(&Request::Cluster {
-                format: NodeInfoFormat::V1
-            }),
+            bytes(&Request::Cluster { format: NodeInfoFormat::V1 }),
             [1, 0, 0, 0, 16, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
         );
-        assert_eq!(
-            bytes(&Request::Weight { weight: 9 }),
-            [1, 0, 0, 0, 19, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0]
-        );
+        assert_eq!(bytes(&Request::Weight { weight: 9 }), [1, 0, 0, 0, 19, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -147,10 +100,7 @@ mod tests {
         let h = Header::new(13, 0, 1);
         assert_eq!(
             Request::decode(&h, &[5, 0, 0, 0, 0, 0, 0, 0]),
-            Ok(Request::Assign {
-                id: WireNodeId(5),
-                role: Role::Voter
-            })
+            Ok(Request::Assign { id: WireNodeId(5), role: Role::Voter })
         );
         let mut body = vec![5, 0, 0, 0, 0, 0, 0, 0];
         body.extend_from_slice(&3u64.to_le_bytes());
@@ -160,9 +110,6 @@ mod tests {
     #[test]
     fn bad_cluster_format_is_an_error() {
         let h = Header::new(16, 0, 1);
-        assert_eq!(
-            Request::decode(&h, &2u64.to_le_bytes()),
-            Err(DecodeError::UnsupportedFormat(2))
-        );
+        assert_eq!(Request::decode(&h, &2u64.to_le_bytes()), Err(DecodeError::UnsupportedFormat(2)));
     }
 }

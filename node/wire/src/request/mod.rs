@@ -310,18 +310,13 @@ impl<'a> Request<'a> {
     /// Append the whole message (header and body) to `out`.
     /// On error nothing is appended.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        write_message(
-            out,
-            self.request_type().code(),
-            self.schema().code(),
-            |out| {
-                if cluster::encode_body(self, out)? {
-                    Ok(())
-                } else {
-                    sql::encode_body(self, out)
-                }
-            },
-        )
+        write_message(out, self.request_type().code(), self.schema().code(), |out| {
+            if cluster::encode_body(self, out)? {
+                Ok(())
+            } else {
+                sql::encode_body(self, out)
+            }
+        })
     }
 
     /// Encode into a fresh buffer.
@@ -347,10 +342,7 @@ impl<'a> Request<'a> {
                 | RequestType::QuerySql
         );
         if schema != Schema::V0 && !takes_schema {
-            return Err(DecodeError::UnsupportedSchema {
-                message_type: header.message_type,
-                schema: header.schema,
-            });
+            return Err(DecodeError::UnsupportedSchema { message_type: header.message_type, schema: header.schema });
         }
         match cluster::decode_body(ty, body)? {
             Some(req) => Ok(req),
@@ -390,82 +382,29 @@ pub(crate) mod tests {
             Request::Leader,
             Request::Client { id: 7 },
             Request::Heartbeat { timestamp: 12345 },
-            Request::Open {
-                name: "db.bin",
-                flags: 6,
-                vfs: "volatile",
-            },
-            Request::Prepare {
-                db: DbId(0),
-                sql: "SELECT 1; SELECT 2",
-                schema: Schema::V0,
-            },
-            Request::Prepare {
-                db: DbId(0),
-                sql: "SELECT 1; SELECT 2",
-                schema: Schema::V1,
-            },
-            Request::Exec {
-                db: DbId(0),
-                stmt: StmtId(3),
-                params: params.clone(),
-                schema: Schema::V0,
-            },
-            Request::Exec {
-                db: DbId(0),
-                stmt: StmtId(3),
-                params: Params::none(),
-                schema: Schema::V1,
-            },
-            Request::Query {
-                db: DbId(1),
-                stmt: StmtId(u32::MAX),
-                params: params.clone(),
-                schema: Schema::V1,
-            },
-            Request::Finalize {
-                db: DbId(0),
-                stmt: StmtId(9),
-            },
+            Request::Open { name: "db.bin", flags: 6, vfs: "volatile" },
+            Request::Prepare { db: DbId(0), sql: "SELECT 1; SELECT 2", schema: Schema::V0 },
+            Request::Prepare { db: DbId(0), sql: "SELECT 1; SELECT 2", schema: Schema::V1 },
+            Request::Exec { db: DbId(0), stmt: StmtId(3), params: params.clone(), schema: Schema::V0 },
+            Request::Exec { db: DbId(0), stmt: StmtId(3), params: Params::none(), schema: Schema::V1 },
+            Request::Query { db: DbId(1), stmt: StmtId(u32::MAX), params: params.clone(), schema: Schema::V1 },
+            Request::Finalize { db: DbId(0), stmt: StmtId(9) },
             Request::ExecSql {
                 db: DbId(0),
                 sql: "INSERT INTO t VALUES(?)",
                 params: params.clone(),
                 schema: Schema::V0,
             },
-            Request::QuerySql {
-                db: DbId(0),
-                sql: "SELECT ?",
-                params: params.clone(),
-                schema: Schema::V1,
-            },
-            Request::QuerySql {
-                db: DbId(0),
-                sql: "",
-                params: Params::none(),
-                schema: Schema::V0,
-            },
+            Request::QuerySql { db: DbId(0), sql: "SELECT ?", params: params.clone(), schema: Schema::V1 },
+            Request::QuerySql { db: DbId(0), sql: "", params: Params::none(), schema: Schema::V0 },
             Request::Interrupt { db: DbId(0) },
-            Request::Connect {
-                id: WireNodeId(2),
-                address: "127.0.0.2:9001",
-            },
-            Request::Add {
-                id: WireNodeId(4),
-                address: "127.0.0.4:9001",
-            },
-            Request::Assign {
-                id: WireNodeId(4),
-                role: Role::Standby,
-            },
+            Request::Connect { id: WireNodeId(2), address: "127.0.0.2:9001" },
+            Request::Add { id: WireNodeId(4), address: "127.0.0.4:9001" },
+            Request::Assign { id: WireNodeId(4), role: Role::Standby },
             Request::Remove { id: WireNodeId(4) },
             Request::Dump { name: "db.bin" },
-            Request::Cluster {
-                format: NodeInfoFormat::V0,
-            },
-            Request::Cluster {
-                format: NodeInfoFormat::V1,
-            },
+            Request::Cluster { format: NodeInfoFormat::V0 },
+            Request::Cluster { format: NodeInfoFormat::V1 },
             Request::Transfer { id: WireNodeId(0) },
             Request::Describe { format: 0 },
             Request::Weight { weight: 42 },
@@ -502,10 +441,7 @@ pub(crate) mod tests {
             // Truncating the body must give an error, never a panic or a wrong request.
             for cut in (0..msg.body.len()).step_by(8) {
                 let r = Request::decode(&msg.header, &msg.body[..cut]);
-                assert!(
-                    r.is_err() || r.as_ref().ok() != Some(req),
-                    "{req:?} cut at {cut}: {r:?}"
-                );
+                assert!(r.is_err() || r.as_ref().ok() != Some(req), "{req:?} cut at {cut}: {r:?}");
             }
         }
         assert_eq!(seen.len(), 20, "all 20 request types covered");
@@ -516,37 +452,19 @@ pub(crate) mod tests {
         let mut bytes = Request::Leader.to_bytes().unwrap();
         bytes[5] = 1;
         let (msg, _) = parse(&bytes, 64).unwrap().unwrap();
-        assert_eq!(
-            Request::decode_message(msg),
-            Err(DecodeError::UnsupportedSchema {
-                message_type: 0,
-                schema: 1
-            })
-        );
+        assert_eq!(Request::decode_message(msg), Err(DecodeError::UnsupportedSchema { message_type: 0, schema: 1 }));
         bytes[5] = 2;
         bytes[4] = 9;
         let (msg, _) = parse(&bytes, 64).unwrap().unwrap();
-        assert!(matches!(
-            Request::decode_message(msg),
-            Err(DecodeError::UnsupportedSchema { .. })
-        ));
+        assert!(matches!(Request::decode_message(msg), Err(DecodeError::UnsupportedSchema { .. })));
     }
 
     #[test]
     fn unknown_type_and_unaligned_body_are_errors() {
         let h = Header::new(20, 0, 1);
-        assert_eq!(
-            Request::decode(&h, &[0; 8]),
-            Err(DecodeError::UnknownRequestType(20))
-        );
+        assert_eq!(Request::decode(&h, &[0; 8]), Err(DecodeError::UnknownRequestType(20)));
         let h = Header::new(0, 0, 1);
-        assert_eq!(
-            Request::decode(&h, &[0; 7]),
-            Err(DecodeError::BodyNotWordAligned { len: 7 })
-        );
-        assert_eq!(
-            Request::decode(&h, &[0; 16]),
-            Err(DecodeError::TrailingBytes(8))
-        );
+        assert_eq!(Request::decode(&h, &[0; 7]), Err(DecodeError::BodyNotWordAligned { len: 7 }));
+        assert_eq!(Request::decode(&h, &[0; 16]), Err(DecodeError::TrailingBytes(8)));
     }
 }

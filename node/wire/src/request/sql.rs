@@ -33,18 +33,7 @@ pub(super) fn encode_body(req: &Request<'_>, out: &mut Vec<u8>) -> Result<(), En
             put_u64(out, u64::from(db.0));
             put_text(out, sql)?;
         }
-        Request::Exec {
-            db,
-            stmt,
-            params,
-            schema,
-        }
-        | Request::Query {
-            db,
-            stmt,
-            params,
-            schema,
-        } => {
+        Request::Exec { db, stmt, params, schema } | Request::Query { db, stmt, params, schema } => {
             put_u32(out, db.0);
             put_u32(out, stmt.0);
             encode_params(params, *schema, out)?;
@@ -53,18 +42,7 @@ pub(super) fn encode_body(req: &Request<'_>, out: &mut Vec<u8>) -> Result<(), En
             put_u32(out, db.0);
             put_u32(out, stmt.0);
         }
-        Request::ExecSql {
-            db,
-            sql,
-            params,
-            schema,
-        }
-        | Request::QuerySql {
-            db,
-            sql,
-            params,
-            schema,
-        } => {
+        Request::ExecSql { db, sql, params, schema } | Request::QuerySql { db, sql, params, schema } => {
             put_u64(out, u64::from(db.0));
             put_text(out, sql)?;
             encode_params(params, *schema, out)?;
@@ -79,80 +57,42 @@ pub(super) fn encode_body(req: &Request<'_>, out: &mut Vec<u8>) -> Result<(), En
 
 fn db64(r: &mut Reader<'_>) -> Result<DbId, DecodeError> {
     let v = r.u64("database id")?;
-    u32::try_from(v)
-        .map(DbId)
-        .map_err(|_| DecodeError::OutOfRange {
-            what: "database id",
-            value: v,
-        })
+    u32::try_from(v).map(DbId).map_err(|_| DecodeError::OutOfRange { what: "database id", value: v })
 }
 
 /// Decode the body of a request of this family.
-pub(super) fn decode_body(
-    ty: RequestType,
-    schema: Schema,
-    body: &[u8],
-) -> Result<Request<'_>, DecodeError> {
+pub(super) fn decode_body(ty: RequestType, schema: Schema, body: &[u8]) -> Result<Request<'_>, DecodeError> {
     let mut r = Reader::new(body);
     let req = match ty {
-        RequestType::Open => Request::Open {
-            name: r.text("database name")?,
-            flags: r.u64("open flags")?,
-            vfs: r.text("vfs name")?,
-        },
-        RequestType::Prepare => Request::Prepare {
-            db: db64(&mut r)?,
-            sql: r.text("sql")?,
-            schema,
-        },
+        RequestType::Open => {
+            Request::Open { name: r.text("database name")?, flags: r.u64("open flags")?, vfs: r.text("vfs name")? }
+        }
+        RequestType::Prepare => Request::Prepare { db: db64(&mut r)?, sql: r.text("sql")?, schema },
         RequestType::Exec | RequestType::Query => {
             let db = DbId(r.u32("database id")?);
             let stmt = StmtId(r.u32("statement id")?);
             let params = Params::from_vec(decode_params(&mut r, schema)?);
             if ty == RequestType::Exec {
-                Request::Exec {
-                    db,
-                    stmt,
-                    params,
-                    schema,
-                }
+                Request::Exec { db, stmt, params, schema }
             } else {
-                Request::Query {
-                    db,
-                    stmt,
-                    params,
-                    schema,
-                }
+                Request::Query { db, stmt, params, schema }
             }
         }
-        RequestType::Finalize => Request::Finalize {
-            db: DbId(r.u32("database id")?),
-            stmt: StmtId(r.u32("statement id")?),
-        },
+        RequestType::Finalize => {
+            Request::Finalize { db: DbId(r.u32("database id")?), stmt: StmtId(r.u32("statement id")?) }
+        }
         RequestType::ExecSql | RequestType::QuerySql => {
             let db = db64(&mut r)?;
             let sql = r.text("sql")?;
             let params = Params::from_vec(decode_params(&mut r, schema)?);
             if ty == RequestType::ExecSql {
-                Request::ExecSql {
-                    db,
-                    sql,
-                    params,
-                    schema,
-                }
+                Request::ExecSql { db, sql, params, schema }
             } else {
-                Request::QuerySql {
-                    db,
-                    sql,
-                    params,
-                    schema,
-                }
+                Request::QuerySql { db, sql, params, schema }
             }
         }
         RequestType::Interrupt => Request::Interrupt { db: db64(&mut r)? },
-        RequestType::Dump => Request::Dump {
-            name: r.text("database name")?,
-        },
+        RequestType::Dump => Request::Dump { name: r.text("database name")? },
         // Every other type is decoded by the cluster family first.
         other => return Err(DecodeError::UnknownRequestType(other.code())),
     };
@@ -170,10 +110,8 @@ mod tests {
     #[test]
     fn query_sql_matches_the_worked_example() {
         // PROTOCOL.md 5.1: QUERY_SQL db=0 "SELECT ?" params=(INTEGER 1).
-        let expected = hex(
-            "05000000 09 00 0000 | 0000000000000000 | 53454c454354203f 0000000000000000
-             | 0101000000000000 | 0100000000000000",
-        );
+        let expected = hex("05000000 09 00 0000 | 0000000000000000 | 53454c454354203f 0000000000000000
+             | 0101000000000000 | 0100000000000000");
         let params = [Value::Integer(1)];
         let req = Request::QuerySql {
             db: DbId(0),
@@ -188,110 +126,48 @@ mod tests {
 
     #[test]
     fn open_prepare_exec_finalize_are_byte_exact() {
-        let open = Request::Open {
-            name: "db",
-            flags: 0,
-            vfs: "volatile",
-        };
+        let open = Request::Open { name: "db", flags: 0, vfs: "volatile" };
         assert_eq!(
             open.to_bytes().unwrap(),
-            [
-                &[4, 0, 0, 0, 3, 0, 0, 0][..],
-                b"db\0\0\0\0\0\0",
-                &[0; 8],
-                b"volatile\0\0\0\0\0\0\0\0"
-            ]
-            .concat()
+            [&[4, 0, 0, 0, 3, 0, 0, 0][..], b"db\0\0\0\0\0\0", &[0; 8], b"volatile\0\0\0\0\0\0\0\0"].concat()
         );
-        let prepare = Request::Prepare {
-            db: DbId(0),
-            sql: "SELECT 1",
-            schema: Schema::V1,
-        };
+        let prepare = Request::Prepare { db: DbId(0), sql: "SELECT 1", schema: Schema::V1 };
         assert_eq!(
             prepare.to_bytes().unwrap(),
             [&[3, 0, 0, 0, 4, 1, 0, 0][..], &[0; 8], b"SELECT 1", &[0; 8]].concat()
         );
         let values = [Value::Text("a".into())];
-        let exec = Request::Exec {
-            db: DbId(0),
-            stmt: StmtId(2),
-            params: Params::from_values(&values),
-            schema: Schema::V1,
-        };
+        let exec =
+            Request::Exec { db: DbId(0), stmt: StmtId(2), params: Params::from_values(&values), schema: Schema::V1 };
         assert_eq!(
             exec.to_bytes().unwrap(),
-            [
-                &[3, 0, 0, 0, 5, 1, 0, 0][..],
-                &[0, 0, 0, 0, 2, 0, 0, 0],
-                &[1, 0, 0, 0, 3, 0, 0, 0],
-                b"a\0\0\0\0\0\0\0"
-            ]
-            .concat()
+            [&[3, 0, 0, 0, 5, 1, 0, 0][..], &[0, 0, 0, 0, 2, 0, 0, 0], &[1, 0, 0, 0, 3, 0, 0, 0], b"a\0\0\0\0\0\0\0"]
+                .concat()
         );
-        let exec0 = Request::Exec {
-            db: DbId(0),
-            stmt: StmtId(2),
-            params: Params::none(),
-            schema: Schema::V0,
-        };
-        assert_eq!(
-            exec0.to_bytes().unwrap(),
-            [1, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0]
-        );
-        let fin = Request::Finalize {
-            db: DbId(0),
-            stmt: StmtId(1),
-        };
-        assert_eq!(
-            fin.to_bytes().unwrap(),
-            [1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]
-        );
+        let exec0 = Request::Exec { db: DbId(0), stmt: StmtId(2), params: Params::none(), schema: Schema::V0 };
+        assert_eq!(exec0.to_bytes().unwrap(), [1, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0]);
+        let fin = Request::Finalize { db: DbId(0), stmt: StmtId(1) };
+        assert_eq!(fin.to_bytes().unwrap(), [1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
         let dump = Request::Dump { name: "db.bin" };
-        assert_eq!(
-            dump.to_bytes().unwrap(),
-            [&[1, 0, 0, 0, 15, 0, 0, 0][..], b"db.bin\0\0"].concat()
-        );
+        assert_eq!(dump.to_bytes().unwrap(), [&[1, 0, 0, 0, 15, 0, 0, 0][..], b"db.bin\0\0"].concat());
         let int = Request::Interrupt { db: DbId(0) };
-        assert_eq!(
-            int.to_bytes().unwrap(),
-            [1, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-        );
+        assert_eq!(int.to_bytes().unwrap(), [1, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
     fn too_many_params_and_nul_in_sql_are_encode_errors() {
         let values = vec![Value::Null; 300];
-        let req = Request::ExecSql {
-            db: DbId(0),
-            sql: "x",
-            params: Params::from_values(&values),
-            schema: Schema::V0,
-        };
+        let req = Request::ExecSql { db: DbId(0), sql: "x", params: Params::from_values(&values), schema: Schema::V0 };
         let mut out = vec![1, 2, 3];
-        assert_eq!(
-            req.encode(&mut out),
-            Err(EncodeError::TooManyParams {
-                count: 300,
-                max: 255
-            })
-        );
+        assert_eq!(req.encode(&mut out), Err(EncodeError::TooManyParams { count: 300, max: 255 }));
         assert_eq!(out, [1, 2, 3], "nothing appended on error");
-        let req = Request::ExecSql {
-            db: DbId(0),
-            sql: "a\0b",
-            params: Params::none(),
-            schema: Schema::V0,
-        };
+        let req = Request::ExecSql { db: DbId(0), sql: "a\0b", params: Params::none(), schema: Schema::V0 };
         assert_eq!(req.to_bytes(), Err(EncodeError::TextContainsNul));
     }
 
     #[test]
     fn db_id_above_u32_is_an_error() {
         let h = Header::new(10, 0, 1);
-        assert!(matches!(
-            Request::decode(&h, &(1u64 << 32).to_le_bytes()),
-            Err(DecodeError::OutOfRange { .. })
-        ));
+        assert!(matches!(Request::decode(&h, &(1u64 << 32).to_le_bytes()), Err(DecodeError::OutOfRange { .. })));
     }
 }

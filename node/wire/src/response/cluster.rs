@@ -21,26 +21,19 @@ pub(super) fn encode(resp: &Response<'_>, out: &mut Vec<u8>) -> Result<(), Encod
             put_text(out, address)?;
         }
         Response::ServerLegacy { address } => put_text(out, address)?,
-        Response::Welcome {
-            heartbeat_timeout_ms,
-        } => put_u64(out, *heartbeat_timeout_ms),
+        Response::Welcome { heartbeat_timeout_ms } => put_u64(out, *heartbeat_timeout_ms),
         Response::Servers { format, nodes } => {
             put_u64(out, nodes.len() as u64);
             for node in nodes {
                 put_u64(out, node.id.0);
                 put_text(out, node.address)?;
                 if *format == NodeInfoFormat::V1 {
-                    let role = node
-                        .role
-                        .ok_or(EncodeError::MissingRole { id: node.id.0 })?;
+                    let role = node.role.ok_or(EncodeError::MissingRole { id: node.id.0 })?;
                     put_u64(out, role.code());
                 }
             }
         }
-        Response::Metadata {
-            failure_domain,
-            weight,
-        } => {
+        Response::Metadata { failure_domain, weight } => {
             put_u64(out, *failure_domain);
             put_u64(out, *weight);
         }
@@ -50,25 +43,16 @@ pub(super) fn encode(resp: &Response<'_>, out: &mut Vec<u8>) -> Result<(), Encod
     Ok(())
 }
 
-pub(super) fn decode<'a>(
-    ty: ResponseType,
-    body: &'a [u8],
-    ctx: &DecodeContext,
-) -> Result<Response<'a>, DecodeError> {
+pub(super) fn decode<'a>(ty: ResponseType, body: &'a [u8], ctx: &DecodeContext) -> Result<Response<'a>, DecodeError> {
     let mut r = Reader::new(body);
     let resp = match ty {
         ResponseType::Server => match ctx.version {
-            ProtocolVersion::V1 => Response::Server {
-                id: WireNodeId(r.u64("leader id")?),
-                address: r.text("leader address")?,
-            },
-            ProtocolVersion::Legacy => Response::ServerLegacy {
-                address: r.text("leader address")?,
-            },
+            ProtocolVersion::V1 => {
+                Response::Server { id: WireNodeId(r.u64("leader id")?), address: r.text("leader address")? }
+            }
+            ProtocolVersion::Legacy => Response::ServerLegacy { address: r.text("leader address")? },
         },
-        ResponseType::Welcome => Response::Welcome {
-            heartbeat_timeout_ms: r.u64("heartbeat timeout")?,
-        },
+        ResponseType::Welcome => Response::Welcome { heartbeat_timeout_ms: r.u64("heartbeat timeout")? },
         ResponseType::Servers => {
             let format = ctx.node_info_format;
             let item_len = match format {
@@ -88,10 +72,9 @@ pub(super) fn decode<'a>(
             }
             Response::Servers { format, nodes }
         }
-        ResponseType::Metadata => Response::Metadata {
-            failure_domain: r.u64("failure domain")?,
-            weight: r.u64("weight")?,
-        },
+        ResponseType::Metadata => {
+            Response::Metadata { failure_domain: r.u64("failure domain")?, weight: r.u64("weight")? }
+        }
         other => return Err(DecodeError::UnknownResponseType(other.code())),
     };
     r.finish()?;
@@ -105,38 +88,18 @@ mod tests {
 
     #[test]
     fn cluster_responses_are_byte_exact() {
-        let server = Response::Server {
-            id: WireNodeId(1),
-            address: "127.0.0.1:9001",
-        };
+        let server = Response::Server { id: WireNodeId(1), address: "127.0.0.1:9001" };
         assert_eq!(
             server.to_bytes().unwrap(),
-            [
-                &[3, 0, 0, 0, 1, 0, 0, 0][..],
-                &[1, 0, 0, 0, 0, 0, 0, 0],
-                b"127.0.0.1:9001\0\0"
-            ]
-            .concat()
+            [&[3, 0, 0, 0, 1, 0, 0, 0][..], &[1, 0, 0, 0, 0, 0, 0, 0], b"127.0.0.1:9001\0\0"].concat()
         );
         let legacy = Response::ServerLegacy { address: "x" };
-        assert_eq!(
-            legacy.to_bytes().unwrap(),
-            [&[1, 0, 0, 0, 1, 0, 0, 0][..], b"x\0\0\0\0\0\0\0"].concat()
-        );
-        let welcome = Response::Welcome {
-            heartbeat_timeout_ms: 15000,
-        };
-        assert_eq!(
-            welcome.to_bytes().unwrap(),
-            [1, 0, 0, 0, 2, 0, 0, 0, 0x98, 0x3a, 0, 0, 0, 0, 0, 0]
-        );
+        assert_eq!(legacy.to_bytes().unwrap(), [&[1, 0, 0, 0, 1, 0, 0, 0][..], b"x\0\0\0\0\0\0\0"].concat());
+        let welcome = Response::Welcome { heartbeat_timeout_ms: 15000 };
+        assert_eq!(welcome.to_bytes().unwrap(), [1, 0, 0, 0, 2, 0, 0, 0, 0x98, 0x3a, 0, 0, 0, 0, 0, 0]);
         let servers = Response::Servers {
             format: NodeInfoFormat::V1,
-            nodes: vec![NodeInfo {
-                id: WireNodeId(2),
-                address: "a",
-                role: Some(Role::Standby),
-            }],
+            nodes: vec![NodeInfo { id: WireNodeId(2), address: "a", role: Some(Role::Standby) }],
         };
         assert_eq!(
             servers.to_bytes().unwrap(),
@@ -149,25 +112,15 @@ mod tests {
             ]
             .concat()
         );
-        let meta = Response::Metadata {
-            failure_domain: 3,
-            weight: 4,
-        };
-        assert_eq!(
-            meta.to_bytes().unwrap(),
-            [2, 0, 0, 0, 10, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]
-        );
+        let meta = Response::Metadata { failure_domain: 3, weight: 4 };
+        assert_eq!(meta.to_bytes().unwrap(), [2, 0, 0, 0, 10, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
     fn servers_format_1_needs_roles_and_valid_role_codes() {
         let servers = Response::Servers {
             format: NodeInfoFormat::V1,
-            nodes: vec![NodeInfo {
-                id: WireNodeId(2),
-                address: "a",
-                role: None,
-            }],
+            nodes: vec![NodeInfo { id: WireNodeId(2), address: "a", role: None }],
         };
         assert_eq!(servers.to_bytes(), Err(EncodeError::MissingRole { id: 2 }));
         let mut body = Vec::new();

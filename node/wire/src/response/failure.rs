@@ -11,10 +11,7 @@ pub(super) fn encode(code: u64, message: &str, out: &mut Vec<u8>) -> Result<(), 
 
 pub(super) fn decode(body: &[u8]) -> Result<Response<'_>, DecodeError> {
     let mut r = Reader::new(body);
-    let resp = Response::Failure {
-        code: r.u64("failure code")?,
-        message: r.text("failure message")?,
-    };
+    let resp = Response::Failure { code: r.u64("failure code")?, message: r.text("failure message")? };
     r.finish()?;
     Ok(resp)
 }
@@ -28,25 +25,14 @@ mod tests {
 
     #[test]
     fn failure_is_byte_exact() {
-        let resp = Response::Failure {
-            code: codes::SQLITE_IOERR_NOT_LEADER,
-            message: "not leader",
-        };
+        let resp = Response::Failure { code: codes::SQLITE_IOERR_NOT_LEADER, message: "not leader" };
         let bytes = resp.to_bytes().unwrap();
         assert_eq!(
             bytes,
-            [
-                &[3, 0, 0, 0, 0, 0, 0, 0][..],
-                &[0x0a, 0x28, 0, 0, 0, 0, 0, 0],
-                b"not leader\0\0\0\0\0\0"
-            ]
-            .concat()
+            [&[3, 0, 0, 0, 0, 0, 0, 0][..], &[0x0a, 0x28, 0, 0, 0, 0, 0, 0], b"not leader\0\0\0\0\0\0"].concat()
         );
         let h = Header::decode(&bytes).unwrap();
-        assert_eq!(
-            Response::decode(&h, &bytes[8..], &DecodeContext::default()).unwrap(),
-            resp
-        );
+        assert_eq!(Response::decode(&h, &bytes[8..], &DecodeContext::default()).unwrap(), resp);
         assert!(codes::is_not_leader(10250) && codes::is_not_leader(8202));
         assert!(codes::is_leadership_lost(10506) && codes::is_leadership_lost(8458));
         assert!(!codes::is_not_leader(10506));

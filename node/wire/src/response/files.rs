@@ -29,8 +29,7 @@ pub(super) fn decode(body: &[u8]) -> Result<Response<'_>, DecodeError> {
     for _ in 0..n {
         let name = r.text("file name")?;
         let size = r.u64("file size")?;
-        let size =
-            usize::try_from(size).map_err(|_| DecodeError::Truncated { what: "file data" })?;
+        let size = usize::try_from(size).map_err(|_| DecodeError::Truncated { what: "file data" })?;
         let data = r.bytes(size, "file data")?;
         r.align("file padding")?;
         files.push(File { name, data });
@@ -48,18 +47,8 @@ mod tests {
     #[test]
     fn files_are_byte_exact() {
         let page = [0x5a; 8];
-        let resp = Response::Files {
-            files: vec![
-                File {
-                    name: "db",
-                    data: &page,
-                },
-                File {
-                    name: "db-wal",
-                    data: &[],
-                },
-            ],
-        };
+        let resp =
+            Response::Files { files: vec![File { name: "db", data: &page }, File { name: "db-wal", data: &[] }] };
         let bytes = resp.to_bytes().unwrap();
         assert_eq!(
             bytes,
@@ -75,10 +64,7 @@ mod tests {
             .concat()
         );
         let h = Header::decode(&bytes).unwrap();
-        assert_eq!(
-            Response::decode(&h, &bytes[8..], &DecodeContext::default()).unwrap(),
-            resp
-        );
+        assert_eq!(Response::decode(&h, &bytes[8..], &DecodeContext::default()).unwrap(), resp);
     }
 
     #[test]

@@ -201,31 +201,22 @@ impl<'a> Response<'a> {
     /// The header schema byte (1 only for a STMT with a tail offset).
     pub fn schema(&self) -> u8 {
         match self {
-            Response::Stmt {
-                tail_offset: Some(_),
-                ..
-            } => 1,
+            Response::Stmt { tail_offset: Some(_), .. } => 1,
             _ => 0,
         }
     }
 
     /// Append the whole message (header and body) to `out`. On error nothing is appended.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        write_message(
-            out,
-            self.response_type().code(),
-            self.schema(),
-            |out| match self {
-                Response::Failure { code, message } => failure::encode(*code, message, out),
-                Response::Rows(batch) => batch.encode_body(out),
-                Response::Files { files } => files::encode(files, out),
-                Response::Db { .. }
-                | Response::Stmt { .. }
-                | Response::ExecResult { .. }
-                | Response::Empty => sql::encode(self, out),
-                _ => cluster::encode(self, out),
-            },
-        )
+        write_message(out, self.response_type().code(), self.schema(), |out| match self {
+            Response::Failure { code, message } => failure::encode(*code, message, out),
+            Response::Rows(batch) => batch.encode_body(out),
+            Response::Files { files } => files::encode(files, out),
+            Response::Db { .. } | Response::Stmt { .. } | Response::ExecResult { .. } | Response::Empty => {
+                sql::encode(self, out)
+            }
+            _ => cluster::encode(self, out),
+        })
     }
 
     /// Encode into a fresh buffer.
@@ -236,21 +227,14 @@ impl<'a> Response<'a> {
     }
 
     /// Decode a response from its header and body. Trailing bytes are an error.
-    pub fn decode(
-        header: &Header,
-        body: &'a [u8],
-        ctx: &DecodeContext,
-    ) -> Result<Self, DecodeError> {
+    pub fn decode(header: &Header, body: &'a [u8], ctx: &DecodeContext) -> Result<Self, DecodeError> {
         if body.len() % 8 != 0 {
             return Err(DecodeError::BodyNotWordAligned { len: body.len() });
         }
         let ty = ResponseType::from_code(header.message_type)?;
         let schema_ok = header.schema == 0 || (ty == ResponseType::Stmt && header.schema == 1);
         if !schema_ok {
-            return Err(DecodeError::UnsupportedSchema {
-                message_type: header.message_type,
-                schema: header.schema,
-            });
+            return Err(DecodeError::UnsupportedSchema { message_type: header.message_type, schema: header.schema });
         }
         match ty {
             ResponseType::Failure => failure::decode(body),
@@ -259,10 +243,9 @@ impl<'a> Response<'a> {
             ResponseType::Db | ResponseType::Stmt | ResponseType::Result | ResponseType::Empty => {
                 sql::decode(ty, header.schema, body)
             }
-            ResponseType::Server
-            | ResponseType::Welcome
-            | ResponseType::Servers
-            | ResponseType::Metadata => cluster::decode(ty, body, ctx),
+            ResponseType::Server | ResponseType::Welcome | ResponseType::Servers | ResponseType::Metadata => {
+                cluster::decode(ty, body, ctx)
+            }
         }
     }
 
@@ -295,62 +278,20 @@ pub(crate) mod tests {
     /// Every response with the context needed to decode it.
     pub(crate) fn all_responses() -> Vec<(Response<'static>, DecodeContext)> {
         let v1 = DecodeContext::default();
-        let legacy = DecodeContext {
-            version: ProtocolVersion::Legacy,
-            ..v1
-        };
-        let format0 = DecodeContext {
-            node_info_format: NodeInfoFormat::V0,
-            ..v1
-        };
+        let legacy = DecodeContext { version: ProtocolVersion::Legacy, ..v1 };
+        let format0 = DecodeContext { node_info_format: NodeInfoFormat::V0, ..v1 };
         vec![
-            (
-                Response::Failure {
-                    code: 10250,
-                    message: "not leader",
-                },
-                v1,
-            ),
-            (
-                Response::Server {
-                    id: WireNodeId(1),
-                    address: "127.0.0.1:9001",
-                },
-                v1,
-            ),
-            (
-                Response::Server {
-                    id: WireNodeId(0),
-                    address: "",
-                },
-                v1,
-            ),
-            (
-                Response::ServerLegacy {
-                    address: "127.0.0.1:9001",
-                },
-                legacy,
-            ),
-            (
-                Response::Welcome {
-                    heartbeat_timeout_ms: 15000,
-                },
-                v1,
-            ),
+            (Response::Failure { code: 10250, message: "not leader" }, v1),
+            (Response::Server { id: WireNodeId(1), address: "127.0.0.1:9001" }, v1),
+            (Response::Server { id: WireNodeId(0), address: "" }, v1),
+            (Response::ServerLegacy { address: "127.0.0.1:9001" }, legacy),
+            (Response::Welcome { heartbeat_timeout_ms: 15000 }, v1),
             (
                 Response::Servers {
                     format: NodeInfoFormat::V1,
                     nodes: vec![
-                        NodeInfo {
-                            id: WireNodeId(1),
-                            address: "a:1",
-                            role: Some(Role::Voter),
-                        },
-                        NodeInfo {
-                            id: WireNodeId(2),
-                            address: "b:2",
-                            role: Some(Role::Spare),
-                        },
+                        NodeInfo { id: WireNodeId(1), address: "a:1", role: Some(Role::Voter) },
+                        NodeInfo { id: WireNodeId(2), address: "b:2", role: Some(Role::Spare) },
                     ],
                 },
                 v1,
@@ -358,93 +299,35 @@ pub(crate) mod tests {
             (
                 Response::Servers {
                     format: NodeInfoFormat::V0,
-                    nodes: vec![NodeInfo {
-                        id: WireNodeId(3),
-                        address: "c:3",
-                        role: None,
-                    }],
+                    nodes: vec![NodeInfo { id: WireNodeId(3), address: "c:3", role: None }],
                 },
                 format0,
             ),
-            (
-                Response::Servers {
-                    format: NodeInfoFormat::V1,
-                    nodes: vec![],
-                },
-                v1,
-            ),
+            (Response::Servers { format: NodeInfoFormat::V1, nodes: vec![] }, v1),
             (Response::Db { id: DbId(0) }, v1),
-            (
-                Response::Stmt {
-                    db: DbId(0),
-                    id: StmtId(1),
-                    params: 2,
-                    tail_offset: None,
-                },
-                v1,
-            ),
-            (
-                Response::Stmt {
-                    db: DbId(0),
-                    id: StmtId(1),
-                    params: 2,
-                    tail_offset: Some(9),
-                },
-                v1,
-            ),
-            (
-                Response::ExecResult {
-                    last_insert_id: 3,
-                    rows_affected: 1,
-                },
-                v1,
-            ),
+            (Response::Stmt { db: DbId(0), id: StmtId(1), params: 2, tail_offset: None }, v1),
+            (Response::Stmt { db: DbId(0), id: StmtId(1), params: 2, tail_offset: Some(9) }, v1),
+            (Response::ExecResult { last_insert_id: 3, rows_affected: 1 }, v1),
             (
                 Response::Rows(RowsBatch {
                     columns: vec!["id", "name", "when"],
                     rows: vec![
-                        vec![
-                            ValueRef::Integer(1),
-                            ValueRef::Text("a"),
-                            ValueRef::UnixTime(5),
-                        ],
+                        vec![ValueRef::Integer(1), ValueRef::Text("a"), ValueRef::UnixTime(5)],
                         vec![ValueRef::Float(1.5), ValueRef::Null, ValueRef::Iso8601("")],
                     ],
                     end: RowsEnd::Part,
                 }),
                 v1,
             ),
-            (
-                Response::Rows(RowsBatch {
-                    columns: vec![],
-                    rows: vec![],
-                    end: RowsEnd::Part,
-                }),
-                v1,
-            ),
+            (Response::Rows(RowsBatch { columns: vec![], rows: vec![], end: RowsEnd::Part }), v1),
             (Response::Empty, v1),
             (
                 Response::Files {
-                    files: vec![
-                        File {
-                            name: "db.bin",
-                            data: &[7; 16],
-                        },
-                        File {
-                            name: "db.bin-wal",
-                            data: &[],
-                        },
-                    ],
+                    files: vec![File { name: "db.bin", data: &[7; 16] }, File { name: "db.bin-wal", data: &[] }],
                 },
                 v1,
             ),
-            (
-                Response::Metadata {
-                    failure_domain: 1,
-                    weight: 2,
-                },
-                v1,
-            ),
+            (Response::Metadata { failure_domain: 1, weight: 2 }, v1),
         ]
     }
 
@@ -458,9 +341,7 @@ pub(crate) mod tests {
             resp.encode(&mut appended).unwrap();
             assert_eq!(appended[5..], bytes[..]);
             if let Response::Rows(batch) = &resp {
-                let mut w =
-                    crate::rows::RowsWriter::begin(&mut appended, &batch.columns, usize::MAX)
-                        .unwrap();
+                let mut w = crate::rows::RowsWriter::begin(&mut appended, &batch.columns, usize::MAX).unwrap();
                 for row in &batch.rows {
                     w.push_row(row).unwrap();
                 }
@@ -472,10 +353,7 @@ pub(crate) mod tests {
             assert_eq!(Response::decode_message(msg, &ctx).unwrap(), resp);
             for cut in (0..msg.body.len()).step_by(8) {
                 let r = Response::decode(&msg.header, &msg.body[..cut], &ctx);
-                assert!(
-                    r.is_err() || r.as_ref().ok() != Some(&resp),
-                    "{resp:?} cut at {cut}: {r:?}"
-                );
+                assert!(r.is_err() || r.as_ref().ok() != Some(&resp), "{resp:?} cut at {cut}: {r:?}");
             }
         }
         assert_eq!(seen.len(), 11, "all 11 response types covered");
@@ -484,10 +362,7 @@ pub(crate) mod tests {
     #[test]
     fn bad_schema_and_type_are_errors() {
         let ctx = DecodeContext::default();
-        assert_eq!(
-            Response::decode(&Header::new(11, 0, 0), &[], &ctx),
-            Err(DecodeError::UnknownResponseType(11))
-        );
+        assert_eq!(Response::decode(&Header::new(11, 0, 0), &[], &ctx), Err(DecodeError::UnknownResponseType(11)));
         assert!(matches!(
             Response::decode(&Header::new(8, 1, 1), &[0; 8], &ctx),
             Err(DecodeError::UnsupportedSchema { .. })
