@@ -212,7 +212,16 @@ fn leadership_lost_while_pending_then_the_entry_commits() {
     }
     // A new leader (node 1) writes on top of it.
     c.elect(Some(1));
-    c.handles[1].open("l.db").unwrap().blocking_exec_sql("INSERT INTO t VALUES (7)", vec![]).unwrap();
+    // Node 1 learns it leads (and applies its barrier) on its own apply thread: until then a
+    // write gets "not leader", as a client would see it during an election.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.handles[1].open("l.db").unwrap().blocking_exec_sql("INSERT INTO t VALUES (7)", vec![]) {
+            Ok(_) => break,
+            Err(e) if e.code() == 10250 && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("write on the new leader: {e}"),
+        }
+    }
     c.wait_all_applied();
     assert_eq!(dump(&c.handles[0], "l.db"), dump(&c.handles[1], "l.db"));
 }
