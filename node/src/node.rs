@@ -23,8 +23,8 @@ use std::time::Duration;
 use dqlite_raft::{Configuration, NodeId, Role, Server as RaftServer};
 
 use crate::db::{Databases, DbConfig, DbError};
-use crate::replication::{ProposeError, Proposed, Replicator, StateMachine};
-use crate::runtime::{inbox, Runtime, RuntimeError, RuntimeHandle, RuntimeOptions};
+use crate::replication::{Replicator, StateMachine};
+use crate::runtime::{inbox, LateReplicator, Runtime, RuntimeError, RuntimeHandle, RuntimeOptions};
 use crate::server::db_backend::DbBackend;
 use crate::server::join::{self, JoinOptions};
 use crate::server::runtime_cluster::RuntimeCluster;
@@ -76,29 +76,6 @@ pub enum NodeError {
     /// The SQLite layer did not open.
     #[error("databases: {0}")]
     Db(#[from] DbError),
-}
-
-/// A [`Replicator`] bound to the runtime once it has started (the databases are opened first:
-/// the runtime needs them as its state machine). Before that, proposals are refused.
-#[derive(Debug, Default)]
-pub struct LateReplicator {
-    inner: std::sync::OnceLock<RuntimeHandle>,
-}
-
-impl LateReplicator {
-    /// Binds the runtime (later calls are ignored).
-    pub fn bind(&self, handle: RuntimeHandle) {
-        let _ = self.inner.set(handle);
-    }
-}
-
-impl Replicator for LateReplicator {
-    fn propose(&self, data: Vec<u8>) -> Result<Proposed, ProposeError> {
-        match self.inner.get() {
-            Some(h) => h.propose(data),
-            None => Err(ProposeError::Unavailable { reason: "the node is starting".into() }),
-        }
-    }
 }
 
 /// A node's data directory.
@@ -355,7 +332,7 @@ impl Node {
     /// Starts a node serving the SQLite layer's databases (in `DIR/db/`): what `dqlited run`
     /// runs.
     pub async fn start_sqlite(config: NodeConfig, data: DataDir, db: DbConfig) -> Result<Node, NodeError> {
-        let late = Arc::new(LateReplicator::default());
+        let late = LateReplicator::new();
         let root = data.root().to_path_buf();
         let rep: Arc<dyn Replicator> = late.clone();
         let dbs = tokio::task::spawn_blocking(move || Databases::open(&root, rep, db))
@@ -363,7 +340,7 @@ impl Node {
             .map_err(|e| NodeError::DataDir { path: data.db_dir(), source: io::Error::other(e.to_string()) })??;
         let handle = dbs.handle();
         Node::start(config, data, dbs, move |rt| {
-            late.bind(rt.clone());
+            late.bind(Some(rt.clone()));
             DbBackend::new(handle)
         })
         .await

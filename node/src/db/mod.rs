@@ -46,41 +46,6 @@ pub const SQLITE_IOERR_LEADERSHIP_LOST: c_int = libsqlite3_sys::SQLITE_IOERR | (
 /// timeout (no quorum); its outcome is unknown. (dqlite-rs's code.)
 pub const SQLITE_IOERR_COMMIT_TIMEOUT: c_int = libsqlite3_sys::SQLITE_IOERR | (42 << 8);
 
-/// A [`Replicator`] bound after construction: the runtime's handle exists only once the
-/// runtime started with the state machine, which needs a replicator first. Proposals before
-/// [`set`](Self::set) fail with [`ProposeError::Unavailable`].
-#[derive(Default)]
-pub struct LateReplicator {
-    inner: std::sync::OnceLock<Arc<dyn Replicator>>,
-}
-
-impl std::fmt::Debug for LateReplicator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LateReplicator").field("bound", &self.inner.get().is_some()).finish()
-    }
-}
-
-impl LateReplicator {
-    /// An unbound replicator.
-    pub fn new() -> Arc<LateReplicator> {
-        Arc::new(LateReplicator::default())
-    }
-
-    /// Binds it (once); false if it was bound already.
-    pub fn set(&self, r: Arc<dyn Replicator>) -> bool {
-        self.inner.set(r).is_ok()
-    }
-}
-
-impl Replicator for LateReplicator {
-    fn propose(&self, data: Vec<u8>) -> Result<Proposed, ProposeError> {
-        match self.inner.get() {
-            Some(r) => r.propose(data),
-            None => Err(ProposeError::Unavailable { reason: "the runtime is not started yet".into() }),
-        }
-    }
-}
-
 /// Tunables of the db layer.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
