@@ -196,6 +196,12 @@ struct DbState {
     unresolved: Option<Proposed>,
     sidecar: Sidecar,
     commits_in_gen: u64,
+    /// The connection whose commit is (or was last) in the commit hook.
+    writer: Option<ConnId>,
+    /// The index of a local commit that is applied (counted in `commits_in_gen`) but whose
+    /// frames its writer has not yet published in the wal-index: it releases the write lock
+    /// after publishing, which clears this. A checkpoint must not count it as durable.
+    unpublished: Option<LogIndex>,
     failures: HashMap<ConnId, CaptureFailure>,
 }
 
@@ -275,6 +281,7 @@ impl DbHooks for DbShared {
                 );
             }
             st.pending = Pending::Proposing;
+            st.writer = Some(conn);
         }
         let data = entry::encode_frames(guard, &self.name, capture.page_size, capture.db_size, &capture.pages);
         drop(capture);
@@ -378,6 +385,13 @@ impl DbHooks for DbShared {
         st.commits_in_gen = 0;
         Ok(())
     }
+
+    fn write_unlocked(&self, conn: ConnId) {
+        let mut st = lock(&self.st);
+        if st.writer == Some(conn) {
+            st.unpublished = None;
+        }
+    }
 }
 
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
@@ -426,6 +440,8 @@ impl NodeShared {
                 unresolved: None,
                 sidecar,
                 commits_in_gen: 0,
+                writer: None,
+                unpublished: None,
                 failures: HashMap::new(),
             }),
             cv: Condvar::new(),
@@ -631,34 +647,38 @@ impl Applier {
 
     /// A passive checkpoint; records the durable point if the WAL was wholly backfilled.
     ///
-    /// It first takes the WAL write lock without waiting: a writer holding it may be between
-    /// its commit and publishing it in the wal-index (or waiting for this very thread to apply
-    /// its entry), so the checkpoint is skipped then and tried again after a later entry.
+    /// It never takes the write lock: on a leader a local writer holds it from its first write
+    /// until its entry is applied (so under a steady write load it is always held), and the
+    /// writer of the entry just applied still holds it while it publishes its frames. Instead
+    /// the durable point is what the wal-index is known to hold before the checkpoint starts:
+    /// every applied commit except a local one not yet published (`unpublished`), whose index
+    /// and commit are left out.
     fn checkpoint(&mut self, applied: LogIndex) -> Result<(), DbError> {
-        let c = self.conn.conn();
-        self.conn.set_busy_timeout(Duration::ZERO);
-        let r = c.execute_batch("BEGIN IMMEDIATE; COMMIT;");
-        self.conn.set_busy_timeout(APPLY_BUSY_TIMEOUT);
-        self.conn.end_statement();
-        match r {
-            Ok(()) => {}
-            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
-                let _ = c.execute_batch("ROLLBACK");
-                return Ok(());
+        let (salts, upto, commits) = {
+            let st = lock(&self.shared.st);
+            match st.unpublished {
+                Some(j) => (st.sidecar.salts, j.prev(), st.commits_in_gen.saturating_sub(1)),
+                None => (st.sidecar.salts, applied, st.commits_in_gen),
             }
-            Err(e) => return Err(e.into()),
-        }
+        };
+        let c = self.conn.conn();
         let (busy, log, done): (i64, i64, i64) =
             c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         self.conn.end_statement();
-        if busy == 0 && log == done {
-            let mut st = lock(&self.shared.st);
-            if st.sidecar.ckpt_index < applied || st.sidecar.ckpt_commits != st.commits_in_gen {
-                let sc = Sidecar { ckpt_index: applied, ckpt_commits: st.commits_in_gen, ..st.sidecar };
-                sc.write(&self.shared.sidecar_path())
-                    .map_err(|e| DbError::Damaged { path: self.shared.sidecar_path(), reason: e.to_string() })?;
-                st.sidecar = sc;
-            }
+        if busy != 0 || log != done {
+            return Ok(());
+        }
+        let mut st = lock(&self.shared.st);
+        // A writer that started a new WAL generation meanwhile recorded the durable point in
+        // its sidecar (the old generation was wholly backfilled): nothing to add.
+        if st.sidecar.salts != salts || upto < st.sidecar.ckpt_index || commits < st.sidecar.ckpt_commits {
+            return Ok(());
+        }
+        if upto > st.sidecar.ckpt_index || commits > st.sidecar.ckpt_commits {
+            let sc = Sidecar { ckpt_index: upto, ckpt_commits: commits, ..st.sidecar };
+            sc.write(&self.shared.sidecar_path())
+                .map_err(|e| DbError::Damaged { path: self.shared.sidecar_path(), reason: e.to_string() })?;
+            st.sidecar = sc;
         }
         Ok(())
     }
@@ -736,11 +756,12 @@ impl Databases {
                     });
                 }
             }
-            let shared = dbs.node.db(&name)?;
             let damaged = |e: DbError| match e {
                 e @ DbError::Damaged { .. } => e,
                 other => DbError::Damaged { path: db_path.clone(), reason: other.to_string() },
             };
+            // Opening runs SQLite's recovery and reads the file: its errors name the database.
+            let shared = dbs.node.db(&name).map_err(damaged)?;
             let mut a = Applier::open(&dbs.node, shared.clone()).map_err(damaged)?;
             a.recover().map_err(damaged)?;
             let c = lock(&shared.st).sidecar.ckpt_index;
@@ -835,6 +856,7 @@ impl Databases {
             if p.index == index && p.term == e.term {
                 st.pending = Pending::Committed;
                 st.commits_in_gen += 1;
+                st.unpublished = Some(index);
                 shared.cv.notify_all();
                 return Ok(());
             }

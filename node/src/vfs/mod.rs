@@ -84,6 +84,9 @@ pub trait DbHooks: Send + Sync + 'static {
     /// `conn` is about to write a new WAL header (a new WAL generation starts). Returns only
     /// when whatever must be durable before the header is.
     fn wal_header(&self, conn: ConnId, header: &[u8; 32]) -> Result<(), c_int>;
+    /// `conn` released the WAL write lock (or closed): whatever it committed is published in
+    /// the wal-index.
+    fn write_unlocked(&self, _conn: ConnId) {}
 }
 
 struct ConnSlot {
@@ -361,6 +364,7 @@ unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
                 entry.slots().remove(&id);
                 entry.queue.release(id);
                 entry.queue.forget(id);
+                entry.hooks.write_unlocked(id);
             }
         }
         me.entry = std::ptr::null();
@@ -656,6 +660,7 @@ unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, ofst: c_int, n: c_int
             slot.wal.clear();
         }
         entry.queue.release(id);
+        entry.hooks.write_unlocked(id);
         rc
     }
 }

@@ -306,6 +306,26 @@ impl Drop for Cluster {
     }
 }
 
+/// Like [`dump`], but an error (e.g. the connection was replaced by a snapshot install while
+/// it read) is returned instead of panicking.
+pub fn try_dump(h: &DbHandle, db: &str) -> Result<String, String> {
+    let c = h.open(db).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    let q = |sql: &str| c.blocking_query_sql(sql, vec![]).and_then(|r| r.blocking_collect()).map_err(|e| e.to_string());
+    let schema = q("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name")?;
+    for row in &schema {
+        out.push_str(&format!("{row:?}\n"));
+        if let (Value::Text(t), Value::Text(name)) = (&row[0], &row[1]) {
+            if t == "table" {
+                for r in q(&format!("SELECT * FROM \"{name}\" ORDER BY rowid"))? {
+                    out.push_str(&format!("{r:?}\n"));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Every row of every table plus the schema, as one string (a logical dump).
 pub fn dump(h: &DbHandle, db: &str) -> String {
     let c = h.open(db).unwrap();
