@@ -1,4 +1,5 @@
-//! Leader (and follower) crashes mid-commit under a write load, on the real Raft runtime: 3
+//! Leader (and follower) crashes, and a leader cut off from the others, mid-commit under a
+//! write load, on the real Raft runtime: 3
 //! in-process nodes (memory transport, MemDisk Raft storage that loses, keeps or tears unsynced
 //! data on a crash; database files in temporary directories, restarted as the killed node left
 //! them). Every client is told success, LEADERSHIP_LOST, not-leader or the commit timeout, and the
@@ -193,6 +194,19 @@ async fn run_seed(seed: u64) -> Outcome {
     for _ in 0..rounds {
         tokio::time::sleep(Duration::from_millis(20 + rng.below(80))).await;
         let leader = c.wait_for_leader(WAIT).await.ok();
+        if let (Some(l), 0) = (leader, rng.below(3)) {
+            // The leader is cut off mid-load and steps down while alive: its in-flight commit
+            // has an unknown outcome, and the entry may commit under the next leader (then it
+            // is applied on the old leader as a follower would).
+            tracing::info!(seed, %l, "isolate the leader");
+            c.net().isolate(l);
+            tokio::time::sleep(Duration::from_millis(50 + rng.below(300))).await;
+            c.net().heal();
+            if let Ok(l) = c.wait_for_leader(WAIT).await {
+                hint.store(l.0, Ordering::Relaxed);
+            }
+            continue;
+        }
         let victim = match leader {
             Some(l) if rng.below(3) != 0 => l,
             _ => NodeId(1 + rng.below(3)),
