@@ -392,7 +392,8 @@ fn open<S: StateMachine>(
             if applied.next() < log_first || entries.is_empty() {
                 // The entries the state machine lacks are gone: restore it from the snapshot.
                 // Checked and restored in bounded pieces, never read whole into memory.
-                let io = |e: std::io::Error| RuntimeError::Storage(crate::storage::StorageError::io("read", "snapshot", e));
+                let io =
+                    |e: std::io::Error| RuntimeError::Storage(crate::storage::StorageError::io("read", "snapshot", e));
                 let mut image = storage.snapshots.spool(max_buffer).open(info).map_err(io)?;
                 let len = frame::verify_reader(&mut image)
                     .map_err(io)?
