@@ -40,6 +40,7 @@ fn ioe(e: std::io::Error) -> DbError {
 }
 
 fn stream_db(a: &Applier, out: &mut Crc<&mut dyn Write>) -> Result<(), DbError> {
+    let started = std::time::Instant::now();
     let c = a.conn.conn();
     let r = c.execute_batch("BEGIN IMMEDIATE");
     a.conn.end_statement();
@@ -49,7 +50,12 @@ fn stream_db(a: &Applier, out: &mut Crc<&mut dyn Write>) -> Result<(), DbError> 
         let r0 = shm.region(0).map_err(|c| DbError::sql(c, "wal-index map failed"))?;
         let hdr = wal::read_hdr(&r0);
         let db_size = a.conn.db_file_size().map_err(|c| DbError::sql(c, "database size"))?;
-        let wal_size = if hdr.mx_frame == 0 { 0 } else { 32 + hdr.mx_frame as u64 * (24 + hdr.page_size() as u64) };
+        // A WAL wholly backfilled adds nothing the database file lacks: it is left out.
+        let wal_size = if hdr.mx_frame == 0 || wal::n_backfill(&r0) >= hdr.mx_frame {
+            0
+        } else {
+            32 + hdr.mx_frame as u64 * (24 + hdr.page_size() as u64)
+        };
         let name = a.shared.name.as_bytes();
         out.write_all(&(name.len() as u16).to_le_bytes()).map_err(ioe)?;
         out.write_all(name).map_err(ioe)?;
@@ -70,12 +76,16 @@ fn stream_db(a: &Applier, out: &mut Crc<&mut dyn Write>) -> Result<(), DbError> 
             out.write_all(&buf[..n]).map_err(ioe)?;
             off += n as u64;
         }
-        Ok::<(), DbError>(())
+        Ok::<(u64, u64), DbError>((db_size, wal_size))
     })();
     let end = c.execute_batch("COMMIT");
     a.conn.end_statement();
-    res?;
+    let (db_size, wal_size) = res?;
     end?;
+    tracing::debug!(
+        db = %a.shared.name, db_size, wal_size, lock_held_ms = started.elapsed().as_millis() as u64,
+        "database copied into the snapshot"
+    );
     Ok(())
 }
 
