@@ -11,7 +11,7 @@ mod db_common;
 mod runtime_common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use dqlite_wire::Value;
 type Handles = Arc<Mutex<BTreeMap<NodeId, DbHandle>>>;
 
 /// Bound on every wait (generous: a 64 MiB transfer in a debug build on a shared machine).
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(120);
 /// The buffer bound asserted: the 1 MiB chunk plus slack, far below the database size.
 const MAX_BUFFER: u64 = 2 << 20;
 
@@ -89,7 +89,7 @@ async fn a_follower_far_behind_a_64_mib_database_catches_up_by_snapshot_with_bou
     let hs = handles.clone();
     let factory = Box::new(move |id: NodeId, replicator: Arc<dyn Replicator>| {
         let mut cfg = DbConfig::default();
-        cfg.commit_timeout = Duration::from_secs(20);
+        cfg.commit_timeout = Duration::from_secs(60);
         cfg.checkpoint_every_entries = 8;
         let dbs = Databases::open(&paths[&id], replicator, cfg).expect("databases open");
         hs.lock().unwrap().insert(id, dbs.handle());
@@ -140,11 +140,16 @@ async fn a_follower_far_behind_a_64_mib_database_catches_up_by_snapshot_with_bou
         + std::fs::metadata(dirs[&leader].path().join("db/big.db-wal")).map(|m| m.len()).unwrap_or(0);
     assert!(db_len >= mib << 20, "the leader's database is only {db_len} bytes");
 
-    // One chunk on its way to the victim is damaged: the image is refused and sent again.
+    // One chunk on its way to the victim is damaged: the image is refused and sent again. And
+    // the stream is held up mid-way (chunks past 2 MiB dropped) while writes go on.
     let damaged = Arc::new(AtomicU64::new(0));
-    let d = damaged.clone();
+    let stall = Arc::new(AtomicBool::new(true));
+    let (d, st) = (damaged.clone(), stall.clone());
     c.net().set_filter(Some(Box::new(move |m| {
         if let MessageBody::InstallSnapshot(s) = &mut m.body {
+            if m.to == victim && s.offset >= 2 << 20 && st.load(Ordering::Relaxed) {
+                return false;
+            }
             if m.to == victim && s.offset >= 3 << 20 && !s.data.is_empty() && d.fetch_add(1, Ordering::Relaxed) == 0 {
                 s.data[100] ^= 0x01;
             }
@@ -152,8 +157,15 @@ async fn a_follower_far_behind_a_64_mib_database_catches_up_by_snapshot_with_bou
         true
     })));
     let t1 = Instant::now();
+    let sent0 = lh.metrics().snapshot_chunks_sent;
     c.restart(victim).await.expect("restart");
-    // Writes go on while the snapshot is taken, sent and installed.
+    let streaming = wait_until(WAIT, || {
+        let m = lh.metrics();
+        async move { (m.snapshot_chunks_sent >= sent0 + 2).then_some(()) }
+    })
+    .await;
+    assert!(streaming.is_some(), "the leader never started sending the snapshot: {:?}", lh.metrics());
+    // Writes go on while the snapshot is being sent.
     for i in 0..20 {
         exec(
             &handles,
@@ -163,6 +175,9 @@ async fn a_follower_far_behind_a_64_mib_database_catches_up_by_snapshot_with_bou
         )
         .await;
     }
+    let vm = c.handle(victim).unwrap().metrics();
+    assert_eq!(vm.snapshots_installed, 0, "the transfer was not held up: {vm:?}");
+    stall.store(false, Ordering::Relaxed);
     let installed = wait_until(WAIT, || {
         let m = c.handle(victim).unwrap().metrics();
         async move { (m.snapshots_installed >= 1).then_some(()) }
