@@ -1000,3 +1000,5 @@ impl StateMachine for Databases {
 }
 
 mod snapshot;
+#[cfg(feature = "harness")]
+pub use snapshot::{inject_restore_crash, RESTORE_CRASH_POINTS};

@@ -40,6 +40,7 @@ fn ioe(e: std::io::Error) -> DbError {
 }
 
 fn stream_db(a: &Applier, out: &mut Crc<&mut dyn Write>) -> Result<(), DbError> {
+    let started = std::time::Instant::now();
     let c = a.conn.conn();
     let r = c.execute_batch("BEGIN IMMEDIATE");
     a.conn.end_statement();
@@ -49,7 +50,12 @@ fn stream_db(a: &Applier, out: &mut Crc<&mut dyn Write>) -> Result<(), DbError> 
         let r0 = shm.region(0).map_err(|c| DbError::sql(c, "wal-index map failed"))?;
         let hdr = wal::read_hdr(&r0);
         let db_size = a.conn.db_file_size().map_err(|c| DbError::sql(c, "database size"))?;
-        let wal_size = if hdr.mx_frame == 0 { 0 } else { 32 + hdr.mx_frame as u64 * (24 + hdr.page_size() as u64) };
+        // A WAL wholly backfilled adds nothing the database file lacks: it is left out.
+        let wal_size = if hdr.mx_frame == 0 || wal::n_backfill(&r0) >= hdr.mx_frame {
+            0
+        } else {
+            32 + hdr.mx_frame as u64 * (24 + hdr.page_size() as u64)
+        };
         let name = a.shared.name.as_bytes();
         out.write_all(&(name.len() as u16).to_le_bytes()).map_err(ioe)?;
         out.write_all(name).map_err(ioe)?;
@@ -70,12 +76,16 @@ fn stream_db(a: &Applier, out: &mut Crc<&mut dyn Write>) -> Result<(), DbError> 
             out.write_all(&buf[..n]).map_err(ioe)?;
             off += n as u64;
         }
-        Ok::<(), DbError>(())
+        Ok::<(u64, u64), DbError>((db_size, wal_size))
     })();
     let end = c.execute_batch("COMMIT");
     a.conn.end_statement();
-    res?;
+    let (db_size, wal_size) = res?;
     end?;
+    tracing::debug!(
+        db = %a.shared.name, db_size, wal_size, lock_held_ms = started.elapsed().as_millis() as u64,
+        "database copied into the snapshot"
+    );
     Ok(())
 }
 
@@ -149,9 +159,21 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
 pub(super) fn finish_interrupted_restore(dir: &Path) -> Result<(), DbError> {
     let staging = sibling(dir, ".restore");
     let old = sibling(dir, ".old");
-    if staging.join("COMPLETE").exists() && !dir.join(".present").exists() && old.exists() {
-        // Crashed between the two renames.
+    // `Databases::open` may have created an empty `dir` already: that is no state.
+    let dir_missing = match fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(super::io_err(dir)(e)),
+    };
+    if staging.join("COMPLETE").exists() && dir_missing && old.exists() {
+        if dir.exists() {
+            fs::remove_dir(dir).map_err(super::io_err(dir))?;
+        }
+        // Crashed between the two renames: the new state is complete, install it.
         fs::rename(&staging, dir).map_err(super::io_err(dir))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
     }
     if staging.exists() {
         fs::remove_dir_all(&staging).map_err(super::io_err(&staging))?;
@@ -205,6 +227,7 @@ pub(super) fn restore(dbs: &mut Databases, index: LogIndex, data: &mut dyn Read)
         copy_to(&mut r, &db_path, db_size)?;
         copy_to(&mut r, &with_suffix(&db_path, "-wal"), wal_size)?;
         installed.push(name);
+        crash_point(1)?;
     }
     let computed = r.crc;
     let mut c = [0u8; 4];
@@ -225,8 +248,10 @@ pub(super) fn restore(dbs: &mut Databases, index: LogIndex, data: &mut dyn Read)
         sc.write(&super::sidecar_path(&db_path)).map_err(|e| bad(e.to_string()))?;
     }
     super::write_base(&staging, index)?;
+    crash_point(2)?;
     File::create(staging.join("COMPLETE")).and_then(|f| f.sync_all()).map_err(super::io_err(&staging))?;
     sync_dir(&staging)?;
+    crash_point(3)?;
     // Close everything of the old state.
     dbs.appliers.clear();
     for (_, d) in lock(&dbs.node.dbs).drain() {
@@ -234,11 +259,15 @@ pub(super) fn restore(dbs: &mut Databases, index: LogIndex, data: &mut dyn Read)
     }
     let old = sibling(&dir, ".old");
     fs::rename(&dir, &old).map_err(super::io_err(&dir))?;
+    crash_point(4)?;
     fs::rename(&staging, &dir).map_err(super::io_err(&dir))?;
+    crash_point(5)?;
     if let Some(parent) = dir.parent() {
         sync_dir(parent)?;
     }
+    crash_point(6)?;
     fs::remove_dir_all(&old).map_err(super::io_err(&old))?;
+    crash_point(7)?;
     let _ = fs::remove_file(dir.join("COMPLETE"));
     // Reopen.
     dbs.applied = index;
@@ -250,6 +279,39 @@ pub(super) fn restore(dbs: &mut Databases, index: LogIndex, data: &mut dyn Read)
         dbs.appliers.insert(name, a);
     }
     let _ = sidecar::sync_dir(&dir.join("x"));
+    Ok(())
+}
+
+/// The last step of [`restore`] at which [`inject_restore_crash`] can stop it.
+#[cfg(feature = "harness")]
+pub const RESTORE_CRASH_POINTS: u32 = 7;
+
+#[cfg(feature = "harness")]
+static CRASH_AT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Test support (feature `harness`): the next snapshot restore in this process stops at step
+/// `point` (1 ..= [`RESTORE_CRASH_POINTS`]) as a process crash would, leaving its files as they
+/// are; 0 disables. Reopen the data directory afterwards to see what a restart finds.
+#[cfg(feature = "harness")]
+pub fn inject_restore_crash(point: u32) {
+    CRASH_AT.store(point, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[cfg(feature = "harness")]
+fn crash_point(n: u32) -> Result<(), DbError> {
+    use std::sync::atomic::Ordering;
+    if CRASH_AT.compare_exchange(n, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+        tracing::warn!(point = n, "injected crash during a snapshot restore");
+        return Err(DbError::Io {
+            path: PathBuf::from("<injected crash>"),
+            source: std::io::Error::other(format!("injected crash at restore step {n}")),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "harness"))]
+fn crash_point(_: u32) -> Result<(), DbError> {
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use super::frame::FramedWriter;
 use super::metrics::Metrics;
 use super::Completion;
 use crate::replication::{ApplyError, StateMachine};
+use crate::storage::{SnapshotReader, SnapshotSpool, SnapshotWriter};
 
 /// Work for the apply thread, in the order it must happen.
 #[derive(Debug)]
@@ -19,8 +20,9 @@ pub(crate) enum ApplyJob {
     Entries(Vec<Entry>),
     /// The role, term or leader changed.
     Role { role: StateRole, term: Term, leader: Option<NodeId> },
-    /// Replace all state with a received image (payload without its trailer).
-    Restore { index: LogIndex, payload: Vec<u8> },
+    /// Replace all state with a received image (reads the payload, without its trailer, from
+    /// the stored snapshot: checked end to end before this job was queued).
+    Restore { index: LogIndex, payload: SnapshotReader },
     /// Take a snapshot image.
     Snapshot,
 }
@@ -30,8 +32,8 @@ pub(crate) enum ApplyJob {
 pub(crate) enum ApplyDone {
     /// Everything up to `index` is applied; the state machine is durable up to `durable`.
     Applied { index: LogIndex, durable: LogIndex },
-    /// A framed snapshot image of the state at `index`.
-    Image { index: LogIndex, image: Vec<u8> },
+    /// A framed snapshot image of the state at `index`, streamed into a snapshot file.
+    Image { index: LogIndex, image: SnapshotWriter },
     /// Taking a snapshot failed.
     SnapshotFailed { reason: String },
     /// The state machine refused an entry: applying stopped.
@@ -43,6 +45,7 @@ pub(crate) struct ApplyThread<S: StateMachine> {
     pub(crate) jobs: Receiver<ApplyJob>,
     pub(crate) done: Sender<Completion>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) spool: SnapshotSpool,
     pub(crate) id: NodeId,
 }
 
@@ -82,7 +85,7 @@ impl<S: StateMachine> ApplyThread<S> {
                     self.send(ApplyDone::Applied { index: last, durable: self.sm.durable_index() });
                 }
                 ApplyJob::Role { role, term, leader } => self.sm.role_changed(role, term, leader),
-                ApplyJob::Restore { index, payload } => match self.sm.restore(index, &mut &payload[..]) {
+                ApplyJob::Restore { index, mut payload } => match self.sm.restore(index, &mut payload) {
                     Ok(()) => {
                         applied = index;
                         self.metrics.applied_index.store(applied.0, Ordering::Relaxed);
@@ -96,12 +99,14 @@ impl<S: StateMachine> ApplyThread<S> {
                     }
                 },
                 ApplyJob::Snapshot => {
-                    let mut w = FramedWriter::new(Vec::new());
-                    let r = self
-                        .sm
-                        .snapshot(&mut w)
-                        .map_err(|e| e.to_string())
-                        .and_then(|index| w.finish().map(|image| (index, image)).map_err(|e| e.to_string()));
+                    // Streamed into the snapshot file as the state machine writes it: memory
+                    // does not grow with the image.
+                    let r = self.spool.create().map_err(|e| format!("creating the snapshot file: {e}")).and_then(|f| {
+                        let mut w = FramedWriter::new(f);
+                        let index = self.sm.snapshot(&mut w).map_err(|e| e.to_string())?;
+                        let image = w.finish().map_err(|e| format!("writing the snapshot file: {e}"))?;
+                        Ok((index, image))
+                    });
                     match r {
                         Ok((index, image)) => self.send(ApplyDone::Image { index, image }),
                         Err(reason) => {

@@ -2,7 +2,7 @@
 //! carries their length and CRC32C (layout in `docs/runtime.md`). The image travels unchanged in
 //! `InstallSnapshot` chunks; the receiver checks the trailer before anything is installed.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 /// The trailer's magic bytes.
 pub const SNAPSHOT_TRAILER_MAGIC: [u8; 8] = *b"DQRSNAP\0";
@@ -91,6 +91,24 @@ pub fn verify(image: &[u8]) -> Result<usize, FrameError> {
     let mut c = StreamCheck::default();
     c.update(image);
     c.finish().map(|n| n as usize)
+}
+
+/// The buffer [`verify_reader`] reads an image through.
+pub const VERIFY_BUFFER: usize = 256 * 1024;
+
+/// Checks an image read from `r` in pieces of at most [`VERIFY_BUFFER`] bytes (memory does not
+/// grow with the image); returns the payload's length. The outer error is a failed read.
+pub fn verify_reader(r: &mut dyn Read) -> io::Result<Result<u64, FrameError>> {
+    let mut c = StreamCheck::default();
+    let mut buf = vec![0u8; VERIFY_BUFFER];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(c.finish()),
+            Ok(n) => c.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Checks an image that arrives in pieces (the last [`SNAPSHOT_TRAILER_LEN`] bytes are held back
@@ -194,5 +212,16 @@ mod tests {
         }
         assert_eq!(verify(&img[..10]), Err(FrameError::TooShort(10)));
         assert!(matches!(verify(&img[1..]), Err(FrameError::BadLength { .. } | FrameError::BadChecksum { .. })));
+    }
+
+    #[test]
+    fn a_reader_is_checked_in_bounded_pieces() {
+        let payload: Vec<u8> = (0..(3 * VERIFY_BUFFER + 17)).map(|i| (i * 7) as u8).collect();
+        let img = image(&payload);
+        assert_eq!(verify_reader(&mut &img[..]).unwrap(), Ok(payload.len() as u64));
+        let mut bad = img.clone();
+        bad[VERIFY_BUFFER + 3] ^= 1;
+        assert!(matches!(verify_reader(&mut &bad[..]).unwrap(), Err(FrameError::BadChecksum { .. })));
+        assert_eq!(verify_reader(&mut &img[..5]).unwrap(), Err(FrameError::TooShort(5)));
     }
 }

@@ -18,6 +18,8 @@ pub(crate) struct Metrics {
     pub(crate) messages_dropped: AtomicU64,
     pub(crate) compacted_index: AtomicU64,
     pub(crate) in_memory_entries: AtomicU64,
+    /// The largest single buffer of snapshot bytes held in memory (shared with the spool).
+    pub(crate) snapshot_max_buffer: std::sync::Arc<AtomicU64>,
     pub(crate) disk_full: AtomicBool,
     pub(crate) poisoned: AtomicBool,
     pub(crate) apply_failed: AtomicBool,
@@ -53,6 +55,9 @@ pub struct MetricsSnapshot {
     pub compacted_index: u64,
     /// Entries the core holds in memory.
     pub in_memory_entries: u64,
+    /// The largest single buffer of snapshot bytes this node held in memory while taking,
+    /// storing, sending, receiving, checking or restoring a snapshot (bytes).
+    pub snapshot_max_buffer: u64,
     /// Appends are waiting for disk space.
     pub disk_full: bool,
     /// A storage failure poisoned writes.
@@ -79,6 +84,7 @@ impl Metrics {
             messages_dropped: l(&self.messages_dropped),
             compacted_index: l(&self.compacted_index),
             in_memory_entries: l(&self.in_memory_entries),
+            snapshot_max_buffer: l(&self.snapshot_max_buffer),
             disk_full: b(&self.disk_full),
             poisoned: b(&self.poisoned),
             apply_failed: b(&self.apply_failed),

@@ -255,10 +255,12 @@ impl Runtime {
         inbox: Inbox,
     ) -> Result<RuntimeHandle, RuntimeError> {
         let o = opts.clone();
-        let (storage, core, sm, snapshot) = tokio::task::spawn_blocking(move || open(&o, backend, sm))
+        let metrics = Arc::new(Metrics::default());
+        let max_buffer = metrics.snapshot_max_buffer.clone();
+        let (storage, core, sm, snapshot) = tokio::task::spawn_blocking(move || open(&o, backend, sm, max_buffer))
             .await
             .map_err(|e| RuntimeError::StateMachine(format!("open task failed: {e}")))??;
-        let metrics = Arc::new(Metrics::default());
+        let spool = storage.snapshots.spool(metrics.snapshot_max_buffer.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done_rx) = mpsc::channel(opts.storage_queue + opts.apply_queue + 16);
         let (storage_tx, storage_rx) = sync_channel(opts.storage_queue.max(1));
@@ -274,7 +276,7 @@ impl Runtime {
             disk_full_retry: opts.disk_full_retry,
             id: opts.id,
         };
-        let at = ApplyThread { sm, jobs: apply_rx, done: done_tx, metrics: Arc::clone(&metrics), id: opts.id };
+        let at = ApplyThread { sm, jobs: apply_rx, done: done_tx, metrics: Arc::clone(&metrics), spool, id: opts.id };
         let storage_join = std::thread::Builder::new()
             .name(format!("dqlite-storage-{}", opts.id))
             .spawn(move || st.run())
@@ -352,6 +354,7 @@ fn open<S: StateMachine>(
     opts: &RuntimeOptions,
     backend: Arc<dyn Backend>,
     mut sm: S,
+    max_buffer: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<(Storage, RawNode, S, Option<SnapshotMeta>), RuntimeError> {
     let mut storage = Storage::open(backend, opts.storage)?;
     let hs = storage.meta.load();
@@ -388,12 +391,16 @@ fn open<S: StateMachine>(
         if applied < meta.index {
             if applied.next() < log_first || entries.is_empty() {
                 // The entries the state machine lacks are gone: restore it from the snapshot.
-                let mut image = storage.snapshots.read(info)?;
-                let len = frame::verify(&image)
+                // Checked and restored in bounded pieces, never read whole into memory.
+                let io =
+                    |e: std::io::Error| RuntimeError::Storage(crate::storage::StorageError::io("read", "snapshot", e));
+                let mut image = storage.snapshots.spool(max_buffer).open(info).map_err(io)?;
+                let len = frame::verify_reader(&mut image)
+                    .map_err(io)?
                     .map_err(|source| RuntimeError::CorruptSnapshot { index: meta.index, source })?;
-                image.truncate(len);
+                image.rewind(len);
                 tracing::info!(id = %opts.id, index = %meta.index, "restoring the state machine from the snapshot");
-                sm.restore(meta.index, &mut &image[..]).map_err(|e| RuntimeError::StateMachine(e.to_string()))?;
+                sm.restore(meta.index, &mut image).map_err(|e| RuntimeError::StateMachine(e.to_string()))?;
                 applied = meta.index;
             }
             // Entries up to the snapshot are not handed out again by the core: apply them here.
@@ -596,6 +603,7 @@ impl<T: Transport> Driver<T> {
             return;
         }
         if let MessageBody::InstallSnapshot(s) = &m.body {
+            self.metrics.snapshot_max_buffer.fetch_max(s.data.len() as u64, Ordering::Relaxed);
             if s.done && !self.snapshot_image_ok(&m) {
                 return;
             }

@@ -19,15 +19,15 @@ use tokio::sync::mpsc::Sender;
 
 use super::frame;
 use super::metrics::Metrics;
-use crate::storage::{SnapshotInfo, Storage, StorageError};
+use crate::storage::{SnapshotInfo, SnapshotReader, SnapshotWriter, Storage, StorageError};
 
 /// Work for the storage thread.
 #[derive(Debug)]
 pub(crate) enum StorageJob {
     /// Steps 2–5 of one `Ready`.
     Persist(PersistJob),
-    /// Write a snapshot image taken locally.
-    WriteSnapshot { meta: SnapshotMeta, image: Vec<u8> },
+    /// Commit a snapshot image taken locally (already streamed into its file).
+    WriteSnapshot { meta: SnapshotMeta, image: SnapshotWriter },
     /// Read bytes of the current snapshot for a follower.
     ReadChunk(SnapshotChunkRequest),
     /// Remove log segments wholly at or below `up_to`.
@@ -49,8 +49,8 @@ pub(crate) struct PersistJob {
 pub(crate) enum StorageDone {
     /// Every persist job up to `seq` is durable.
     Persisted { seq: u64 },
-    /// A received snapshot was stored and verified; `payload` is the state machine's image.
-    Installed { seq: u64, index: LogIndex, payload: Vec<u8> },
+    /// A received snapshot was stored and verified; `payload` reads the state machine's image.
+    Installed { seq: u64, index: LogIndex, payload: SnapshotReader },
     /// The disk is full: appends are retried until space returns.
     DiskFull { reason: String },
     /// Space came back; appends go through again.
@@ -253,9 +253,18 @@ impl StorageThread {
                 info.index, info.term, install.meta.index, install.meta.term
             ));
         }
-        let mut image = self.storage.snapshots.read(&info).map_err(|e| e.to_string())?;
-        let len = frame::verify(&image).map_err(|e| format!("stored snapshot {}: {e}", info.index))?;
-        image.truncate(len);
+        // Checked again as stored, read back in bounded pieces; the apply thread then reads the
+        // payload from the file (never whole in memory).
+        let mut image = self
+            .storage
+            .snapshots
+            .spool(self.metrics.snapshot_max_buffer.clone())
+            .open(&info)
+            .map_err(|e| format!("opening stored snapshot {}: {e}", info.index))?;
+        let len = frame::verify_reader(&mut image)
+            .map_err(|e| format!("reading stored snapshot {}: {e}", info.index))?
+            .map_err(|e| format!("stored snapshot {}: {e}", info.index))?;
+        image.rewind(len);
         let index = install.meta.index;
         if install.keep_log {
             self.storage.log.compact(index).map_err(|e| e.to_string())?;
@@ -274,7 +283,7 @@ impl StorageThread {
                 if poisoned {
                     return;
                 }
-                match self.storage.snapshots.write(info_of(&meta), &mut &image[..]) {
+                match self.storage.snapshots.commit_local(info_of(&meta), image) {
                     Ok(_) => {
                         self.metrics.snapshots_taken.fetch_add(1, Ordering::Relaxed);
                         self.send(StorageDone::SnapshotWritten { index: meta.index });
@@ -300,6 +309,7 @@ impl StorageThread {
                     return;
                 };
                 let mut buf = vec![0u8; req.max_bytes.min(info.data_len.saturating_sub(req.offset)) as usize];
+                self.metrics.snapshot_max_buffer.fetch_max(buf.len() as u64, Ordering::Relaxed);
                 match self.storage.snapshots.read_chunk(&info, req.offset, &mut buf) {
                     Ok(n) => {
                         buf.truncate(n);

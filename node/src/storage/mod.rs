@@ -73,7 +73,7 @@ pub use dqlite_raft::HardState;
 pub use error::{CorruptReason, InvalidRequest, Result, StorageError};
 pub use log::{LogOptions, LogStore};
 pub use meta::{MetaStore, META_FILES};
-pub use snapshot::{SnapshotInfo, SnapshotStore, SNAPSHOTS_KEPT};
+pub use snapshot::{SnapshotInfo, SnapshotReader, SnapshotSpool, SnapshotStore, SnapshotWriter, SNAPSHOTS_KEPT};
 
 use backend::{Backend, BackendFile, DirLock, OpenMode};
 

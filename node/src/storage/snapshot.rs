@@ -6,10 +6,14 @@
 //! snapshot but the newest two is removed (metadata first). On open, `*.tmp` files and data
 //! files without metadata (an interrupted write or removal) are deleted.
 //!
-//! Data arrives either all at once ([`SnapshotStore::write`], a snapshot taken locally) or in
-//! chunks from a leader ([`SnapshotStore::receive_chunk`] then [`SnapshotStore::finish_receive`]).
+//! Data arrives all at once ([`SnapshotStore::write`]), streamed by another thread into a
+//! [`SnapshotWriter`] from a [`SnapshotSpool`] and then committed ([`SnapshotStore::commit_local`],
+//! a snapshot taken locally), or in chunks from a leader ([`SnapshotStore::receive_chunk`] then
+//! [`SnapshotStore::finish_receive`]). It is read back in bounded pieces through a
+//! [`SnapshotReader`] (never whole), so no path holds a whole snapshot in memory.
 
-use std::io::Read;
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dqlite_raft::{LogIndex, Term};
@@ -71,6 +75,130 @@ struct Incoming {
     tmp_name: String,
     written: u64,
     crc: u32,
+}
+
+/// The temporary file name of a snapshot being taken locally (one at a time).
+const LOCAL_TMP: &str = "snapshot-local.tmp";
+
+/// Creates and opens snapshot files from threads other than the store's owner (the apply
+/// thread streams a local snapshot into one; the restore reads one back), recording the largest
+/// single buffer passed through them in `max_buffer`.
+#[derive(Debug, Clone)]
+pub struct SnapshotSpool {
+    backend: Arc<dyn Backend>,
+    max_buffer: Arc<AtomicU64>,
+}
+
+impl SnapshotSpool {
+    /// Starts the data file of a snapshot taken locally (replacing a leftover one). Commit it
+    /// with [`SnapshotStore::commit_local`]; dropped uncommitted, it is removed.
+    pub fn create(&self) -> io::Result<SnapshotWriter> {
+        let file = match self.backend.open(LOCAL_TMP, OpenMode::CreateNew) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.backend.remove(LOCAL_TMP)?;
+                self.backend.open(LOCAL_TMP, OpenMode::CreateNew)?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(SnapshotWriter {
+            backend: self.backend.clone(),
+            file: Some(file),
+            written: 0,
+            crc: 0,
+            max_buffer: self.max_buffer.clone(),
+        })
+    }
+
+    /// Opens a stored snapshot's data for reading from the start.
+    pub fn open(&self, info: &SnapshotInfo) -> io::Result<SnapshotReader> {
+        let name = data_name(info.index, info.term);
+        let file = self.backend.open(&name, OpenMode::Existing)?;
+        Ok(SnapshotReader { file, name, pos: 0, end: info.data_len, max_buffer: self.max_buffer.clone() })
+    }
+}
+
+/// The data of a snapshot being taken locally (see [`SnapshotSpool::create`]). Every `write`
+/// goes straight to the file: nothing is buffered here.
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    backend: Arc<dyn Backend>,
+    file: Option<Box<dyn BackendFile>>,
+    written: u64,
+    crc: u32,
+    max_buffer: Arc<AtomicU64>,
+}
+
+impl SnapshotWriter {
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.written
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.written == 0
+    }
+}
+
+impl Write for SnapshotWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(f) = self.file.as_mut() else { return Err(io::Error::other("snapshot writer already committed")) };
+        self.max_buffer.fetch_max(buf.len() as u64, Ordering::Relaxed);
+        f.write_at(self.written, buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, buf);
+        self.written += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SnapshotWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            // Not committed: the next open removes it if this fails.
+            let _ = self.backend.remove(LOCAL_TMP);
+        }
+    }
+}
+
+/// Reads a stored snapshot's data in the caller's buffers (see [`SnapshotSpool::open`]).
+#[derive(Debug)]
+pub struct SnapshotReader {
+    file: Box<dyn BackendFile>,
+    name: String,
+    pos: u64,
+    end: u64,
+    max_buffer: Arc<AtomicU64>,
+}
+
+impl SnapshotReader {
+    /// Starts again from the first byte, reading no further than `end`.
+    pub fn rewind(&mut self, end: u64) {
+        self.pos = 0;
+        self.end = end;
+    }
+
+    /// The file's name (for error messages).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Read for SnapshotReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (self.end.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.max_buffer.fetch_max(n as u64, Ordering::Relaxed);
+        self.file.read_at(self.pos, &mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 /// Durable snapshots, newest two kept.
@@ -206,13 +334,33 @@ impl SnapshotStore {
         self.append_data(data)
     }
 
+    /// A spool for writing and reading snapshot data on other threads.
+    pub fn spool(&self, max_buffer: Arc<AtomicU64>) -> SnapshotSpool {
+        SnapshotSpool { backend: self.backend.clone(), max_buffer }
+    }
+
+    /// Makes a snapshot streamed into `data` (from [`SnapshotSpool::create`]) durable and
+    /// current under `info`; returns its completed metadata. A receive in progress is kept.
+    pub fn commit_local(&mut self, info: SnapshotInfo, mut data: SnapshotWriter) -> Result<SnapshotInfo> {
+        self.poison.check()?;
+        let Some(file) = data.file.take() else {
+            return Err(StorageError::Invalid(InvalidRequest::SnapshotChunkOutOfOrder));
+        };
+        let inc = Incoming { info, file, tmp_name: LOCAL_TMP.to_owned(), written: data.written, crc: data.crc };
+        self.complete(inc)
+    }
+
     /// Makes the snapshot received through [`SnapshotStore::receive_chunk`] durable and
     /// current; returns its completed metadata.
     pub fn finish_receive(&mut self) -> Result<SnapshotInfo> {
         self.poison.check()?;
-        let Some(mut inc) = self.incoming.take() else {
+        let Some(inc) = self.incoming.take() else {
             return Err(StorageError::Invalid(InvalidRequest::SnapshotChunkOutOfOrder));
         };
+        self.complete(inc)
+    }
+
+    fn complete(&mut self, mut inc: Incoming) -> Result<SnapshotInfo> {
         let dtmp = inc.tmp_name.clone();
         inc.file.sync().map_err(|e| self.poison.sync_error(&dtmp, e))?;
         drop(inc.file);
@@ -303,7 +451,8 @@ impl SnapshotStore {
         }
     }
 
-    /// Reads a whole snapshot's data, checking it against its metadata.
+    /// Reads a whole snapshot's data, checking it against its metadata (tests and small
+    /// snapshots; the runtime streams through [`SnapshotSpool::open`]).
     pub fn read(&self, info: &SnapshotInfo) -> Result<Vec<u8>> {
         let (name, f) = self.open_data(info)?;
         let mut buf = vec![0u8; info.data_len as usize];
@@ -329,5 +478,90 @@ impl SnapshotStore {
         let name = data_name(info.index, info.term);
         let f = self.backend.open(&name, OpenMode::Existing).map_err(|e| StorageError::io("open", &name, e))?;
         Ok((name, f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use dqlite_raft::{LogIndex, Term};
+
+    use super::SnapshotInfo;
+    use crate::storage::backend::{Backend, MemBackend};
+    use crate::storage::{Storage, StorageOptions};
+
+    #[test]
+    fn a_local_snapshot_streams_through_the_spool_and_reads_back_in_bounded_pieces() {
+        let backend = Arc::new(MemBackend::new());
+        let mut s = Storage::open(backend.clone(), StorageOptions::default()).unwrap();
+        let max = Arc::new(AtomicU64::new(0));
+        let spool = s.snapshots.spool(max.clone());
+        // A receive in progress is not disturbed by a local commit.
+        let incoming = SnapshotInfo::new(LogIndex(9), Term(2), LogIndex(1), vec![1]);
+        s.snapshots.receive_chunk(&incoming, 0, b"partial").unwrap();
+
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut w = spool.create().unwrap();
+        for piece in payload.chunks(4096) {
+            w.write_all(piece).unwrap();
+        }
+        assert_eq!(w.len(), payload.len() as u64);
+        let info = SnapshotInfo::new(LogIndex(5), Term(1), LogIndex(1), vec![7]);
+        let done = s.snapshots.commit_local(info, w).unwrap();
+        assert_eq!(done.data_len, payload.len() as u64);
+        assert_eq!(done.data_crc, crc32c::crc32c(&payload));
+        assert_eq!(max.load(Ordering::Relaxed), 4096);
+        assert!(!backend.list().unwrap().iter().any(|n| n == super::LOCAL_TMP));
+
+        let mut r = spool.open(&done).unwrap();
+        let mut back = Vec::new();
+        let mut buf = vec![0u8; 1000];
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            back.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(back, payload);
+        assert_eq!(max.load(Ordering::Relaxed), 4096);
+        r.rewind(10);
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).unwrap();
+        assert_eq!(all, &payload[..10]);
+
+        // The receive goes on and completes.
+        s.snapshots.receive_chunk(&incoming, 7, b" and the rest").unwrap();
+        assert_eq!(s.snapshots.finish_receive().unwrap().data_len, 20);
+        drop(s);
+        let s = Storage::open(backend.clone(), StorageOptions::default()).unwrap();
+        let kept: Vec<LogIndex> = s.snapshots.list().iter().map(|i| i.index).collect();
+        assert_eq!(kept, vec![LogIndex(5), LogIndex(9)]);
+    }
+
+    #[test]
+    fn an_uncommitted_local_snapshot_leaves_nothing_behind() {
+        let backend = Arc::new(MemBackend::new());
+        let s = Storage::open(backend.clone(), StorageOptions::default()).unwrap();
+        let spool = s.snapshots.spool(Arc::default());
+        let mut w = spool.create().unwrap();
+        w.write_all(b"half an image").unwrap();
+        assert!(backend.list().unwrap().iter().any(|n| n == super::LOCAL_TMP));
+        drop(w);
+        assert!(!backend.list().unwrap().iter().any(|n| n == super::LOCAL_TMP));
+        // A leftover from a crash is replaced by the next one, and removed at open.
+        let mut w = spool.create().unwrap();
+        w.write_all(b"x").unwrap();
+        std::mem::forget(w);
+        let mut w = spool.create().unwrap();
+        w.write_all(b"y").unwrap();
+        std::mem::forget(w);
+        drop(s);
+        let s = Storage::open(backend.clone(), StorageOptions::default()).unwrap();
+        assert!(!backend.list().unwrap().iter().any(|n| n == super::LOCAL_TMP));
+        assert!(s.snapshots.latest().is_none());
     }
 }

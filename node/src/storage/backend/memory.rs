@@ -52,10 +52,13 @@ struct FileState {
 
 fn apply_write(buf: &mut Vec<u8>, offset: u64, data: &[u8]) {
     let off = offset as usize;
-    if buf.len() < off + data.len() {
-        buf.resize(off + data.len(), 0);
+    if buf.len() < off {
+        buf.resize(off, 0);
     }
-    buf[off..off + data.len()].copy_from_slice(data);
+    // Overwrite what exists, append the rest (a copy, not a per-byte fill: fast in debug builds).
+    let overlap = (buf.len() - off).min(data.len());
+    buf[off..off + overlap].copy_from_slice(&data[..overlap]);
+    buf.extend_from_slice(&data[overlap..]);
 }
 
 #[derive(Debug, Default)]
