@@ -155,6 +155,11 @@ impl Session {
         self.stream.peer()
     }
 
+    /// Whether this session runs over an in-process pipe to a node of this process.
+    pub fn is_in_process(&self) -> bool {
+        self.stream.is_in_process()
+    }
+
     /// Is there nothing owed and the socket still open? (Non-blocking.)
     pub fn is_idle_alive(&mut self) -> bool {
         self.outstanding == Outstanding::None && self.stream.is_idle_alive()
