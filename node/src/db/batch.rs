@@ -58,11 +58,22 @@ pub struct BatchStats {
     pub statements: u64,
     /// Times a batch was restarted because a statement rolled the transaction back.
     pub restarts: u64,
+    /// Time spent running the statements of batches (BEGIN to the last RELEASE), in µs.
+    pub exec_micros: u64,
+    /// Time spent in COMMIT (capture, Raft round, write-through), in µs.
+    pub commit_micros: u64,
 }
 
 static BATCHES: AtomicU64 = AtomicU64::new(0);
 static STATEMENTS: AtomicU64 = AtomicU64::new(0);
 static RESTARTS: AtomicU64 = AtomicU64::new(0);
+static EXEC_MICROS: AtomicU64 = AtomicU64::new(0);
+static COMMIT_MICROS: AtomicU64 = AtomicU64::new(0);
+/// When the counters were last logged (µs since [`EPOCH`]).
+static LOGGED_AT: AtomicU64 = AtomicU64::new(0);
+static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+/// How often the batch threads log the counters (at debug level) while they work.
+const LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// The group commit's counters so far (process-wide).
 pub fn stats() -> BatchStats {
@@ -70,7 +81,30 @@ pub fn stats() -> BatchStats {
         batches: BATCHES.load(Ordering::Relaxed),
         statements: STATEMENTS.load(Ordering::Relaxed),
         restarts: RESTARTS.load(Ordering::Relaxed),
+        exec_micros: EXEC_MICROS.load(Ordering::Relaxed),
+        commit_micros: COMMIT_MICROS.load(Ordering::Relaxed),
     }
+}
+
+fn maybe_log() {
+    let now = EPOCH.get_or_init(std::time::Instant::now).elapsed().as_micros() as u64;
+    let last = LOGGED_AT.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < LOG_EVERY.as_micros() as u64
+        || LOGGED_AT.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+    {
+        return;
+    }
+    let s = stats();
+    let b = s.batches.max(1);
+    tracing::debug!(
+        batches = s.batches,
+        statements = s.statements,
+        mean_batch = s.statements as f64 / b as f64,
+        restarts = s.restarts,
+        exec_us_per_batch = s.exec_micros / b,
+        commit_us_per_batch = s.commit_micros / b,
+        "group commit counters"
+    );
 }
 
 /// One autocommit statement to run in a batch.
@@ -315,6 +349,7 @@ fn run_batch(vc: &VfsConnection, db: &DbShared, stmts: &[BatchStatement]) -> Vec
     let mut out: Vec<Option<BatchOutcome>> = (0..n).map(|_| None).collect();
     // Statements whose error ended the transaction: final, not run again.
     let mut final_err = vec![false; n];
+    let started = std::time::Instant::now();
     'attempt: loop {
         let begun = c.execute_batch("BEGIN IMMEDIATE");
         if let Err(e) = begun {
@@ -371,7 +406,11 @@ fn run_batch(vc: &VfsConnection, db: &DbShared, stmts: &[BatchStatement]) -> Vec
             }
             out[i] = Some(BatchOutcome { result, last_insert_rowid: rowid, changes });
         }
+        let committing = std::time::Instant::now();
+        EXEC_MICROS.fetch_add((committing - started).as_micros() as u64, Ordering::Relaxed);
         let committed = c.execute_batch("COMMIT");
+        COMMIT_MICROS.fetch_add(committing.elapsed().as_micros() as u64, Ordering::Relaxed);
+        maybe_log();
         if let Err(e) = committed {
             let e = error(e);
             if !c.is_autocommit() {
