@@ -15,6 +15,7 @@
 //! `docs/replication.md`. Entry bytes: `docs/entry-format.md`.
 #![deny(unsafe_code)]
 
+pub mod batch;
 pub mod conn;
 pub mod entry;
 pub mod sidecar;
@@ -60,6 +61,10 @@ pub struct DbConfig {
     pub checkpoint_wal_frames: u32,
     /// SQLite page cache per connection, in KiB (bounded memory).
     pub cache_size_kib: u32,
+    /// Group commit of concurrent autocommit writes to one database (`batch.rs`,
+    /// docs/replication.md). Default on; the environment variable `DQLITE_GROUP_COMMIT=0`
+    /// turns it off in `Default` (for side-by-side benchmarks).
+    pub group_commit: bool,
 }
 
 impl Default for DbConfig {
@@ -70,6 +75,7 @@ impl Default for DbConfig {
             checkpoint_every_entries: 1000,
             checkpoint_wal_frames: 4000,
             cache_size_kib: 2048,
+            group_commit: std::env::var("DQLITE_GROUP_COMMIT").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -213,6 +219,8 @@ pub(crate) struct DbShared {
     st: Mutex<DbState>,
     cv: Condvar,
     entry: Mutex<Option<Arc<DbEntry>>>,
+    /// Group commit of autocommit statements (`batch.rs`).
+    batch: batch::BatchSlot,
 }
 
 impl DbShared {
@@ -446,6 +454,7 @@ impl NodeShared {
             }),
             cv: Condvar::new(),
             entry: Mutex::new(None),
+            batch: batch::BatchSlot::default(),
         });
         let path_str = path.to_str().ok_or_else(|| DbError::InvalidName(name.to_string()))?;
         let ventry = vfs::register_db(path_str, shared.clone());

@@ -798,6 +798,14 @@ impl VfsConnection {
         self.busy.entry.queue.holds(self.busy.id)
     }
 
+    /// Sets what `last_insert_rowid()` returns on this connection (`sqlite3_set_last_insert_rowid`):
+    /// the group commit runs other connections' statements on one connection and gives each
+    /// the value its own connection would have.
+    pub fn set_last_insert_rowid(&self, rowid: i64) {
+        // SAFETY: `conn.handle()` is this live connection's sqlite3 handle, used on its own thread.
+        unsafe { ffi::sqlite3_set_last_insert_rowid(self.conn.handle(), rowid) };
+    }
+
     /// Drops the connection's place in the write-lock queue unless it holds the lock. Call after
     /// every statement: a statement that ended with `SQLITE_BUSY` outside the busy handler (a
     /// deferred transaction upgrading to a write) must not keep others waiting.
