@@ -178,7 +178,7 @@ PY
 done
 
 echo "== report" >&2
-"$REPORT" --results "$RESULTS" --doc "$DOC" --chart "$CHART" --command "$CMD" --secs "$SECS"
+"$REPORT" --results "$RESULTS" --doc "$DOC" --chart "$CHART" --command "$CMD" --secs "$SECS" --profile "$PROFILE"
 if [ "${#failures[@]}" -gt 0 ]; then
   echo "failed measurements (logs in $OUT): ${failures[*]}" >&2
   exit 1

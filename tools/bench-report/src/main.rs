@@ -58,6 +58,7 @@ struct Args {
     chart: PathBuf,
     command: String,
     secs: String,
+    profile: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -66,6 +67,7 @@ fn parse_args() -> Result<Args, String> {
     let mut chart = None;
     let mut command = None;
     let mut secs = None;
+    let mut profile = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -75,6 +77,7 @@ fn parse_args() -> Result<Args, String> {
             "--chart" => chart = Some(PathBuf::from(value)),
             "--command" => command = Some(value),
             "--secs" => secs = Some(value),
+            "--profile" => profile = Some(value),
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
@@ -84,6 +87,7 @@ fn parse_args() -> Result<Args, String> {
         chart: chart.ok_or("--chart is required")?,
         command: command.ok_or("--command is required")?,
         secs: secs.unwrap_or_else(|| "?".to_owned()),
+        profile: profile.unwrap_or_else(|| "release".to_owned()),
     })
 }
 
@@ -297,6 +301,16 @@ fn section(args: &Args, results: &Results, rss: &Rss) -> String {
          absolute numbers from other days.\n",
         args.secs
     );
+    if args.profile != "release" {
+        let _ = writeln!(
+            out,
+            "**Smoke run:** `workload_bench` and `dqlited` were built in the `{}` profile (no \
+             optimisation), so these numbers say nothing about a release build's speed: this run \
+             shows that the script works. The full run is \
+             `tools/bench.sh` (release build, 10 s per measurement) on a quiet machine.\n",
+            args.profile
+        );
+    }
     let _ = writeln!(out, "Reproduce:\n\n```text\n{}\n```\n", args.command);
     let _ = writeln!(out, "Machine:\n");
     for (k, v) in machine_facts() {
@@ -494,7 +508,7 @@ fn main() -> Result<(), BoxError> {
     let args = match parse_args() {
         Ok(a) => a,
         Err(msg) => {
-            eprintln!("bench-report: {msg}\nusage: bench-report --results FILE --doc FILE --chart FILE --command TEXT [--secs N]");
+            eprintln!("bench-report: {msg}\nusage: bench-report --results FILE --doc FILE --chart FILE --command TEXT [--secs N] [--profile P]");
             std::process::exit(2);
         }
     };
