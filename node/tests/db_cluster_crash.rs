@@ -43,6 +43,9 @@ enum Told {
 fn classify(code: i32) -> Option<Told> {
     match code {
         SQLITE_IOERR_NOT_LEADER => Some(Told::NotCommitted),
+        // Waited for the write lock (e.g. behind an unknown outcome) past the busy timeout:
+        // nothing was proposed.
+        libsqlite3_sys::SQLITE_BUSY => Some(Told::NotCommitted),
         SQLITE_IOERR_LEADERSHIP_LOST | SQLITE_IOERR_COMMIT_TIMEOUT => Some(Told::Unknown),
         _ => None,
     }

@@ -236,6 +236,14 @@ impl DbShared {
         lock(&self.entry).clone()
     }
 
+    /// Wakes the writers waiting at the write lock (the gate of `writes_allowed` may be open).
+    /// Never called with `st` held (the queue's lock is taken before `st`).
+    fn writers_may_go(&self) {
+        if let Some(e) = self.vfs_entry() {
+            e.wake_writers();
+        }
+    }
+
     /// The failure of `conn`'s last capture, if any (taken).
     pub(crate) fn take_failure(&self, conn: ConnId) -> Option<CaptureFailure> {
         lock(&self.st).failures.remove(&conn)
@@ -392,6 +400,12 @@ impl DbHooks for DbShared {
         st.sidecar = sc;
         st.commits_in_gen = 0;
         Ok(())
+    }
+
+    fn writes_allowed(&self) -> bool {
+        // A transaction that began now could not see the unresolved entry, which may still
+        // commit: writers wait until its fate is known (and, if it committed, it is applied).
+        lock(&self.st).unresolved.is_none()
     }
 
     fn write_unlocked(&self, conn: ConnId) {
@@ -804,15 +818,18 @@ impl Databases {
         self.appliers.get_mut(name).ok_or_else(|| "database vanished".to_string())
     }
 
-    /// Resolves unknown-outcome proposals of every database up to `index`.
-    fn resolve_unresolved(&self, index: LogIndex, term: Term, db: Option<&str>) -> Option<String> {
+    /// Resolves unknown-outcome proposals of every database up to `index` (the entry at
+    /// `index` of `term`, of database `db`, is being applied). Returns the database whose own
+    /// unresolved proposal this entry is: it stays unresolved (its writers keep waiting) until
+    /// the caller has applied it and calls [`Databases::resolved`].
+    fn resolve_unresolved(&self, index: LogIndex, term: Term, db: Option<&str>) -> Option<Arc<DbShared>> {
         let mut ours = None;
+        let mut woken = Vec::new();
         for d in lock(&self.node.dbs).values() {
             let mut st = lock(&d.st);
             if let Some(p) = st.unresolved {
                 if p.index == index && p.term == term && db == Some(d.name.as_str()) {
-                    ours = Some(d.name.clone());
-                    st.unresolved = None;
+                    ours = Some(d.clone());
                     tracing::info!(
                         db = d.name,
                         index = index.0,
@@ -821,11 +838,22 @@ impl Databases {
                 } else if p.index <= index {
                     tracing::info!(db = d.name, index = p.index.0, "a commit with unknown outcome did not commit");
                     st.unresolved = None;
+                    woken.push(d.clone());
                 }
                 d.cv.notify_all();
             }
         }
+        for d in woken {
+            d.writers_may_go();
+        }
         ours
+    }
+
+    /// `d`'s unresolved proposal was applied: its writers go on.
+    fn resolved(d: &DbShared) {
+        lock(&d.st).unresolved = None;
+        d.cv.notify_all();
+        d.writers_may_go();
     }
 
     fn apply_frames(&mut self, e: &RaftEntry, fe: &FramesEntry<'_>) -> Result<(), ApplyError> {
@@ -958,6 +986,9 @@ impl StateMachine for Databases {
                     tracing::debug!(index = e.index.0, "applying our own unresolved entry as a follower");
                 }
                 self.apply_frames(e, &fe)?;
+                if let Some(d) = ours {
+                    Self::resolved(&d);
+                }
                 touched = Some(fe.db.to_string());
             }
         }
@@ -1004,7 +1035,21 @@ impl StateMachine for Databases {
     }
 
     fn restore(&mut self, index: LogIndex, data: &mut dyn Read) -> Result<(), ApplyError> {
-        snapshot::restore(self, index, data).map_err(|e| ApplyError { index, reason: e.to_string() })
+        snapshot::restore(self, index, data).map_err(|e| ApplyError { index, reason: e.to_string() })?;
+        // The image holds the fate of every proposal up to `index`.
+        let mut woken = Vec::new();
+        for d in lock(&self.node.dbs).values() {
+            let mut st = lock(&d.st);
+            if st.unresolved.is_some_and(|p| p.index <= index) {
+                st.unresolved = None;
+                d.cv.notify_all();
+                woken.push(d.clone());
+            }
+        }
+        for d in woken {
+            d.writers_may_go();
+        }
+        Ok(())
     }
 }
 

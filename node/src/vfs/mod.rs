@@ -87,6 +87,12 @@ pub trait DbHooks: Send + Sync + 'static {
     /// `conn` released the WAL write lock (or closed): whatever it committed is published in
     /// the wal-index.
     fn write_unlocked(&self, _conn: ConnId) {}
+    /// Whether client connections may take the WAL write lock now (priority connections always
+    /// may). While false, writers wait in the queue, bounded by their busy timeout; call
+    /// [`DbEntry::wake_writers`] when it turns true.
+    fn writes_allowed(&self) -> bool {
+        true
+    }
 }
 
 struct ConnSlot {
@@ -118,6 +124,12 @@ impl std::fmt::Debug for DbEntry {
 }
 
 impl DbEntry {
+    /// Wakes the connections waiting for the write lock (after [`DbHooks::writes_allowed`]
+    /// turned true).
+    pub fn wake_writers(&self) {
+        self.queue.wake();
+    }
+
     fn slots(&self) -> MutexGuard<'_, HashMap<ConnId, ConnSlot>> {
         self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -644,7 +656,7 @@ unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, ofst: c_int, n: c_int
     }
     if flags & ffi::SQLITE_SHM_LOCK != 0 {
         let priority = entry.slots().get(&id).is_some_and(|s| s.priority);
-        match entry.queue.try_acquire(id, priority) {
+        match entry.queue.try_acquire(id, priority, &|| entry.hooks.writes_allowed()) {
             Turn::Wait => ffi::SQLITE_BUSY,
             Turn::Go => {
                 let rc = real_lock(flags);
@@ -703,7 +715,9 @@ unsafe extern "C" fn busy_cb(ctx: *mut c_void, count: c_int) -> c_int {
     }
     let deadline = *started + *ctx.timeout.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     drop(started);
-    if ctx.entry.queue.wait_turn(ctx.id, deadline) {
+    let priority = ctx.entry.slots().get(&ctx.id).is_some_and(|s| s.priority);
+    let gate = || priority || ctx.entry.hooks.writes_allowed();
+    if ctx.entry.queue.wait_turn(ctx.id, deadline, &gate) {
         1
     } else {
         ctx.entry.queue.forget(ctx.id);

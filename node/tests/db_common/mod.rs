@@ -198,6 +198,14 @@ impl Cluster {
         self.shared.cv.notify_all();
     }
 
+    /// Drops the uncommitted tail of the log (a new leader overwrites it).
+    pub fn truncate_uncommitted(&self) {
+        let mut st = self.shared.st.lock().unwrap();
+        let c = st.commit as usize;
+        st.entries.truncate(c);
+        self.shared.cv.notify_all();
+    }
+
     pub fn last_index(&self) -> u64 {
         self.shared.st.lock().unwrap().entries.len() as u64
     }
