@@ -109,3 +109,54 @@ fn a_crash_at_any_step_of_a_snapshot_install_leaves_the_old_or_the_new_state() {
     c.wait_all_applied();
     assert_eq!(dumps(&c.handles[1]), dumps(&c.handles[0]));
 }
+
+/// A page size other than 4096, chosen before the databases are created: it replicates, every
+/// node's file uses it, a snapshot of it installs, and changing it with a PRAGMA stays refused.
+#[test]
+fn databases_created_with_another_page_size_replicate_and_snapshot() {
+    for page_size in [1024u32, 8192, 65536] {
+        let mut cfg = db_common::config();
+        cfg.page_size = page_size;
+        let c = Cluster::with_config(2, cfg);
+        exec(&c, "app.db", "CREATE TABLE t(id INTEGER PRIMARY KEY, r INTEGER, b BLOB)");
+        for _ in 0..30 {
+            exec(&c, "app.db", "INSERT INTO t(r, b) VALUES (random(), randomblob(5000))");
+        }
+        c.wait_all_applied();
+        let q = |i: usize, sql: &str| {
+            let conn = c.handles[i].open("app.db").unwrap();
+            conn.blocking_query_sql(sql, vec![]).unwrap().blocking_collect().unwrap()
+        };
+        for i in 0..2 {
+            assert_eq!(q(i, "PRAGMA page_size"), vec![vec![dqlite_wire::Value::Integer(page_size as i64)]], "node {i}");
+            integrity_ok(&c.handles[i], "app.db");
+        }
+        assert_eq!(dump(&c.handles[1], "app.db"), dump(&c.handles[0], "app.db"));
+        let conn = c.handles[0].open("app.db").unwrap();
+        let e = conn.blocking_exec_sql("PRAGMA page_size=4096", vec![]).expect_err("page_size change accepted");
+        assert!(e.to_string().contains("page_size"), "{e}");
+        // The files on disk have it too after a checkpoint (header bytes 16..18; 1 means 65536).
+        for i in 0..2 {
+            c.on_sm(i, |dbs| dbs.checkpoint_all()).expect("checkpoint");
+            let hdr = std::fs::read(c.dir(i).join("db/app.db")).unwrap();
+            assert!(hdr.len() >= 100 && hdr.len() % page_size as usize == 0, "node {i}: {} bytes", hdr.len());
+            let raw = u16::from_be_bytes([hdr[16], hdr[17]]) as u32;
+            assert_eq!(if raw == 1 { 65536 } else { raw }, page_size, "node {i}");
+        }
+        // A snapshot of it installs on the other node.
+        let (index, image) = c.on_sm(0, |dbs| {
+            let mut img = Vec::new();
+            let i = dbs.snapshot(&mut img).expect("snapshot");
+            (i, img)
+        });
+        c.on_sm(1, move |dbs| dbs.restore(index, &mut &image[..])).expect("restore");
+        assert_eq!(q(1, "PRAGMA page_size"), vec![vec![dqlite_wire::Value::Integer(page_size as i64)]]);
+        assert_eq!(dump(&c.handles[1], "app.db"), dump(&c.handles[0], "app.db"));
+    }
+    let mut cfg = db_common::config();
+    cfg.page_size = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Cluster::new(1).shared.clone();
+    let e = Databases::open(dir.path(), Arc::new(NodeReplicator { shared, id: 0 }), cfg).expect_err("page size 3000");
+    assert!(e.to_string().contains("invalid page size 3000"), "{e}");
+}

@@ -65,6 +65,10 @@ pub struct DbConfig {
     /// docs/replication.md). Default on; the environment variable `DQLITE_GROUP_COMMIT=0`
     /// turns it off in `Default` (for side-by-side benchmarks).
     pub group_commit: bool,
+    /// Page size of databases this node creates (a power of two, 512 to 65536; default 4096).
+    /// It applies when a database file is created; an existing database keeps its own, and
+    /// `PRAGMA page_size` from clients stays refused. Every node should use the same value.
+    pub page_size: u32,
 }
 
 impl Default for DbConfig {
@@ -76,6 +80,7 @@ impl Default for DbConfig {
             checkpoint_wal_frames: 4000,
             cache_size_kib: 2048,
             group_commit: std::env::var("DQLITE_GROUP_COMMIT").map_or(true, |v| v != "0"),
+            page_size: 4096,
         }
     }
 }
@@ -117,6 +122,9 @@ pub enum DbError {
     /// The connection's worker thread is gone.
     #[error("connection closed")]
     Closed,
+    /// `DbConfig::page_size` is not a power of two from 512 to 65536.
+    #[error("invalid page size {0}: use a power of two from 512 to 65536")]
+    InvalidPageSize(u32),
 }
 
 impl DbError {
@@ -478,6 +486,8 @@ impl NodeShared {
             &ventry,
             ConnOptions { priority: true, busy_timeout: self.config.busy_timeout, read_only: false },
         )?;
+        // Takes effect only while the file is new (SQLite ignores it once the database exists).
+        init.conn().execute_batch(&format!("PRAGMA page_size={}", self.config.page_size))?;
         let mode: String = init.conn().query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(DbError::Damaged {
@@ -725,6 +735,9 @@ impl Databases {
     /// Opens (creating) the databases in `data_dir/db/`, recovering their state from the files.
     pub fn open(data_dir: &Path, replicator: Arc<dyn Replicator>, config: DbConfig) -> Result<Databases, DbError> {
         vfs::register()?;
+        if !(512..=65536).contains(&config.page_size) || !config.page_size.is_power_of_two() {
+            return Err(DbError::InvalidPageSize(config.page_size));
+        }
         let dir = data_dir.join("db");
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let dir = dir.canonicalize().map_err(io_err(&dir))?;

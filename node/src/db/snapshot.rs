@@ -287,20 +287,21 @@ pub(super) fn restore(dbs: &mut Databases, index: LogIndex, data: &mut dyn Read)
 pub const RESTORE_CRASH_POINTS: u32 = 7;
 
 #[cfg(feature = "harness")]
-static CRASH_AT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+thread_local! {
+    static CRASH_AT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
 
-/// Test support (feature `harness`): the next snapshot restore in this process stops at step
-/// `point` (1 ..= [`RESTORE_CRASH_POINTS`]) as a process crash would, leaving its files as they
-/// are; 0 disables. Reopen the data directory afterwards to see what a restart finds.
+/// Test support (feature `harness`): the next snapshot restore **on the calling thread** stops
+/// at step `point` (1 ..= [`RESTORE_CRASH_POINTS`]) as a process crash would, leaving its files
+/// as they are; 0 disables. Reopen the data directory afterwards to see what a restart finds.
 #[cfg(feature = "harness")]
 pub fn inject_restore_crash(point: u32) {
-    CRASH_AT.store(point, std::sync::atomic::Ordering::SeqCst);
+    CRASH_AT.with(|c| c.set(point));
 }
 
 #[cfg(feature = "harness")]
 fn crash_point(n: u32) -> Result<(), DbError> {
-    use std::sync::atomic::Ordering;
-    if CRASH_AT.compare_exchange(n, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+    if n != 0 && CRASH_AT.with(|c| c.replace(if c.get() == n { 0 } else { c.get() })) == n {
         tracing::warn!(point = n, "injected crash during a snapshot restore");
         return Err(DbError::Io {
             path: PathBuf::from("<injected crash>"),

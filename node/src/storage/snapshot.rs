@@ -77,8 +77,16 @@ struct Incoming {
     crc: u32,
 }
 
-/// The temporary file name of a snapshot being taken locally (one at a time).
-const LOCAL_TMP: &str = "snapshot-local.tmp";
+/// The prefix of the temporary file of a snapshot being taken locally
+/// (`snapshot-local-<n>.tmp`, `n` unique in the process, so that a writer left over by an
+/// earlier incarnation of the node never touches a later one's file).
+const LOCAL_TMP_PREFIX: &str = "snapshot-local-";
+static NEXT_LOCAL: AtomicU64 = AtomicU64::new(1);
+
+#[cfg(test)]
+fn is_local_tmp(name: &str) -> bool {
+    name.starts_with(LOCAL_TMP_PREFIX) && name.ends_with(".tmp")
+}
 
 /// Creates and opens snapshot files from threads other than the store's owner (the apply
 /// thread streams a local snapshot into one; the restore reads one back), recording the largest
@@ -93,16 +101,18 @@ impl SnapshotSpool {
     /// Starts the data file of a snapshot taken locally (replacing a leftover one). Commit it
     /// with [`SnapshotStore::commit_local`]; dropped uncommitted, it is removed.
     pub fn create(&self) -> io::Result<SnapshotWriter> {
-        let file = match self.backend.open(LOCAL_TMP, OpenMode::CreateNew) {
+        let name = format!("{LOCAL_TMP_PREFIX}{}.tmp", NEXT_LOCAL.fetch_add(1, Ordering::Relaxed));
+        let file = match self.backend.open(&name, OpenMode::CreateNew) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                self.backend.remove(LOCAL_TMP)?;
-                self.backend.open(LOCAL_TMP, OpenMode::CreateNew)?
+                self.backend.remove(&name)?;
+                self.backend.open(&name, OpenMode::CreateNew)?
             }
             Err(e) => return Err(e),
         };
         Ok(SnapshotWriter {
             backend: self.backend.clone(),
+            name,
             file: Some(file),
             written: 0,
             crc: 0,
@@ -123,6 +133,7 @@ impl SnapshotSpool {
 #[derive(Debug)]
 pub struct SnapshotWriter {
     backend: Arc<dyn Backend>,
+    name: String,
     file: Option<Box<dyn BackendFile>>,
     written: u64,
     crc: u32,
@@ -160,7 +171,7 @@ impl Drop for SnapshotWriter {
     fn drop(&mut self) {
         if self.file.take().is_some() {
             // Not committed: the next open removes it if this fails.
-            let _ = self.backend.remove(LOCAL_TMP);
+            let _ = self.backend.remove(&self.name);
         }
     }
 }
@@ -346,7 +357,8 @@ impl SnapshotStore {
         let Some(file) = data.file.take() else {
             return Err(StorageError::Invalid(InvalidRequest::SnapshotChunkOutOfOrder));
         };
-        let inc = Incoming { info, file, tmp_name: LOCAL_TMP.to_owned(), written: data.written, crc: data.crc };
+        let tmp_name = std::mem::take(&mut data.name);
+        let inc = Incoming { info, file, tmp_name, written: data.written, crc: data.crc };
         self.complete(inc)
     }
 
@@ -514,7 +526,7 @@ mod tests {
         assert_eq!(done.data_len, payload.len() as u64);
         assert_eq!(done.data_crc, crc32c::crc32c(&payload));
         assert_eq!(max.load(Ordering::Relaxed), 4096);
-        assert!(!backend.list().unwrap().iter().any(|n| n == super::LOCAL_TMP));
+        assert!(!backend.list().unwrap().iter().any(|n| super::is_local_tmp(n)));
 
         let mut r = spool.open(&done).unwrap();
         let mut back = Vec::new();
@@ -549,10 +561,10 @@ mod tests {
         let spool = s.snapshots.spool(Arc::default());
         let mut w = spool.create().unwrap();
         w.write_all(b"half an image").unwrap();
-        assert!(backend.list().unwrap().iter().any(|n| n == super::LOCAL_TMP));
+        assert!(backend.list().unwrap().iter().any(|n| super::is_local_tmp(n)));
         drop(w);
-        assert!(!backend.list().unwrap().iter().any(|n| n == super::LOCAL_TMP));
-        // A leftover from a crash is replaced by the next one, and removed at open.
+        assert!(!backend.list().unwrap().iter().any(|n| super::is_local_tmp(n)));
+        // Leftovers of a crash are removed at open.
         let mut w = spool.create().unwrap();
         w.write_all(b"x").unwrap();
         std::mem::forget(w);
@@ -561,7 +573,7 @@ mod tests {
         std::mem::forget(w);
         drop(s);
         let s = Storage::open(backend.clone(), StorageOptions::default()).unwrap();
-        assert!(!backend.list().unwrap().iter().any(|n| n == super::LOCAL_TMP));
+        assert!(!backend.list().unwrap().iter().any(|n| super::is_local_tmp(n)));
         assert!(s.snapshots.latest().is_none());
     }
 }
