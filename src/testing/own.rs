@@ -19,6 +19,13 @@ use super::{probe, Cluster, LaunchError, Launcher, NodeProcess, Role, POLL_INTER
 /// Environment variable overriding the `dqlited` path.
 pub const DQLITED_BIN_ENV: &str = "DQLITED_BIN";
 
+/// Environment variable: when set, each node's log (`<root>/nodeN.log`, beside its data
+/// directory) is kept after the cluster is dropped, for post-mortems.
+pub const KEEP_LOGS_ENV: &str = "DQLITE_TEST_KEEP_LOGS";
+
+/// How long a node may take to exit after SIGTERM (`dqlited run` gives itself 30 s).
+const TERM_TIMEOUT: Duration = Duration::from_secs(45);
+
 /// The first members up to this many are voters (`dqlited run`'s rule).
 const VOTERS: usize = 3;
 
@@ -278,6 +285,52 @@ impl OwnNode {
         }
     }
 
+    fn exit_path(&self) -> PathBuf {
+        let mut p = self.log_path().into_os_string();
+        p.push(".exit");
+        PathBuf::from(p)
+    }
+
+    /// SIGTERM through the supervisor; waits (bounded) for the node to exit and returns its
+    /// exit status.
+    fn terminate_now(&mut self) -> Result<i32, LaunchError> {
+        let Some(mut sup) = self.running.take() else {
+            return Err(LaunchError::Invalid(format!("node {} is not running", self.index)));
+        };
+        let _ = fs::remove_file(self.exit_path());
+        if let Some(mut stdin) = sup.stdin.take() {
+            let _ = stdin.write_all(b"term\n");
+        }
+        let start = Instant::now();
+        loop {
+            match sup.shell.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if start.elapsed() < TERM_TIMEOUT => std::thread::sleep(Duration::from_millis(5)),
+                Ok(None) => {
+                    let _ = Command::new("kill").arg("-9").arg(sup.pid.to_string()).status();
+                    let _ = sup.shell.wait();
+                    return Err(LaunchError::Timeout {
+                        what: format!("node {} (pid {}) to exit after SIGTERM", self.index, sup.pid),
+                        waited: start.elapsed(),
+                        detail: self.log_tail(4096),
+                    });
+                }
+                Err(source) => {
+                    return Err(LaunchError::Io {
+                        what: format!("waiting for node {}'s supervisor", self.index),
+                        source,
+                    })
+                }
+            }
+        }
+        let status = fs::read_to_string(self.exit_path())
+            .map_err(|source| LaunchError::Io { what: format!("reading node {}'s exit status", self.index), source })?;
+        status.trim().parse::<i32>().map_err(|e| LaunchError::Io {
+            what: format!("parsing node {}'s exit status {status:?}", self.index),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })
+    }
+
     fn exited(&self, during: &str) -> LaunchError {
         LaunchError::NodeExited {
             node: self.index,
@@ -298,6 +351,10 @@ impl NodeProcess for OwnNode {
             return Err(LaunchError::Invalid(format!("node {} is not running", self.index)));
         }
         self.stop(true)
+    }
+
+    fn terminate(&mut self) -> Result<i32, LaunchError> {
+        self.terminate_now()
     }
 
     fn restart(&mut self) -> Result<(), LaunchError> {
@@ -359,7 +416,10 @@ impl Drop for OwnNode {
         } else {
             let _ = fs::remove_dir_all(&self.dir);
         }
-        let _ = fs::remove_file(self.log_path());
+        let _ = fs::remove_file(self.exit_path());
+        if std::env::var_os(KEEP_LOGS_ENV).is_none() {
+            let _ = fs::remove_file(self.log_path());
+        }
         if let Some(parent) = self.dir.parent() {
             let _ = fs::remove_dir(parent);
         }

@@ -28,12 +28,18 @@ const DEFAULT_DEMO_BIN: &str = "/usr/bin/dqlite-demo";
 
 /// Supervisor: `sh -c SCRIPT supervisor LOG DIR BINARY ARGS...`. Prints the node's pid, then
 /// waits for a line (or EOF) on stdin. `kill -9` + `wait` means the node is gone (and its
-/// port closed) when the supervisor exits.
+/// port closed) when the supervisor exits. The line `term` sends SIGTERM instead, waits, writes
+/// the node's exit status to `LOG.exit` and keeps the data.
 pub(super) const SUPERVISOR: &str = r#"log=$1; dir=$2; shift 2
 "$@" </dev/null >>"$log" 2>&1 &
 pid=$!
 echo "$pid"
 read -r cmd
+if [ "$cmd" = term ]; then
+  kill -TERM "$pid" 2>/dev/null
+  wait "$pid"; echo "$?" >"$log.exit"
+  exit 0
+fi
 kill -9 "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null
 if [ "$cmd" != keep ]; then rm -rf "$dir"; rmdir "$(dirname "$dir")" 2>/dev/null; fi
