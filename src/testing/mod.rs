@@ -31,6 +31,7 @@
 mod own;
 mod probe;
 mod real;
+mod supervised;
 
 use std::fmt;
 use std::net::SocketAddr;
