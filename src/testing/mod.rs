@@ -32,6 +32,7 @@ mod embedded;
 mod own;
 mod probe;
 mod real;
+mod supervised;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -69,6 +70,11 @@ pub trait NodeProcess: Send + Sync {
     fn kill(&mut self) -> Result<(), LaunchError>;
     /// Starts a killed node again on the same address and data.
     fn restart(&mut self) -> Result<(), LaunchError>;
+    /// Stops the node gracefully (SIGTERM for a process) and waits until it is gone; returns
+    /// its exit code. Its data stays, so [`NodeProcess::restart`] can bring it back.
+    fn terminate(&mut self) -> Result<i32, LaunchError> {
+        Err(LaunchError::Invalid("this launcher cannot stop a node gracefully".into()))
+    }
     /// Whether the node is (still) running.
     fn is_running(&mut self) -> bool;
     /// The last `max_bytes` of the node's log, for error messages.
@@ -248,6 +254,13 @@ impl Cluster {
         self.check_index(i)?;
         tracing::info!(node = i, address = %self.address(i), "killing node");
         self.nodes[i].kill()
+    }
+
+    /// Stops node `i` gracefully (SIGTERM) and waits until it is gone; returns its exit code.
+    pub fn terminate(&mut self, i: usize) -> Result<i32, LaunchError> {
+        self.check_index(i)?;
+        tracing::info!(node = i, address = %self.address(i), "stopping node (SIGTERM)");
+        self.nodes[i].terminate()
     }
 
     /// Restarts killed node `i` on its address and data.

@@ -572,7 +572,9 @@ impl<T: Transport> Driver<T> {
             return Some(ProposeError::DiskFull { reason: r.clone() });
         }
         if self.stopping.is_some() {
-            return Some(ProposeError::Unavailable { reason: "node is shutting down".into() });
+            // Handing leadership over before it stops: a client retries on the next leader
+            // (nothing of the refused proposal was appended).
+            return Some(ProposeError::NotLeader { leader: None });
         }
         None
     }
