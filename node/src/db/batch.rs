@@ -203,6 +203,23 @@ struct Job {
 struct Queue {
     jobs: VecDeque<Job>,
     running: bool,
+    /// The batch thread is running a batch.
+    busy: bool,
+    /// Statements running alone on their own connection through [`DbShared::try_alone`].
+    alone: usize,
+}
+
+/// A statement running on its client's own connection because nothing else was writing
+/// (dropping it ends that).
+pub(crate) struct Alone<'a> {
+    slot: &'a BatchSlot,
+}
+
+impl Drop for Alone<'_> {
+    fn drop(&mut self) {
+        let mut q = lock(&self.slot.q);
+        q.alone -= 1;
+    }
 }
 
 /// One database's queue of batchable statements and its batch thread.
@@ -249,6 +266,19 @@ impl DbShared {
         rx.recv().unwrap_or(BatchOutcome { result: Err(DbError::Closed), last_insert_rowid: rowid, changes: None })
     }
 
+    /// When no other batchable write of this database is queued or running, a statement runs
+    /// on its client's own connection (no thread hand-off: a lone writer pays nothing for group
+    /// commit); the writes that arrive meanwhile queue for the batch thread.
+    pub(crate) fn try_alone(&self) -> Option<Alone<'_>> {
+        let mut q = lock(&self.batch.q);
+        if q.jobs.is_empty() && !q.busy && q.alone == 0 {
+            q.alone += 1;
+            Some(Alone { slot: &self.batch })
+        } else {
+            None
+        }
+    }
+
     /// Runs `stmts` as one batch, in order, on a fresh connection (the batch thread's code path;
     /// for tests and benchmarks).
     pub(crate) fn run_batch_now(&self, stmts: Vec<BatchStatement>) -> Result<Vec<BatchOutcome>, DbError> {
@@ -288,10 +318,12 @@ fn batch_thread(db: Arc<DbShared>) {
                 }
             }
             let n = q.jobs.len().min(MAX_BATCH);
+            q.busy = true;
             q.jobs.drain(..n).collect()
         };
         let (stmts, replies): (Vec<BatchStatement>, Vec<_>) = jobs.into_iter().map(|j| (j.stmt, j.reply)).unzip();
         let outcomes = run_batch(&vc, &db, &stmts);
+        lock(&db.batch.q).busy = false;
         for (o, r) in outcomes.into_iter().zip(replies) {
             let _ = r.send(o);
         }
