@@ -350,6 +350,11 @@ fn exec_one(vc: &VfsConnection, s: &BatchStatement, stepped: &mut bool) -> Resul
     Ok(ExecResult { last_insert_id: c.last_insert_rowid(), rows_affected: c.changes() })
 }
 
+/// Runs a transaction-control statement through the statement cache (no parsing per batch).
+fn control(c: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
+    c.prepare_cached(sql)?.raw_execute().map(|_| ())
+}
+
 /// Runs `stmts` in one transaction (one savepoint each) and commits it; see the module docs.
 fn run_batch(vc: &VfsConnection, db: &DbShared, stmts: &[BatchStatement]) -> Vec<BatchOutcome> {
     let n = stmts.len();
@@ -383,7 +388,7 @@ fn run_batch(vc: &VfsConnection, db: &DbShared, stmts: &[BatchStatement]) -> Vec
     let mut final_err = vec![false; n];
     let started = std::time::Instant::now();
     'attempt: loop {
-        let begun = c.execute_batch("BEGIN IMMEDIATE");
+        let begun = control(c, "BEGIN IMMEDIATE");
         if let Err(e) = begun {
             let e = error(e);
             vc.end_statement();
@@ -402,7 +407,7 @@ fn run_batch(vc: &VfsConnection, db: &DbShared, stmts: &[BatchStatement]) -> Vec
             if final_err[i] {
                 continue;
             }
-            if let Err(e) = c.execute_batch("SAVEPOINT dqlite_batch") {
+            if let Err(e) = control(c, "SAVEPOINT dqlite_batch") {
                 // Cannot isolate this statement: fail it alone, keep the others.
                 out[i] =
                     Some(BatchOutcome { result: Err(error(e)), last_insert_rowid: s.last_insert_rowid, changes: None });
@@ -433,14 +438,14 @@ fn run_batch(vc: &VfsConnection, db: &DbShared, stmts: &[BatchStatement]) -> Vec
             let result = r.map_err(error);
             // Keep what SQLite kept, as in autocommit mode (FAIL keeps the rows before the
             // failing one); only the transaction-wide rollback above undoes more.
-            if let Err(e) = c.execute_batch("RELEASE dqlite_batch") {
+            if let Err(e) = control(c, "RELEASE dqlite_batch") {
                 tracing::warn!(db = db.name, error = %e, "cannot release a batch savepoint");
             }
             out[i] = Some(BatchOutcome { result, last_insert_rowid: rowid, changes });
         }
         let committing = std::time::Instant::now();
         EXEC_MICROS.fetch_add((committing - started).as_micros() as u64, Ordering::Relaxed);
-        let committed = c.execute_batch("COMMIT");
+        let committed = control(c, "COMMIT");
         COMMIT_MICROS.fetch_add(committing.elapsed().as_micros() as u64, Ordering::Relaxed);
         maybe_log();
         if let Err(e) = committed {
