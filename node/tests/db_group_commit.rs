@@ -386,3 +386,43 @@ fn unbatchable_statements_run_alone_beside_group_commits() {
     let total: i64 = bg.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(count(&w, "SELECT count(*) FROM t WHERE v = 1"), total);
 }
+
+#[test]
+fn a_batch_in_flight_when_leadership_is_lost_reports_unknown_outcome_and_then_commits_everywhere() {
+    let c = Arc::new(Cluster::new(2));
+    exec_when_leading(&c, "l.db", "CREATE TABLE kv(k TEXT PRIMARY KEY, v TEXT)");
+    c.wait_all_applied();
+    const WRITERS: usize = 8;
+    let conns: Vec<_> = (0..WRITERS).map(|_| c.handles[0].open("l.db").unwrap()).collect();
+    let stmts: Vec<u32> =
+        conns.iter().map(|w| w.blocking_prepare("INSERT INTO kv(k, v) VALUES (?, 'x')").unwrap().id).collect();
+    let before = c.last_index();
+    c.hold(true);
+    // One writer alone first (its entry is held), then the rest queue into one batch behind it.
+    let mut threads = Vec::new();
+    let mut it = conns.into_iter().zip(stmts).enumerate();
+    let (i, (w, id)) = it.next().unwrap();
+    threads.push(std::thread::spawn(move || w.blocking_exec(id, vec![Value::Text(format!("k{i}"))])));
+    wait_for("the first proposal", || c.last_index() > before);
+    for (i, (w, id)) in it {
+        threads.push(std::thread::spawn(move || w.blocking_exec(id, vec![Value::Text(format!("k{i}"))])));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // Leadership moves while the first entry is held and the batch waits for the write lock.
+    c.elect(None);
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for r in &results {
+        let code = r.as_ref().expect_err("no write may succeed once leadership is lost").code();
+        assert!(code == 10506 || code == 10250, "unexpected error {code}: {r:?}");
+    }
+    // What was proposed commits on every node alike (at most the first writer's entry and
+    // the batch that followed it); nobody was told it succeeded.
+    c.hold(false);
+    c.wait_all_applied();
+    assert_eq!(node_rows(&c.handles[0]), node_rows(&c.handles[1]));
+}
+
+fn node_rows(h: &dqlite_node::db::conn::DbHandle) -> Vec<Vec<Value>> {
+    let c = h.open("l.db").unwrap();
+    c.blocking_query_sql("SELECT k FROM kv ORDER BY k", vec![]).unwrap().blocking_collect().unwrap()
+}

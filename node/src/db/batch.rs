@@ -203,6 +203,23 @@ struct Job {
 struct Queue {
     jobs: VecDeque<Job>,
     running: bool,
+    /// The batch thread is running a batch.
+    busy: bool,
+    /// Statements running alone on their own connection through [`DbShared::try_alone`].
+    alone: usize,
+}
+
+/// A statement running on its client's own connection because nothing else was writing
+/// (dropping it ends that).
+pub(crate) struct Alone<'a> {
+    slot: &'a BatchSlot,
+}
+
+impl Drop for Alone<'_> {
+    fn drop(&mut self) {
+        let mut q = lock(&self.slot.q);
+        q.alone -= 1;
+    }
 }
 
 /// One database's queue of batchable statements and its batch thread.
@@ -249,6 +266,19 @@ impl DbShared {
         rx.recv().unwrap_or(BatchOutcome { result: Err(DbError::Closed), last_insert_rowid: rowid, changes: None })
     }
 
+    /// When no other batchable write of this database is queued or running, a statement runs
+    /// on its client's own connection (no thread hand-off: a lone writer pays nothing for group
+    /// commit); the writes that arrive meanwhile queue for the batch thread.
+    pub(crate) fn try_alone(&self) -> Option<Alone<'_>> {
+        let mut q = lock(&self.batch.q);
+        if q.jobs.is_empty() && !q.busy && q.alone == 0 {
+            q.alone += 1;
+            Some(Alone { slot: &self.batch })
+        } else {
+            None
+        }
+    }
+
     /// Runs `stmts` as one batch, in order, on a fresh connection (the batch thread's code path;
     /// for tests and benchmarks).
     pub(crate) fn run_batch_now(&self, stmts: Vec<BatchStatement>) -> Result<Vec<BatchOutcome>, DbError> {
@@ -288,10 +318,12 @@ fn batch_thread(db: Arc<DbShared>) {
                 }
             }
             let n = q.jobs.len().min(MAX_BATCH);
+            q.busy = true;
             q.jobs.drain(..n).collect()
         };
         let (stmts, replies): (Vec<BatchStatement>, Vec<_>) = jobs.into_iter().map(|j| (j.stmt, j.reply)).unzip();
         let outcomes = run_batch(&vc, &db, &stmts);
+        lock(&db.batch.q).busy = false;
         for (o, r) in outcomes.into_iter().zip(replies) {
             let _ = r.send(o);
         }
@@ -316,6 +348,11 @@ fn exec_one(vc: &VfsConnection, s: &BatchStatement, stepped: &mut bool) -> Resul
         Err(e) => return Err(e),
     }
     Ok(ExecResult { last_insert_id: c.last_insert_rowid(), rows_affected: c.changes() })
+}
+
+/// Runs a transaction-control statement through the statement cache (no parsing per batch).
+fn control(c: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
+    c.prepare_cached(sql)?.raw_execute().map(|_| ())
 }
 
 /// Runs `stmts` in one transaction (one savepoint each) and commits it; see the module docs.
@@ -351,7 +388,7 @@ fn run_batch(vc: &VfsConnection, db: &DbShared, stmts: &[BatchStatement]) -> Vec
     let mut final_err = vec![false; n];
     let started = std::time::Instant::now();
     'attempt: loop {
-        let begun = c.execute_batch("BEGIN IMMEDIATE");
+        let begun = control(c, "BEGIN IMMEDIATE");
         if let Err(e) = begun {
             let e = error(e);
             vc.end_statement();
@@ -370,7 +407,7 @@ fn run_batch(vc: &VfsConnection, db: &DbShared, stmts: &[BatchStatement]) -> Vec
             if final_err[i] {
                 continue;
             }
-            if let Err(e) = c.execute_batch("SAVEPOINT dqlite_batch") {
+            if let Err(e) = control(c, "SAVEPOINT dqlite_batch") {
                 // Cannot isolate this statement: fail it alone, keep the others.
                 out[i] =
                     Some(BatchOutcome { result: Err(error(e)), last_insert_rowid: s.last_insert_rowid, changes: None });
@@ -401,14 +438,14 @@ fn run_batch(vc: &VfsConnection, db: &DbShared, stmts: &[BatchStatement]) -> Vec
             let result = r.map_err(error);
             // Keep what SQLite kept, as in autocommit mode (FAIL keeps the rows before the
             // failing one); only the transaction-wide rollback above undoes more.
-            if let Err(e) = c.execute_batch("RELEASE dqlite_batch") {
+            if let Err(e) = control(c, "RELEASE dqlite_batch") {
                 tracing::warn!(db = db.name, error = %e, "cannot release a batch savepoint");
             }
             out[i] = Some(BatchOutcome { result, last_insert_rowid: rowid, changes });
         }
         let committing = std::time::Instant::now();
         EXEC_MICROS.fetch_add((committing - started).as_micros() as u64, Ordering::Relaxed);
-        let committed = c.execute_batch("COMMIT");
+        let committed = control(c, "COMMIT");
         COMMIT_MICROS.fetch_add(committing.elapsed().as_micros() as u64, Ordering::Relaxed);
         maybe_log();
         if let Err(e) = committed {

@@ -514,7 +514,22 @@ impl<'c> Worker<'c> {
                         let r = match r {
                             Err(e) => Err(e),
                             Ok(()) => match self.batch_sql(id) {
-                                Some(sql) => self.run_batched(sql, params),
+                                Some(sql) => {
+                                    let db = self.db.clone();
+                                    let alone = db.try_alone();
+                                    let r = match alone {
+                                        None => self.run_batched(sql, params),
+                                        Some(_) => {
+                                            let r = self
+                                                .bind(&mut stmt, &params)
+                                                .and_then(|_| self.run_exec(&mut stmt));
+                                            self.ran_itself(&stmt);
+                                            r
+                                        }
+                                    };
+                                    drop(alone);
+                                    r
+                                }
                                 None => {
                                     if self.uses_changes.contains(&id) {
                                         self.pay_changes();
