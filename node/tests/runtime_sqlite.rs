@@ -173,7 +173,15 @@ async fn three_nodes_crash_a_follower_and_converge(require_snapshot: bool) {
         async move { (try_dump(&handles, victim).await == Some(want)).then_some(()) }
     })
     .await;
-    assert!(ok.is_some(), "restarted follower differs");
+    if ok.is_none() {
+        let got = try_dump(&handles, victim).await;
+        let (w, g) = (want.lines().count(), got.as_ref().map(|g| g.lines().count()));
+        panic!(
+            "restarted follower differs: leader dump {w} lines, victim {g:?}; victim {:?}; leader {:?}",
+            c.handle(victim).map(|h| h.metrics()),
+            c.handle(leader).map(|h| h.metrics())
+        );
+    }
     let vm = c.handle(victim).unwrap().metrics();
     assert!(!require_snapshot || vm.snapshots_installed >= 1, "the victim did not need a snapshot: {vm:?}");
     for id in &ids {

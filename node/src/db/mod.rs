@@ -986,12 +986,15 @@ impl StateMachine for Databases {
         let mut touched = None;
         match decoded {
             Entry::Barrier { term } => {
-                self.resolve_unresolved(e.index, e.term, None);
-                let mut r = lock(&self.node.role);
-                if term == e.term && r.role == StateRole::Leader && r.term == term {
-                    r.ready_term = Some(term);
-                    self.node.role_cv.notify_all();
+                {
+                    let mut r = lock(&self.node.role);
+                    if term == e.term && r.role == StateRole::Leader && r.term == term {
+                        r.ready_term = Some(term);
+                        self.node.role_cv.notify_all();
+                    }
                 }
+                // After the term is ready: a writer let through by the resolution commits in it.
+                self.resolve_unresolved(e.index, e.term, None);
             }
             Entry::Frames(fe) => {
                 let ours = self.resolve_unresolved(e.index, e.term, Some(fe.db));
@@ -1028,6 +1031,20 @@ impl StateMachine for Databases {
                     st.pending = Pending::GaveUp(SQLITE_IOERR_LEADERSHIP_LOST);
                     d.cv.notify_all();
                 }
+            }
+        } else if lock(&self.node.dbs).values().any(|d| lock(&d.st).unresolved.is_some()) {
+            // Writers waiting for an unknown outcome sit at the write-lock gate, past the point
+            // where a statement proposes the term's barrier; the barrier (or a later entry)
+            // decides the outcome. Propose it from another thread: `propose` may wait for the
+            // runtime, which may wait for this (the apply) thread.
+            let node = self.node.clone();
+            let spawned = std::thread::Builder::new().name("dqlite-barrier".into()).spawn(move || {
+                if let Err(e) = node.ensure_write_ready(node.config.commit_timeout) {
+                    tracing::debug!(error = %e, "barrier for an unknown outcome not applied");
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the barrier thread; waiting writers rely on the next statement");
             }
         }
     }
