@@ -65,20 +65,10 @@ async fn exec(handles: &Arc<Mutex<BTreeMap<NodeId, DbHandle>>>, id: NodeId, sql:
 }
 
 async fn dump(handles: &Arc<Mutex<BTreeMap<NodeId, DbHandle>>>, id: NodeId) -> String {
-    // A snapshot install during the dump ends its connection ("reopen the connection"): dump
-    // again (bounded), anything else fails the test.
-    let mut attempts = 0;
-    loop {
-        let h = handles.lock().unwrap()[&id].clone();
-        match tokio::task::spawn_blocking(move || db_common::dump(&h, "app.db")).await {
-            Ok(d) => return d,
-            Err(e) if attempts < 50 && format!("{e:?}").contains("replaced by a snapshot install") => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("dump of node {id}: {e}"),
-        }
-    }
+    let h = handles.lock().unwrap()[&id].clone();
+    tokio::task::spawn_blocking(move || db_common::dump(&h, "app.db"))
+        .await
+        .unwrap_or_else(|e| panic!("dump of node {id}: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
