@@ -8,9 +8,9 @@
 //! DQLITE_URL='dqlite://10.0.0.1:9001/todo.db?peers=10.0.0.2:9001,10.0.0.3:9001' cargo run --example url_swap
 //! ```
 //!
-//! Without `DQLITE_URL` it starts one local dqlite node itself: C dqlite 1.11, run as
-//! `dqlite-demo` from Debian's `go-dqlite` package (`apt-get install -y go-dqlite`), through
-//! the same launcher the test suite uses ([`dqlite::testing`]).
+//! Without `DQLITE_URL` the dqlite side is a node embedded in this very process
+//! (`dqlite:///todo.db?data=DIR`, a single node without a socket, its data in a temporary
+//! directory): nothing to install, no other process.
 
 use std::error::Error;
 
@@ -89,24 +89,26 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let on_sqlite = app(sqlite_url).await?;
     print(sqlite_url, &on_sqlite);
 
-    // Keep the cluster (if we started one) alive until the end of main: dropping it stops it.
-    let (_cluster, dqlite_url) = match std::env::var("DQLITE_URL") {
+    // Keep the temporary data directory (if we made one) until the end of main.
+    let (data, dqlite_url) = match std::env::var("DQLITE_URL") {
         Ok(url) => (None, url),
         Err(_) => {
-            println!("2. DQLITE_URL is not set: starting one local dqlite node (dqlite-demo)...");
-            let cluster = tokio::task::spawn_blocking(|| -> Result<_, dqlite::testing::LaunchError> {
-                use dqlite::testing::Launcher;
-                dqlite::testing::RealDqlite::from_env()?.start(1)
-            })
-            .await??;
-            let url = cluster.url("todo.db");
-            (Some(cluster), url)
+            let data = tempfile::tempdir()?;
+            println!("2. DQLITE_URL is not set: the dqlite node is embedded in this process");
+            let url = format!("dqlite:///todo.db?data={}", data.path().join("node").display());
+            (Some(data), url)
         }
     };
     println!("   the same application on dqlite:");
     let on_dqlite = app(&dqlite_url).await?;
     print(&dqlite_url, &on_dqlite);
 
+    // Stop the embedded node (if this process runs one) before its directory goes away.
+    if let Some(data) = &data {
+        if let Some(node) = dqlite::node::embedded::running(&data.path().join("node")) {
+            node.close().await;
+        }
+    }
     if on_sqlite == on_dqlite {
         println!("same results on both: only the URL changed");
         Ok(())

@@ -91,11 +91,13 @@ struct Args {
     json: bool,
     label: Option<String>,
     seed: u64,
+    /// `--read leader|linearizable`: the driver's read mode (dqlite targets).
+    read: Option<sqlx_dqlite::ReadMode>,
 }
 
 const USAGE: &str = "usage: workload_bench (--url URL | --launch NAME [--nodes N] | --sqlite FILE)
              [--workload kvwrite|kvreadwrite|bank|bulk|scan] [--workers W] [--duration SECS]
-             [--seed S] [--label TEXT] [--json]";
+             [--seed S] [--label TEXT] [--json] [--read leader|linearizable]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -109,6 +111,7 @@ fn parse_args() -> Result<Args, String> {
         json: false,
         label: None,
         seed: 1,
+        read: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -126,6 +129,13 @@ fn parse_args() -> Result<Args, String> {
             "--seed" => a.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
             "--label" => a.label = Some(value()?),
             "--json" => a.json = true,
+            "--read" => {
+                a.read = Some(match value()?.as_str() {
+                    "leader" => sqlx_dqlite::ReadMode::Leader,
+                    "linearizable" => sqlx_dqlite::ReadMode::Linearizable,
+                    other => return Err(format!("--read: {other:?} is not leader or linearizable")),
+                })
+            }
             "--help" | "-h" => return Err(USAGE.to_owned()),
             _ => return Err(format!("unknown argument {flag:?}\n{USAGE}")),
         }
@@ -417,7 +427,10 @@ async fn connect(args: &Args) -> Result<(Target, String, Option<dqlite::testing:
         }
         (None, None) => unreachable!("parse_args checked the target"),
     };
-    let opts = DqliteConnectOptions::from_str(&url)?;
+    let mut opts = DqliteConnectOptions::from_str(&url)?;
+    if let Some(mode) = args.read {
+        opts = opts.read_mode(mode);
+    }
     let pool = DqlitePoolOptions::new().max_connections(pool_size).connect_with(opts).await?;
     Ok((Target::Dqlite(pool), url, cluster))
 }

@@ -98,3 +98,48 @@ fn tempfile_dir(tag: &str) -> std::path::PathBuf {
 fn rand_suffix() -> u64 {
     dqlite::node::node::random_id() % 1_000_000
 }
+
+/// The `embedded` test launcher (`DQLITE_TEST_LAUNCHER=embedded`): three nodes in this
+/// process, node 0 leading, in-process connections on the cluster URL, and `kill`/`restart`
+/// as the failover tests use them.
+#[test]
+fn the_embedded_launcher_runs_a_cluster_in_process() {
+    use dqlite::testing::{EmbeddedDqlite, Launcher};
+    let mut cluster = EmbeddedDqlite::new().start(3).expect("three embedded nodes");
+    assert_eq!(cluster.launcher(), "embedded");
+    assert_eq!(cluster.wait_for_leader(Duration::from_secs(30)).unwrap(), 0, "node 0 leads");
+    let url = cluster.url("launcher.db");
+    assert!(url.contains("data=") && url.contains("peers="), "{url}");
+    assert!(!cluster.remote_url("launcher.db").contains("data="));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let pool = rt.block_on(async {
+        let pool = DqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER)").execute(&mut *conn).await.unwrap();
+        assert!(conn.is_in_process(), "node 0 leads: the pipe, not a socket");
+        drop(conn);
+        pool
+    });
+    // A follower dies and comes back; the leader keeps committing meanwhile.
+    cluster.kill(2).unwrap();
+    assert!(!cluster.is_running(2));
+    rt.block_on(sqlx::query("INSERT INTO t VALUES (1)").execute(&pool)).unwrap();
+    cluster.restart(2).unwrap();
+    cluster.wait_for_voters(3, Duration::from_secs(30)).unwrap();
+    // The leader dies: another node takes over, reached over TCP.
+    rt.block_on(pool.close());
+    cluster.kill(0).unwrap();
+    let new = cluster.wait_for_new_leader(0, Duration::from_secs(30)).unwrap();
+    assert_ne!(new, 0);
+    let remote = cluster.remote_url("launcher.db");
+    let n: i64 = rt.block_on(async {
+        let pool = DqlitePoolOptions::new().max_connections(1).connect(&remote).await.unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        assert!(!conn.is_in_process());
+        sqlx::query("INSERT INTO t VALUES (2)").execute(&mut *conn).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&mut *conn).await.unwrap()
+    });
+    assert_eq!(n, 2, "the acknowledged write survived the leader's death");
+    cluster.restart(0).unwrap();
+    cluster.wait_for_voters(3, Duration::from_secs(30)).unwrap();
+}

@@ -117,7 +117,7 @@ pub use connection::DqliteConnection;
 pub use database::Dqlite;
 pub use error::{code, dqlite_error, is_outcome_unknown, DqliteError, DqliteErrorReason};
 pub use options::{
-    DqliteConnectOptions, NodeAddress, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LEADER_TIMEOUT, DEFAULT_PORT,
+    DqliteConnectOptions, NodeAddress, ReadMode, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LEADER_TIMEOUT, DEFAULT_PORT,
     DEFAULT_STATEMENT_CACHE_CAPACITY,
 };
 pub use query_result::DqliteQueryResult;

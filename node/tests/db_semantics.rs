@@ -471,9 +471,24 @@ fn an_idle_write_transaction_is_rolled_back_when_leadership_is_lost() {
     assert_eq!(dump(&c.handles[0], "idle.db"), dump(&c.handles[1], "idle.db"));
 }
 
-/// No quorum: the commit fails with the clear timeout error; while its fate is unknown other
-/// writes to that database are refused; once the entry commits it is applied as a follower would,
-/// and writes go on.
+/// Runs `sql` on a new connection to node 0's `db` on another thread; the answer comes on the
+/// returned channel.
+fn write_in_background(
+    c: &Cluster,
+    db: &str,
+    sql: &'static str,
+) -> std::sync::mpsc::Receiver<Result<(), dqlite_node::db::DbError>> {
+    let conn = c.handles[0].open(db).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(conn.blocking_exec_sql(sql, vec![]).map(|_| ()));
+    });
+    rx
+}
+
+/// No quorum: the commit fails with the clear timeout error; while its fate is unknown a second
+/// writer waits (bounded by its busy timeout) instead of failing; once the entry commits it is
+/// applied as a follower would, and the second writer proceeds on top of it.
 #[test]
 fn a_commit_timeout_is_reported_then_the_entry_is_applied_when_it_commits() {
     let mut cfg = config();
@@ -486,24 +501,92 @@ fn a_commit_timeout_is_reported_then_the_entry_is_applied_when_it_commits() {
     let e = conn.blocking_exec_sql("INSERT INTO t VALUES (1)", vec![]).unwrap_err();
     assert_eq!(e.code(), dqlite_node::db::SQLITE_IOERR_COMMIT_TIMEOUT, "{e}");
     assert!(e.to_string().contains("not confirmed by Raft"), "{e}");
-    let e = conn.blocking_exec_sql("INSERT INTO t VALUES (2)", vec![]).unwrap_err();
-    assert_eq!(e.code(), 10506, "{e}");
-    assert!(e.to_string().contains("unknown outcome"), "{e}");
+    // The second writer reads what it updates: it must run after entry 1's fate is known.
+    let second = write_in_background(&c, "to.db", "INSERT INTO t SELECT count(*) + 10 FROM t");
+    assert!(
+        second.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the second writer did not wait for the unknown outcome"
+    );
     c.hold(false);
+    let r = second.recv_timeout(Duration::from_secs(10)).expect("the second writer never finished");
+    r.expect("the second writer fails after the entry committed");
     c.wait_all_applied();
+    conn.blocking_exec_sql("INSERT INTO t VALUES (3)", vec![]).unwrap();
+    c.wait_all_applied();
+    for i in 0..2 {
+        let r = c.handles[i].open("to.db").unwrap();
+        assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a = 1"), 1, "node {i}");
+        // It saw entry 1: one row before it.
+        assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a = 11"), 1, "node {i}");
+        assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a = 3"), 1, "node {i}");
+        assert_eq!(count(&r, "SELECT count(*) FROM t"), 3, "node {i}");
+    }
+    assert_eq!(dump(&c.handles[0], "to.db"), dump(&c.handles[1], "to.db"));
+}
+
+/// The same, but the entry whose fate was unknown never commits (a new term overwrites it):
+/// the waiting writer proceeds once that is known, and the entry is nowhere.
+#[test]
+fn a_writer_waiting_on_an_unknown_outcome_proceeds_when_the_entry_is_lost() {
+    let mut cfg = config();
+    cfg.commit_timeout = Duration::from_millis(300);
+    let c = Cluster::with_config(2, cfg);
+    let conn = c.handles[0].open("lost.db").unwrap();
+    conn.blocking_exec_sql("CREATE TABLE t(a)", vec![]).unwrap();
+    c.wait_all_applied();
+    c.hold(true);
+    let e = conn.blocking_exec_sql("INSERT INTO t VALUES (1)", vec![]).unwrap_err();
+    assert_eq!(e.code(), dqlite_node::db::SQLITE_IOERR_COMMIT_TIMEOUT, "{e}");
+    let second = write_in_background(&c, "lost.db", "INSERT INTO t SELECT count(*) + 10 FROM t");
+    assert!(second.recv_timeout(Duration::from_millis(300)).is_err(), "the second writer did not wait");
+    // A new term (same leader) overwrites the uncommitted entry; its first write proposes the
+    // term's barrier at that index, which decides the fate of the lost entry.
+    c.truncate_uncommitted();
+    c.elect(Some(0));
+    c.hold(false);
     let deadline = Instant::now() + Duration::from_secs(10);
     while let Err(e) = conn.blocking_exec_sql("INSERT INTO t VALUES (3)", vec![]) {
         assert!(Instant::now() < deadline, "writes never resumed: {e}");
         std::thread::sleep(Duration::from_millis(5));
     }
+    let r = second.recv_timeout(Duration::from_secs(10)).expect("the second writer never finished");
+    r.expect("the second writer fails after the entry was lost");
     c.wait_all_applied();
     for i in 0..2 {
-        let r = c.handles[i].open("to.db").unwrap();
-        assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a = 1"), 1, "node {i}");
-        assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a = 2"), 0, "node {i}");
-        assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a = 3"), 1, "node {i}");
+        let r = c.handles[i].open("lost.db").unwrap();
+        assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a = 1"), 0, "node {i}");
+        assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a IN (3, 10, 11)"), 2, "node {i}");
     }
-    assert_eq!(dump(&c.handles[0], "to.db"), dump(&c.handles[1], "to.db"));
+    assert_eq!(dump(&c.handles[0], "lost.db"), dump(&c.handles[1], "lost.db"));
+}
+
+/// A writer waiting on an unknown outcome that is not decided within its busy timeout gets
+/// SQLITE_BUSY (nothing was proposed), and the connection keeps working afterwards.
+#[test]
+fn a_writer_waiting_on_an_unknown_outcome_gives_up_after_its_busy_timeout() {
+    let mut cfg = config();
+    cfg.commit_timeout = Duration::from_millis(200);
+    cfg.busy_timeout = Duration::from_millis(300);
+    let c = Cluster::with_config(2, cfg);
+    let conn = c.handles[0].open("busy.db").unwrap();
+    conn.blocking_exec_sql("CREATE TABLE t(a)", vec![]).unwrap();
+    c.wait_all_applied();
+    c.hold(true);
+    let e = conn.blocking_exec_sql("INSERT INTO t VALUES (1)", vec![]).unwrap_err();
+    assert_eq!(e.code(), dqlite_node::db::SQLITE_IOERR_COMMIT_TIMEOUT, "{e}");
+    let started = Instant::now();
+    let e = conn.blocking_exec_sql("INSERT INTO t VALUES (2)", vec![]).unwrap_err();
+    assert_eq!(e.code() & 0xff, libsqlite3_sys::SQLITE_BUSY, "{e}");
+    assert!(started.elapsed() >= Duration::from_millis(250), "gave up early: {:?}", started.elapsed());
+    // Reads are not held back.
+    assert_eq!(count(&conn, "SELECT count(*) FROM t"), 0);
+    c.hold(false);
+    c.wait_all_applied();
+    conn.blocking_exec_sql("INSERT INTO t VALUES (3)", vec![]).unwrap();
+    c.wait_all_applied();
+    let r = c.handles[1].open("busy.db").unwrap();
+    assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a = 2"), 0);
+    assert_eq!(count(&r, "SELECT count(*) FROM t WHERE a IN (1, 3)"), 2);
 }
 
 /// `interrupt` stops a long query with SQLITE_INTERRUPT; the connection keeps working.

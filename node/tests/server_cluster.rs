@@ -132,3 +132,33 @@ async fn nodes_bootstrap_join_in_any_order_and_hand_over() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_joining_at_the_same_moment_make_exactly_three_voters() {
+    // One bootstrapped node, then five nodes started at once, all joining through it: each
+    // reads CLUSTER, sees fewer than three voters and asks for a voter seat; a node that finds
+    // more than three voters right after its promotion steps back to standby. The
+    // configuration must settle at exactly three voters and three standbys.
+    let dirs: Vec<tempfile::TempDir> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs: Vec<SocketAddr> = (0..6).map(|_| free_addr()).collect();
+    let n0 = start(dirs[0].path(), addrs[0], &[]).await;
+    wait_until("the first node leads", || async { leader_of(addrs[0]).await.0 == n0.id().0 }).await;
+    let seed = [addrs[0]];
+    let joiners = futures_util::future::join_all((1..6).map(|i| start(dirs[i].path(), addrs[i], &seed))).await;
+    let settled = |m: &[(u64, String, Role)]| {
+        m.len() == 6
+            && m.iter().filter(|(_, _, r)| *r == Role::Voter).count() == 3
+            && m.iter().filter(|(_, _, r)| *r == Role::Standby).count() == 3
+    };
+    wait_until("three voters and three standbys", || async { settled(&members(addrs[0]).await) }).await;
+    // And it stays so (no node keeps flipping its role): checked over a few heartbeats.
+    for _ in 0..10 {
+        let m = members(addrs[0]).await;
+        assert!(settled(&m), "the configuration changed after settling: {m:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in joiners {
+        n.shutdown().await;
+    }
+    n0.shutdown().await;
+}

@@ -119,3 +119,50 @@ async fn sql_replicates_across_three_tcp_nodes() {
     assert_eq!(contents[0], contents[1]);
     assert_eq!(contents[0], contents[2]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_sql_with_a_second_statement_is_refused_and_runs_nothing() {
+    use dqlite_node::wire::{DbId, Params, Schema, ValueRef};
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let n = start(dir.path(), addr, &[]).await;
+    let deadline = Instant::now() + BOUND;
+    while leader_of(addr).await != n.id().0 {
+        assert!(Instant::now() < deadline, "the node leads in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = RawClient::connect(addr).await;
+    assert!(matches!(
+        c.request(&Request::Open { name: "multi.db", flags: 0, vfs: "volatile" }).await.decode(),
+        Response::Db { .. }
+    ));
+    let exec = |sql: &'static str| Request::ExecSql { db: DbId(0), sql, params: Params::none(), schema: Schema::V0 };
+    let query = |sql: &'static str| Request::QuerySql { db: DbId(0), sql, params: Params::none(), schema: Schema::V0 };
+    assert!(matches!(c.request(&exec("CREATE TABLE t (x INTEGER)")).await.decode(), Response::ExecResult { .. }));
+    // Two SELECTs, and a write followed by a SELECT: refused as dqlite does, nothing runs.
+    for sql in [
+        "SELECT 1; SELECT 2",
+        "INSERT INTO t VALUES (7); SELECT x FROM t",
+        "INSERT INTO t VALUES (8) RETURNING x; SELECT 1",
+    ] {
+        match c.request(&query(sql)).await.decode() {
+            Response::Failure { code, message } => {
+                assert_eq!((code, message), (1, "nonempty statement tail"), "{sql}");
+            }
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    // A tail of comments and semicolons is not a statement.
+    match c.request(&query("SELECT count(*) FROM t; -- nothing else\n ; /* done */")).await.decode() {
+        Response::Rows(b) => assert_eq!(b.rows, vec![vec![ValueRef::Integer(0)]], "nothing was written"),
+        other => panic!("{other:?}"),
+    }
+    // The connection is still usable and statement ids were not leaked into errors.
+    assert!(matches!(c.request(&exec("INSERT INTO t VALUES (9)")).await.decode(), Response::ExecResult { .. }));
+    match c.request(&query("SELECT x FROM t")).await.decode() {
+        Response::Rows(b) => assert_eq!(b.rows, vec![vec![ValueRef::Integer(9)]]),
+        other => panic!("{other:?}"),
+    }
+    drop(c);
+    n.shutdown().await;
+}

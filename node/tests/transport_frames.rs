@@ -116,3 +116,25 @@ fn mutated_frames_never_panic() {
         let _ = decode_frame(&buf, 1 << 20);
     });
 }
+
+/// Entry and snapshot payloads are serialized as byte strings (fast) rather than as sequences
+/// of `u8` (one serde call per byte); for postcard both give the same bytes, so format version
+/// 1 is unchanged: a mirror type with a plain `Vec<u8>` encodes identically.
+#[test]
+fn byte_payloads_keep_the_format_1_encoding() {
+    #[derive(serde::Serialize)]
+    struct PlainEntry {
+        term: Term,
+        index: LogIndex,
+        kind: EntryKind,
+        data: Vec<u8>,
+    }
+    for len in [0usize, 1, 127, 128, 300, 70_000] {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+        let entry = Entry { term: Term(3), index: LogIndex(9), kind: EntryKind::Command, data: data.clone() };
+        let plain = PlainEntry { term: Term(3), index: LogIndex(9), kind: EntryKind::Command, data };
+        let ours = postcard::to_stdvec(&entry).unwrap();
+        assert_eq!(ours, postcard::to_stdvec(&plain).unwrap(), "{len} bytes");
+        assert_eq!(postcard::from_bytes::<Entry>(&ours).unwrap(), entry);
+    }
+}

@@ -28,14 +28,17 @@
 //! removed) and, should the test process die without unwinding, by a small supervising shell
 //! that kills its node when the test process's end of a pipe closes.
 
+mod embedded;
 mod own;
 mod probe;
 mod real;
+mod supervised;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+pub use embedded::EmbeddedDqlite;
 pub use own::OwnDqlite;
 pub use probe::{Role, ServerInfo};
 pub use real::RealDqlite;
@@ -67,10 +70,20 @@ pub trait NodeProcess: Send + Sync {
     fn kill(&mut self) -> Result<(), LaunchError>;
     /// Starts a killed node again on the same address and data.
     fn restart(&mut self) -> Result<(), LaunchError>;
+    /// Stops the node gracefully (SIGTERM for a process) and waits until it is gone; returns
+    /// its exit code. Its data stays, so [`NodeProcess::restart`] can bring it back.
+    fn terminate(&mut self) -> Result<i32, LaunchError> {
+        Err(LaunchError::Invalid("this launcher cannot stop a node gracefully".into()))
+    }
     /// Whether the node is (still) running.
     fn is_running(&mut self) -> bool;
     /// The last `max_bytes` of the node's log, for error messages.
     fn log_tail(&self, max_bytes: usize) -> String;
+    /// Query options a URL naming this node as its host carries (`data=DIR` for a node of
+    /// this process, so connections attach to it in process); `None` for other processes.
+    fn url_options(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Why launching or driving a cluster failed. Messages are written for the person reading a
@@ -121,7 +134,7 @@ pub enum LaunchError {
         log_tail: String,
     },
     /// `DQLITE_TEST_LAUNCHER` names no known launcher.
-    #[error("{LAUNCHER_ENV}={0:?} names no launcher; known launchers: real, own")]
+    #[error("{LAUNCHER_ENV}={0:?} names no launcher; known launchers: real, own, embedded")]
     UnknownLauncher(String),
     /// A node index out of range, or a request that makes no sense for the cluster's state.
     #[error("{0}")]
@@ -132,6 +145,8 @@ pub enum LaunchError {
 ///
 /// * `real`: [`RealDqlite`], C dqlite 1.11 via Debian's `dqlite-demo`.
 /// * `own`: [`OwnDqlite`], this project's nodes via `dqlited run`.
+/// * `embedded`: [`EmbeddedDqlite`], this project's nodes inside the test process (URLs carry
+///   node 0's `data=DIR`, so connections take the in-process path while it leads).
 pub fn launcher_from_env() -> Result<Box<dyn Launcher>, LaunchError> {
     let name = std::env::var(LAUNCHER_ENV).unwrap_or_default();
     launcher_by_name(&name)
@@ -142,6 +157,7 @@ pub fn launcher_by_name(name: &str) -> Result<Box<dyn Launcher>, LaunchError> {
     match name {
         "real" | "" => Ok(Box::new(RealDqlite::from_env()?)),
         "own" => Ok(Box::new(OwnDqlite::from_env()?)),
+        "embedded" => Ok(Box::new(EmbeddedDqlite::new())),
         other => Err(LaunchError::UnknownLauncher(other.to_owned())),
     }
 }
@@ -198,7 +214,24 @@ impl Cluster {
     }
 
     /// Like [`Cluster::url`], with extra query options appended (`"a=1&b=2"`, no leading `&`).
+    /// For a cluster of nodes in this process (the `embedded` launcher) the URL also names node
+    /// 0's data directory, so that connections attach to it in process.
     pub fn url_with(&self, database: &str, options: &str) -> String {
+        let own = self.nodes.first().and_then(|n| n.url_options()).unwrap_or_default();
+        match (own.is_empty(), options.is_empty()) {
+            (true, _) => self.remote_url_with(database, options),
+            (false, true) => self.remote_url_with(database, &own),
+            (false, false) => self.remote_url_with(database, &format!("{own}&{options}")),
+        }
+    }
+
+    /// A URL for `database` that another process can use: like [`Cluster::url`], without
+    /// options that only make sense inside this process (an embedded node's `data=DIR`).
+    pub fn remote_url(&self, database: &str) -> String {
+        self.remote_url_with(database, "")
+    }
+
+    fn remote_url_with(&self, database: &str, options: &str) -> String {
         let addrs = self.addresses();
         let mut url = format!("dqlite://{}/{}", addrs[0], database);
         let peers: Vec<String> = addrs[1..].iter().map(|a| a.to_string()).collect();
@@ -221,6 +254,13 @@ impl Cluster {
         self.check_index(i)?;
         tracing::info!(node = i, address = %self.address(i), "killing node");
         self.nodes[i].kill()
+    }
+
+    /// Stops node `i` gracefully (SIGTERM) and waits until it is gone; returns its exit code.
+    pub fn terminate(&mut self, i: usize) -> Result<i32, LaunchError> {
+        self.check_index(i)?;
+        tracing::info!(node = i, address = %self.address(i), "stopping node (SIGTERM)");
+        self.nodes[i].terminate()
     }
 
     /// Restarts killed node `i` on its address and data.

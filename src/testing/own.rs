@@ -3,21 +3,27 @@
 //!
 //! Node 0 bootstraps (`dqlited run --address A0 --data D0`); the others join through it
 //! (`--join A0`); the first three become voters, later ones standbys. Each node runs under
-//! the same supervising `sh` as [`RealDqlite`](super::RealDqlite)'s nodes: `kill` is a
+//! the same supervising `sh` as [`RealDqlite`](super::RealDqlite)'s nodes (`supervised.rs`): `kill` is a
 //! SIGKILL that keeps the data, and the nodes die with the test process.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::real::{find_in_path, free_addr, unique_root_dir, KILL_TIMEOUT, SUPERVISOR};
+use super::real::{find_in_path, free_addr, unique_root_dir};
+use super::supervised::{self, Supervised};
 use super::{probe, Cluster, LaunchError, Launcher, NodeProcess, Role, POLL_INTERVAL, PROBE_TIMEOUT};
 
 /// Environment variable overriding the `dqlited` path.
 pub const DQLITED_BIN_ENV: &str = "DQLITED_BIN";
+
+/// Environment variable: when set, each node's log (`<root>/nodeN.log`, beside its data
+/// directory) is kept after the cluster is dropped, for post-mortems.
+pub const KEEP_LOGS_ENV: &str = "DQLITE_TEST_KEEP_LOGS";
+
+/// How long a node may take to exit after SIGTERM (`dqlited run` gives itself 30 s).
+const TERM_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// The first members up to this many are voters (`dqlited run`'s rule).
 const VOTERS: usize = 3;
@@ -168,12 +174,6 @@ fn beside_current_exe(name: &str) -> Option<PathBuf> {
     [dir.join(name), dir.parent()?.join(name)].into_iter().find(|p| p.is_file())
 }
 
-struct Supervised {
-    shell: Child,
-    stdin: Option<ChildStdin>,
-    pid: u32,
-}
-
 /// One `dqlited run` process under its supervising shell.
 struct OwnNode {
     index: usize,
@@ -190,92 +190,42 @@ impl OwnNode {
     }
 
     fn spawn(&mut self, join: Option<SocketAddr>) -> Result<(), LaunchError> {
-        let io = |what: &str| {
-            let what = format!("{what} for node {} ({})", self.index, self.address);
-            move |source| LaunchError::Io { what, source }
-        };
-        fs::create_dir_all(&self.dir).map_err(io("creating the data directory"))?;
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(SUPERVISOR)
-            .arg("dqlited-supervisor")
-            .arg(self.log_path())
-            .arg(&self.dir)
-            .arg(&self.binary)
-            .arg("run")
-            .arg("--address")
-            .arg(self.address.to_string())
-            .arg("--data")
-            .arg(&self.dir);
+        fs::create_dir_all(&self.dir).map_err(|source| LaunchError::Io {
+            what: format!("creating the data directory for node {} ({})", self.index, self.address),
+            source,
+        })?;
+        let mut args = vec![
+            "run".to_owned(),
+            "--address".to_owned(),
+            self.address.to_string(),
+            "--data".to_owned(),
+            self.dir.display().to_string(),
+        ];
         if let Some(seed) = join {
-            command.arg("--join").arg(seed.to_string());
+            args.extend(["--join".to_owned(), seed.to_string()]);
         }
-        if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "info");
-        }
-        let mut shell = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(io("spawning the supervising sh"))?;
-        let stdin = shell.stdin.take();
-        let mut line = String::new();
-        let read = match shell.stdout.take() {
-            Some(stdout) => BufReader::new(stdout).read_line(&mut line),
-            None => Ok(0),
-        };
-        let pid = match read {
-            Ok(_) => match line.trim().parse::<u32>() {
-                Ok(pid) => pid,
-                Err(e) => {
-                    let _ = shell.kill();
-                    let _ = shell.wait();
-                    return Err(LaunchError::Io {
-                        what: format!("reading node {}'s pid from its supervisor (got {line:?})", self.index),
-                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                    });
-                }
-            },
-            Err(e) => {
-                let _ = shell.kill();
-                let _ = shell.wait();
-                return Err(LaunchError::Io { what: format!("reading node {}'s pid", self.index), source: e });
-            }
-        };
-        tracing::debug!(node = self.index, address = %self.address, pid, ?join, "dqlited started");
-        self.running = Some(Supervised { shell, stdin, pid });
+        let env: &[(&str, &str)] = if std::env::var_os("RUST_LOG").is_none() { &[("RUST_LOG", "info")] } else { &[] };
+        let sup = Supervised::spawn(self.index, &self.log_path(), &self.dir, &self.binary, &args, env)?;
+        tracing::debug!(node = self.index, address = %self.address, pid = sup.pid(), ?join, "dqlited started");
+        self.running = Some(sup);
         Ok(())
     }
 
     fn stop(&mut self, keep: bool) -> Result<(), LaunchError> {
-        let Some(mut sup) = self.running.take() else { return Ok(()) };
-        if let Some(mut stdin) = sup.stdin.take() {
-            let _ = stdin.write_all(if keep { b"keep\n" } else { b"drop\n" });
+        match self.running.take() {
+            Some(sup) => sup.stop(keep),
+            None => Ok(()),
         }
-        let start = Instant::now();
-        loop {
-            match sup.shell.try_wait() {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) if start.elapsed() < KILL_TIMEOUT => std::thread::sleep(Duration::from_millis(5)),
-                Ok(None) => {
-                    let _ = sup.shell.kill();
-                    let _ = sup.shell.wait();
-                    return Err(LaunchError::Timeout {
-                        what: format!("node {} (pid {}) to die after SIGKILL", self.index, sup.pid),
-                        waited: start.elapsed(),
-                        detail: String::new(),
-                    });
-                }
-                Err(source) => {
-                    return Err(LaunchError::Io {
-                        what: format!("waiting for node {}'s supervisor", self.index),
-                        source,
-                    })
-                }
-            }
-        }
+    }
+
+    /// SIGTERM through the supervisor; waits (bounded) for the node to exit and returns its
+    /// exit status.
+    fn terminate_now(&mut self) -> Result<i32, LaunchError> {
+        let Some(sup) = self.running.take() else {
+            return Err(LaunchError::Invalid(format!("node {} is not running", self.index)));
+        };
+        let log = self.log_path();
+        sup.terminate(&log, TERM_TIMEOUT, || supervised::log_tail(&log, 4096))
     }
 
     fn exited(&self, during: &str) -> LaunchError {
@@ -298,6 +248,10 @@ impl NodeProcess for OwnNode {
             return Err(LaunchError::Invalid(format!("node {} is not running", self.index)));
         }
         self.stop(true)
+    }
+
+    fn terminate(&mut self) -> Result<i32, LaunchError> {
+        self.terminate_now()
     }
 
     fn restart(&mut self) -> Result<(), LaunchError> {
@@ -326,27 +280,11 @@ impl NodeProcess for OwnNode {
     }
 
     fn is_running(&mut self) -> bool {
-        let Some(sup) = self.running.as_mut() else { return false };
-        if !matches!(sup.shell.try_wait(), Ok(None)) {
-            return false;
-        }
-        match fs::read_to_string(format!("/proc/{}/stat", sup.pid)) {
-            Ok(stat) => stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next())
-                .is_some_and(|state| state != 'Z' && state != 'X'),
-            Err(_) if !Path::new("/proc/self").exists() => true,
-            Err(_) => false,
-        }
+        self.running.as_mut().is_some_and(|sup| sup.is_running())
     }
 
     fn log_tail(&self, max_bytes: usize) -> String {
-        let Ok(mut file) = fs::File::open(self.log_path()) else { return "(no log)".to_owned() };
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let _ = file.seek(SeekFrom::Start(len.saturating_sub(max_bytes as u64)));
-        let mut bytes = Vec::new();
-        let _ = file.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
+        supervised::log_tail(&self.log_path(), max_bytes)
     }
 }
 
@@ -359,7 +297,10 @@ impl Drop for OwnNode {
         } else {
             let _ = fs::remove_dir_all(&self.dir);
         }
-        let _ = fs::remove_file(self.log_path());
+        let _ = fs::remove_file(supervised::exit_path(&self.log_path()));
+        if std::env::var_os(KEEP_LOGS_ENV).is_none() {
+            let _ = fs::remove_file(self.log_path());
+        }
         if let Some(parent) = self.dir.parent() {
             let _ = fs::remove_dir(parent);
         }

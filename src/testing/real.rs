@@ -7,40 +7,26 @@
 //! (about 2 s for a 3-node cluster on an idle machine); the launcher waits for that through the
 //! wire protocol's CLUSTER request.
 //!
-//! Each node runs under a tiny supervising `sh` whose standard input is a pipe from the test
-//! process: one line `keep` on it means "SIGKILL the node, keep its data" ([`NodeProcess::kill`]),
-//! end-of-file means "SIGKILL the node and delete its data". End-of-file also happens when the
-//! test process dies for any reason, so no node outlives its test, even one kept in a `static`.
+//! Each node runs under a tiny supervising `sh` (`supervised.rs`, shared with
+//! [`OwnDqlite`](super::OwnDqlite)) whose standard input is a pipe from the test process: one
+//! line `keep` on it means "SIGKILL the node, keep its data" ([`NodeProcess::kill`]), `term`
+//! means SIGTERM ([`NodeProcess::terminate`]), end-of-file means "SIGKILL the node and delete
+//! its data". End-of-file also happens when the test process dies for any reason, so no node
+//! outlives its test, even one kept in a `static`.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::supervised::{self, Supervised};
 use super::{probe, Cluster, LaunchError, Launcher, NodeProcess, Role, POLL_INTERVAL, PROBE_TIMEOUT};
 
 /// Environment variable overriding the `dqlite-demo` path.
 pub const DEMO_BIN_ENV: &str = "DQLITE_DEMO_BIN";
 const DEFAULT_DEMO_BIN: &str = "/usr/bin/dqlite-demo";
 
-/// Supervisor: `sh -c SCRIPT supervisor LOG DIR BINARY ARGS...`. Prints the node's pid, then
-/// waits for a line (or EOF) on stdin. `kill -9` + `wait` means the node is gone (and its
-/// port closed) when the supervisor exits.
-pub(super) const SUPERVISOR: &str = r#"log=$1; dir=$2; shift 2
-"$@" </dev/null >>"$log" 2>&1 &
-pid=$!
-echo "$pid"
-read -r cmd
-kill -9 "$pid" 2>/dev/null
-wait "$pid" 2>/dev/null
-if [ "$cmd" != keep ]; then rm -rf "$dir"; rmdir "$(dirname "$dir")" 2>/dev/null; fi
-exit 0"#;
-
-/// How long a supervisor may take to exit after being told to kill its node.
-pub(super) const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many times [`RealDqlite::start`] re-forms a cluster whose node died while starting
 /// (typically a port taken between choosing it and the node binding it).
 const START_ATTEMPTS: usize = 3;
@@ -184,12 +170,6 @@ struct DemoNode {
     running: Option<Supervised>,
 }
 
-struct Supervised {
-    shell: Child,
-    stdin: Option<ChildStdin>,
-    pid: u32,
-}
-
 impl DemoNode {
     fn new(index: usize, binary: PathBuf, db: SocketAddr, api: SocketAddr, dir: PathBuf) -> Self {
         DemoNode { index, binary, db, api, dir, running: None }
@@ -200,90 +180,32 @@ impl DemoNode {
     }
 
     fn spawn(&mut self, join: Option<SocketAddr>) -> Result<(), LaunchError> {
-        let io = |what: &str| {
-            let what = format!("{what} for node {} ({})", self.index, self.db);
-            move |source| LaunchError::Io { what, source }
-        };
-        fs::create_dir_all(&self.dir).map_err(io("creating the data directory"))?;
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(SUPERVISOR)
-            .arg("dqlite-supervisor")
-            .arg(self.log_path())
-            .arg(&self.dir)
-            .arg(&self.binary)
-            .arg("--api")
-            .arg(self.api.to_string())
-            .arg("--db")
-            .arg(self.db.to_string())
-            .arg("-D")
-            .arg(&self.dir);
+        fs::create_dir_all(&self.dir).map_err(|source| LaunchError::Io {
+            what: format!("creating the data directory for node {} ({})", self.index, self.db),
+            source,
+        })?;
+        let mut args = vec![
+            "--api".to_owned(),
+            self.api.to_string(),
+            "--db".to_owned(),
+            self.db.to_string(),
+            "-D".to_owned(),
+            self.dir.display().to_string(),
+        ];
         if let Some(seed) = join {
-            command.arg("--join").arg(seed.to_string());
+            args.extend(["--join".to_owned(), seed.to_string()]);
         }
-        let mut shell = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(io("spawning the supervising sh"))?;
-        let stdin = shell.stdin.take();
-        let mut line = String::new();
-        let read = match shell.stdout.take() {
-            Some(stdout) => BufReader::new(stdout).read_line(&mut line),
-            None => Ok(0),
-        };
-        let pid = match read.map(|_| line.trim().parse::<u32>()) {
-            Ok(Ok(pid)) => pid,
-            other => {
-                let _ = shell.kill();
-                let _ = shell.wait();
-                return Err(LaunchError::Io {
-                    what: format!("reading node {}'s pid from its supervisor (got {line:?})", self.index),
-                    source: match other {
-                        Err(e) => e,
-                        Ok(Err(e)) => std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                        Ok(Ok(_)) => unreachable!("handled above"),
-                    },
-                });
-            }
-        };
-        tracing::debug!(node = self.index, db = %self.db, pid, ?join, "dqlite-demo started");
-        self.running = Some(Supervised { shell, stdin, pid });
+        let sup = Supervised::spawn(self.index, &self.log_path(), &self.dir, &self.binary, &args, &[])?;
+        tracing::debug!(node = self.index, db = %self.db, pid = sup.pid(), ?join, "dqlite-demo started");
+        self.running = Some(sup);
         Ok(())
     }
 
     /// Tells the supervisor to SIGKILL the node (`keep` = keep its data) and waits for it.
     fn stop(&mut self, keep: bool) -> Result<(), LaunchError> {
-        let Some(mut sup) = self.running.take() else {
-            return Ok(());
-        };
-        if let Some(mut stdin) = sup.stdin.take() {
-            // A write error means the supervisor is already gone; waiting below covers it.
-            let _ = stdin.write_all(if keep { b"keep\n" } else { b"drop\n" });
-        }
-        let start = Instant::now();
-        loop {
-            match sup.shell.try_wait() {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) if start.elapsed() < KILL_TIMEOUT => std::thread::sleep(Duration::from_millis(5)),
-                Ok(None) => {
-                    let _ = sup.shell.kill();
-                    let _ = sup.shell.wait();
-                    return Err(LaunchError::Timeout {
-                        what: format!("node {} (pid {}) to die after SIGKILL", self.index, sup.pid),
-                        waited: start.elapsed(),
-                        detail: String::new(),
-                    });
-                }
-                Err(source) => {
-                    return Err(LaunchError::Io {
-                        what: format!("waiting for node {}'s supervisor", self.index),
-                        source,
-                    })
-                }
-            }
+        match self.running.take() {
+            Some(sup) => sup.stop(keep),
+            None => Ok(()),
         }
     }
 
@@ -307,6 +229,14 @@ impl NodeProcess for DemoNode {
             return Err(LaunchError::Invalid(format!("node {} is not running", self.index)));
         }
         self.stop(true)
+    }
+
+    fn terminate(&mut self) -> Result<i32, LaunchError> {
+        let Some(sup) = self.running.take() else {
+            return Err(LaunchError::Invalid(format!("node {} is not running", self.index)));
+        };
+        let log = self.log_path();
+        sup.terminate(&log, Duration::from_secs(45), || supervised::log_tail(&log, 4096))
     }
 
     fn restart(&mut self) -> Result<(), LaunchError> {
@@ -335,34 +265,11 @@ impl NodeProcess for DemoNode {
     }
 
     fn is_running(&mut self) -> bool {
-        let Some(sup) = self.running.as_mut() else {
-            return false;
-        };
-        if !matches!(sup.shell.try_wait(), Ok(None)) {
-            return false;
-        }
-        // The node is the supervisor's child; until the supervisor reaps it, a dead node is a
-        // zombie ('Z'), so the state letter is what tells.
-        match fs::read_to_string(format!("/proc/{}/stat", sup.pid)) {
-            Ok(stat) => stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next())
-                .is_some_and(|state| state != 'Z' && state != 'X'),
-            // No procfs (not Linux): trust the supervisor being alive.
-            Err(_) if !Path::new("/proc/self").exists() => true,
-            Err(_) => false,
-        }
+        self.running.as_mut().is_some_and(|sup| sup.is_running())
     }
 
     fn log_tail(&self, max_bytes: usize) -> String {
-        let Ok(mut file) = fs::File::open(self.log_path()) else {
-            return "(no log)".to_owned();
-        };
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let _ = file.seek(SeekFrom::Start(len.saturating_sub(max_bytes as u64)));
-        let mut bytes = Vec::new();
-        let _ = file.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
+        supervised::log_tail(&self.log_path(), max_bytes)
     }
 }
 

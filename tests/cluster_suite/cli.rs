@@ -44,11 +44,14 @@ const V3: &str = "20260101000003";
 
 #[test]
 fn create_migrate_info_revert_drop() {
+    // This process's pools use the cluster's URL; the dqlited processes one without options
+    // that only this process can use (an embedded node's `data=DIR`).
     let url = common::shared_url("cli.db");
     let url = url.as_str();
-    let src = ["--source", "tests/migrations", "--database-url", url];
+    let remote = common::shared_cluster().remote_url(&common::db_name("cli.db"));
+    let src = ["--source", "tests/migrations", "--database-url", &remote];
 
-    ok(&["database", "create", "--database-url", url]);
+    ok(&["database", "create", "--database-url", &remote]);
 
     let info = ok(&[&["migrate", "info"][..], &src].concat());
     assert_eq!([V1, V2, V3].map(|v| status_of(&info, v)), ["pending", "pending", "pending"]);
@@ -82,7 +85,7 @@ fn create_migrate_info_revert_drop() {
         pool.close().await;
     });
 
-    ok(&["database", "drop", "-y", "--database-url", url]);
+    ok(&["database", "drop", "-y", "--database-url", &remote]);
     runtime.block_on(async {
         let pool = common::pool_for(url, 1).await;
         // SQLite's own objects (sqlite_sequence, left by AUTOINCREMENT) cannot be dropped.

@@ -19,6 +19,7 @@ mod failures;
 mod migrate;
 mod migrate_lock;
 mod params_limit;
+mod path;
 mod sqlite_compat;
 mod sqlx_test_attr;
 mod streaming;

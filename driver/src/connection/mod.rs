@@ -101,6 +101,13 @@ impl DqliteConnection {
         self.session.as_ref().map(|s| s.leader().to_string())
     }
 
+    /// Whether this connection currently reaches its leader through an in-process pipe (an
+    /// embedded node of this process that leads; no socket) rather than over TCP. `false` after
+    /// the connection was lost.
+    pub fn is_in_process(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.is_in_process())
+    }
+
     /// Transaction depth as the server sees it: 0 outside a transaction, 1 inside one, more
     /// inside savepoints (cancelled control statements are settled by the next use first).
     pub fn transaction_depth(&self) -> usize {

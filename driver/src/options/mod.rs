@@ -20,6 +20,31 @@ pub const DEFAULT_STATEMENT_CACHE_CAPACITY: usize = 100;
 /// Default [`DqliteConnectOptions::busy_timeout`] (as sqlx-sqlite's).
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How queries read (`read=` in the URL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ReadMode {
+    /// The leader answers from its local state at once (dqlite's behaviour). A leader that was
+    /// just deposed without knowing it yet may answer from a state that misses the newest
+    /// commits, for up to an election timeout.
+    #[default]
+    Leader,
+    /// Linearizable: before each query the leader confirms its leadership with a quorum and
+    /// waits until it has applied everything committed (Raft ReadIndex, one heartbeat round).
+    /// A query then sees every write acknowledged before it started, also right after a
+    /// failover. Only dqlite-rs nodes honour it (real dqlite ignores it and reads as `Leader`).
+    Linearizable,
+}
+
+impl ReadMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReadMode::Leader => "leader",
+            ReadMode::Linearizable => "linearizable",
+        }
+    }
+}
+
 /// A `host:port` address of a dqlite node, as it is dialed and as the cluster reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NodeAddress {
@@ -81,6 +106,7 @@ impl fmt::Display for NodeAddress {
 /// | `client_id=0` | [`client_id`](Self::client_id) | 0 | id sent in the `CLIENT` handshake (informational for the server) |
 /// | `data=DIR` | [`data_dir`](Self::data_dir) | none | feature `embedded`: run (or attach to, if this process already runs it) a dqlite-rs node inside this process with data directory `DIR`, listening on the URL's `HOST:PORT`. A fresh `DIR` bootstraps a new cluster (or joins, with `join=`); a used one resumes. While that node leads, statements reach it through an in-process pipe (same protocol and errors, no socket); otherwise over TCP to the leader. `dqlite:///DB?data=DIR` (no host): a single node with no listening socket ([`no_socket`](Self::no_socket)) |
 /// | `join=H:P,H:P` | [`join`](Self::join) | none | with `data=`: nodes a fresh embedded node joins through; they are also leader-search seeds |
+/// | `read=leader` | [`read_mode`](Self::read_mode) | `leader` | `leader`: queries read the leader's local state at once (as dqlite); `linearizable`: each query first waits for a Raft ReadIndex round on the leader (one heartbeat to a quorum) so it sees every write acknowledged before it started, even right after a failover (dqlite-rs nodes; real dqlite ignores it). See [`ReadMode`] |
 /// | `busy_timeout=5s` | [`busy_timeout`](Self::busy_timeout) | 5 s | how long a statement outside a transaction is retried while the server answers `SQLITE_BUSY` ("database is locked": another writer holds the lock; the statement did not run), with SQLite's busy-handler delays (1 ms … 100 ms); 0 = fail at once. sqlx-sqlite's default is the same |
 ///
 /// Durations accept `ms`, `s` and `m` suffixes (`250ms`, `5s`, `1m`); a bare number means
@@ -119,6 +145,7 @@ pub struct DqliteConnectOptions {
     pub(crate) client_id: u64,
     pub(crate) request_timeout: Duration,
     pub(crate) busy_timeout: Duration,
+    pub(crate) read_mode: ReadMode,
     /// The leader found last by any connection made from these options (or their clones):
     /// tried first by the next leader search.
     pub(crate) leader_hint: Arc<Mutex<Option<NodeAddress>>>,
@@ -139,6 +166,7 @@ impl fmt::Debug for DqliteConnectOptions {
             .field("client_id", &self.client_id)
             .field("request_timeout", &self.request_timeout)
             .field("busy_timeout", &self.busy_timeout)
+            .field("read_mode", &self.read_mode)
             .field("embedded", &self.embedded)
             .finish()
     }
@@ -164,6 +192,7 @@ impl DqliteConnectOptions {
             client_id: 0,
             request_timeout: Duration::ZERO,
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            read_mode: ReadMode::Leader,
             leader_hint: Arc::new(Mutex::new(None)),
             log_settings: LogSettings::default(),
             embedded: None,
@@ -247,6 +276,26 @@ impl DqliteConnectOptions {
     /// The busy timeout.
     pub fn get_busy_timeout(&self) -> Duration {
         self.busy_timeout
+    }
+
+    /// How queries read (`read=`; see [`ReadMode`]).
+    pub fn read_mode(mut self, mode: ReadMode) -> Self {
+        self.read_mode = mode;
+        self
+    }
+
+    /// The read mode.
+    pub fn get_read_mode(&self) -> ReadMode {
+        self.read_mode
+    }
+
+    /// The vfs field of OPEN: dqlite ignores it (go-dqlite sends "volatile"); dqlite-rs reads
+    /// the options after `?` (`read=linearizable`).
+    pub(crate) fn open_vfs(&self) -> &'static str {
+        match self.read_mode {
+            ReadMode::Leader => "volatile",
+            ReadMode::Linearizable => "volatile?read=linearizable",
+        }
     }
 
     /// The database name.

@@ -122,6 +122,17 @@ impl DqliteConnectOptions {
                 }
                 "request_timeout" => opts.request_timeout = parse_duration(&key, &value)?,
                 "busy_timeout" => opts.busy_timeout = parse_duration(&key, &value)?,
+                "read" => {
+                    opts.read_mode = match &*value {
+                        "leader" => super::ReadMode::Leader,
+                        "linearizable" => super::ReadMode::Linearizable,
+                        other => {
+                            return Err(config_err(format!(
+                                "invalid read={other:?} (expected `leader` or `linearizable`)"
+                            )))
+                        }
+                    }
+                }
                 // Embedded node options, taken by `EmbeddedSpec::from_url` above.
                 "data" | "join" => {}
                 "client_id" => {
@@ -132,8 +143,8 @@ impl DqliteConnectOptions {
                 other => {
                     return Err(config_err(format!(
                         "unknown dqlite URL parameter `{other}` (known: peers, connect_timeout, \
-                         leader_timeout, statement_cache_capacity, request_timeout, busy_timeout, client_id, \
-                         data, join)"
+                         leader_timeout, statement_cache_capacity, request_timeout, busy_timeout, read, \
+                         client_id, data, join)"
                     )))
                 }
             }
@@ -176,6 +187,9 @@ impl DqliteConnectOptions {
         push("statement_cache_capacity", &self.statement_cache_capacity.to_string());
         push("request_timeout", &format!("{}ms", self.request_timeout.as_millis()));
         push("busy_timeout", &format!("{}ms", self.busy_timeout.as_millis()));
+        if self.read_mode != super::ReadMode::Leader {
+            push("read", self.read_mode.as_str());
+        }
         push("client_id", &self.client_id.to_string());
         if let Some(e) = &self.embedded {
             e.push_url_options(&mut push);

@@ -74,7 +74,7 @@ async fn open_on_leader(mut stream: WireStream, opts: &DqliteConnectOptions) -> 
             }
             other => return Err(Error::Protocol(format!("unexpected reply to CLIENT: {:?}", other.response_type()))),
         }
-        match Session::open(stream, &opts.database).await? {
+        match Session::open(stream, &opts.database, opts.open_vfs()).await? {
             Ok(session) => Ok(Some(session)),
             Err(f) if f.is_not_leader() => Ok(None),
             Err(f) => Err(f.into_error()),

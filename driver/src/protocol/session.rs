@@ -123,10 +123,11 @@ fn schema_for(params: usize) -> Schema {
 }
 
 impl Session {
-    /// Wrap a stream connected to the leader (after CLIENT) and OPEN `database`.
-    pub async fn open(mut stream: WireStream, database: &str) -> Result<Result<Self, Failure>, Error> {
+    /// Wrap a stream connected to the leader (after CLIENT) and OPEN `database` (`vfs`: see
+    /// `DqliteConnectOptions::open_vfs`).
+    pub async fn open(mut stream: WireStream, database: &str, vfs: &str) -> Result<Result<Self, Failure>, Error> {
         stream
-            .send(&Request::Open { name: database, flags: 0, vfs: "volatile" })
+            .send(&Request::Open { name: database, flags: 0, vfs })
             .await
             .map_err(WireError::into_inner)?;
         let frame = stream.recv().await?;
@@ -153,6 +154,11 @@ impl Session {
 
     pub fn leader(&self) -> &NodeAddress {
         self.stream.peer()
+    }
+
+    /// Whether this session runs over an in-process pipe to a node of this process.
+    pub fn is_in_process(&self) -> bool {
+        self.stream.is_in_process()
     }
 
     /// Is there nothing owed and the socket still open? (Non-blocking.)

@@ -161,6 +161,15 @@ impl WireStream {
         &self.peer
     }
 
+    /// Whether this stream is an in-process pipe (feature `embedded`) rather than a socket.
+    pub fn is_in_process(&self) -> bool {
+        match self.socket {
+            Socket::Tcp(_) => false,
+            #[cfg(feature = "embedded")]
+            Socket::Local(_) => true,
+        }
+    }
+
     #[cfg(test)]
     pub fn frames_received(&self) -> u64 {
         self.frames_received

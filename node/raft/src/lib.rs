@@ -62,6 +62,8 @@ mod read_index;
 pub mod ready;
 mod replication;
 mod snapshot;
+#[cfg(feature = "serde")]
+mod serde_bytes;
 mod transfer;
 pub mod types;
 

@@ -129,6 +129,7 @@ pub struct InstallSnapshot {
     /// Byte offset of `data` in the snapshot.
     pub offset: u64,
     /// The bytes.
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_bytes"))]
     pub data: Vec<u8>,
     /// True for the last chunk.
     pub done: bool,

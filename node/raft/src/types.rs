@@ -108,6 +108,7 @@ pub struct Entry {
     /// What it carries.
     pub kind: EntryKind,
     /// The payload.
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_bytes"))]
     pub data: Vec<u8>,
 }
 

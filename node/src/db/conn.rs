@@ -36,6 +36,7 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::ValueRef;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
+use super::batch::{self, BatchStatement};
 use super::{lock, DbError, DbShared, NodeShared, SQLITE_IOERR_LEADERSHIP_LOST, SQLITE_IOERR_NOT_LEADER};
 use crate::raft::Term;
 use crate::vfs::VfsConnection;
@@ -200,12 +201,23 @@ struct Worker<'c> {
     /// The open write transaction was rolled back because leadership was lost: the next
     /// statement is told so (once).
     lost: bool,
+    /// What the authorizer saw during the last prepare (group commit eligibility).
+    elig: Arc<std::sync::Mutex<batch::Eligibility>>,
+    /// Prepared statements that may run in a group commit, with their SQL.
+    batchable: HashMap<u32, String>,
+    /// Prepared statements that call `changes()`.
+    uses_changes: std::collections::HashSet<u32>,
+    /// `changes()` this connection owes its client: its last write ran in a group commit on
+    /// another connection.
+    changes_owed: Option<u64>,
+    /// The temp table [`Worker::pay_changes`] uses exists.
+    changes_table: bool,
 }
 
 /// How often an idle connection holding the write lock checks that its node still leads.
 const LEADERSHIP_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
-fn to_sql(v: &Value) -> rusqlite::types::Value {
+pub(crate) fn to_sql(v: &Value) -> rusqlite::types::Value {
     use rusqlite::types::Value as V;
     match v {
         Value::Integer(i) | Value::UnixTime(i) => V::Integer(*i),
@@ -373,6 +385,11 @@ impl<'c> Worker<'c> {
             return Ok(None);
         }
         let end = first_statement_end(sql);
+        {
+            let mut e = lock(&self.elig);
+            e.alone = false;
+            e.uses_changes = false;
+        }
         let stmt = c.prepare(&sql[..end]);
         let stmt = stmt.map_err(|e| self.error(e))?;
         if !stmt.readonly() {
@@ -464,6 +481,21 @@ impl<'c> Worker<'c> {
                     let id = self.next_id;
                     self.next_id += 1;
                     let params = stmt.parameter_count() as u64;
+                    let text = &sql[..end];
+                    let eligible = !lock(&self.elig).alone
+                        && !stmt.readonly()
+                        && stmt.column_count() == 0
+                        && batch::dml_keyword(text);
+                    if eligible {
+                        self.batchable.insert(id, text.to_string());
+                    } else {
+                        self.batchable.remove(&id);
+                    }
+                    if lock(&self.elig).uses_changes {
+                        self.uses_changes.insert(id);
+                    } else {
+                        self.uses_changes.remove(&id);
+                    }
                     self.stmts.insert(id, stmt);
                     Ok(Prepared { id, params, tail_offset: end as u64 })
                 });
@@ -479,7 +511,35 @@ impl<'c> Worker<'c> {
                         } else {
                             Ok(())
                         };
-                        let r = r.and_then(|_| self.bind(&mut stmt, &params)).and_then(|_| self.run_exec(&mut stmt));
+                        let r = match r {
+                            Err(e) => Err(e),
+                            Ok(()) => match self.batch_sql(id) {
+                                Some(sql) => {
+                                    let db = self.db.clone();
+                                    let alone = db.try_alone();
+                                    let r = match alone {
+                                        None => self.run_batched(sql, params),
+                                        Some(_) => {
+                                            let r = self
+                                                .bind(&mut stmt, &params)
+                                                .and_then(|_| self.run_exec(&mut stmt));
+                                            self.ran_itself(&stmt);
+                                            r
+                                        }
+                                    };
+                                    drop(alone);
+                                    r
+                                }
+                                None => {
+                                    if self.uses_changes.contains(&id) {
+                                        self.pay_changes();
+                                    }
+                                    let r = self.bind(&mut stmt, &params).and_then(|_| self.run_exec(&mut stmt));
+                                    self.ran_itself(&stmt);
+                                    r
+                                }
+                            },
+                        };
                         self.stmts.insert(id, stmt);
                         r
                     }
@@ -493,6 +553,9 @@ impl<'c> Worker<'c> {
                 }
                 Some(mut stmt) => {
                     self.sync_role();
+                    if self.uses_changes.contains(&id) {
+                        self.pay_changes();
+                    }
                     match self.bind(&mut stmt, &params) {
                         Ok(_) => self.run_query(&mut stmt, reply),
                         Err(e) => {
@@ -503,6 +566,8 @@ impl<'c> Worker<'c> {
                 }
             },
             Command::Finalize(id, reply) => {
+                self.batchable.remove(&id);
+                self.uses_changes.remove(&id);
                 let r = match self.stmts.remove(&id) {
                     Some(_) => Ok(()),
                     None => Err(DbError::sql(libsqlite3_sys::SQLITE_NOTFOUND, "no statement with the given id")),
@@ -513,12 +578,18 @@ impl<'c> Worker<'c> {
                 let _ = reply.send(self.exec_sql(&sql, &params));
             }
             Command::QuerySql(sql, params, reply) => match self.prepare_one(&sql) {
-                Ok(Some((mut stmt, _))) => match self.bind(&mut stmt, &params) {
-                    Ok(_) => self.run_query(&mut stmt, reply),
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
+                Ok(Some((mut stmt, _))) => {
+                    if lock(&self.elig).uses_changes {
+                        self.pay_changes();
                     }
-                },
+                    match self.bind(&mut stmt, &params) {
+                        Ok(_) => self.run_query(&mut stmt, reply),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                    self.ran_itself(&stmt);
+                }
                 Ok(None) => {
                     let _ = reply.send(Err(DbError::sql(libsqlite3_sys::SQLITE_OK, "empty statement")));
                 }
@@ -529,15 +600,82 @@ impl<'c> Worker<'c> {
         }
     }
 
+    /// The SQL of prepared statement `id` if it runs in a group commit now: it is eligible, this
+    /// connection never set a PRAGMA, is in autocommit mode, and its node leads.
+    fn batch_sql(&self, id: u32) -> Option<String> {
+        if !self.node.config().group_commit
+            || lock(&self.elig).tainted
+            || self.query_only
+            || !self.vc.conn().is_autocommit()
+        {
+            return None;
+        }
+        self.batchable.get(&id).cloned()
+    }
+
+    /// Runs one autocommit statement in the database's next group commit (`batch.rs`), and
+    /// gives this connection the `last_insert_rowid()` it would have had running it itself.
+    fn run_batched(&mut self, sql: String, params: Vec<Value>) -> Result<ExecResult, DbError> {
+        let c = self.vc.conn();
+        let before = c.last_insert_rowid();
+        let out = self.db.submit_batched(BatchStatement { sql, params, last_insert_rowid: before });
+        if out.last_insert_rowid != before {
+            self.vc.set_last_insert_rowid(out.last_insert_rowid);
+        }
+        if out.changes.is_some() {
+            self.changes_owed = out.changes;
+        }
+        out.result
+    }
+
+    /// After a statement ran on this connection: a write sets `changes()` itself.
+    fn ran_itself(&mut self, stmt: &rusqlite::Statement<'c>) {
+        if !stmt.readonly() {
+            self.changes_owed = None;
+        }
+    }
+
+    /// Before a statement that calls `changes()`: if this connection's last write ran in a group
+    /// commit, make `changes()` return that write's count (an INSERT of that many rows into a
+    /// temp table of this connection; `last_insert_rowid()` is kept).
+    fn pay_changes(&mut self) {
+        let Some(n) = self.changes_owed.take() else { return };
+        let c = self.vc.conn();
+        let rowid = c.last_insert_rowid();
+        let make = !self.changes_table;
+        let r = self.internal(|| {
+            if make {
+                c.execute_batch("CREATE TEMP TABLE IF NOT EXISTS _dqlite_changes(x)")?;
+            }
+            c.execute_batch("DELETE FROM temp._dqlite_changes")?;
+            c.execute(
+                "WITH RECURSIVE n(i) AS (SELECT 1 WHERE ?1 > 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+                 INSERT INTO temp._dqlite_changes(x) SELECT i FROM n",
+                [n as i64],
+            )
+        });
+        self.vc.end_statement();
+        match r {
+            Ok(_) => self.changes_table = true,
+            Err(e) => tracing::debug!(db = self.db.name, error = %e, "cannot report a batched statement's changes()"),
+        }
+        self.vc.set_last_insert_rowid(rowid);
+    }
+
     fn exec_sql(&mut self, sql: &str, params: &[Value]) -> Result<ExecResult, DbError> {
         let mut rest = sql;
         let mut params = params;
         let mut last = ExecResult::default();
         loop {
             let Some((mut stmt, end)) = self.prepare_one(rest)? else { return Ok(last) };
+            if lock(&self.elig).uses_changes {
+                self.pay_changes();
+            }
             let used = self.bind(&mut stmt, params)?;
             params = &params[used..];
-            last = self.run_exec(&mut stmt)?;
+            let r = self.run_exec(&mut stmt);
+            self.ran_itself(&stmt);
+            last = r?;
             rest = &rest[end..];
             if rest.trim().is_empty() || end == 0 {
                 return Ok(last);
@@ -562,20 +700,32 @@ impl DbHandle {
         DbHandle { node }
     }
 
+    /// Runs `stmts` on database `name` as one group commit, in this order, exactly as
+    /// concurrent autocommit writes are batched (`batch.rs`): one transaction, one savepoint
+    /// each, one Raft entry. Each statement must be batchable (a single INSERT/UPDATE/DELETE
+    /// on the main database; the caller's responsibility). For tests and benchmarks.
+    pub fn run_batch(&self, name: &str, stmts: Vec<BatchStatement>) -> Result<Vec<batch::BatchOutcome>, DbError> {
+        let db = self.node.db(name)?;
+        db.run_batch_now(stmts)
+    }
+
     /// Opens a connection to the database `name` (dqlite's OPEN), creating it if needed.
     pub fn open(&self, name: &str) -> Result<Connection, DbError> {
         let db = self.node.db(name)?;
         let vc = self.node.open_conn(&db, false, self.node.config().busy_timeout)?;
         let refused = Arc::new(std::sync::Mutex::new(None::<String>));
         let internal = Arc::new(AtomicBool::new(false));
+        let elig = Arc::new(std::sync::Mutex::new(batch::Eligibility::default()));
         {
             let refused = refused.clone();
             let internal = internal.clone();
+            let elig = elig.clone();
             vc.conn()
                 .authorizer(Some(move |ctx: AuthContext<'_>| {
                     if internal.load(Ordering::SeqCst) {
                         return Authorization::Allow;
                     }
+                    lock(&elig).note(&ctx);
                     match refusal(&ctx.action) {
                         None => Authorization::Allow,
                         Some(reason) => {
@@ -603,6 +753,11 @@ impl DbHandle {
                     query_only: false,
                     write_term: None,
                     lost: false,
+                    elig,
+                    batchable: HashMap::new(),
+                    uses_changes: std::collections::HashSet::new(),
+                    changes_owed: None,
+                    changes_table: false,
                 };
                 w.sync_role();
                 loop {

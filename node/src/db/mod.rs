@@ -15,6 +15,7 @@
 //! `docs/replication.md`. Entry bytes: `docs/entry-format.md`.
 #![deny(unsafe_code)]
 
+pub mod batch;
 pub mod conn;
 pub mod entry;
 pub mod sidecar;
@@ -60,6 +61,10 @@ pub struct DbConfig {
     pub checkpoint_wal_frames: u32,
     /// SQLite page cache per connection, in KiB (bounded memory).
     pub cache_size_kib: u32,
+    /// Group commit of concurrent autocommit writes to one database (`batch.rs`,
+    /// docs/replication.md). Default on; the environment variable `DQLITE_GROUP_COMMIT=0`
+    /// turns it off in `Default` (for side-by-side benchmarks).
+    pub group_commit: bool,
     /// Page size of databases this node creates (a power of two, 512 to 65536; default 4096).
     /// It applies when a database file is created; an existing database keeps its own, and
     /// `PRAGMA page_size` from clients stays refused. Every node should use the same value.
@@ -74,6 +79,7 @@ impl Default for DbConfig {
             checkpoint_every_entries: 1000,
             checkpoint_wal_frames: 4000,
             cache_size_kib: 2048,
+            group_commit: std::env::var("DQLITE_GROUP_COMMIT").map_or(true, |v| v != "0"),
             page_size: 4096,
         }
     }
@@ -204,6 +210,12 @@ struct DbState {
     unresolved: Option<Proposed>,
     sidecar: Sidecar,
     commits_in_gen: u64,
+    /// The connection whose commit is (or was last) in the commit hook.
+    writer: Option<ConnId>,
+    /// The index of a local commit that is applied (counted in `commits_in_gen`) but whose
+    /// frames its writer has not yet published in the wal-index: it releases the write lock
+    /// after publishing, which clears this. A checkpoint must not count it as durable.
+    unpublished: Option<LogIndex>,
     failures: HashMap<ConnId, CaptureFailure>,
 }
 
@@ -215,6 +227,8 @@ pub(crate) struct DbShared {
     st: Mutex<DbState>,
     cv: Condvar,
     entry: Mutex<Option<Arc<DbEntry>>>,
+    /// Group commit of autocommit statements (`batch.rs`).
+    batch: batch::BatchSlot,
 }
 
 impl DbShared {
@@ -228,6 +242,14 @@ impl DbShared {
 
     pub(crate) fn vfs_entry(&self) -> Option<Arc<DbEntry>> {
         lock(&self.entry).clone()
+    }
+
+    /// Wakes the writers waiting at the write lock (the gate of `writes_allowed` may be open).
+    /// Never called with `st` held (the queue's lock is taken before `st`).
+    fn writers_may_go(&self) {
+        if let Some(e) = self.vfs_entry() {
+            e.wake_writers();
+        }
     }
 
     /// The failure of `conn`'s last capture, if any (taken).
@@ -283,6 +305,7 @@ impl DbHooks for DbShared {
                 );
             }
             st.pending = Pending::Proposing;
+            st.writer = Some(conn);
         }
         let data = entry::encode_frames(guard, &self.name, capture.page_size, capture.db_size, &capture.pages);
         drop(capture);
@@ -386,6 +409,19 @@ impl DbHooks for DbShared {
         st.commits_in_gen = 0;
         Ok(())
     }
+
+    fn writes_allowed(&self) -> bool {
+        // A transaction that began now could not see the unresolved entry, which may still
+        // commit: writers wait until its fate is known (and, if it committed, it is applied).
+        lock(&self.st).unresolved.is_none()
+    }
+
+    fn write_unlocked(&self, conn: ConnId) {
+        let mut st = lock(&self.st);
+        if st.writer == Some(conn) {
+            st.unpublished = None;
+        }
+    }
 }
 
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
@@ -434,10 +470,13 @@ impl NodeShared {
                 unresolved: None,
                 sidecar,
                 commits_in_gen: 0,
+                writer: None,
+                unpublished: None,
                 failures: HashMap::new(),
             }),
             cv: Condvar::new(),
             entry: Mutex::new(None),
+            batch: batch::BatchSlot::default(),
         });
         let path_str = path.to_str().ok_or_else(|| DbError::InvalidName(name.to_string()))?;
         let ventry = vfs::register_db(path_str, shared.clone());
@@ -641,34 +680,38 @@ impl Applier {
 
     /// A passive checkpoint; records the durable point if the WAL was wholly backfilled.
     ///
-    /// It first takes the WAL write lock without waiting: a writer holding it may be between
-    /// its commit and publishing it in the wal-index (or waiting for this very thread to apply
-    /// its entry), so the checkpoint is skipped then and tried again after a later entry.
+    /// It never takes the write lock: on a leader a local writer holds it from its first write
+    /// until its entry is applied (so under a steady write load it is always held), and the
+    /// writer of the entry just applied still holds it while it publishes its frames. Instead
+    /// the durable point is what the wal-index is known to hold before the checkpoint starts:
+    /// every applied commit except a local one not yet published (`unpublished`), whose index
+    /// and commit are left out.
     fn checkpoint(&mut self, applied: LogIndex) -> Result<(), DbError> {
-        let c = self.conn.conn();
-        self.conn.set_busy_timeout(Duration::ZERO);
-        let r = c.execute_batch("BEGIN IMMEDIATE; COMMIT;");
-        self.conn.set_busy_timeout(APPLY_BUSY_TIMEOUT);
-        self.conn.end_statement();
-        match r {
-            Ok(()) => {}
-            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
-                let _ = c.execute_batch("ROLLBACK");
-                return Ok(());
+        let (salts, upto, commits) = {
+            let st = lock(&self.shared.st);
+            match st.unpublished {
+                Some(j) => (st.sidecar.salts, j.prev(), st.commits_in_gen.saturating_sub(1)),
+                None => (st.sidecar.salts, applied, st.commits_in_gen),
             }
-            Err(e) => return Err(e.into()),
-        }
+        };
+        let c = self.conn.conn();
         let (busy, log, done): (i64, i64, i64) =
             c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         self.conn.end_statement();
-        if busy == 0 && log == done {
-            let mut st = lock(&self.shared.st);
-            if st.sidecar.ckpt_index < applied || st.sidecar.ckpt_commits != st.commits_in_gen {
-                let sc = Sidecar { ckpt_index: applied, ckpt_commits: st.commits_in_gen, ..st.sidecar };
-                sc.write(&self.shared.sidecar_path())
-                    .map_err(|e| DbError::Damaged { path: self.shared.sidecar_path(), reason: e.to_string() })?;
-                st.sidecar = sc;
-            }
+        if busy != 0 || log != done {
+            return Ok(());
+        }
+        let mut st = lock(&self.shared.st);
+        // A writer that started a new WAL generation meanwhile recorded the durable point in
+        // its sidecar (the old generation was wholly backfilled): nothing to add.
+        if st.sidecar.salts != salts || upto < st.sidecar.ckpt_index || commits < st.sidecar.ckpt_commits {
+            return Ok(());
+        }
+        if upto > st.sidecar.ckpt_index || commits > st.sidecar.ckpt_commits {
+            let sc = Sidecar { ckpt_index: upto, ckpt_commits: commits, ..st.sidecar };
+            sc.write(&self.shared.sidecar_path())
+                .map_err(|e| DbError::Damaged { path: self.shared.sidecar_path(), reason: e.to_string() })?;
+            st.sidecar = sc;
         }
         Ok(())
     }
@@ -749,11 +792,12 @@ impl Databases {
                     });
                 }
             }
-            let shared = dbs.node.db(&name)?;
             let damaged = |e: DbError| match e {
                 e @ DbError::Damaged { .. } => e,
                 other => DbError::Damaged { path: db_path.clone(), reason: other.to_string() },
             };
+            // Opening runs SQLite's recovery and reads the file: its errors name the database.
+            let shared = dbs.node.db(&name).map_err(damaged)?;
             let mut a = Applier::open(&dbs.node, shared.clone()).map_err(damaged)?;
             a.recover().map_err(damaged)?;
             let c = lock(&shared.st).sidecar.ckpt_index;
@@ -787,15 +831,18 @@ impl Databases {
         self.appliers.get_mut(name).ok_or_else(|| "database vanished".to_string())
     }
 
-    /// Resolves unknown-outcome proposals of every database up to `index`.
-    fn resolve_unresolved(&self, index: LogIndex, term: Term, db: Option<&str>) -> Option<String> {
+    /// Resolves unknown-outcome proposals of every database up to `index` (the entry at
+    /// `index` of `term`, of database `db`, is being applied). Returns the database whose own
+    /// unresolved proposal this entry is: it stays unresolved (its writers keep waiting) until
+    /// the caller has applied it and calls [`Databases::resolved`].
+    fn resolve_unresolved(&self, index: LogIndex, term: Term, db: Option<&str>) -> Option<Arc<DbShared>> {
         let mut ours = None;
+        let mut woken = Vec::new();
         for d in lock(&self.node.dbs).values() {
             let mut st = lock(&d.st);
             if let Some(p) = st.unresolved {
                 if p.index == index && p.term == term && db == Some(d.name.as_str()) {
-                    ours = Some(d.name.clone());
-                    st.unresolved = None;
+                    ours = Some(d.clone());
                     tracing::info!(
                         db = d.name,
                         index = index.0,
@@ -804,11 +851,22 @@ impl Databases {
                 } else if p.index <= index {
                     tracing::info!(db = d.name, index = p.index.0, "a commit with unknown outcome did not commit");
                     st.unresolved = None;
+                    woken.push(d.clone());
                 }
                 d.cv.notify_all();
             }
         }
+        for d in woken {
+            d.writers_may_go();
+        }
         ours
+    }
+
+    /// `d`'s unresolved proposal was applied: its writers go on.
+    fn resolved(d: &DbShared) {
+        lock(&d.st).unresolved = None;
+        d.cv.notify_all();
+        d.writers_may_go();
     }
 
     fn apply_frames(&mut self, e: &RaftEntry, fe: &FramesEntry<'_>) -> Result<(), ApplyError> {
@@ -848,6 +906,7 @@ impl Databases {
             if p.index == index && p.term == e.term {
                 st.pending = Pending::Committed;
                 st.commits_in_gen += 1;
+                st.unpublished = Some(index);
                 shared.cv.notify_all();
                 return Ok(());
             }
@@ -940,6 +999,9 @@ impl StateMachine for Databases {
                     tracing::debug!(index = e.index.0, "applying our own unresolved entry as a follower");
                 }
                 self.apply_frames(e, &fe)?;
+                if let Some(d) = ours {
+                    Self::resolved(&d);
+                }
                 touched = Some(fe.db.to_string());
             }
         }
@@ -986,7 +1048,21 @@ impl StateMachine for Databases {
     }
 
     fn restore(&mut self, index: LogIndex, data: &mut dyn Read) -> Result<(), ApplyError> {
-        snapshot::restore(self, index, data).map_err(|e| ApplyError { index, reason: e.to_string() })
+        snapshot::restore(self, index, data).map_err(|e| ApplyError { index, reason: e.to_string() })?;
+        // The image holds the fate of every proposal up to `index`.
+        let mut woken = Vec::new();
+        for d in lock(&self.node.dbs).values() {
+            let mut st = lock(&d.st);
+            if st.unresolved.is_some_and(|p| p.index <= index) {
+                st.unresolved = None;
+                d.cv.notify_all();
+                woken.push(d.clone());
+            }
+        }
+        for d in woken {
+            d.writers_may_go();
+        }
+        Ok(())
     }
 }
 

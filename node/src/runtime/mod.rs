@@ -316,6 +316,7 @@ impl Runtime {
             committed_waiters: BTreeMap::new(),
             catching_up: HashMap::new(),
             reads: HashMap::new(),
+            reads_applying: Vec::new(),
             next_read: 0,
             transfers: Vec::new(),
             disk_full: None,
@@ -456,6 +457,8 @@ struct Driver<T: Transport> {
     committed_waiters: BTreeMap<LogIndex, Waiter<LogIndex>>,
     catching_up: HashMap<NodeId, Waiter<LogIndex>>,
     reads: HashMap<u64, Waiter<LogIndex>>,
+    /// Confirmed reads waiting for the state machine to apply their index.
+    reads_applying: Vec<(LogIndex, Waiter<LogIndex>)>,
     next_read: u64,
     transfers: Vec<(NodeId, Waiter<NodeId>)>,
     disk_full: Option<String>,
@@ -569,7 +572,9 @@ impl<T: Transport> Driver<T> {
             return Some(ProposeError::DiskFull { reason: r.clone() });
         }
         if self.stopping.is_some() {
-            return Some(ProposeError::Unavailable { reason: "node is shutting down".into() });
+            // Handing leadership over before it stops: a client retries on the next leader
+            // (nothing of the refused proposal was appended).
+            return Some(ProposeError::NotLeader { leader: None });
         }
         None
     }
@@ -807,6 +812,16 @@ impl<T: Transport> Driver<T> {
             ApplyDone::Applied { index, durable } => {
                 self.applied = self.applied.max(index);
                 self.durable = durable;
+                if !self.reads_applying.is_empty() {
+                    let applied = self.applied;
+                    for (i, w) in std::mem::take(&mut self.reads_applying) {
+                        if i <= applied {
+                            let _ = w.send(Ok(i));
+                        } else {
+                            self.reads_applying.push((i, w));
+                        }
+                    }
+                }
                 if let Err(e) = self.core.applied(index) {
                     tracing::error!(id = %self.id, error = %e, "applied report refused");
                 }
@@ -1015,7 +1030,12 @@ impl<T: Transport> Driver<T> {
         for rs in read_states {
             if let Ok(b) = <[u8; 8]>::try_from(rs.ctx.as_slice()) {
                 if let Some(w) = self.reads.remove(&u64::from_le_bytes(b)) {
-                    let _ = w.send(Ok(rs.index));
+                    // Safe to serve once the local state machine has applied the read index.
+                    if rs.index <= self.applied {
+                        let _ = w.send(Ok(rs.index));
+                    } else {
+                        self.reads_applying.push((rs.index, w));
+                    }
                 }
             }
         }
@@ -1201,8 +1221,8 @@ impl RuntimeHandle {
         self.control(Control::Barrier).await
     }
 
-    /// A linearizable read point: returns an index such that reading the local state machine
-    /// (which has applied it) is linearizable. Leader only.
+    /// A linearizable read point: returns an index, once the local state machine has applied
+    /// it, such that reading the local state now is linearizable. Leader only.
     pub async fn read_index(&self) -> Result<LogIndex, RuntimeError> {
         self.control(Control::ReadIndex).await
     }

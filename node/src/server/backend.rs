@@ -181,4 +181,12 @@ pub trait ClusterBackend: Send + Sync + 'static {
 
     /// The files of database `name` (main file, then WAL).
     fn dump(&self, name: String) -> impl Future<Output = Result<Vec<DumpFile>, BackendError>> + Send;
+
+    /// Waits until a read of the local state started now is linearizable (ReadIndex: this
+    /// node's leadership confirmed by a quorum after the call, and the local state machine has
+    /// applied the commit index of that moment). The default has nothing to wait for (a
+    /// backend without replication).
+    fn read_barrier(&self) -> impl Future<Output = Result<(), BackendError>> + Send {
+        async { Ok(()) }
+    }
 }

@@ -27,6 +27,18 @@ struct OpenDb<Sess: SqlSession> {
     term: Option<u64>,
     /// Statement handles by wire id (ids are reused smallest-first, as dqlite does).
     stmts: Vec<Option<Sess::Stmt>>,
+    /// Queries wait for a ReadIndex round first ([`read_mode`]).
+    linearizable: bool,
+}
+
+/// The read mode a client asked for in OPEN's vfs field (dqlite ignores that field; go-dqlite
+/// sends "volatile"). dqlite-rs reads options after a `?`: `volatile?read=linearizable` makes
+/// every QUERY / QUERY_SQL on this connection linearizable (ReadIndex); anything else, or no
+/// option, reads the leader's local state at once, as dqlite does. Returns true for
+/// linearizable.
+pub(crate) fn read_mode(vfs: &str) -> bool {
+    let Some((_, opts)) = vfs.split_once('?') else { return false };
+    opts.split('&').any(|kv| kv == "read=linearizable")
 }
 
 struct Conn<S: SqlBackend, C, T> {
@@ -197,6 +209,16 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
         }
     }
 
+    /// Before a query on a connection that asked for linearizable reads: wait for a ReadIndex
+    /// round (the leader checks are `sql_db`'s, after it).
+    async fn read_barrier(&mut self, db: DbId) -> Result<(), BackendError> {
+        let wants = self.sql_db(db)?.linearizable;
+        if wants {
+            self.shared.cluster.read_barrier().await?;
+        }
+        Ok(())
+    }
+
     fn require_leader(&self) -> Result<(), BackendError> {
         self.shared.cluster.leader_term().map(|_| ()).ok_or_else(not_leader)
     }
@@ -220,7 +242,7 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
                 self.reply(&Response::Welcome { heartbeat_timeout_ms: ms });
             }
             Request::Heartbeat { .. } => return Err(failure(DQLITE_PARSE, messages::UNRECOGNIZED_REQUEST)),
-            Request::Open { name, .. } => {
+            Request::Open { name, vfs, .. } => {
                 // dqlite 1.11 opens on followers too; statements then fail with NOT_LEADER.
                 let term = cluster.leader_term();
                 if let Some(open) = &self.db {
@@ -231,7 +253,7 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
                     self.db = None;
                 }
                 let session = self.shared.sql.open(name).await?;
-                self.db = Some(OpenDb { session, term, stmts: Vec::new() });
+                self.db = Some(OpenDb { session, term, stmts: Vec::new(), linearizable: read_mode(vfs) });
                 self.reply(&Response::Db { id: DbId(0) });
             }
             Request::Prepare { db, sql, schema } => {
@@ -270,6 +292,7 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
             }
             Request::Query { db, stmt, params, .. } => {
                 let params = owned_params(&params)?;
+                self.read_barrier(db).await?;
                 let open = self.sql_db(db)?;
                 let handle = lookup(open, stmt)?;
                 let columns = open.session.query(Target::Stmt(handle), params).await?;
@@ -277,6 +300,7 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
             }
             Request::QuerySql { db, sql, params, .. } => {
                 let params = owned_params(&params)?;
+                self.read_barrier(db).await?;
                 let open = self.sql_db(db)?;
                 let columns = open.session.query(Target::Sql(sql), params).await?;
                 return Ok(Outcome::Rows(columns));

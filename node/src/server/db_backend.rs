@@ -120,7 +120,20 @@ impl SqlSession for DbSession {
         }
         let rows = match target {
             Target::Stmt(id) => self.conn.query(id, params).await,
-            Target::Sql(sql) => self.conn.query_sql(sql, params).await,
+            Target::Sql(sql) => {
+                // dqlite's semantics: QUERY_SQL runs one statement, and text with a second
+                // statement after it is refused before anything runs ("nonempty statement
+                // tail"), where dqlite 1.11 silently ran only the first. A tail of only
+                // comments, whitespace and semicolons is fine.
+                let p = self.conn.prepare(sql).await.map_err(db_failure)?;
+                let finalized = self.conn.finalize(p.id).await;
+                if !is_blank(sql.get(p.tail_offset as usize..).unwrap_or("")) {
+                    let f = dqlite_wire::failure::NONEMPTY_STATEMENT_TAIL;
+                    return Err(BackendError::new(f.code, f.message));
+                }
+                finalized.map_err(db_failure)?;
+                self.conn.query_sql(sql, params).await
+            }
         };
         self.start(rows).await
     }

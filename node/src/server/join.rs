@@ -7,8 +7,13 @@
 //!                                     ▼
 //!                     ADD id address (as spare) ──► ASSIGN voter (fewer than `max_voters`
 //!                                                   voters) or standby
+//!                     after ASSIGN voter: CLUSTER again; more than `max_voters` voters (a
+//!                     concurrent join read the same CLUSTER) ──► ASSIGN standby, retry later
 //!  nobody answered / NOT_LEADER / BUSY: sleep (exponential back-off with jitter), sweep again
 //! ```
+//!
+//! A standby that finds fewer than `max_voters` voters on a later sweep takes the free seat, so
+//! nodes that stepped back at the same moment do not leave the cluster short of voters.
 //!
 //! The joining node must already be running (its runtime receives the log as soon as ADD is
 //! committed; promotion to voter waits for it to catch up). Joining is idempotent: a node that
@@ -83,6 +88,15 @@ pub enum JoinError {
         code: u64,
         /// The FAILURE message.
         message: String,
+    },
+    /// Joins at the same moment made more voters than wanted: this node went back to
+    /// standby and tries again later (see the module docs).
+    #[error("{voters} voters after a concurrent join (at most {max} wanted): back to standby")]
+    TooManyVoters {
+        /// Voters seen after this node's promotion.
+        voters: usize,
+        /// The wanted bound.
+        max: usize,
     },
     /// A node answered something that is not the protocol.
     #[error("{address}: unexpected reply: {detail}")]
@@ -233,7 +247,9 @@ async fn join_via(opts: &JoinOptions, seed: &str) -> Result<Role, JoinError> {
                     detail: format!("node id {} is a member with another address ({address})", opts.node_id),
                 });
             }
-            if *role != Role::Spare {
+            // A standby takes a free voter seat (one left by a concurrent join that stepped
+            // back, or by a removed voter); any other role is kept.
+            if *role != Role::Spare && !(*role == Role::Standby && wanted == Role::Voter) {
                 return Ok(*role);
             }
         }
@@ -243,6 +259,18 @@ async fn join_via(opts: &JoinOptions, seed: &str) -> Result<Role, JoinError> {
         }
     }
     client.empty("ASSIGN", &Request::Assign { id: WireNodeId(opts.node_id), role: wanted }).await?;
+    if wanted == Role::Voter {
+        // Another node may have read the same CLUSTER and been promoted too: count again.
+        // Every node that sees too many voters right after its own promotion steps back to
+        // standby and retries after its (jittered) back-off, when it finds the seat taken or
+        // free again; so the voters converge to `max_voters`.
+        let voters = client.members().await?.iter().filter(|(_, _, role)| *role == Role::Voter).count();
+        if voters > opts.max_voters {
+            tracing::info!(leader = %leader, voters, max = opts.max_voters, "too many voters after a concurrent join: back to standby");
+            client.empty("ASSIGN", &Request::Assign { id: WireNodeId(opts.node_id), role: Role::Standby }).await?;
+            return Err(JoinError::TooManyVoters { voters, max: opts.max_voters });
+        }
+    }
     tracing::info!(leader = %leader, role = ?wanted, "joined the cluster");
     Ok(wanted)
 }

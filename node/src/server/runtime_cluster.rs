@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dqlite_raft::{NodeId, StateRole};
-use dqlite_wire::codes::{SQLITE_BUSY, SQLITE_ERROR, SQLITE_IOERR, SQLITE_IOERR_LEADERSHIP_LOST};
+use dqlite_wire::codes::{
+    SQLITE_BUSY, SQLITE_ERROR, SQLITE_IOERR, SQLITE_IOERR_LEADERSHIP_LOST, SQLITE_IOERR_NOT_LEADER,
+};
 use dqlite_wire::{failure, Role};
 
 use super::backend::{BackendError, ClusterBackend, DumpFile, Member};
@@ -51,6 +53,10 @@ pub fn runtime_failure(e: RuntimeError) -> BackendError {
     }
 }
 
+/// How long a linearizable read waits for its ReadIndex round (leadership confirmation and
+/// apply) before failing with not-leader.
+pub const READ_BARRIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A [`ClusterBackend`] over a running node's [`RuntimeHandle`].
 #[derive(Debug)]
 pub struct RuntimeCluster {
@@ -83,6 +89,10 @@ impl ClusterBackend for RuntimeCluster {
     }
 
     fn leader(&self) -> Option<(u64, String)> {
+        if self.handle.is_stopped() {
+            // A stopped runtime's last view is stale (it may name itself): know nothing.
+            return None;
+        }
         let (id, address) = self.handle.leader()?;
         if address.is_empty() {
             // Known id, unknown address: look it up in the configuration.
@@ -135,6 +145,17 @@ impl ClusterBackend for RuntimeCluster {
 
     fn set_weight(&self, weight: u64) {
         self.weight.store(weight, Ordering::Relaxed);
+    }
+
+    async fn read_barrier(&self) -> Result<(), BackendError> {
+        match tokio::time::timeout(READ_BARRIER_TIMEOUT, self.handle.read_index()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(runtime_failure(e)),
+            Err(_) => Err(BackendError::new(
+                SQLITE_IOERR_NOT_LEADER,
+                "leadership not confirmed by a quorum in time for a linearizable read",
+            )),
+        }
     }
 
     async fn dump(&self, name: String) -> Result<Vec<DumpFile>, BackendError> {

@@ -30,6 +30,9 @@ pub enum CorruptReason {
     SnapshotData,
     /// Both metadata files are damaged.
     BothMetadataCopies,
+    /// A closed segment's batches do not reach the lowest/highest entry index its name records
+    /// (a batch at its end was lost or zeroed in place).
+    MissingRecordedEntries,
 }
 
 impl std::fmt::Display for CorruptReason {
@@ -46,6 +49,9 @@ impl std::fmt::Display for CorruptReason {
             CorruptReason::TrailingGarbage => "non-zero bytes after the last batch of a closed segment",
             CorruptReason::SnapshotData => "snapshot data does not match its metadata",
             CorruptReason::BothMetadataCopies => "both metadata copies are damaged",
+            CorruptReason::MissingRecordedEntries => {
+                "closed segment holds fewer entries than its name records (a batch was lost)"
+            }
         };
         f.write_str(s)
     }

@@ -71,6 +71,14 @@ fn closed_name(seq: u64, first: u64, last: u64) -> String {
     format!("closed-{seq:020}-{first:020}-{last:020}")
 }
 
+/// The `(first, last)` entry indexes a `closed-<seq>-<first>-<last>` name records.
+fn parse_closed_range(name: &str) -> Option<(u64, u64)> {
+    let mut parts = name.strip_prefix("closed-")?.split('-').skip(1);
+    let first = parts.next()?.parse().ok()?;
+    let last = parts.next()?.parse().ok()?;
+    Some((first, last))
+}
+
 /// Parses a segment file name: `(seq, is_open)`.
 fn parse_segment_name(name: &str) -> Option<(u64, bool)> {
     if let Some(rest) = name.strip_prefix("open-") {
@@ -392,6 +400,15 @@ impl LogStore {
         let seg = self.segments.get_mut(&seq).ok_or_else(|| corrupt(0, CorruptReason::BadLength))?;
         seg.end = off as u64;
         let a = (seg.file.alignment() as u64).max(1);
+        // A closed segment's name records the lowest and highest index ever written into it:
+        // its batches must reach both. This catches a lost or zeroed batch at the end of a
+        // recycled segment, where the zeros look like the end marker and stale bytes follow.
+        if damage.is_none() && !is_open {
+            let found = if seg.max_index == 0 { (0, 0) } else { (seg.min_index, seg.max_index) };
+            if parse_closed_range(name).is_some_and(|recorded| recorded != found) {
+                return Err(corrupt(off as u64, CorruptReason::MissingRecordedEntries));
+            }
+        }
         if let Some((at, reason)) = damage {
             // Valid data after the damage means it is not a torn tail.
             if find_valid_batch(&buf, at + 8, seq).is_some() {

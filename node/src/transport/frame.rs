@@ -4,7 +4,7 @@
 //! returns a [`FrameError`] on any input and never panics; sizes are checked before anything is
 //! allocated.
 
-use dqlite_raft::{Message, NodeId};
+use dqlite_raft::{Message, MessageBody, NodeId};
 
 /// The first word of a peer connection (`b"DQRSPEER"` read as a little-endian `u64`). Distinct
 /// from dqlite's client protocol words (`1` and the legacy `0x86104dd760433fe5`), so the server
@@ -227,11 +227,10 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 pub fn encode_frame(msg: &Message, max_frame_bytes: usize, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
-    let encoded = postcard::to_extend(msg, std::mem::take(out));
-    *out = match encoded {
-        Ok(v) => v,
-        Err(e) => return Err(FrameError::Malformed(e.to_string())),
-    };
+    if let Err(e) = postcard::serialize_with_flavor(msg, VecTail(out)) {
+        out.truncate(start);
+        return Err(FrameError::Malformed(e.to_string()));
+    }
     let len = out.len() - start - FRAME_HEADER_LEN;
     if len > max_frame_bytes || u32::try_from(len).is_err() {
         out.truncate(start);
@@ -241,6 +240,43 @@ pub fn encode_frame(msg: &Message, max_frame_bytes: usize, out: &mut Vec<u8>) ->
     out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     Ok(())
+}
+
+/// Messages and frames carrying at least this many payload bytes are encoded and decoded on a
+/// blocking thread, never on an async worker: a worker busy for tens of milliseconds (a debug
+/// build, a loaded machine, a 64 MiB entry) delays the Raft task's ticks and heartbeats.
+pub const BLOCKING_CODEC_BYTES: usize = 256 << 10;
+
+/// The bytes of entry data or snapshot data `msg` carries (what its encoding costs).
+pub fn payload_bytes(msg: &Message) -> usize {
+    match &msg.body {
+        MessageBody::AppendEntries(a) => a.entries.iter().map(|e| e.data.len()).sum(),
+        MessageBody::InstallSnapshot(s) => s.data.len(),
+        _ => 0,
+    }
+}
+
+/// A postcard output that appends to a `Vec` and copies byte strings in one go (postcard's
+/// own `ExtendFlavor` pushes them byte by byte: a multi-megabyte entry then costs tens of
+/// milliseconds even in an optimized build).
+struct VecTail<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for VecTail<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }
 
 /// Whether `buf` starts with a whole frame.

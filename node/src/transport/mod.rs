@@ -8,9 +8,10 @@
 //!                                                                 loop (first word = PEER_MAGIC)
 //! ```
 //!
-//! Each node keeps **one outbound connection per peer** and sends its messages for that peer
-//! over it; answers come back over the peer's own outbound connection, so every connection
-//! carries traffic in one direction only. The connection starts with [`frame::PEER_MAGIC`]
+//! Each node keeps **two outbound connections per peer** ([`Lane`]): log entries and snapshot
+//! chunks on one, everything else (heartbeats, votes, answers) on the other, so no heartbeat
+//! waits behind a multi-megabyte entry. Answers come back over the peer's own outbound
+//! connections, so every connection carries traffic in one direction only. The connection starts with [`frame::PEER_MAGIC`]
 //! (which the client-protocol server recognises and hands to [`TcpTransport::serve_inbound`]),
 //! then a hello/reply handshake that checks the format version, the cluster id and that the
 //! acceptor is the node the sender meant, then length-prefixed, checksummed postcard frames.
@@ -20,7 +21,7 @@
 //! peer down) is gone; Raft retransmits. It also does not interpret messages beyond checking
 //! that each one really is from the connection's sender and for this node.
 //!
-//! Bounds: the per-peer queue ([`TransportConfig::queue_messages`]), the frame size
+//! Bounds: the per-peer queues ([`TransportConfig::queue_messages`], each lane), the frame size
 //! ([`TransportConfig::max_frame_bytes`], on both sides), the bytes coalesced into one write
 //! ([`TransportConfig::coalesce_bytes`]), the inbox (its capacity, chosen by the runtime); a
 //! message that finds the inbox full is dropped and counted (the inbox never blocks the socket
@@ -192,8 +193,36 @@ pub enum InboundError {
 
 struct PeerEntry {
     address: String,
+    /// Heartbeats, votes and every answer.
     queue: mpsc::Sender<Message>,
     task: tokio::task::JoinHandle<()>,
+    /// AppendEntries and InstallSnapshot, on their own connection (see [`Lane`]).
+    bulk: mpsc::Sender<Message>,
+    bulk_task: tokio::task::JoinHandle<()>,
+}
+
+/// Which of a peer's two outbound connections a message takes. Log entries and snapshot
+/// chunks (possibly megabytes) go on the bulk connection, so that a heartbeat or a vote never
+/// waits behind one: with one connection, a multi-megabyte entry held every heartbeat behind
+/// it long enough for the followers' election timers to fire. Each connection keeps its own
+/// order (AppendEntries stay in order among themselves); Raft needs nothing more: a
+/// heartbeat's commit index is capped at what the follower matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Heartbeats, votes, answers.
+    Control,
+    /// AppendEntries, InstallSnapshot.
+    Bulk,
+}
+
+impl Lane {
+    /// The lane `msg` travels on.
+    pub fn of(msg: &Message) -> Lane {
+        match msg.body {
+            dqlite_raft::MessageBody::AppendEntries(_) | dqlite_raft::MessageBody::InstallSnapshot(_) => Lane::Bulk,
+            _ => Lane::Control,
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -355,8 +384,32 @@ impl TcpTransport {
         loop {
             // Deliver every whole frame in the buffer.
             let mut used = 0;
-            while let Some((msg, len)) = frame::decode_frame(&buf[used..], max)? {
-                used += len;
+            while let frame::FrameStatus::Complete(total) = frame::check_frame(&buf[used..], max)? {
+                // How far `used` moves: the frame's length, or 0 when it was taken out of `buf`.
+                let (decoded, inline) = if total >= frame::BLOCKING_CODEC_BYTES {
+                    // A big frame: checksum and decode it on a blocking thread (see
+                    // `BLOCKING_CODEC_BYTES`), moving its bytes there and back.
+                    let rest = buf.split_off(used + total);
+                    let mut whole = std::mem::replace(&mut buf, rest);
+                    let job = tokio::task::spawn_blocking(move || {
+                        let t = std::time::Instant::now();
+                        let r = frame::decode_frame(&whole[used..], max);
+                        tracing::debug!(%from, bytes = total, took = ?t.elapsed(), "big frame decoded");
+                        whole.truncate(used);
+                        (whole, r)
+                    });
+                    let (mut head, r) = job.await.map_err(|e| InboundError::Io(io::Error::other(e)))?;
+                    // `head` is the prefix of already-delivered frames: put it back in front.
+                    head.extend_from_slice(&buf);
+                    buf = head;
+                    (r?, false)
+                } else {
+                    (frame::decode_frame(&buf[used..], max)?, true)
+                };
+                let Some((msg, len)) = decoded else { break };
+                if inline {
+                    used += len;
+                }
                 if msg.from != from || msg.to != me {
                     return Err(InboundError::Misaddressed { from: msg.from, to: msg.to, expected_from: from, me });
                 }
@@ -370,22 +423,14 @@ impl TcpTransport {
                 }
             }
             buf.drain(..used);
-            // Read at most what the next frame still needs, so the buffer stays bounded.
+            // Read at most what the next frame still needs, so the buffer stays bounded; into
+            // spare capacity (no zero-filling of a multi-megabyte tail on every read).
             let want = match frame::check_frame(&buf, max)? {
                 frame::FrameStatus::Incomplete(n) => n.max(64 << 10).min(max + frame::FRAME_HEADER_LEN),
                 frame::FrameStatus::Complete(_) => continue,
             };
-            let start = buf.len();
-            buf.resize(start + want, 0);
-            let n = stream.read(&mut buf[start..]).await;
-            let n = match n {
-                Ok(n) => n,
-                Err(e) => {
-                    buf.truncate(start);
-                    return Err(e.into());
-                }
-            };
-            buf.truncate(start + n);
+            buf.reserve(want);
+            let n = (&mut *stream).take(want as u64).read_buf(&mut buf).await?;
             if n == 0 {
                 return if buf.is_empty() {
                     Ok(())
@@ -441,7 +486,9 @@ impl TcpTransport {
     fn spawn_peer(&self, id: NodeId, address: String) -> PeerEntry {
         let (tx, rx) = mpsc::channel(self.shared.config.queue_messages.max(1));
         let task = self.runtime.spawn(peer::run(self.shared.clone(), id, address.clone(), rx));
-        PeerEntry { address, queue: tx, task }
+        let (bulk, bulk_rx) = mpsc::channel(self.shared.config.queue_messages.max(1));
+        let bulk_task = self.runtime.spawn(peer::run(self.shared.clone(), id, address.clone(), bulk_rx));
+        PeerEntry { address, queue: tx, task, bulk, bulk_task }
     }
 }
 
@@ -457,7 +504,11 @@ impl Transport for TcpTransport {
             tracing::trace!(to = %msg.to, "no address for the recipient; message dropped");
             return;
         };
-        match peer.queue.try_send(msg) {
+        let queue = match Lane::of(&msg) {
+            Lane::Control => &peer.queue,
+            Lane::Bulk => &peer.bulk,
+        };
+        match queue.try_send(msg) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(m)) => {
                 bump(&stats.dropped_queue_full);
@@ -481,6 +532,7 @@ impl Transport for TcpTransport {
             if !keep {
                 tracing::debug!(peer = %id, "peer removed or moved; closing its connection");
                 entry.task.abort();
+                entry.bulk_task.abort();
             }
             keep
         });
@@ -496,6 +548,7 @@ impl Transport for TcpTransport {
 impl Drop for PeerEntry {
     fn drop(&mut self) {
         self.task.abort();
+        self.bulk_task.abort();
     }
 }
 

@@ -133,7 +133,32 @@ pub(super) async fn run(shared: Arc<Shared>, to: NodeId, address: String, mut qu
             let mut batch = 0u64;
             let mut next = Some(pending);
             while let Some(msg) = next.take() {
-                match frame::encode_frame(&msg, cfg.max_frame_bytes, &mut buf) {
+                let encoded = if frame::payload_bytes(&msg) >= frame::BLOCKING_CODEC_BYTES {
+                    // A big entry or snapshot chunk: off the async workers (the Raft task
+                    // shares them and must keep ticking).
+                    let max = cfg.max_frame_bytes;
+                    let mut out = std::mem::take(&mut buf);
+                    let job = tokio::task::spawn_blocking(move || {
+                        let t = std::time::Instant::now();
+                        let r = frame::encode_frame(&msg, max, &mut out);
+                        tracing::debug!(peer = %msg.to, bytes = frame::payload_bytes(&msg), took = ?t.elapsed(), "big frame encoded");
+                        (out, r)
+                    });
+                    match job.await {
+                        Ok((out, r)) => {
+                            buf = out;
+                            r
+                        }
+                        Err(e) => {
+                            // The blocking pool is shutting down (the runtime stops): give up.
+                            tracing::debug!(peer = %to, error = %e, "encoding a frame failed");
+                            return;
+                        }
+                    }
+                } else {
+                    frame::encode_frame(&msg, cfg.max_frame_bytes, &mut buf)
+                };
+                match encoded {
                     Ok(()) => batch += 1,
                     Err(e) => {
                         bump(&shared.stats.dropped_too_large);
@@ -145,7 +170,11 @@ pub(super) async fn run(shared: Arc<Shared>, to: NodeId, address: String, mut qu
                 }
                 next = queue.try_recv().ok();
             }
+            let t = std::time::Instant::now();
             let written = if buf.is_empty() { Ok(()) } else { stream.write_all(&buf).await };
+            if buf.len() >= frame::BLOCKING_CODEC_BYTES {
+                tracing::debug!(peer = %to, bytes = buf.len(), took = ?t.elapsed(), queued = queue.len(), "big write done");
+            }
             match written {
                 Ok(()) => {
                     shared.stats.sent.fetch_add(batch, std::sync::atomic::Ordering::Relaxed);

@@ -84,6 +84,15 @@ pub trait DbHooks: Send + Sync + 'static {
     /// `conn` is about to write a new WAL header (a new WAL generation starts). Returns only
     /// when whatever must be durable before the header is.
     fn wal_header(&self, conn: ConnId, header: &[u8; 32]) -> Result<(), c_int>;
+    /// `conn` released the WAL write lock (or closed): whatever it committed is published in
+    /// the wal-index.
+    fn write_unlocked(&self, _conn: ConnId) {}
+    /// Whether client connections may take the WAL write lock now (priority connections always
+    /// may). While false, writers wait in the queue, bounded by their busy timeout; call
+    /// [`DbEntry::wake_writers`] when it turns true.
+    fn writes_allowed(&self) -> bool {
+        true
+    }
 }
 
 struct ConnSlot {
@@ -115,6 +124,12 @@ impl std::fmt::Debug for DbEntry {
 }
 
 impl DbEntry {
+    /// Wakes the connections waiting for the write lock (after [`DbHooks::writes_allowed`]
+    /// turned true).
+    pub fn wake_writers(&self) {
+        self.queue.wake();
+    }
+
     fn slots(&self) -> MutexGuard<'_, HashMap<ConnId, ConnSlot>> {
         self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -361,6 +376,7 @@ unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
                 entry.slots().remove(&id);
                 entry.queue.release(id);
                 entry.queue.forget(id);
+                entry.hooks.write_unlocked(id);
             }
         }
         me.entry = std::ptr::null();
@@ -640,7 +656,7 @@ unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, ofst: c_int, n: c_int
     }
     if flags & ffi::SQLITE_SHM_LOCK != 0 {
         let priority = entry.slots().get(&id).is_some_and(|s| s.priority);
-        match entry.queue.try_acquire(id, priority) {
+        match entry.queue.try_acquire(id, priority, &|| entry.hooks.writes_allowed()) {
             Turn::Wait => ffi::SQLITE_BUSY,
             Turn::Go => {
                 let rc = real_lock(flags);
@@ -656,6 +672,7 @@ unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, ofst: c_int, n: c_int
             slot.wal.clear();
         }
         entry.queue.release(id);
+        entry.hooks.write_unlocked(id);
         rc
     }
 }
@@ -698,7 +715,9 @@ unsafe extern "C" fn busy_cb(ctx: *mut c_void, count: c_int) -> c_int {
     }
     let deadline = *started + *ctx.timeout.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     drop(started);
-    if ctx.entry.queue.wait_turn(ctx.id, deadline) {
+    let priority = ctx.entry.slots().get(&ctx.id).is_some_and(|s| s.priority);
+    let gate = || priority || ctx.entry.hooks.writes_allowed();
+    if ctx.entry.queue.wait_turn(ctx.id, deadline, &gate) {
         1
     } else {
         ctx.entry.queue.forget(ctx.id);
@@ -791,6 +810,14 @@ impl VfsConnection {
     /// Whether this connection holds the database's write lock (an open write transaction).
     pub fn holds_write_lock(&self) -> bool {
         self.busy.entry.queue.holds(self.busy.id)
+    }
+
+    /// Sets what `last_insert_rowid()` returns on this connection (`sqlite3_set_last_insert_rowid`):
+    /// the group commit runs other connections' statements on one connection and gives each
+    /// the value its own connection would have.
+    pub fn set_last_insert_rowid(&self, rowid: i64) {
+        // SAFETY: `conn.handle()` is this live connection's sqlite3 handle, used on its own thread.
+        unsafe { ffi::sqlite3_set_last_insert_rowid(self.conn.handle(), rowid) };
     }
 
     /// Drops the connection's place in the write-lock queue unless it holds the lock. Call after

@@ -44,14 +44,16 @@ impl WriteQueue {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// `conn` asks for the write lock. `priority` tickets go to the head of the line.
-    pub(crate) fn try_acquire(&self, conn: ConnId, priority: bool) -> Turn {
+    /// `conn` asks for the write lock. `priority` tickets go to the head of the line and pass
+    /// the gate; other connections get the lock only while `gate()` is true (the db layer
+    /// closes it while an earlier commit's fate is unknown).
+    pub(crate) fn try_acquire(&self, conn: ConnId, priority: bool, gate: &dyn Fn() -> bool) -> Turn {
         let mut s = self.lock();
         if s.holder == Some(conn) {
             return Turn::Go;
         }
         let front = s.waiting.front().copied();
-        if s.holder.is_none() && (front.is_none() || front == Some(conn)) {
+        if s.holder.is_none() && (front.is_none() || front == Some(conn)) && (priority || gate()) {
             if front == Some(conn) {
                 s.waiting.pop_front();
             }
@@ -106,9 +108,16 @@ impl WriteQueue {
         self.lock().holder == Some(conn)
     }
 
-    /// Blocks until `conn` may retry (its ticket is at the head and the lock is free, or it holds
-    /// no ticket), or `deadline` passes. Returns false on timeout.
-    pub(crate) fn wait_turn(&self, conn: ConnId, deadline: Instant) -> bool {
+    /// Wakes the waiting connections (the gate may have opened).
+    pub(crate) fn wake(&self) {
+        // Taken so that a waiter between its gate check and its wait cannot miss the wake-up.
+        drop(self.lock());
+        self.changed.notify_all();
+    }
+
+    /// Blocks until `conn` may retry (its ticket is at the head, the lock is free and `gate()`
+    /// is true, or it holds no ticket), or `deadline` passes. Returns false on timeout.
+    pub(crate) fn wait_turn(&self, conn: ConnId, deadline: Instant, gate: &dyn Fn() -> bool) -> bool {
         let mut s = self.lock();
         loop {
             let queued = s.waiting.contains(&conn);
@@ -122,14 +131,15 @@ impl WriteQueue {
                 std::thread::sleep(Duration::from_millis(1).min(deadline - now));
                 return true;
             }
-            if s.holder.is_none() && s.waiting.front() == Some(&conn) {
+            if s.holder.is_none() && s.waiting.front() == Some(&conn) && gate() {
                 return true;
             }
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            s = match self.changed.wait_timeout(s, deadline - now) {
+            // Bounded: the gate is re-checked even if a wake-up is missed.
+            s = match self.changed.wait_timeout(s, (deadline - now).min(Duration::from_millis(50))) {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
             };
@@ -141,32 +151,51 @@ impl WriteQueue {
 mod tests {
     use super::*;
 
+    fn open() -> bool {
+        true
+    }
+
     #[test]
     fn fifo_order_and_priority() {
         let q = WriteQueue::default();
         let (a, b, c, p) = (ConnId(1), ConnId(2), ConnId(3), ConnId(9));
-        assert_eq!(q.try_acquire(a, false), Turn::Go);
-        assert_eq!(q.try_acquire(b, false), Turn::Wait);
-        assert_eq!(q.try_acquire(c, false), Turn::Wait);
-        assert_eq!(q.try_acquire(p, true), Turn::Wait);
+        assert_eq!(q.try_acquire(a, false, &open), Turn::Go);
+        assert_eq!(q.try_acquire(b, false, &open), Turn::Wait);
+        assert_eq!(q.try_acquire(c, false, &open), Turn::Wait);
+        assert_eq!(q.try_acquire(p, true, &open), Turn::Wait);
         q.release(a);
         // b is not at the head any more: p jumped the line.
-        assert_eq!(q.try_acquire(b, false), Turn::Wait);
-        assert_eq!(q.try_acquire(p, true), Turn::Go);
+        assert_eq!(q.try_acquire(b, false, &open), Turn::Wait);
+        assert_eq!(q.try_acquire(p, true, &open), Turn::Go);
         q.release(p);
-        assert_eq!(q.try_acquire(c, false), Turn::Wait);
-        assert_eq!(q.try_acquire(b, false), Turn::Go);
+        assert_eq!(q.try_acquire(c, false, &open), Turn::Wait);
+        assert_eq!(q.try_acquire(b, false, &open), Turn::Go);
         q.release(b);
         q.forget(c);
-        assert_eq!(q.try_acquire(a, false), Turn::Go);
+        assert_eq!(q.try_acquire(a, false, &open), Turn::Go);
         assert!(q.holds(a));
+    }
+
+    #[test]
+    fn a_closed_gate_holds_writers_but_not_priority_ones() {
+        let q = WriteQueue::default();
+        let closed = || false;
+        assert_eq!(q.try_acquire(ConnId(1), false, &closed), Turn::Wait);
+        assert!(!q.wait_turn(ConnId(1), Instant::now() + Duration::from_millis(20), &closed));
+        // The priority connection goes to the head of the line and passes the closed gate.
+        assert_eq!(q.try_acquire(ConnId(9), true, &closed), Turn::Wait);
+        assert!(q.wait_turn(ConnId(9), Instant::now() + Duration::from_millis(20), &open));
+        assert_eq!(q.try_acquire(ConnId(9), true, &closed), Turn::Go);
+        q.release(ConnId(9));
+        assert!(q.wait_turn(ConnId(1), Instant::now() + Duration::from_millis(20), &open));
+        assert_eq!(q.try_acquire(ConnId(1), false, &open), Turn::Go);
     }
 
     #[test]
     fn wait_turn_times_out() {
         let q = WriteQueue::default();
-        assert_eq!(q.try_acquire(ConnId(1), false), Turn::Go);
-        assert_eq!(q.try_acquire(ConnId(2), false), Turn::Wait);
-        assert!(!q.wait_turn(ConnId(2), Instant::now() + Duration::from_millis(20)));
+        assert_eq!(q.try_acquire(ConnId(1), false, &open), Turn::Go);
+        assert_eq!(q.try_acquire(ConnId(2), false, &open), Turn::Wait);
+        assert!(!q.wait_turn(ConnId(2), Instant::now() + Duration::from_millis(20), &open));
     }
 }

@@ -198,6 +198,14 @@ impl Cluster {
         self.shared.cv.notify_all();
     }
 
+    /// Drops the uncommitted tail of the log (a new leader overwrites it).
+    pub fn truncate_uncommitted(&self) {
+        let mut st = self.shared.st.lock().unwrap();
+        let c = st.commit as usize;
+        st.entries.truncate(c);
+        self.shared.cv.notify_all();
+    }
+
     pub fn last_index(&self) -> u64 {
         self.shared.st.lock().unwrap().entries.len() as u64
     }
@@ -304,6 +312,26 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Like [`dump`], but an error (e.g. the connection was replaced by a snapshot install while
+/// it read) is returned instead of panicking.
+pub fn try_dump(h: &DbHandle, db: &str) -> Result<String, String> {
+    let c = h.open(db).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    let q = |sql: &str| c.blocking_query_sql(sql, vec![]).and_then(|r| r.blocking_collect()).map_err(|e| e.to_string());
+    let schema = q("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name")?;
+    for row in &schema {
+        out.push_str(&format!("{row:?}\n"));
+        if let (Value::Text(t), Value::Text(name)) = (&row[0], &row[1]) {
+            if t == "table" {
+                for r in q(&format!("SELECT * FROM \"{name}\" ORDER BY rowid"))? {
+                    out.push_str(&format!("{r:?}\n"));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Every row of every table plus the schema, as one string (a logical dump).
