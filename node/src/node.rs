@@ -231,6 +231,9 @@ impl NodeConfig {
     }
 }
 
+/// How long a graceful stop waits for client requests already running to finish.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+
 /// A running node.
 #[derive(Debug)]
 pub struct Node {
@@ -240,6 +243,8 @@ pub struct Node {
     data: DataDir,
     join_task: Option<tokio::task::JoinHandle<()>>,
     local_addr: Option<SocketAddr>,
+    /// See [`RuntimeCluster::stopping_flag`].
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Node {
@@ -301,6 +306,7 @@ impl Node {
         let runtime = Runtime::start(opts, backend, sm, Arc::new(transport.clone()), inbox_rx).await?;
         let sql = sql(&runtime);
         let cluster = RuntimeCluster::new(runtime.clone(), data.db_dir());
+        let stopping = cluster.stopping_flag();
         let server = Server::new(config.server.clone(), sql, cluster).with_peers(transport.clone());
         let server = match listener {
             Some(listener) => server.spawn(listener),
@@ -326,7 +332,7 @@ impl Node {
             })
         });
         tracing::info!(node = %id, address = %config.address, "node started");
-        Ok(Node { runtime, server: Some(server), transport, data, join_task, local_addr })
+        Ok(Node { runtime, server: Some(server), transport, data, join_task, local_addr, stopping })
     }
 
     /// Starts a node serving the SQLite layer's databases (in `DIR/db/`): what `dqlited run`
@@ -386,6 +392,15 @@ impl Node {
             let id = self.transport.cluster_id();
             if let Err(e) = self.data.set_cluster_id(id) {
                 tracing::warn!(error = %e, "cannot record the cluster id");
+            }
+        }
+        // Clients stop seeing this node as the leader first, so they look for the next one
+        // (and are told NOT_LEADER, which they retry) while leadership is handed over.
+        self.stopping.store(true, std::sync::atomic::Ordering::Release);
+        // Requests already running (a commit waiting for Raft) finish first, bounded.
+        if let Some(server) = &self.server {
+            if !server.wait_idle(SHUTDOWN_DRAIN).await {
+                tracing::warn!(bound = ?SHUTDOWN_DRAIN, "client requests still running; stopping anyway");
             }
         }
         self.runtime.shutdown().await;

@@ -61,9 +61,9 @@ pub mod progress;
 mod read_index;
 pub mod ready;
 mod replication;
-mod snapshot;
 #[cfg(feature = "serde")]
 mod serde_bytes;
+mod snapshot;
 mod transfer;
 pub mod types;
 

@@ -93,6 +93,7 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
     async fn run(&mut self) -> io::Result<()> {
         loop {
             let Some(frame) = self.read_request().await? else { return Ok(()) };
+            let _in_flight = super::InFlight::enter(&self.shared.in_flight);
             self.handle(&frame).await?;
             if self.closing {
                 let _ = self.stream.shutdown().await;

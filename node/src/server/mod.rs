@@ -35,6 +35,7 @@ pub mod runtime_cluster;
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +81,24 @@ pub(crate) struct Shared<S, C> {
     pub(crate) sql: S,
     pub(crate) cluster: C,
     pub(crate) config: ServerConfig,
+    /// Client requests being handled right now (see [`ServerHandle::wait_idle`]).
+    pub(crate) in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one request in [`Shared::in_flight`] while alive (also when its task is dropped).
+pub(crate) struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub(crate) fn enter(counter: &Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::AcqRel);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A client-protocol server over an SQL backend `S` and a cluster backend `C`.
@@ -92,7 +111,7 @@ impl<S: SqlBackend, C: ClusterBackend> Server<S, C> {
     /// A server over the two backends. Peer connections are refused until
     /// [`with_peers`](Self::with_peers) gives it a transport.
     pub fn new(config: ServerConfig, sql: S, cluster: C) -> Self {
-        Server { shared: Arc::new(Shared { sql, cluster, config }), peers: None }
+        Server { shared: Arc::new(Shared { sql, cluster, config, in_flight: Arc::default() }), peers: None }
     }
 
     /// Hands peer (Raft) connections on the same address to `transport`.
@@ -112,8 +131,9 @@ impl<S: SqlBackend, C: ClusterBackend> Server<S, C> {
         let local_addr = listener.local_addr().ok();
         let (tx, rx) = watch::channel(false);
         let local = LocalConnector::new(self.shared.clone(), rx.clone());
+        let in_flight = self.shared.in_flight.clone();
         let task = tokio::spawn(self.serve(listener, rx));
-        ServerHandle { local_addr, shutdown: tx, task: Some(task), local }
+        ServerHandle { local_addr, shutdown: tx, task: Some(task), local, in_flight }
     }
 
     /// A server without a listening socket: only [`ServerHandle::connect_local`] reaches it
@@ -121,7 +141,7 @@ impl<S: SqlBackend, C: ClusterBackend> Server<S, C> {
     pub fn spawn_local(self) -> ServerHandle {
         let (tx, rx) = watch::channel(false);
         let local = LocalConnector::new(self.shared.clone(), rx);
-        ServerHandle { local_addr: None, shutdown: tx, task: None, local }
+        ServerHandle { local_addr: None, shutdown: tx, task: None, local, in_flight: self.shared.in_flight.clone() }
     }
 
     /// The accept loop: runs until `shutdown` turns true (or its sender is dropped), then
@@ -268,6 +288,7 @@ pub struct ServerHandle {
     shutdown: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
     local: LocalConnector,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl ServerHandle {
@@ -284,6 +305,20 @@ impl ServerHandle {
     /// The bound address.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// Waits (at most `bound`) until no client request is being handled; returns whether that
+    /// happened. A graceful stop calls it once new requests are refused, so that requests
+    /// already running (a commit waiting for Raft) get their answer before connections close.
+    pub async fn wait_idle(&self, bound: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + bound;
+        while self.in_flight.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
     }
 
     /// Stops accepting, closes every connection, and waits until that is done.

@@ -6,7 +6,8 @@
 //! files from the SQLite layer's directory (`DIR/db/`), main file then WAL, as dqlite 1.11 does.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use dqlite_raft::{NodeId, StateRole};
 use dqlite_wire::codes::{
@@ -64,17 +65,33 @@ pub struct RuntimeCluster {
     db_dir: PathBuf,
     weight: AtomicU64,
     failure_domain: u64,
+    /// Set when the node starts a graceful stop: from then on it neither names itself leader
+    /// nor takes requests that need the leader, so clients go looking for the next one while
+    /// leadership is handed over.
+    stopping: Arc<AtomicBool>,
 }
 
 impl RuntimeCluster {
     /// The backend of the node behind `handle`, whose databases live in `db_dir`.
     pub fn new(handle: RuntimeHandle, db_dir: PathBuf) -> Self {
-        RuntimeCluster { handle, db_dir, weight: AtomicU64::new(0), failure_domain: 0 }
+        RuntimeCluster { handle, db_dir, weight: AtomicU64::new(0), failure_domain: 0, stopping: Arc::default() }
     }
 
     /// The runtime handle.
     pub fn handle(&self) -> &RuntimeHandle {
         &self.handle
+    }
+}
+
+impl RuntimeCluster {
+    /// The flag that marks a graceful stop in progress (see the field's docs); the node sets it
+    /// before it asks the runtime to hand leadership over.
+    pub fn stopping_flag(&self) -> Arc<AtomicBool> {
+        self.stopping.clone()
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 }
 
@@ -85,7 +102,7 @@ impl ClusterBackend for RuntimeCluster {
 
     fn leader_term(&self) -> Option<u64> {
         let role = self.handle.role();
-        (role.role == StateRole::Leader && !self.handle.is_stopped()).then_some(role.term.0)
+        (role.role == StateRole::Leader && !self.handle.is_stopped() && !self.is_stopping()).then_some(role.term.0)
     }
 
     fn leader(&self) -> Option<(u64, String)> {
@@ -94,6 +111,9 @@ impl ClusterBackend for RuntimeCluster {
             return None;
         }
         let (id, address) = self.handle.leader()?;
+        if id == self.handle.id() && self.is_stopping() {
+            return None;
+        }
         if address.is_empty() {
             // Known id, unknown address: look it up in the configuration.
             let conf = self.handle.configuration();

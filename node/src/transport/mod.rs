@@ -423,6 +423,10 @@ impl TcpTransport {
                 }
             }
             buf.drain(..used);
+            // Do not keep a big frame's buffer around for the small frames that follow.
+            if buf.capacity() > (4 << 20) && buf.len() < (64 << 10) {
+                buf.shrink_to(64 << 10);
+            }
             // Read at most what the next frame still needs, so the buffer stays bounded; into
             // spare capacity (no zero-filling of a multi-megabyte tail on every read).
             let want = match frame::check_frame(&buf, max)? {

@@ -175,6 +175,10 @@ pub(super) async fn run(shared: Arc<Shared>, to: NodeId, address: String, mut qu
             if buf.len() >= frame::BLOCKING_CODEC_BYTES {
                 tracing::debug!(peer = %to, bytes = buf.len(), took = ?t.elapsed(), queued = queue.len(), "big write done");
             }
+            // Do not keep a big entry's buffer around for the small messages that follow.
+            if buf.capacity() > 4 * cfg.coalesce_bytes.max(64 << 10) {
+                buf = Vec::with_capacity(cfg.coalesce_bytes.min(1 << 20));
+            }
             match written {
                 Ok(()) => {
                     shared.stats.sent.fetch_add(batch, std::sync::atomic::Ordering::Relaxed);
