@@ -143,3 +143,99 @@ fn the_embedded_launcher_runs_a_cluster_in_process() {
     cluster.restart(0).unwrap();
     cluster.wait_for_voters(3, Duration::from_secs(30)).unwrap();
 }
+
+/// The child of [`a_second_process_on_a_directory_in_use_is_a_clear_error`]: runs a node on
+/// `$EMBEDDED_HOLD_DIR`, says so on stdout, and holds it until its stdin closes.
+#[test]
+#[ignore = "a child process of a_second_process_on_a_directory_in_use_is_a_clear_error"]
+fn data_dir_holder_process() {
+    let dir = std::env::var("EMBEDDED_HOLD_DIR").expect("started by its parent test");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let node = rt.block_on(NodeBuilder::new(&dir).start()).expect("the child starts its node");
+    rt.block_on(node.ready(Duration::from_secs(20))).unwrap();
+    println!("holding {dir}");
+    let mut sink = String::new();
+    while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
+    rt.block_on(node.close());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_a_directory_in_use_is_a_clear_error() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile_dir("other-process");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "data_dir_holder_process", "--ignored", "--nocapture", "--test-threads", "1"])
+        .env("EMBEDDED_HOLD_DIR", &dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) for the child to say it holds the directory.
+    let stdout = child.stdout.take().unwrap();
+    let (said, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // libtest prints "test NAME ... " before the test's own output on the same line.
+            if line.contains("holding ") {
+                let _ = said.send(());
+            }
+        }
+    });
+    if heard.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = child.kill();
+        panic!("the child did not report holding {} within 60 s (or exited)", dir.display());
+    }
+    // From this process: the builder and a URL both fail, clearly, and touch nothing.
+    let id_before = std::fs::read_to_string(dir.join("node-id")).unwrap();
+    let err = NodeBuilder::new(&dir).start().await.expect_err("the directory is in use by the child");
+    assert!(
+        matches!(&err, EmbeddedError::Start { source: dqlite::node::node::NodeError::InUse { .. }, .. }),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("in use by another node") && message.contains("lock"), "{message}");
+    let url = format!("dqlite:///x.db?data={}", dir.display());
+    let err = DqlitePoolOptions::new().max_connections(1).connect(&url).await.expect_err("URL on a locked dir");
+    assert!(err.to_string().contains("in use by another node"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.join("node-id")).unwrap(), id_before);
+    assert!(dqlite::node::embedded::running(&dir).is_none());
+    // The child is SIGKILLed (a crash): the OS drops its lock, and the directory opens here.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let node = NodeBuilder::new(&dir).start().await.expect("the lock died with the child");
+    assert_eq!(node.id().0.to_string(), id_before.trim());
+    node.ready(Duration::from_secs(20)).await.unwrap();
+    // And a second open in this process is refused too (the registry, before the lock).
+    let again = NodeBuilder::new(&dir).start().await.expect_err("same process");
+    assert!(matches!(again, EmbeddedError::AlreadyRunning { .. }), "{again:?}");
+    node.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `busy_timeout=` on an embedded URL is the node's busy timeout too: a writer blocked by
+/// another connection's write transaction gets SQLITE_BUSY after about that long, not after
+/// the node's 5 s default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_urls_busy_timeout_reaches_the_embedded_node() {
+    let dir = tempfile_dir("busy");
+    let url = format!("dqlite:///busy.db?data={}&busy_timeout=200ms", dir.display());
+    let pool = DqlitePoolOptions::new().max_connections(2).connect(&url).await.unwrap();
+    let node = dqlite::node::embedded::running(&dir).expect("the URL started a node");
+    assert_eq!(node.busy_timeout(), Duration::from_millis(200));
+    sqlx::query("CREATE TABLE t (x INTEGER)").execute(&pool).await.unwrap();
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO t VALUES (1)").execute(&mut *holder).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = sqlx::query("INSERT INTO t VALUES (2)").execute(&pool).await.expect_err("the write lock is held");
+    let waited = started.elapsed();
+    assert!(err.to_string().contains("locked") || err.to_string().contains("busy"), "{err}");
+    // Node (200 ms) plus driver retries (200 ms); the node's 5 s default alone would wait longer.
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}: the node did not take busy_timeout=200ms");
+    holder.commit().await.unwrap();
+    sqlx::query("INSERT INTO t VALUES (2)").execute(&pool).await.unwrap();
+    pool.close().await;
+    node.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -120,7 +120,9 @@ impl DqliteConnectOptions {
 /// The in-process node of these options, started or attached.
 #[cfg(feature = "embedded")]
 pub(crate) async fn node(opts: &DqliteConnectOptions, spec: &EmbeddedSpec) -> Result<dqlite_node::EmbeddedNode, Error> {
-    let mut builder = dqlite_node::NodeBuilder::new(&spec.data);
+    // The URL's busy timeout is also the node's (how long its writers wait for a database's
+    // write lock) when this connection starts the node.
+    let mut builder = dqlite_node::NodeBuilder::new(&spec.data).busy_timeout(opts.busy_timeout);
     if spec.listen {
         builder = builder.address(opts.host.to_string()).join(spec.join.iter().map(ToString::to_string));
     }

@@ -171,6 +171,11 @@ impl NodeBuilder {
         &self.data
     }
 
+    /// The busy timeout the node will start with.
+    pub fn get_busy_timeout(&self) -> Duration {
+        self.db.busy_timeout
+    }
+
     /// The address (`None` without a socket).
     pub fn get_address(&self) -> Option<&str> {
         self.config.listen.then_some(self.config.address.as_str())
@@ -204,16 +209,19 @@ impl NodeBuilder {
         let start_err = |source| EmbeddedError::Start { dir: dir.to_path_buf(), source };
         let data = DataDir::open(dir).map_err(start_err)?;
         let address = self.config.listen.then(|| self.config.address.clone());
-        let node = Node::start_sqlite(self.config, data, self.db).await.map_err(start_err)?;
+        let db = self.db.clone();
+        let node = Node::start_sqlite(self.config, data, db).await.map_err(start_err)?;
         let local = node.local_connector().ok_or(EmbeddedError::Closed)?;
         let runtime = node.runtime().clone();
         let bound = node.local_addr().map(|a| a.to_string());
+        let busy_timeout = self.db.busy_timeout;
         Ok(EmbeddedNode {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 address: address.map(|a| if a.ends_with(":0") { bound.unwrap_or(a) } else { a }),
                 runtime,
                 local,
+                busy_timeout,
                 node: tokio::sync::Mutex::new(Some(node)),
             }),
         })
@@ -235,6 +243,7 @@ struct Inner {
     address: Option<String>,
     runtime: RuntimeHandle,
     local: LocalConnector,
+    busy_timeout: Duration,
     node: tokio::sync::Mutex<Option<Node>>,
 }
 
@@ -258,6 +267,12 @@ impl EmbeddedNode {
     /// The data directory (canonical path).
     pub fn data_dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// How long a writer waits for a database's write lock on this node (set at start:
+    /// [`NodeBuilder::busy_timeout`], or the driver's `busy_timeout=` URL option).
+    pub fn busy_timeout(&self) -> Duration {
+        self.inner.busy_timeout
     }
 
     /// The Raft runtime.
@@ -427,13 +442,24 @@ pub fn block_on_engine<T: Send + 'static>(
 pub async fn attach_or_start(builder: NodeBuilder) -> Result<EmbeddedNode, EmbeddedError> {
     static STARTING: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
     let dir = canonical(&builder.data)?;
-    let check = |n: EmbeddedNode| match (builder.get_address(), n.address()) {
+    let check_address = |n: EmbeddedNode| match (builder.get_address(), n.address()) {
         (Some(want), Some(have)) if want != have && !want.ends_with(":0") => Err(EmbeddedError::AddressMismatch {
             dir: dir.clone(),
             running: have.to_owned(),
             requested: want.to_owned(),
         }),
         _ => Ok(n),
+    };
+    let check = |n: EmbeddedNode| {
+        if n.busy_timeout() != builder.get_busy_timeout() {
+            tracing::warn!(
+                dir = %dir.display(),
+                running = ?n.busy_timeout(),
+                requested = ?builder.get_busy_timeout(),
+                "attaching to a running node whose busy timeout differs (it is set when the node starts)"
+            );
+        }
+        check_address(n)
     };
     if let Some(n) = running(&dir) {
         return check(n);

@@ -39,6 +39,8 @@ pub const CLUSTER_ID_FILE: &str = "cluster-id";
 pub const RAFT_DIR: &str = "raft";
 /// The SQLite layer's directory (one SQLite file + WAL per database).
 pub const DB_DIR: &str = "db";
+/// The data directory's lock file (an exclusive `flock` while a node runs on it).
+pub const LOCK_FILE: &str = "lock";
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,17 @@ pub enum NodeError {
         /// The error.
         #[source]
         source: io::Error,
+    },
+    /// Another node (of this or another process) holds the data directory's lock.
+    #[error(
+        "data directory {path} is in use by another node (its lock file {lock} is held, by this \
+         or another process): one node per data directory"
+    )]
+    InUse {
+        /// The data directory.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
     },
     /// A data-directory file holds something unexpected.
     #[error("data directory file {path} is damaged: {reason}")]
@@ -85,6 +98,9 @@ pub struct DataDir {
     node_id: NodeId,
     fresh: bool,
     cluster_id: u64,
+    /// The open lock file holding the directory's exclusive `flock` (released when the last
+    /// clone of this `DataDir` is dropped; see [`DataDir::open`]).
+    _lock: std::sync::Arc<std::fs::File>,
 }
 
 fn write_atomically(path: &Path, contents: &str) -> io::Result<()> {
@@ -113,12 +129,33 @@ pub fn random_id() -> u64 {
 
 impl DataDir {
     /// Opens `root`, creating it (and a new node id) if it holds no node yet.
+    ///
+    /// Takes an exclusive OS lock on `root/lock` (`flock`, non-blocking) first and holds it
+    /// while this `DataDir` or a clone lives (the [`Node`] keeps one): a second open of the
+    /// directory, from another process or this one, fails with [`NodeError::InUse`] before
+    /// touching anything. The lock dies with the process, so a crash leaves nothing to clean.
     pub fn open(root: &Path) -> Result<DataDir, NodeError> {
         let err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| NodeError::DataDir { path, source }
         };
         std::fs::create_dir_all(root).map_err(err(root))?;
+        let lock_path = root.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(err(&lock_path))?;
+        #[cfg(unix)]
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                return Err(NodeError::InUse { path: root.to_path_buf(), lock: lock_path });
+            }
+            Err(e) => return Err(NodeError::DataDir { path: lock_path, source: e.into() }),
+        }
         for sub in [RAFT_DIR, DB_DIR] {
             let p = root.join(sub);
             std::fs::create_dir_all(&p).map_err(err(&p))?;
@@ -148,7 +185,7 @@ impl DataDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(NodeError::DataDir { path: cid_path, source: e }),
         };
-        Ok(DataDir { root: root.to_path_buf(), node_id, fresh, cluster_id })
+        Ok(DataDir { root: root.to_path_buf(), node_id, fresh, cluster_id, _lock: std::sync::Arc::new(lock) })
     }
 
     /// The node id.
