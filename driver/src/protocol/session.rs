@@ -126,10 +126,7 @@ impl Session {
     /// Wrap a stream connected to the leader (after CLIENT) and OPEN `database` (`vfs`: see
     /// `DqliteConnectOptions::open_vfs`).
     pub async fn open(mut stream: WireStream, database: &str, vfs: &str) -> Result<Result<Self, Failure>, Error> {
-        stream
-            .send(&Request::Open { name: database, flags: 0, vfs })
-            .await
-            .map_err(WireError::into_inner)?;
+        stream.send(&Request::Open { name: database, flags: 0, vfs }).await.map_err(WireError::into_inner)?;
         let frame = stream.recv().await?;
         match frame.decode(stream.ctx())? {
             Response::Db { id } => Ok(Ok(Session { stream, db: id, outstanding: Outstanding::None, params32: None })),

@@ -520,9 +520,8 @@ impl<'c> Worker<'c> {
                                     let r = match alone {
                                         None => self.run_batched(sql, params),
                                         Some(_) => {
-                                            let r = self
-                                                .bind(&mut stmt, &params)
-                                                .and_then(|_| self.run_exec(&mut stmt));
+                                            let r =
+                                                self.bind(&mut stmt, &params).and_then(|_| self.run_exec(&mut stmt));
                                             self.ran_itself(&stmt);
                                             r
                                         }
