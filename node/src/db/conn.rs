@@ -670,6 +670,32 @@ impl<'c> Worker<'c> {
             if lock(&self.elig).uses_changes {
                 self.pay_changes();
             }
+            // A string holding one batchable statement runs in the group commit, as a
+            // prepared one does.
+            let text = &rest[..end];
+            let only = std::ptr::eq(rest, sql) && rest[end..].trim().is_empty();
+            if only
+                && self.node.config().group_commit
+                && !lock(&self.elig).alone
+                && !lock(&self.elig).tainted
+                && !self.query_only
+                && self.vc.conn().is_autocommit()
+                && !stmt.readonly()
+                && stmt.column_count() == 0
+                && batch::dml_keyword(text)
+            {
+                let db = self.db.clone();
+                if let Some(alone) = db.try_alone() {
+                    let r = self.bind(&mut stmt, params).and_then(|_| self.run_exec(&mut stmt));
+                    self.ran_itself(&stmt);
+                    drop(alone);
+                    return r;
+                }
+                let n = stmt.parameter_count().min(params.len());
+                let text = text.to_string();
+                drop(stmt);
+                return self.run_batched(text, params[..n].to_vec());
+            }
             let used = self.bind(&mut stmt, params)?;
             params = &params[used..];
             let r = self.run_exec(&mut stmt);
