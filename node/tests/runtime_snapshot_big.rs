@@ -1,9 +1,10 @@
-//! Snapshots that scale: a follower far behind a 64 MiB SQLite database catches up by snapshot
+//! Snapshots that scale: a follower far behind a big SQLite database catches up by snapshot
 //! while writes go on, one corrupted chunk is refused and fetched again, and no node ever holds
 //! more than a few MiB of snapshot bytes in one buffer (`metrics().snapshot_max_buffer`, counted
 //! on every path: taking, storing, sending, receiving, checking, restoring).
 //!
-//! `SNAPSHOT_BIG_MIB` sets the database size (default 64).
+//! `SNAPSHOT_BIG_MIB` sets the database size (default 64; the 64 MiB and 192 MiB runs and
+//! their numbers are in `docs/snapshots.md`).
 
 #[allow(unused_imports)]
 #[path = "db_common/mod.rs"]
@@ -27,6 +28,8 @@ type Handles = Arc<Mutex<BTreeMap<NodeId, DbHandle>>>;
 
 /// Bound on every wait (generous: a 64 MiB transfer in a debug build on a shared machine).
 const WAIT: Duration = Duration::from_secs(120);
+/// The database size (MiB); `SNAPSHOT_BIG_MIB` for another (e.g. 192 for the long run).
+const DEFAULT_MIB: u64 = 64;
 /// The buffer bound asserted: the 1 MiB chunk plus slack, far below the database size.
 const MAX_BUFFER: u64 = 2 << 20;
 
@@ -75,13 +78,13 @@ async fn digest(handles: &Handles, id: NodeId) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_far_behind_a_64_mib_database_catches_up_by_snapshot_with_bounded_buffers() {
+async fn a_follower_far_behind_a_big_database_catches_up_by_snapshot_with_bounded_buffers() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
     let seed = seed_from_env("RUNTIME_SEED", 77);
-    let mib: u64 = std::env::var("SNAPSHOT_BIG_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let mib: u64 = std::env::var("SNAPSHOT_BIG_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MIB);
     let dirs: BTreeMap<NodeId, tempfile::TempDir> =
         (1..=3).map(|i| (NodeId(i), tempfile::tempdir().unwrap())).collect();
     let paths: BTreeMap<NodeId, std::path::PathBuf> = dirs.iter().map(|(i, d)| (*i, d.path().to_path_buf())).collect();
@@ -95,9 +98,10 @@ async fn a_follower_far_behind_a_64_mib_database_catches_up_by_snapshot_with_bou
         hs.lock().unwrap().insert(id, dbs.handle());
         dbs
     });
-    let mut c = Cluster::start(3, seed, factory, |o| {
+    let mut c = Cluster::start(3, seed, factory, move |o| {
         o.network_latency = Duration::from_millis(5);
-        o.snapshot_threshold = 48;
+        // One snapshot while the database grows, taken when it holds about 3/4 of it.
+        o.snapshot_threshold = (mib * 3 / 4).max(8);
         o.trailing_entries = 4;
         o.storage.log.segment_size_bytes = 8 << 20;
     })

@@ -42,9 +42,24 @@ fn ioe(e: std::io::Error) -> DbError {
 fn stream_db(a: &Applier, out: &mut Crc<&mut dyn Write>) -> Result<(), DbError> {
     let started = std::time::Instant::now();
     let c = a.conn.conn();
+    // Without waiting: a writer holding the lock may be waiting for this very thread to apply
+    // its entry. The snapshot then fails at once and is taken again after a later entry.
+    a.conn.set_busy_timeout(std::time::Duration::ZERO);
     let r = c.execute_batch("BEGIN IMMEDIATE");
+    a.conn.set_busy_timeout(super::APPLY_BUSY_TIMEOUT);
     a.conn.end_statement();
-    r?;
+    match r {
+        Ok(()) => {}
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+            let _ = c.execute_batch("ROLLBACK");
+            a.conn.end_statement();
+            return Err(DbError::sql(
+                libsqlite3_sys::SQLITE_BUSY,
+                format!("database {} is being written: snapshot taken again later", a.shared.name),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
     let res = (|| {
         let shm = a.conn.shm().ok_or(DbError::Closed)?;
         let r0 = shm.region(0).map_err(|c| DbError::sql(c, "wal-index map failed"))?;
