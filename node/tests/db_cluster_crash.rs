@@ -332,6 +332,10 @@ async fn leader_crash_mid_commit_agrees_with_what_clients_were_told() {
         }
         let Some(done) = set.join_next().await else { break };
         let (s, r) = done.expect("seed task");
+        let ordinal = s - base + 1;
+        if n >= 500 && ordinal % 100 == 0 {
+            eprintln!("... seed #{ordinal} ({s}) done after {:.0} s", started.elapsed().as_secs_f64());
+        }
         match r {
             Ok(o) => {
                 total.acked += o.acked;
