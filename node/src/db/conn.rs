@@ -14,10 +14,9 @@
 //! * [`Connection::prepare`] → [`Prepared`] (statement id, parameter count, tail offset);
 //!   [`Connection::exec`] / [`Connection::exec_sql`] → [`ExecResult`] (last insert id, rows
 //!   affected of the last statement); [`Connection::query`] / [`Connection::query_sql`] →
-//!   [`Rows`]: column names, then batches of at most [`QUERY_BATCH_ROWS`] rows: the first
-//!   one with the reply (a one-batch result, such as a point select, is one hand-over between
-//!   threads), later ones through a channel of [`QUERY_BATCHES_IN_FLIGHT`] batches (the worker
-//!   waits while it is full: backpressure); [`Connection::finalize`]; [`Connection::interrupt`] (works while a query
+//!   [`Rows`]: column names, then batches of at most [`QUERY_BATCH_ROWS`] rows through a
+//!   channel of [`QUERY_BATCHES_IN_FLIGHT`] batches (the worker waits while it is full:
+//!   backpressure); [`Connection::finalize`]; [`Connection::interrupt`] (works while a query
 //!   runs). `exec_sql` runs every statement of a multi-statement string in turn (dqlite 1.11
 //!   stopped after the first); remaining parameters carry over to the next statement.
 //! * Errors are [`DbError::Sql`] with SQLite's extended code and message. A write on a node
@@ -85,27 +84,18 @@ pub struct ExecResult {
 pub struct Rows {
     /// Column names (`sqlite3_column_name`).
     pub columns: Vec<String>,
-    /// The first batch (or the first step's error), stepped before the reply: a result that
-    /// fits one batch (a point select) reaches the caller in one hand-over, not three.
-    first: Option<Result<Vec<Vec<Value>>, DbError>>,
     batches: tmpsc::Receiver<Result<Vec<Vec<Value>>, DbError>>,
 }
 
 impl Rows {
     /// The next batch, `None` after the last.
     pub async fn next_batch(&mut self) -> Option<Result<Vec<Vec<Value>>, DbError>> {
-        match self.first.take() {
-            Some(first) => Some(first),
-            None => self.batches.recv().await,
-        }
+        self.batches.recv().await
     }
 
     /// The next batch, blocking.
     pub fn blocking_next_batch(&mut self) -> Option<Result<Vec<Vec<Value>>, DbError>> {
-        match self.first.take() {
-            Some(first) => Some(first),
-            None => self.batches.blocking_recv(),
-        }
+        self.batches.blocking_recv()
     }
 
     /// Every remaining row, blocking.
@@ -119,42 +109,6 @@ impl Rows {
 }
 
 type Reply<T> = oneshot::Sender<Result<T, DbError>>;
-
-/// The sending side of a query's [`Rows`]: the reply (carrying the first batch) until it is
-/// sent, then the channel.
-struct RowsOut {
-    reply: Option<(Reply<Rows>, Rows)>,
-    tx: Option<tmpsc::Sender<Result<Vec<Vec<Value>>, DbError>>>,
-}
-
-impl RowsOut {
-    /// Hands over a batch, or the error ending the rows (`last`). False if the receiver is
-    /// gone. When the last item goes with the reply, the channel is closed first, so the
-    /// receiver sees the end at once instead of waiting for this thread.
-    fn send(&mut self, item: Result<Vec<Vec<Value>>, DbError>, last: bool) -> bool {
-        match self.reply.take() {
-            Some((reply, mut rows)) => {
-                if last {
-                    self.tx = None;
-                }
-                rows.first = Some(item);
-                reply.send(Ok(rows)).is_ok()
-            }
-            None => self.tx.as_ref().is_some_and(|tx| tx.blocking_send(item).is_ok()),
-        }
-    }
-
-    /// The rows ended: hands over the partial `batch` (if any) as the last item.
-    fn finish(&mut self, batch: Vec<Vec<Value>>) {
-        if !batch.is_empty() {
-            self.send(Ok(batch), true);
-        } else if let Some((reply, rows)) = self.reply.take() {
-            // No rows at all: the reply goes with its channel already closed.
-            self.tx = None;
-            let _ = reply.send(Ok(rows));
-        }
-    }
-}
 
 enum Command {
     Prepare(String, Reply<Prepared>),
@@ -458,8 +412,9 @@ impl<'c> Worker<'c> {
         let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_string).collect();
         let decl: Vec<Option<String>> = stmt.columns().iter().map(|c| c.decl_type().map(str::to_string)).collect();
         let (tx, rx) = tmpsc::channel(QUERY_BATCHES_IN_FLIGHT);
-        // The first batch travels with the reply; later ones through the channel.
-        let mut out = RowsOut { reply: Some((reply, Rows { columns, first: None, batches: rx })), tx: Some(tx) };
+        if reply.send(Ok(Rows { columns, batches: rx })).is_err() {
+            return;
+        }
         let n = decl.len();
         let mut rows = stmt.raw_query();
         let mut batch = Vec::with_capacity(QUERY_BATCH_ROWS);
@@ -471,30 +426,33 @@ impl<'c> Worker<'c> {
                         match row.get_ref(i) {
                             Ok(v) => vals.push(from_sql(v, d.as_deref())),
                             Err(e) => {
-                                out.send(Err(DbError::from(e)), true);
+                                let _ = tx.blocking_send(Err(DbError::from(e)));
                                 return;
                             }
                         }
                     }
                     batch.push(vals);
                     if batch.len() == QUERY_BATCH_ROWS
-                        && !out.send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(QUERY_BATCH_ROWS))), false)
+                        && tx
+                            .blocking_send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(QUERY_BATCH_ROWS))))
+                            .is_err()
                     {
                         break;
                     }
                 }
                 Ok(None) => {
-                    out.finish(batch);
+                    if !batch.is_empty() {
+                        let _ = tx.blocking_send(Ok(batch));
+                    }
                     break;
                 }
                 Err(e) => {
-                    out.send(Err(self.error(e)), true);
+                    let _ = tx.blocking_send(Err(self.error(e)));
                     break;
                 }
             }
         }
         drop(rows);
-        drop(out);
         self.vc.end_statement();
     }
 
