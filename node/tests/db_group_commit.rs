@@ -413,7 +413,9 @@ fn a_batch_in_flight_when_leadership_is_lost_reports_unknown_outcome_and_then_co
     let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     for r in &results {
         let code = r.as_ref().expect_err("no write may succeed once leadership is lost").code();
-        assert!(code == 10506 || code == 10250, "unexpected error {code}: {r:?}");
+        // 10506/10250: proposed (or queued) when leadership moved. 5 (SQLITE_BUSY): waited at
+        // the write-lock gate for the held entry's fate past the busy timeout; nothing proposed.
+        assert!(code == 10506 || code == 10250 || code == 5, "unexpected error {code}: {r:?}");
     }
     // What was proposed commits on every node alike (at most the first writer's entry and
     // the batch that followed it); nobody was told it succeeded.
