@@ -216,6 +216,10 @@ struct DbState {
     /// frames its writer has not yet published in the wal-index: it releases the write lock
     /// after publishing, which clears this. A checkpoint must not count it as durable.
     unpublished: Option<LogIndex>,
+    /// A threshold checkpoint holds new writers back while it runs, so that the WAL is wholly
+    /// backfilled when the next writer starts and SQLite restarts it (see
+    /// [`Applier::checkpoint_for_restart`]).
+    ckpt_gate: bool,
     failures: HashMap<ConnId, CaptureFailure>,
 }
 
@@ -309,6 +313,7 @@ impl DbHooks for DbShared {
         }
         let data = entry::encode_frames(guard, &self.name, capture.page_size, capture.db_size, &capture.pages);
         drop(capture);
+        tracing::trace!(target: "dqlite::commit", db = %self.name, "propose");
         let proposed = self.node.replicator.propose(data);
         let mut st = lock(&self.st);
         let p = match proposed {
@@ -354,6 +359,7 @@ impl DbHooks for DbShared {
         loop {
             match st.pending {
                 Pending::Committed => {
+                    tracing::trace!(target: "dqlite::commit", index = p.index.0, "woken");
                     st.pending = Pending::None;
                     self.cv.notify_all();
                     return Ok(());
@@ -413,13 +419,16 @@ impl DbHooks for DbShared {
     fn writes_allowed(&self) -> bool {
         // A transaction that began now could not see the unresolved entry, which may still
         // commit: writers wait until its fate is known (and, if it committed, it is applied).
-        lock(&self.st).unresolved.is_none()
+        let st = lock(&self.st);
+        st.unresolved.is_none() && !st.ckpt_gate
     }
 
     fn write_unlocked(&self, conn: ConnId) {
         let mut st = lock(&self.st);
-        if st.writer == Some(conn) {
+        if st.writer == Some(conn) && st.unpublished.is_some() {
             st.unpublished = None;
+            // A threshold checkpoint may be waiting for this publication.
+            self.cv.notify_all();
         }
     }
 }
@@ -435,6 +444,10 @@ fn sidecar_path(db: &Path) -> PathBuf {
 }
 
 const BASE_FILE: &str = ".applied-base";
+
+/// How long a threshold checkpoint waits for the writer of the entry just applied to publish
+/// its frames (it needs nothing from the apply thread: microseconds normally).
+const PUBLISH_WAIT: Duration = Duration::from_millis(200);
 
 /// How long the apply connection waits for a database's write lock (a local writer holding it
 /// fails its commit within the commit timeout, so this is only reached if something hangs).
@@ -472,6 +485,7 @@ impl NodeShared {
                 commits_in_gen: 0,
                 writer: None,
                 unpublished: None,
+                ckpt_gate: false,
                 failures: HashMap::new(),
             }),
             cv: Condvar::new(),
@@ -575,6 +589,9 @@ struct Applier {
     wal: File,
     /// Digests of WAL commits found at open that the log has not re-delivered yet.
     verify: VecDeque<u32>,
+    /// The WAL size (frames) at the last threshold checkpoint that did not let the WAL restart:
+    /// the next one waits until the WAL has grown by a further eighth of the threshold.
+    threshold_tried_at: Option<u32>,
 }
 
 impl Applier {
@@ -591,7 +608,7 @@ impl Applier {
             .truncate(false)
             .open(&wal_path)
             .map_err(io_err(&wal_path))?;
-        Ok(Applier { shared, conn, wal, verify: VecDeque::new() })
+        Ok(Applier { shared, conn, wal, verify: VecDeque::new(), threshold_tried_at: None })
     }
 
     fn mx_frame(&self) -> Result<(u32, u32), DbError> {
@@ -676,6 +693,47 @@ impl Applier {
         end.map_err(|e| format!("cannot release the write lock: {e}"))?;
         lock(&self.shared.st).commits_in_gen += 1;
         Ok(())
+    }
+
+    /// The checkpoint of a WAL past `checkpoint_wal_frames`: one that lets SQLite restart it.
+    ///
+    /// SQLite restarts the WAL when a writer starts on a wholly backfilled one. On a leader
+    /// under a steady load that moment never comes by itself: the writer of the entry just
+    /// applied publishes its frames *after* this apply (so a checkpoint now misses them) and
+    /// the next writer starts right after it releases the lock. Left alone the WAL grows
+    /// without bound and every apply checkpoints again (fsyncs of the database file and the
+    /// sidecar on every commit). So when that writer is still publishing, this closes the
+    /// write-lock gate (new writers queue, as behind any writer), waits for the publication
+    /// (the writer needs nothing from this thread), checkpoints everything, and reopens the
+    /// gate: the next writer finds the WAL wholly backfilled and restarts it.
+    fn checkpoint_for_restart(&mut self, applied: LogIndex) -> Result<(), DbError> {
+        let shared = self.shared.clone();
+        let gated = {
+            let mut st = lock(&shared.st);
+            if st.unpublished.is_some() {
+                st.ckpt_gate = true;
+                let deadline = Instant::now() + PUBLISH_WAIT;
+                while st.unpublished.is_some() {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    st = match shared.cv.wait_timeout(st, deadline - now) {
+                        Ok((g, _)) => g,
+                        Err(p) => p.into_inner().0,
+                    };
+                }
+                true
+            } else {
+                false
+            }
+        };
+        let r = self.checkpoint(applied);
+        if gated {
+            lock(&shared.st).ckpt_gate = false;
+            shared.writers_may_go();
+        }
+        r
     }
 
     /// A passive checkpoint; records the durable point if the WAL was wholly backfilled.
@@ -904,6 +962,7 @@ impl Databases {
         }
         if let Pending::Waiting(p) = st.pending {
             if p.index == index && p.term == e.term {
+                tracing::trace!(target: "dqlite::commit", index = e.index.0, "applied own");
                 st.pending = Pending::Committed;
                 st.commits_in_gen += 1;
                 st.unpublished = Some(index);
@@ -931,8 +990,15 @@ impl Databases {
             write_base(&self.node.dir, self.durable_index()).map_err(|e| err(e.to_string()))?;
         } else if let Some(a) = db.and_then(|d| self.appliers.get_mut(d)) {
             let (mx, _) = a.mx_frame().map_err(|e| err(e.to_string()))?;
-            if mx >= threshold {
-                a.checkpoint(applied).map_err(|e| err(e.to_string()))?;
+            let due = match a.threshold_tried_at {
+                Some(at) if mx >= at => mx >= at.saturating_add((threshold / 8).max(1)),
+                _ => true,
+            };
+            if mx >= threshold && due {
+                a.checkpoint_for_restart(applied).map_err(|e| err(e.to_string()))?;
+                a.threshold_tried_at = Some(mx);
+            } else if mx < threshold {
+                a.threshold_tried_at = None;
             }
         }
         Ok(())

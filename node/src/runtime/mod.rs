@@ -592,6 +592,7 @@ impl<T: Transport> Driver<T> {
         }
         let r = match self.core.propose(p.data) {
             Ok(index) => {
+                tracing::trace!(target: "dqlite::commit", index = index.0, "proposed");
                 self.metrics.proposals.fetch_add(1, Ordering::Relaxed);
                 Ok(Proposed { index, term: self.core.term() })
             }
@@ -612,6 +613,11 @@ impl<T: Transport> Driver<T> {
             if s.done && !self.snapshot_image_ok(&m) {
                 return;
             }
+        }
+        if let MessageBody::AppendEntries(a) = &m.body {
+            tracing::trace!(target: "dqlite::commit", from = %m.from, n = a.entries.len(), "append entries in");
+        } else {
+            tracing::trace!(target: "dqlite::commit", from = %m.from, "message in");
         }
         if let Err(e) = self.core.step(m) {
             tracing::debug!(id = %self.id, error = %e, "message refused");
@@ -753,6 +759,7 @@ impl<T: Transport> Driver<T> {
                 while self.waiting_persist.front().is_some_and(|w| w.0 <= seq) {
                     let Some((_, marker, msgs)) = self.waiting_persist.pop_front() else { break };
                     if let Some((i, t)) = marker {
+                        tracing::trace!(target: "dqlite::commit", index = i.0, msgs = msgs.len(), "persisted");
                         self.core.persisted(i, t);
                     }
                     for m in msgs {
@@ -964,6 +971,9 @@ impl<T: Transport> Driver<T> {
             events,
         } = rd;
         // 1. Messages go out now.
+        if !messages.is_empty() {
+            tracing::trace!(target: "dqlite::commit", n = messages.len(), "messages out");
+        }
         for m in messages {
             self.transport.send(m);
         }
@@ -1023,6 +1033,9 @@ impl<T: Transport> Driver<T> {
         }
         // 7. Committed entries, in order, to the apply thread.
         if !committed_entries.is_empty() {
+            if let Some(e) = committed_entries.last() {
+                tracing::trace!(target: "dqlite::commit", index = e.index.0, "committed");
+            }
             self.check_waiters(&committed_entries);
             self.apply_backlog.push_back(ApplyItem::Job(ApplyJob::Entries(committed_entries)));
         }

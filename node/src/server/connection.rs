@@ -94,7 +94,9 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
         loop {
             let Some(frame) = self.read_request().await? else { return Ok(()) };
             let _in_flight = super::InFlight::enter(&self.shared.in_flight);
+            tracing::trace!(target: "dqlite::commit", bytes = frame.len(), "request in");
             self.handle(&frame).await?;
+            tracing::trace!(target: "dqlite::commit", "request done");
             if self.closing {
                 let _ = self.stream.shutdown().await;
                 return Ok(());
