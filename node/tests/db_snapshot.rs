@@ -160,3 +160,63 @@ fn databases_created_with_another_page_size_replicate_and_snapshot() {
     let e = Databases::open(dir.path(), Arc::new(NodeReplicator { shared, id: 0 }), cfg).expect_err("page size 3000");
     assert!(e.to_string().contains("invalid page size 3000"), "{e}");
 }
+
+/// Hooks of a database outside any cluster: commits go straight through.
+struct Plain;
+
+impl dqlite_node::vfs::DbHooks for Plain {
+    fn commit(&self, _: dqlite_node::vfs::ConnId, _: dqlite_node::vfs::Capture) -> Result<(), std::ffi::c_int> {
+        Ok(())
+    }
+    fn wal_header(&self, _: dqlite_node::vfs::ConnId, _: &[u8; 32]) -> Result<(), std::ffi::c_int> {
+        Ok(())
+    }
+}
+
+/// The SIGBUS of `runtime_sqlite` (issue 8): a connection opened on a database's files before a
+/// snapshot install swapped them, whose first read came after the swap, made SQLite open the
+/// *new* files' `-shm` by path as another database inode and truncate it (it took itself for
+/// the first user: POSIX locks do not conflict within a process) under the connections of the
+/// new files. Such a connection must get an error and leave the new files alone.
+#[test]
+fn a_connection_opened_before_the_files_were_replaced_never_maps_the_new_wal_index() {
+    use dqlite_node::vfs::{self, ConnOptions, VfsConnection};
+    vfs::register().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path().canonicalize().unwrap();
+    let dir = root.join("db");
+    let staging = root.join("db.restore");
+    let path = |d: &std::path::Path| d.join("app.db").to_str().unwrap().to_string();
+    let opts = ConnOptions { priority: false, busy_timeout: std::time::Duration::from_secs(1), read_only: false };
+    // Old files (1 row) and new files (2 rows), both WAL databases with a non-empty WAL.
+    for (d, rows) in [(&dir, 1), (&staging, 2)] {
+        std::fs::create_dir_all(d).unwrap();
+        let c = rusqlite::Connection::open(path(d)).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE t(x);").unwrap();
+        for i in 0..rows {
+            c.execute("INSERT INTO t VALUES (?)", [i]).unwrap();
+        }
+        // Keep the WAL when this plain connection closes.
+        c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).unwrap();
+    }
+    let old_entry = vfs::register_db(&path(&dir), Arc::new(Plain));
+    // Opened on the old files; it has not read anything yet (no wal-index mapped).
+    let stale = VfsConnection::open(&old_entry, opts).unwrap();
+    vfs::replace_dir(dir.to_str().unwrap(), || {
+        std::fs::rename(&dir, root.join("db.old")).unwrap();
+        std::fs::rename(&staging, &dir).unwrap();
+    });
+    let new_entry = vfs::register_db(&path(&dir), Arc::new(Plain));
+    let fresh = VfsConnection::open(&new_entry, opts).unwrap();
+    let count = |c: &VfsConnection| c.conn().query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0));
+    assert_eq!(count(&fresh).unwrap(), 2);
+    let shm = dir.join("app.db-shm");
+    let shm_len = std::fs::metadata(&shm).unwrap().len();
+    let e = count(&stale).expect_err("a connection of the replaced files read through the new wal-index");
+    assert_eq!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::SystemIoFailure), "{e}");
+    assert_eq!(std::fs::metadata(&shm).unwrap().len(), shm_len, "the new files' -shm was truncated");
+    drop(stale);
+    assert_eq!(count(&fresh).unwrap(), 2);
+    let ok: String = fresh.conn().query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(ok, "ok");
+}

@@ -447,10 +447,15 @@ impl NodeShared {
 
     /// The database `name`, created (an empty WAL-mode SQLite file) if it does not exist.
     pub(crate) fn db(self: &Arc<Self>, name: &str) -> Result<Arc<DbShared>, DbError> {
+        let mut dbs = lock(&self.dbs);
+        self.db_in(&mut dbs, name)
+    }
+
+    /// [`NodeShared::db`] with the map of databases already locked by the caller.
+    fn db_in(self: &Arc<Self>, dbs: &mut HashMap<String, Arc<DbShared>>, name: &str) -> Result<Arc<DbShared>, DbError> {
         if !entry::valid_name(name) {
             return Err(DbError::InvalidName(name.to_string()));
         }
-        let mut dbs = lock(&self.dbs);
         if let Some(d) = dbs.get(name) {
             return Ok(d.clone());
         }

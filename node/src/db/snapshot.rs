@@ -267,16 +267,22 @@ pub(super) fn restore(dbs: &mut Databases, index: LogIndex, data: &mut dyn Read)
     File::create(staging.join("COMPLETE")).and_then(|f| f.sync_all()).map_err(super::io_err(&staging))?;
     sync_dir(&staging)?;
     crash_point(3)?;
-    // Close everything of the old state.
+    // Close everything of the old state. The map of databases stays locked until the new
+    // state is open: a connection opened meanwhile would read the old sidecars (a stale
+    // `DbShared` that the reopen below would then pick up) or the old files.
     dbs.appliers.clear();
-    for (_, d) in lock(&dbs.node.dbs).drain() {
-        sidecar_unregister(&d.path);
-    }
+    let node = dbs.node.clone();
+    let mut map = lock(&node.dbs);
+    map.clear();
     let old = sibling(&dir, ".old");
-    fs::rename(&dir, &old).map_err(super::io_err(&dir))?;
-    crash_point(4)?;
-    fs::rename(&staging, &dir).map_err(super::io_err(&dir))?;
-    crash_point(5)?;
+    let dir_str = dir.to_str().ok_or_else(|| bad("the data directory's path is not UTF-8"))?;
+    // Connections opened on the old files are refused a wal-index from here on (`replace_dir`).
+    crate::vfs::replace_dir(dir_str, || {
+        fs::rename(&dir, &old).map_err(super::io_err(&dir))?;
+        crash_point(4)?;
+        fs::rename(&staging, &dir).map_err(super::io_err(&dir))?;
+        crash_point(5)
+    })?;
     if let Some(parent) = dir.parent() {
         sync_dir(parent)?;
     }
@@ -288,11 +294,12 @@ pub(super) fn restore(dbs: &mut Databases, index: LogIndex, data: &mut dyn Read)
     dbs.applied = index;
     dbs.node.applied.store(index.0, std::sync::atomic::Ordering::SeqCst);
     for name in installed {
-        let shared = dbs.node.db(&name)?;
-        let mut a = Applier::open(&dbs.node, shared)?;
+        let shared = node.db_in(&mut map, &name)?;
+        let mut a = Applier::open(&node, shared)?;
         a.recover()?;
         dbs.appliers.insert(name, a);
     }
+    drop(map);
     let _ = sidecar::sync_dir(&dir.join("x"));
     Ok(())
 }
@@ -329,10 +336,4 @@ fn crash_point(n: u32) -> Result<(), DbError> {
 #[cfg(not(feature = "harness"))]
 fn crash_point(_: u32) -> Result<(), DbError> {
     Ok(())
-}
-
-fn sidecar_unregister(path: &Path) {
-    if let Some(p) = path.to_str() {
-        crate::vfs::unregister_db(p);
-    }
 }
