@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use dqlite_raft::{Entry as RaftEntry, EntryKind, LogIndex, NodeId, StateRole, Term};
 
-use crate::replication::{ApplyError, ProposeError, Proposed, Replicator, StateMachine};
+use crate::replication::{ApplyError, ProposeError, Proposed, Replicator, SnapshotCopy, StateMachine};
 use crate::vfs::{self, Capture, ConnId, ConnOptions, DbEntry, DbHooks, VfsConnection};
 
 use entry::{Entry, FramesEntry};
@@ -427,7 +427,8 @@ impl DbHooks for DbShared {
         let mut st = lock(&self.st);
         if st.writer == Some(conn) && st.unpublished.is_some() {
             st.unpublished = None;
-            // A threshold checkpoint may be waiting for this publication.
+            // A threshold checkpoint or a snapshot point (`snapshot::wait_published`) may be
+            // waiting for this publication.
             self.cv.notify_all();
         }
     }
@@ -460,10 +461,15 @@ impl NodeShared {
 
     /// The database `name`, created (an empty WAL-mode SQLite file) if it does not exist.
     pub(crate) fn db(self: &Arc<Self>, name: &str) -> Result<Arc<DbShared>, DbError> {
+        let mut dbs = lock(&self.dbs);
+        self.db_in(&mut dbs, name)
+    }
+
+    /// [`NodeShared::db`] with the map of databases already locked by the caller.
+    fn db_in(self: &Arc<Self>, dbs: &mut HashMap<String, Arc<DbShared>>, name: &str) -> Result<Arc<DbShared>, DbError> {
         if !entry::valid_name(name) {
             return Err(DbError::InvalidName(name.to_string()));
         }
-        let mut dbs = lock(&self.dbs);
         if let Some(d) = dbs.get(name) {
             return Ok(d.clone());
         }
@@ -781,6 +787,18 @@ pub struct Databases {
     appliers: HashMap<String, Applier>,
     applied: LogIndex,
     since_checkpoint: u64,
+    /// The snapshot copy last begun (`snapshot::begin`): checkpoints wait while it runs.
+    copy: Option<Arc<snapshot::CopyCtl>>,
+}
+
+impl Drop for Databases {
+    fn drop(&mut self) {
+        // A copy still under way must not outlive the state it reads (its connections would be
+        // the last ones of their files).
+        if let Some(c) = self.copy.take() {
+            c.cancel_and_wait();
+        }
+    }
 }
 
 impl std::fmt::Debug for Databases {
@@ -816,7 +834,7 @@ impl Databases {
             applied: AtomicU64::new(base.0),
             dbs: Mutex::new(HashMap::new()),
         });
-        let mut dbs = Databases { node, appliers: HashMap::new(), applied: base, since_checkpoint: 0 };
+        let mut dbs = Databases { node, appliers: HashMap::new(), applied: base, since_checkpoint: 0, copy: None };
         let mut names = Vec::new();
         for e in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
             let e = e.map_err(io_err(&dir))?;
@@ -976,10 +994,20 @@ impl Databases {
         applier.append(index, fe).map_err(|r| err(format!("database {}: {r}", fe.db)))
     }
 
+    /// Whether a snapshot copy is under way (checkpoints wait until it is done).
+    fn copying(&self) -> bool {
+        self.copy.as_ref().is_some_and(|c| !c.is_done())
+    }
+
     fn maybe_checkpoint(&mut self, db: Option<&str>) -> Result<(), ApplyError> {
         let applied = self.applied;
         let threshold = self.node.config.checkpoint_wal_frames;
         self.since_checkpoint += 1;
+        if self.copying() {
+            // The copy reads the database files as they were at its point (`snapshot::begin`);
+            // the round stays due and runs after the copy.
+            return Ok(());
+        }
         let round = self.since_checkpoint >= self.node.config.checkpoint_every_entries;
         let err = |reason: String| ApplyError { index: applied, reason };
         if round {
@@ -1006,6 +1034,9 @@ impl Databases {
 
     /// Checkpoints every database fully now (PASSIVE; readers may hold some frames back).
     pub fn checkpoint_all(&mut self) -> Result<(), DbError> {
+        if self.copying() {
+            return Err(DbError::sql(libsqlite3_sys::SQLITE_BUSY, "a snapshot copy is under way: checkpoint later"));
+        }
         let applied = self.applied;
         for a in self.appliers.values_mut() {
             a.checkpoint(applied)?;
@@ -1126,8 +1157,12 @@ impl StateMachine for Databases {
     }
 
     fn snapshot(&mut self, out: &mut dyn Write) -> Result<LogIndex, ApplyError> {
-        snapshot::write(self, out).map_err(|e| ApplyError { index: self.applied, reason: e.to_string() })?;
-        Ok(self.applied)
+        snapshot::write(self, out).map_err(|e| ApplyError { index: self.applied, reason: e.to_string() })
+    }
+
+    fn snapshot_begin(&mut self) -> Result<Option<Box<dyn SnapshotCopy>>, ApplyError> {
+        let copy = snapshot::begin(self).map_err(|e| ApplyError { index: self.applied, reason: e.to_string() })?;
+        Ok(Some(Box::new(copy)))
     }
 
     fn restore(&mut self, index: LogIndex, data: &mut dyn Read) -> Result<(), ApplyError> {
@@ -1150,5 +1185,17 @@ impl StateMachine for Databases {
 }
 
 mod snapshot;
+pub use snapshot::ImageCopy;
 #[cfg(feature = "harness")]
-pub use snapshot::{inject_restore_crash, RESTORE_CRASH_POINTS};
+pub use snapshot::{hold_snapshot_copies, inject_restore_crash, CopyGate, RESTORE_CRASH_POINTS};
+
+impl SnapshotCopy for ImageCopy {
+    fn index(&self) -> LogIndex {
+        ImageCopy::index(self)
+    }
+
+    fn write_to(self: Box<Self>, out: &mut dyn Write) -> Result<(), ApplyError> {
+        let index = self.index();
+        (*self).write(out).map_err(|e| ApplyError { index, reason: e.to_string() })
+    }
+}

@@ -309,6 +309,7 @@ impl Runtime {
             waiting_persist: VecDeque::new(),
             recv_check: None,
             snapshot_in_progress: false,
+            snapshot_backoff: None,
             last_snapshot,
             applied: applied0,
             durable: durable0,
@@ -447,6 +448,8 @@ struct Driver<T: Transport> {
     /// The snapshot being received and the end-to-end check over the chunks accepted so far.
     recv_check: Option<(SnapshotMeta, frame::StreamCheck)>,
     snapshot_in_progress: bool,
+    /// After a failed snapshot: not again before this instant; consecutive failures.
+    snapshot_backoff: Option<(Instant, u32)>,
     last_snapshot: LogIndex,
     applied: LogIndex,
     durable: LogIndex,
@@ -478,6 +481,10 @@ struct Driver<T: Transport> {
 
 /// Most proposals or peer messages taken in one go before the core's `Ready` is handled.
 const INTAKE_BATCH: usize = 512;
+/// The first wait before a failed snapshot is tried again (doubled after each failure).
+const SNAPSHOT_RETRY_MIN: Duration = Duration::from_millis(100);
+/// The longest wait before a failed snapshot is tried again.
+const SNAPSHOT_RETRY_MAX: Duration = Duration::from_secs(10);
 
 impl<T: Transport> Driver<T> {
     async fn run(
@@ -842,14 +849,22 @@ impl<T: Transport> Driver<T> {
                 self.maybe_compact();
             }
             ApplyDone::Image { index, image } => match self.core.snapshot_taken(index) {
-                Ok(meta) => self.send_storage(StorageJob::WriteSnapshot { meta, image }),
+                Ok(meta) => {
+                    self.snapshot_backoff = None;
+                    self.send_storage(StorageJob::WriteSnapshot { meta, image })
+                }
                 Err(e) => {
                     tracing::warn!(id = %self.id, error = %e, "snapshot not recorded");
                     self.snapshot_in_progress = false;
                 }
             },
             ApplyDone::SnapshotFailed { reason } => {
-                tracing::warn!(id = %self.id, %reason, "snapshot not taken");
+                // Not again at once (it was retried after every applied entry): back off,
+                // doubling from SNAPSHOT_RETRY_MIN up to SNAPSHOT_RETRY_MAX.
+                let failures = self.snapshot_backoff.map_or(0, |(_, n)| n).saturating_add(1);
+                let delay = SNAPSHOT_RETRY_MIN.saturating_mul(1 << (failures - 1).min(16)).min(SNAPSHOT_RETRY_MAX);
+                tracing::warn!(id = %self.id, %reason, failures, retry_ms = delay.as_millis() as u64, "snapshot not taken");
+                self.snapshot_backoff = Some((Instant::now() + delay, failures));
                 self.snapshot_in_progress = false;
             }
             ApplyDone::Failed(e) => {
@@ -861,8 +876,16 @@ impl<T: Transport> Driver<T> {
         }
     }
 
+    /// Whether a snapshot may be started now (none running, no failure, not backing off).
+    fn snapshot_allowed(&self) -> bool {
+        !self.snapshot_in_progress
+            && self.apply_failed.is_none()
+            && self.poisoned.is_none()
+            && self.snapshot_backoff.is_none_or(|(at, _)| Instant::now() >= at)
+    }
+
     fn maybe_snapshot(&mut self) {
-        if self.snapshot_in_progress || self.apply_failed.is_some() || self.poisoned.is_some() {
+        if !self.snapshot_allowed() {
             return;
         }
         if self.applied.0.saturating_sub(self.last_snapshot.0) >= self.opts.snapshot_threshold.max(1) {
@@ -1055,7 +1078,7 @@ impl<T: Transport> Driver<T> {
         // 9. Snapshot bytes for followers.
         for req in snapshot_requests {
             let stale = self.applied.0.saturating_sub(req.meta.index.0) >= self.opts.snapshot_threshold.max(1);
-            if req.offset == 0 && stale && !self.snapshot_in_progress && self.apply_failed.is_none() {
+            if req.offset == 0 && stale && self.snapshot_allowed() {
                 // A fresher snapshot first; `snapshot_taken` restarts the transfer with it.
                 self.take_snapshot();
                 continue;
