@@ -356,6 +356,8 @@ impl DbHooks for DbShared {
                 Pending::Committed => {
                     st.pending = Pending::None;
                     self.cv.notify_all();
+                    drop(st);
+                    pause::after_commit(&self.path);
                     return Ok(());
                 }
                 Pending::GaveUp(code) => {
@@ -1086,3 +1088,6 @@ impl StateMachine for Databases {
 mod snapshot;
 #[cfg(feature = "harness")]
 pub use snapshot::{inject_restore_crash, RESTORE_CRASH_POINTS};
+mod pause;
+#[cfg(feature = "harness")]
+pub use pause::{pause_next_commit, CommitPause};
