@@ -133,11 +133,14 @@ impl<F: std::future::Future> std::future::Future for CancelAfter<F> {
     }
 }
 
-async fn count(pool: &sqlx_dqlite::DqlitePool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM t WHERE v >= ?").bind(0i64).fetch_one(pool).await
+/// A linearizable read that names itself: `(tag, rows)`, so an answer meant for another
+/// (dropped) request is told apart.
+async fn count(pool: &sqlx_dqlite::DqlitePool, tag: &str) -> Result<(String, i64), sqlx::Error> {
+    sqlx::query_as("SELECT ?, count(*) FROM t WHERE v >= ?").bind(tag).bind(0i64).fetch_one(pool).await
 }
 
-/// Retries `f` (bounded) while the cluster elects a leader; its first success.
+/// Retries `f` (bounded) while the cluster elects a leader, on the errors a client sees then
+/// (not leader, connection lost, no connection yet); its first success. Any other error fails.
 async fn settle<T, Fut: std::future::Future<Output = Result<T, sqlx::Error>>>(
     what: &str,
     mut f: impl FnMut() -> Fut,
@@ -146,10 +149,12 @@ async fn settle<T, Fut: std::future::Future<Output = Result<T, sqlx::Error>>>(
     loop {
         match f().await {
             Ok(v) => return v,
-            Err(e) => {
+            Err(e @ (sqlx::Error::Database(_) | sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)) => {
                 assert!(Instant::now() < deadline, "{what}: {e}");
+                tracing::debug!(what, error = %e, "retrying");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            Err(e) => panic!("{what}: {e}"),
         }
     }
 }
@@ -157,16 +162,21 @@ async fn settle<T, Fut: std::future::Future<Output = Result<T, sqlx::Error>>>(
 /// After a dropped request: the pool whose only connection ran it answers a linearizable read
 /// with every acknowledged row and writes; a second pool agrees.
 async fn still_works(pool: &sqlx_dqlite::DqlitePool, other: &sqlx_dqlite::DqlitePool, acked: &mut i64, what: &str) {
-    let n = settle(&format!("{what}: read on the same pool"), || count(pool)).await;
-    assert_eq!(n, *acked, "{what}: the same pool's read after the drop");
+    let tag = format!("check {what}");
+    let got = settle(&format!("{what}: read on the same pool"), || count(pool, &tag)).await;
+    assert_eq!(got, (tag.clone(), *acked), "{what}: the same pool's read after the drop");
     let v = *acked;
     settle(&format!("{what}: write on the same pool"), || {
         sqlx::query("INSERT INTO t (v) VALUES (?)").bind(v).execute(pool)
     })
     .await;
     *acked += 1;
-    assert_eq!(count(pool).await.unwrap(), *acked, "{what}: the same pool misses its own write");
-    assert_eq!(count(other).await.unwrap(), *acked, "{what}: a second pool misses acknowledged writes");
+    assert_eq!(count(pool, &tag).await.unwrap(), (tag.clone(), *acked), "{what}: the same pool misses its own write");
+    assert_eq!(
+        count(other, &tag).await.unwrap(),
+        (tag.clone(), *acked),
+        "{what}: a second pool misses acknowledged writes"
+    );
 }
 
 /// Cancel safety with `read=linearizable`: a query future dropped at each of its await points in
@@ -194,10 +204,10 @@ async fn a_linearizable_query_dropped_at_each_await_point_leaves_the_connection_
     pool.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)").await.unwrap();
     let mut acked = 0;
     for polls in 0..200 {
-        let done = CancelAfter { inner: Box::pin(count(&pool)), polls_left: polls }.await;
+        let done = CancelAfter { inner: Box::pin(count(&pool, "dropped")), polls_left: polls }.await;
         still_works(&pool, &other, &mut acked, &format!("query dropped after {polls} polls")).await;
         if let Some(r) = done {
-            assert_eq!(r.unwrap(), acked - 1, "the completed query's answer");
+            assert_eq!(r.unwrap(), ("dropped".to_string(), acked - 1), "the completed query's answer");
             assert!(polls > 1, "a linearizable query completed without waiting for the server");
             pool.close().await;
             other.close().await;
@@ -238,10 +248,14 @@ async fn a_linearizable_query_dropped_while_its_read_index_waits_for_a_quorum_le
         sqlx::query("INSERT INTO t (v) VALUES (?)").bind(i).execute(&pool).await.unwrap();
         acked += 1;
     }
-    assert_eq!(count(&pool).await.unwrap(), acked);
+    assert_eq!(count(&pool, "before").await.unwrap(), ("before".to_string(), acked));
     // The election timeout is 1 s: a leader keeps leading that long without a quorum, and its
     // ReadIndex round waits meanwhile.
-    for drop_after in [Duration::from_millis(50), Duration::from_millis(400)] {
+    // Round 1: one query dropped 50 ms into its wait. Round 2: one dropped at 50 ms, then the
+    // next one dropped 300 ms later (while it waits behind the first: the connection is still
+    // owed the first one's answer).
+    let rounds = [vec![Duration::from_millis(50)], vec![Duration::from_millis(50), Duration::from_millis(300)]];
+    for drops in rounds {
         let deadline = Instant::now() + BOUND;
         let leader = loop {
             let l = nodes.iter().position(|n| n.as_ref().is_some_and(|n| n.runtime().role().role == StateRole::Leader));
@@ -261,8 +275,10 @@ async fn a_linearizable_query_dropped_while_its_read_index_waits_for_a_quorum_le
         );
         tokio::join!(a.kill(), b.kill());
         let started = Instant::now();
-        let r = tokio::time::timeout(drop_after, count(&pool)).await;
-        assert!(r.is_err(), "a linearizable read was answered without a quorum: {r:?}");
+        for (k, drop_after) in drops.iter().enumerate() {
+            let r = tokio::time::timeout(*drop_after, count(&pool, &format!("dropped {k}"))).await;
+            assert!(r.is_err(), "a linearizable read was answered without a quorum: {r:?}");
+        }
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "the drop came after the election timeout ({:?}): the leader may have stepped down first",
@@ -277,7 +293,7 @@ async fn a_linearizable_query_dropped_while_its_read_index_waits_for_a_quorum_le
         for f in &followers {
             nodes[*f] = Some(start(dirs[*f].path(), addrs[*f], &[]).await);
         }
-        still_works(&pool, &other, &mut acked, &format!("query dropped {drop_after:?} into its ReadIndex wait")).await;
+        still_works(&pool, &other, &mut acked, &format!("queries dropped {drops:?} into their ReadIndex wait")).await;
     }
     pool.close().await;
     other.close().await;
