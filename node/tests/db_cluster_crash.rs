@@ -238,11 +238,16 @@ async fn run_seed(seed: u64) -> Outcome {
             hint.store(l.0, Ordering::Relaxed);
         }
     }
-    // Let the writers see the final leader a little, then stop them.
+    // Let the writers get a few answers from the final leader, then stop them.
     if let Ok(l) = c.wait_for_leader(WAIT).await {
         hint.store(l.0, Ordering::Relaxed);
     }
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    let answers = told.lock().unwrap().len();
+    let deadline = Instant::now() + WAIT;
+    while told.lock().unwrap().len() < answers + 3 {
+        assert!(Instant::now() < deadline, "seed {seed}: the writers get no answers after the last fault");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();

@@ -322,7 +322,9 @@ fn concurrent_autocommit_writers_share_entries_and_are_answered_after_the_commit
         }));
     }
     wait_for("the first proposal", || c.last_index() > before);
-    std::thread::sleep(Duration::from_millis(50));
+    // The others queued behind it (the gauge is process-wide: tests running beside this one
+    // can only make it rise sooner, never keep it from rising).
+    wait_for("the other writers to queue", || dqlite_node::db::batch::stats().queued >= WRITERS as u64 - 1);
     assert!(threads.iter().all(|t| !t.is_finished()), "a writer was answered before its entry committed");
     let released = Instant::now();
     c.hold(false);
@@ -407,7 +409,7 @@ fn a_batch_in_flight_when_leadership_is_lost_reports_unknown_outcome_and_then_co
     for (i, (w, id)) in it {
         threads.push(std::thread::spawn(move || w.blocking_exec(id, vec![Value::Text(format!("k{i}"))])));
     }
-    std::thread::sleep(Duration::from_millis(100));
+    wait_for("the batch to queue", || dqlite_node::db::batch::stats().queued >= WRITERS as u64 - 1);
     // Leadership moves while the first entry is held and the batch waits for the write lock.
     c.elect(None);
     let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use dqlite_node::db::DbConfig;
 use dqlite_node::node::{DataDir, Node, NodeConfig};
+use dqlite_node::raft::StateRole;
 use dqlite_node::wire::{NodeInfoFormat, Request, Response, Role};
 use server_support::RawClient;
 use sqlx::Executor;
@@ -109,6 +110,194 @@ async fn linearizable_reads_see_acknowledged_writes_also_right_after_a_failover(
     reader.close().await;
     fresh.close().await;
     for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// Resolves to `Some(output)` if `inner` completes within `polls` polls, else drops `inner` at
+/// that await point and resolves to `None`.
+struct CancelAfter<F: std::future::Future> {
+    inner: std::pin::Pin<Box<F>>,
+    polls_left: usize,
+}
+
+impl<F: std::future::Future> std::future::Future for CancelAfter<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        if self.polls_left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.polls_left -= 1;
+        self.inner.as_mut().poll(cx).map(Some)
+    }
+}
+
+/// A linearizable read that names itself: `(tag, rows)`, so an answer meant for another
+/// (dropped) request is told apart.
+async fn count(pool: &sqlx_dqlite::DqlitePool, tag: &str) -> Result<(String, i64), sqlx::Error> {
+    sqlx::query_as("SELECT ?, count(*) FROM t WHERE v >= ?").bind(tag).bind(0i64).fetch_one(pool).await
+}
+
+/// Retries `f` (bounded) while the cluster elects a leader, on the errors a client sees then
+/// (not leader, connection lost, no connection yet); its first success. Any other error fails.
+async fn settle<T, Fut: std::future::Future<Output = Result<T, sqlx::Error>>>(
+    what: &str,
+    mut f: impl FnMut() -> Fut,
+) -> T {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e @ (sqlx::Error::Database(_) | sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)) => {
+                assert!(Instant::now() < deadline, "{what}: {e}");
+                tracing::debug!(what, error = %e, "retrying");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+/// After a dropped request: the pool whose only connection ran it answers a linearizable read
+/// with every acknowledged row and writes; a second pool agrees.
+async fn still_works(pool: &sqlx_dqlite::DqlitePool, other: &sqlx_dqlite::DqlitePool, acked: &mut i64, what: &str) {
+    let tag = format!("check {what}");
+    let got = settle(&format!("{what}: read on the same pool"), || count(pool, &tag)).await;
+    assert_eq!(got, (tag.clone(), *acked), "{what}: the same pool's read after the drop");
+    let v = *acked;
+    settle(&format!("{what}: write on the same pool"), || {
+        sqlx::query("INSERT INTO t (v) VALUES (?)").bind(v).execute(pool)
+    })
+    .await;
+    *acked += 1;
+    assert_eq!(count(pool, &tag).await.unwrap(), (tag.clone(), *acked), "{what}: the same pool misses its own write");
+    assert_eq!(
+        count(other, &tag).await.unwrap(),
+        (tag.clone(), *acked),
+        "{what}: a second pool misses acknowledged writes"
+    );
+}
+
+/// Cancel safety with `read=linearizable`: a query future dropped at each of its await points in
+/// turn (polled N times, N = 0, 1, 2, … until it completes), including while the server waits for
+/// its ReadIndex round, leaves the connection usable and its answers right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linearizable_query_dropped_at_each_await_point_leaves_the_connection_right() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let mut nodes = vec![start(dirs[0].path(), addrs[0], &[]).await];
+    nodes.push(start(dirs[1].path(), addrs[1], &[addrs[0]]).await);
+    nodes.push(start(dirs[2].path(), addrs[2], &[addrs[0]]).await);
+    let deadline = Instant::now() + BOUND;
+    while voters(addrs[0]).await < 3 {
+        assert!(Instant::now() < deadline, "three voters in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("dqlite://{}/c.db?peers={},{}&read=linearizable", addrs[0], addrs[1], addrs[2]);
+    let pool = DqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+    let other = DqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+    pool.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)").await.unwrap();
+    let mut acked = 0;
+    for polls in 0..200 {
+        let done = CancelAfter { inner: Box::pin(count(&pool, "dropped")), polls_left: polls }.await;
+        still_works(&pool, &other, &mut acked, &format!("query dropped after {polls} polls")).await;
+        if let Some(r) = done {
+            assert_eq!(r.unwrap(), ("dropped".to_string(), acked - 1), "the completed query's answer");
+            assert!(polls > 1, "a linearizable query completed without waiting for the server");
+            pool.close().await;
+            other.close().await;
+            for n in nodes {
+                n.shutdown().await;
+            }
+            return;
+        }
+    }
+    panic!("the query never completed");
+}
+
+/// Cancel safety with `read=linearizable` while the leader cannot reach a quorum: the query
+/// waits in the server for its ReadIndex round; the client drops it (at two different moments
+/// of the wait); the quorum comes back; the same connection (and pool) then answers right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linearizable_query_dropped_while_its_read_index_waits_for_a_quorum_leaves_the_pool_working() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let mut nodes = vec![Some(start(dirs[0].path(), addrs[0], &[]).await)];
+    nodes.push(Some(start(dirs[1].path(), addrs[1], &[addrs[0]]).await));
+    nodes.push(Some(start(dirs[2].path(), addrs[2], &[addrs[0]]).await));
+    let deadline = Instant::now() + BOUND;
+    while voters(addrs[0]).await < 3 {
+        assert!(Instant::now() < deadline, "three voters in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("dqlite://{}/q.db?peers={},{}&read=linearizable", addrs[0], addrs[1], addrs[2]);
+    let pool = DqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+    let other = DqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+    pool.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)").await.unwrap();
+    let mut acked = 0;
+    for i in 0..5 {
+        sqlx::query("INSERT INTO t (v) VALUES (?)").bind(i).execute(&pool).await.unwrap();
+        acked += 1;
+    }
+    assert_eq!(count(&pool, "before").await.unwrap(), ("before".to_string(), acked));
+    // The election timeout is 1 s: a leader keeps leading that long without a quorum, and its
+    // ReadIndex round waits meanwhile.
+    // Round 1: one query dropped 50 ms into its wait. Round 2: one dropped at 50 ms, then the
+    // next one dropped 300 ms later (while it waits behind the first: the connection is still
+    // owed the first one's answer).
+    let rounds = [vec![Duration::from_millis(50)], vec![Duration::from_millis(50), Duration::from_millis(300)]];
+    for drops in rounds {
+        let deadline = Instant::now() + BOUND;
+        let leader = loop {
+            let l = nodes.iter().position(|n| n.as_ref().is_some_and(|n| n.runtime().role().role == StateRole::Leader));
+            match l {
+                Some(l) => break l,
+                None => {
+                    assert!(Instant::now() < deadline, "no leader");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        // Both followers die at once: the leader cannot confirm its leadership.
+        let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+        let (a, b) = (
+            nodes[followers[0]].as_ref().unwrap().runtime().clone(),
+            nodes[followers[1]].as_ref().unwrap().runtime().clone(),
+        );
+        tokio::join!(a.kill(), b.kill());
+        let started = Instant::now();
+        for (k, drop_after) in drops.iter().enumerate() {
+            let r = tokio::time::timeout(*drop_after, count(&pool, &format!("dropped {k}"))).await;
+            assert!(r.is_err(), "a linearizable read was answered without a quorum: {r:?}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the drop came after the election timeout ({:?}): the leader may have stepped down first",
+            started.elapsed()
+        );
+        // The quorum comes back (the killed nodes restart on their files and addresses).
+        for f in &followers {
+            if let Some(n) = nodes[*f].take() {
+                n.shutdown().await;
+            }
+        }
+        for f in &followers {
+            nodes[*f] = Some(start(dirs[*f].path(), addrs[*f], &[]).await);
+        }
+        still_works(&pool, &other, &mut acked, &format!("queries dropped {drops:?} into their ReadIndex wait")).await;
+    }
+    pool.close().await;
+    other.close().await;
+    for n in nodes.into_iter().flatten() {
         n.shutdown().await;
     }
 }

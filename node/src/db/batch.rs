@@ -62,6 +62,9 @@ pub struct BatchStats {
     pub exec_micros: u64,
     /// Time spent in COMMIT (capture, Raft round, write-through), in µs.
     pub commit_micros: u64,
+    /// Statements submitted to a batch and not yet answered, now (a gauge, not a total): those
+    /// queued plus those running in a batch or waiting for its commit.
+    pub queued: u64,
 }
 
 static BATCHES: AtomicU64 = AtomicU64::new(0);
@@ -69,6 +72,7 @@ static STATEMENTS: AtomicU64 = AtomicU64::new(0);
 static RESTARTS: AtomicU64 = AtomicU64::new(0);
 static EXEC_MICROS: AtomicU64 = AtomicU64::new(0);
 static COMMIT_MICROS: AtomicU64 = AtomicU64::new(0);
+static QUEUED: AtomicU64 = AtomicU64::new(0);
 /// When the counters were last logged (µs since [`EPOCH`]).
 static LOGGED_AT: AtomicU64 = AtomicU64::new(0);
 static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
@@ -83,6 +87,7 @@ pub fn stats() -> BatchStats {
         restarts: RESTARTS.load(Ordering::Relaxed),
         exec_micros: EXEC_MICROS.load(Ordering::Relaxed),
         commit_micros: COMMIT_MICROS.load(Ordering::Relaxed),
+        queued: QUEUED.load(Ordering::Relaxed),
     }
 }
 
@@ -199,6 +204,22 @@ struct Job {
     reply: mpsc::SyncSender<BatchOutcome>,
 }
 
+/// Counts one submitted statement in [`BatchStats::queued`] until it is answered (dropped).
+struct Queued;
+
+impl Queued {
+    fn new() -> Queued {
+        QUEUED.fetch_add(1, Ordering::Relaxed);
+        Queued
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        QUEUED.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
@@ -238,9 +259,10 @@ impl DbShared {
     pub(crate) fn submit_batched(self: &Arc<Self>, stmt: BatchStatement) -> BatchOutcome {
         let rowid = stmt.last_insert_rowid;
         let (tx, rx) = mpsc::sync_channel(1);
-        {
+        let _queued = {
             let mut q = lock(&self.batch.q);
             q.jobs.push_back(Job { stmt, reply: tx });
+            let queued = Queued::new();
             if !q.running {
                 let db = self.clone();
                 let spawned = std::thread::Builder::new()
@@ -262,7 +284,8 @@ impl DbShared {
                 }
             }
             self.batch.cv.notify_one();
-        }
+            queued
+        };
         rx.recv().unwrap_or(BatchOutcome { result: Err(DbError::Closed), last_insert_rowid: rowid, changes: None })
     }
 

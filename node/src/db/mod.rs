@@ -362,6 +362,8 @@ impl DbHooks for DbShared {
                     tracing::trace!(target: "dqlite::commit", index = p.index.0, "woken");
                     st.pending = Pending::None;
                     self.cv.notify_all();
+                    drop(st);
+                    pause::after_commit(&self.path);
                     return Ok(());
                 }
                 Pending::GaveUp(code) => {
@@ -1199,3 +1201,7 @@ impl SnapshotCopy for ImageCopy {
         (*self).write(out).map_err(|e| ApplyError { index, reason: e.to_string() })
     }
 }
+
+mod pause;
+#[cfg(feature = "harness")]
+pub use pause::{pause_next_commit, CommitPause};
