@@ -19,7 +19,8 @@
 //! per-round ratios with their geometric mean.
 //!
 //! `KVWRITE_CLUSTER=HOST:PORT,HOST:PORT,...` runs only this driver's side, against a cluster
-//! started by hand (for strace/perf of the client alone).
+//! started by hand (for strace/perf of the client alone). `KVWRITE_UNPREPARED=1` sends the SQL
+//! text with every request (EXEC_SQL, as go-dqlite's client does) instead of preparing once.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -270,6 +271,9 @@ async fn ours_on(addrs: &[String], secs: u64, workers: usize, round: usize) -> S
     let end = start + Duration::from_secs(secs);
     let pool = Arc::new(pool);
     let mut tasks = Vec::new();
+    // KVWRITE_UNPREPARED=1: EXEC_SQL with the SQL text every time (as go-dqlite's client
+    // does) instead of EXEC of the statement prepared once per connection.
+    let prepared = std::env::var_os("KVWRITE_UNPREPARED").is_none();
     for w in 0..workers {
         let pool = Arc::clone(&pool);
         tasks.push(tokio::spawn(async move {
@@ -283,7 +287,7 @@ async fn ours_on(addrs: &[String], secs: u64, workers: usize, round: usize) -> S
                 match query("INSERT OR REPLACE INTO model(key, value) VALUES(?, ?)")
                     .bind(key)
                     .bind(value)
-                    .persistent(std::env::var("KVWRITE_UNPREPARED").is_err())
+                    .persistent(prepared)
                     .execute(&*pool)
                     .await
                 {
