@@ -40,6 +40,8 @@ struct Stats {
     errors: u64,
     /// CPU time this process spent per successful operation (ours only).
     cpu_us_per_op: Option<f64>,
+    /// Printed after the numbers.
+    note: String,
 }
 
 /// CPU time of all threads of this process so far, in ns (`/proc/self/task/*/schedstat`).
@@ -57,7 +59,15 @@ impl Stats {
     fn from_latencies(mut ms: Vec<f64>, secs: f64, errors: u64) -> Stats {
         ms.sort_by(f64::total_cmp);
         let at = |q: f64| ms.get(((ms.len() as f64) * q) as usize).copied().unwrap_or(f64::NAN);
-        Stats { ops: ms.len(), secs, p50_ms: at(0.5), p99_ms: at(0.99), errors, cpu_us_per_op: None }
+        Stats {
+            ops: ms.len(),
+            secs,
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            errors,
+            cpu_us_per_op: None,
+            note: String::new(),
+        }
     }
 
     fn ops_per_sec(&self) -> f64 {
@@ -67,11 +77,12 @@ impl Stats {
     fn line(&self, who: &str, workers: usize) -> String {
         let cpu = self.cpu_us_per_op.map(|c| format!(" client-cpu={c:.0}us/op")).unwrap_or_default();
         format!(
-            "{who:<22} workers={workers}: ops/s={:>6.0} p50={:.3}ms p99={:.3}ms errors={}{cpu}",
+            "{who:<22} workers={workers}: ops/s={:>6.0} p50={:.3}ms p99={:.3}ms errors={}{cpu}{}",
             self.ops_per_sec(),
             self.p50_ms,
             self.p99_ms,
-            self.errors
+            self.errors,
+            self.note
         )
     }
 }
@@ -198,6 +209,7 @@ fn read_results(dir: &Path, since: u64) -> Stats {
     }
     assert!(!files.is_empty(), "no dqlite-benchmark results under {}", dir.display());
     let (mut ms, mut errors, mut t0, mut t1) = (Vec::new(), 0, u64::MAX, 0);
+    let (mut early, mut e0) = (0usize, u64::MAX);
     for f in files {
         let text = std::fs::read_to_string(&f).expect("result file");
         let mut measurements = false;
@@ -213,6 +225,8 @@ fn read_results(dir: &Path, since: u64) -> Stats {
             if measurements && cols.len() == 2 {
                 if let (Ok(ts), Ok(v)) = (cols[0].parse::<u64>(), cols[1].parse::<f64>()) {
                     if ts < since {
+                        early += 1;
+                        e0 = e0.min(ts);
                         continue;
                     }
                     t0 = t0.min(ts);
@@ -223,7 +237,11 @@ fn read_results(dir: &Path, since: u64) -> Stats {
         }
     }
     let secs = (t1.saturating_sub(t0)) as f64 / 1e9;
-    Stats::from_latencies(ms, secs, errors)
+    let mut stats = Stats::from_latencies(ms, secs, errors);
+    if early > 0 {
+        stats.note = format!(" (not counted: {early} ops in the {:.1} s before 3 voters)", (since - e0) as f64 / 1e9);
+    }
+    stats
 }
 
 struct Rng(u64);

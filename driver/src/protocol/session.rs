@@ -169,7 +169,8 @@ impl Session {
         self.stream.is_in_process()
     }
 
-    /// Is there nothing owed and the socket still open? (Non-blocking.)
+    /// Is there nothing owed and the socket still open? (Non-blocking; always asks the kernel.)
+    #[cfg(test)]
     pub fn is_idle_alive(&mut self) -> bool {
         self.outstanding == Outstanding::None && self.stream.is_idle_alive()
     }
