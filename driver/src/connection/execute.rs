@@ -166,7 +166,7 @@ impl DqliteConnection {
             }
         }
         if let Some(session) = self.session.as_mut() {
-            if !session.is_idle_alive() {
+            if !session.is_idle_alive_recent() {
                 tracing::info!(leader = %session.leader(), "the dqlite leader closed the idle connection");
                 self.lose_session();
             }
