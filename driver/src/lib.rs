@@ -120,6 +120,7 @@ pub use options::{
     DqliteConnectOptions, NodeAddress, ReadMode, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LEADER_TIMEOUT, DEFAULT_PORT,
     DEFAULT_STATEMENT_CACHE_CAPACITY,
 };
+pub use options::DEFAULT_MAX_STALENESS;
 pub use query_result::DqliteQueryResult;
 pub use row::DqliteRow;
 pub use statement::DqliteStatement;
