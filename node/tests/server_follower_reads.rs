@@ -114,6 +114,9 @@ async fn follower_reads_come_from_followers_and_see_every_write_acknowledged_max
     writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)").await.unwrap();
     writer.execute("INSERT INTO t (v) VALUES (0)").await.unwrap();
     let leader = c.leader();
+    // A follower read right now may miss the table (it is younger than the bound); once the
+    // bound has passed it may not.
+    tokio::time::sleep(MAX_STALENESS + MESSAGE_DELAY).await;
 
     // A writer acknowledging one row after another, recording when each was acknowledged.
     let acks: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
@@ -169,6 +172,7 @@ async fn follower_read_connections_are_read_only_and_keep_read_transactions() {
     let writer = DqlitePoolOptions::new().max_connections(1).connect(&format!("dqlite://{}", c.seeds())).await.unwrap();
     writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)").await.unwrap();
     writer.execute("INSERT INTO t (v) VALUES (1), (2)").await.unwrap();
+    tokio::time::sleep(MAX_STALENESS + MESSAGE_DELAY).await;
     // One follower-read pool served by a follower, one by the leader (its only seed).
     let leader = c.leader();
     let follower = (leader + 1) % 3;
@@ -209,6 +213,7 @@ async fn a_follower_cut_off_from_the_leader_fails_reads_after_the_bound() {
     for _ in 0..10 {
         writer.execute("INSERT INTO t DEFAULT VALUES").await.unwrap();
     }
+    tokio::time::sleep(MAX_STALENESS + MESSAGE_DELAY).await;
     let leader = c.leader();
     let follower = (leader + 1) % 3;
     let other = (leader + 2) % 3;
@@ -229,14 +234,17 @@ async fn a_follower_cut_off_from_the_leader_fails_reads_after_the_bound() {
         assert!(Instant::now() < deadline, "the follower never caught up");
     }
     writer.close().await;
-    let cut = Instant::now();
     c.nodes[leader].runtime().kill().await;
     c.nodes[other].runtime().kill().await;
-    // Reads succeed at most until the bound (plus the wait) has passed, then fail with the
-    // staleness error; none returns data after that.
-    let fails_by = cut + MAX_STALENESS + MAX_STALENESS.max(Duration::from_millis(200)) + Duration::from_secs(2);
+    // No message from a leader arrives after this.
+    let cut = Instant::now();
+    // A read started after the bound has passed must fail with the staleness error (it waits
+    // for the next heartbeat at most `max(bound, 2 heartbeats)` = 200 ms), well before the
+    // follower's election timer (at least 1 s) would make it forget its leader. So the bound
+    // itself stops it, and no read returns data after that.
+    let fails_by = cut + MAX_STALENESS + Duration::from_millis(100);
     let mut first_stale: Option<Instant> = None;
-    while Instant::now() < fails_by + Duration::from_secs(2) {
+    while Instant::now() < cut + Duration::from_secs(3) {
         let started = Instant::now();
         match sqlx::query_scalar::<_, i64>("SELECT count(*) FROM t").fetch_one(&reader).await {
             Ok(n) => {
@@ -247,6 +255,11 @@ async fn a_follower_cut_off_from_the_leader_fails_reads_after_the_bound() {
             Err(e) => {
                 if first_stale.is_none() {
                     assert_eq!(code(&e).as_deref(), Some("11018"), "the first failure is the staleness error: {e}");
+                    assert!(
+                        started < cut + MAX_STALENESS + Duration::from_millis(600),
+                        "the staleness error came only {:?} after the cut",
+                        started - cut
+                    );
                     let d = e.as_database_error().unwrap().try_downcast_ref::<sqlx_dqlite::DqliteError>().unwrap();
                     assert!(d.is_follower_stale());
                     assert!(Instant::now() >= cut + MAX_STALENESS, "failed before the bound had passed");
