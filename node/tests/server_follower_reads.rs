@@ -189,6 +189,12 @@ async fn follower_read_connections_are_read_only_and_keep_read_transactions() {
             assert_eq!(code(&e).as_deref(), Some("8"), "{what} ({who}): {e}");
             assert!(e.to_string().contains("read=follower"), "{what} ({who}): {e}");
         }
+        if who == "follower" {
+            // The write lock stays with the follower's apply: an immediate transaction is a
+            // write intent, refused there.
+            let e = reader.execute("BEGIN IMMEDIATE").await.expect_err("BEGIN IMMEDIATE on a follower");
+            assert_eq!(code(&e).as_deref(), Some("8"), "{e}");
+        }
         // Reads, also in a transaction.
         let mut tx = reader.begin().await.unwrap();
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&mut *tx).await.unwrap();

@@ -630,3 +630,30 @@ fn encode_rows(
     }
     w.finish(if done { RowsEnd::Done } else { RowsEnd::Part })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_modes_from_the_vfs_field() {
+        assert_eq!(read_mode("volatile"), ReadMode::Leader);
+        assert_eq!(read_mode(""), ReadMode::Leader);
+        assert_eq!(read_mode("volatile?read=linearizable"), ReadMode::Linearizable);
+        assert_eq!(
+            read_mode("volatile?read=follower&max_staleness=250"),
+            ReadMode::Follower { max_staleness: Duration::from_millis(250) }
+        );
+        // Either order; a missing or unreadable bound is the default.
+        assert_eq!(
+            read_mode("volatile?max_staleness=7&read=follower"),
+            ReadMode::Follower { max_staleness: Duration::from_millis(7) }
+        );
+        assert_eq!(read_mode("volatile?read=follower"), ReadMode::Follower { max_staleness: DEFAULT_MAX_STALENESS });
+        assert_eq!(
+            read_mode("volatile?read=follower&max_staleness=soon"),
+            ReadMode::Follower { max_staleness: DEFAULT_MAX_STALENESS }
+        );
+        assert_eq!(read_mode("volatile?read=sometimes&max_staleness=5"), ReadMode::Leader);
+    }
+}
