@@ -207,8 +207,20 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
         let body = &frame[HEADER_LEN..];
         let outcome = match Request::decode(&header, body) {
             Ok(req) => {
+                let sql = matches!(
+                    req,
+                    Request::Prepare { .. }
+                        | Request::Exec { .. }
+                        | Request::ExecSql { .. }
+                        | Request::Query { .. }
+                        | Request::QuerySql { .. }
+                );
                 let r = self.dispatch(req).await;
-                self.follower_errors(r)
+                if sql {
+                    self.follower_errors(r)
+                } else {
+                    r
+                }
             }
             Err(DecodeError::UnknownRequestType(t)) => {
                 tracing::debug!(request_type = t, "unknown request type");
@@ -275,7 +287,7 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
 
     /// On a follower-read connection a "not leader" from the SQL layer (a write refused on a
     /// follower) is reported as the read-only refusal it is: the driver must not go looking
-    /// for the leader with it.
+    /// for the leader with it. (SQL requests only: membership requests still need the leader.)
     fn follower_errors(&self, r: Result<Outcome, BackendError>) -> Result<Outcome, BackendError> {
         match r {
             Err(e) if self.follower_mode().is_some() && dqlite_wire::codes::is_not_leader(e.code) => {
