@@ -244,8 +244,9 @@ pub(crate) async fn connect_leader(opts: &DqliteConnectOptions) -> Result<Sessio
     }
 }
 
-/// The embedded node's session if it leads (in process, no socket); `None` if another node
-/// leads (the caller then searches over TCP). A node without a socket is the only member:
+/// The embedded node's session if it leads (in process, no socket), or, for follower reads,
+/// if it follows a known leader; `None` if another node leads (the caller then searches over
+/// TCP). A node without a socket is the only member:
 /// it waits for it to lead, bounded by the leader timeout.
 #[cfg(feature = "embedded")]
 async fn connect_local(
@@ -259,13 +260,16 @@ async fn connect_local(
         None => NodeAddress::new(dqlite_node::embedded::NO_SOCKET_ADDRESS, 0),
     };
     let mut role = node.runtime().watch_role();
+    let follower_reads = opts.read_mode == ReadMode::Follower;
     loop {
-        if node.is_leader() {
+        // Follower reads are served by the local node too while it follows a known leader.
+        let local_follower = follower_reads && node.leader().is_some_and(|(id, _)| id != node.id());
+        if node.is_leader() || local_follower {
             let stream = WireStream::local(node.connect_local(), peer.clone()).await?;
             match open_on_leader(stream, opts).await {
                 Ok(Some(mut session)) => {
                     session.set_request_timeout(opts.request_timeout);
-                    tracing::debug!(leader = %peer, "connected to the embedded leader in process");
+                    tracing::debug!(node = %peer, local_follower, "connected to the embedded node in process");
                     return Ok(Some(session));
                 }
                 Ok(None) => tracing::debug!("embedded node stepped down before OPEN"),
