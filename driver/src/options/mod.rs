@@ -40,10 +40,12 @@ pub enum ReadMode {
     Linearizable,
     /// Follower reads with a staleness bound ([`max_staleness`](DqliteConnectOptions::max_staleness)):
     /// each connection goes to a node that is **not** the leader when one is reachable (spread
-    /// round-robin over the seeds, in URL order), else to the leader. Each query first waits
-    /// until that node's state reflects every write acknowledged at least `max_staleness` (plus
-    /// one message delay) before it; a node that cannot get there in time (cut off from the
-    /// leader, far behind) fails the query with `SQLITE_IOERR_FOLLOWER_STALE`
+    /// round-robin over the seeds, in URL order), else to the leader; with `data=DIR`, the
+    /// embedded node itself, in process, while it leads or follows a known leader. Each query
+    /// first waits until that node's state reflects every write acknowledged at least
+    /// `max_staleness` (plus one message delay) before it; a node that cannot get there in
+    /// time (cut off from the leader, far behind) fails the query with
+    /// `SQLITE_IOERR_FOLLOWER_STALE`
     /// ([`DqliteError::is_follower_stale`](crate::DqliteError::is_follower_stale)) and the
     /// connection picks a node afresh for its next statement. Such connections are
     /// **read-only** on every node (a write fails with `SQLITE_READONLY`, code 8): use a second
