@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod apply_thread;
+mod follower_read;
 pub mod frame;
 #[cfg(feature = "harness")]
 pub mod harness;
@@ -38,6 +39,7 @@ use dqlite_raft::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+pub use follower_read::StaleReason;
 pub use metrics::MetricsSnapshot;
 pub use options::*;
 
@@ -117,6 +119,9 @@ pub enum RuntimeError {
     /// The operation did not finish in time.
     #[error("timed out")]
     Timeout,
+    /// A follower read could not be served within its staleness bound.
+    #[error("follower too stale: {0}")]
+    FollowerStale(StaleReason),
 }
 
 fn from_raft(e: dqlite_raft::Error) -> RuntimeError {
@@ -235,6 +240,8 @@ struct HandleInner {
     metrics: Arc<Metrics>,
     max_entry_bytes: usize,
     stopped: watch::Receiver<bool>,
+    follower: watch::Receiver<follower_read::FollowerView>,
+    heartbeat: Duration,
 }
 
 impl std::fmt::Debug for RuntimeHandle {
@@ -296,6 +303,7 @@ impl Runtime {
         transport.set_peers(&servers);
         metrics.applied_index.store(applied0.0, Ordering::Relaxed);
         let last_snapshot = snapshot.map_or(LogIndex::ZERO, |s| s.index);
+        let (follower, follower_rx) = follower_read::Tracker::new(applied0);
         let driver = Driver {
             id: opts.id,
             compacted: core.log().compacted_index(),
@@ -312,6 +320,7 @@ impl Runtime {
             snapshot_backoff: None,
             last_snapshot,
             applied: applied0,
+            follower,
             durable: durable0,
             index_waiters: BTreeMap::new(),
             committed_waiters: BTreeMap::new(),
@@ -345,6 +354,8 @@ impl Runtime {
                 metrics,
                 max_entry_bytes: opts.max_entry_bytes,
                 stopped: stopped_rx,
+                follower: follower_rx,
+                heartbeat: opts.raft_config().heartbeat_interval(),
             }),
         })
     }
@@ -452,6 +463,8 @@ struct Driver<T: Transport> {
     snapshot_backoff: Option<(Instant, u32)>,
     last_snapshot: LogIndex,
     applied: LogIndex,
+    /// What follower reads need: the last message from the leader, the applied index.
+    follower: follower_read::Tracker,
     durable: LogIndex,
     compacted: LogIndex,
     /// Barrier / membership entries proposed here: index -> (term, waiter).
@@ -626,8 +639,16 @@ impl<T: Transport> Driver<T> {
         } else {
             tracing::trace!(target: "dqlite::commit", from = %m.from, "message in");
         }
+        let contact = match &m.body {
+            MessageBody::AppendEntries(a) => Some((m.from, m.term, a.leader_commit)),
+            MessageBody::Heartbeat(h) => Some((m.from, m.term, h.leader_commit)),
+            _ => None,
+        };
         if let Err(e) = self.core.step(m) {
             tracing::debug!(id = %self.id, error = %e, "message refused");
+        }
+        if let Some((from, term, commit)) = contact {
+            self.follower.on_leader_message(&self.core, from, term, commit);
         }
     }
 
@@ -825,6 +846,7 @@ impl<T: Transport> Driver<T> {
         match d {
             ApplyDone::Applied { index, durable } => {
                 self.applied = self.applied.max(index);
+                self.follower.on_applied(self.applied);
                 self.durable = durable;
                 if !self.reads_applying.is_empty() {
                     let applied = self.applied;
@@ -1261,6 +1283,29 @@ impl RuntimeHandle {
     /// it, such that reading the local state now is linearizable. Leader only.
     pub async fn read_index(&self) -> Result<LogIndex, RuntimeError> {
         self.control(Control::ReadIndex).await
+    }
+
+    /// A read point for a read on this node's local state that reflects every write
+    /// acknowledged at least `max_staleness` (plus one message delay) before the call (follower
+    /// reads; `docs/replication.md`, "Reads"). On a follower: waits until it heard from the
+    /// leader of its term within `max_staleness` and applied the leader's commit index that
+    /// message carried, at most `max(max_staleness, 2 heartbeat intervals)`, then fails with
+    /// [`RuntimeError::FollowerStale`]. On the leader: a [`read_index`](Self::read_index).
+    pub async fn follower_read(&self, max_staleness: Duration) -> Result<LogIndex, RuntimeError> {
+        let waited = follower_read::wait_fresh(
+            self.inner.follower.clone(),
+            self.inner.role.clone(),
+            max_staleness,
+            self.inner.heartbeat,
+        )
+        .await?;
+        match waited {
+            Some(index) => {
+                self.inner.metrics.follower_reads.fetch_add(1, Ordering::Relaxed);
+                Ok(index)
+            }
+            None => self.read_index().await,
+        }
     }
 
     /// The node's full status.
