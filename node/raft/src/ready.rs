@@ -54,6 +54,9 @@
 //! application may delete them from its log store too). On restart, pass
 //! [`RawNode::restore`](crate::RawNode::restore) that meta and only the stored entries after
 //! the compaction point (trailing entries behind the base are kept if contiguous).
+//! The stored meta must reach the disk after everything asked by the `Ready`s returned before
+//! `snapshot_taken` (queue it behind their writes): an earlier `Ready`'s snapshot install still
+//! waiting for its fsync would otherwise land on top of the newer base and set it back.
 //!
 //! A follower that needs entries below the compaction point gets a snapshot: the leader emits a
 //! [`SnapshotChunkRequest`] for its current meta. An application that keeps no snapshot file and

@@ -392,8 +392,17 @@ impl<'c> Worker<'c> {
             e.alone = false;
             e.uses_changes = false;
         }
-        let stmt = c.prepare(&sql[..end]);
-        let stmt = stmt.map_err(|e| self.error(e))?;
+        let stmt = match c.prepare(&sql[..end]) {
+            Ok(s) => s,
+            // A new leader that has not yet applied everything committed before its term may
+            // lack the schema the statement names ("no such table" for a table an entry it has
+            // not applied yet created): wait until it is ready, then prepare again.
+            Err(_) if self.node.leader_catching_up() => {
+                self.node.ensure_write_ready(self.node.config().commit_timeout)?;
+                c.prepare(&sql[..end]).map_err(|e| self.error(e))?
+            }
+            Err(e) => return Err(self.error(e)),
+        };
         if !stmt.readonly() {
             self.node.ensure_write_ready(self.node.config().commit_timeout)?;
         }

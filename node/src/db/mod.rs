@@ -551,6 +551,12 @@ impl NodeShared {
 
     /// Waits until this node may take writes (leader, its barrier applied), proposing the
     /// barrier if needed.
+    /// Leader, but its term's barrier is not applied yet (its state may lag the commit index).
+    pub(crate) fn leader_catching_up(&self) -> bool {
+        let r = lock(&self.role);
+        r.role == StateRole::Leader && r.ready_term != Some(r.term)
+    }
+
     pub(crate) fn ensure_write_ready(&self, timeout: Duration) -> Result<(), DbError> {
         let deadline = Instant::now() + timeout;
         let mut r = lock(&self.role);

@@ -1076,6 +1076,15 @@ impl Cluster {
 
     fn finish_snapshot(&mut self, h: usize) -> Result<(), Failure> {
         let host = &mut self.hosts[h];
+        // Stored in order with the writes of the `Ready`s before it, as a real storage queue
+        // does: a received snapshot still waiting for its fsync must not land on top of this
+        // newer one (it would set the durable base back and lose the entries compacted here).
+        if let Some(last_due) = host.unsynced.back().map(|b| b.due_ms) {
+            if let Some(p) = host.snapshot_pending.as_mut() {
+                p.0 = p.0.max(last_due);
+            }
+            return Ok(());
+        }
         let Some((_, index, image)) = host.snapshot_pending.take() else { return Ok(()) };
         let Some(raw) = host.raw.as_mut() else { return Ok(()) };
         if raw.snapshot_meta().is_some_and(|m| m.index >= index)
