@@ -259,15 +259,24 @@ async fn run_seed(seed: u64) -> Outcome {
     let lh = slots.lock().unwrap()[&leader].clone();
     tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + WAIT;
+        // Every distinct refusal seen while retrying, with its count (for the failure report).
+        let mut seen: Vec<(String, u32)> = Vec::new();
         loop {
             let r = lh.open("app.db").and_then(|c| c.blocking_exec_sql("CREATE TABLE IF NOT EXISTS b(x)", vec![]));
             match r {
                 Ok(_) => return,
-                Err(e) if Instant::now() < deadline => {
+                Err(e) => {
+                    let msg = e.to_string();
+                    match seen.iter_mut().find(|(m, _)| *m == msg) {
+                        Some((_, n)) => *n += 1,
+                        None => seen.push((msg, 1)),
+                    }
+                    if Instant::now() >= deadline {
+                        panic!("seed {seed}: barrier: {e} (refusals while retrying: {seen:?})");
+                    }
                     tracing::debug!(error = %e, "retrying barrier");
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                Err(e) => panic!("seed {seed}: barrier: {e}"),
             }
         }
     })
