@@ -239,3 +239,25 @@ async fn the_urls_busy_timeout_reaches_the_embedded_node() {
     node.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `NodeBuilder::page_size` sets the page size of the databases the node creates; a value that
+/// is not a power of two from 512 to 65536 is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builders_page_size_reaches_new_databases() {
+    let bad = tempfile_dir("page-size-bad");
+    let err = NodeBuilder::new(&bad).page_size(3000).start().await.expect_err("page size 3000");
+    assert!(err.to_string().contains("invalid page size 3000"), "{err}");
+    let _ = std::fs::remove_dir_all(&bad);
+    let dir = tempfile_dir("page-size");
+    let node = NodeBuilder::new(&dir).page_size(16384).start().await.expect("start");
+    node.ready(Duration::from_secs(20)).await.expect("ready");
+    let url = format!("dqlite:///ps.db?data={}", dir.display());
+    let pool = DqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+    sqlx::query("CREATE TABLE t (x BLOB)").execute(&pool).await.unwrap();
+    sqlx::query("INSERT INTO t VALUES (randomblob(50000))").execute(&pool).await.unwrap();
+    let size: i64 = sqlx::query("PRAGMA page_size").fetch_one(&pool).await.unwrap().get(0);
+    assert_eq!(size, 16384);
+    pool.close().await;
+    node.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

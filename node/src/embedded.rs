@@ -160,6 +160,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Page size of the databases this node creates (a power of two from 512 to 65536; default
+    /// 4096). An existing database keeps its own, and a database the node receives from the
+    /// leader follows the leader's. Another value makes [`NodeBuilder::start`] fail.
+    pub fn page_size(mut self, bytes: u32) -> Self {
+        self.db.page_size = bytes;
+        self
+    }
+
     /// First members up to this many become voters, later ones standbys (default 3).
     pub fn max_voters(mut self, n: usize) -> Self {
         self.config.max_voters = n;

@@ -302,3 +302,44 @@ fn a_snapshot_copy_written_later_holds_exactly_the_state_at_its_point() {
     c.wait_all_applied();
     assert_eq!(dumps(&c.handles[1]), dumps(&c.handles[0]));
 }
+
+/// A follower configured with another page size than the leader's follows the page size of the
+/// leader's database (every entry carries it) instead of creating its copy with its own.
+#[test]
+fn a_follower_with_another_configured_page_size_follows_the_leaders_database() {
+    let mut c = Cluster::new(2);
+    c.stop_node(0);
+    let mut big = db_common::config();
+    big.page_size = 8192;
+    let mut small = db_common::config();
+    small.page_size = 1024;
+    c.config = big;
+    c.handles[0] = c.try_start_node(0).expect("leader");
+    c.config = small;
+    c.handles[1] = c.try_start_node(1).expect("follower");
+    exec(&c, "app.db", "CREATE TABLE t(id INTEGER PRIMARY KEY, r INTEGER, b BLOB)");
+    for _ in 0..20 {
+        exec(&c, "app.db", "INSERT INTO t(r, b) VALUES (random(), randomblob(3000))");
+    }
+    c.wait_all_applied();
+    let q = |i: usize, sql: &str| {
+        let conn = c.handles[i].open("app.db").unwrap();
+        conn.blocking_query_sql(sql, vec![]).unwrap().blocking_collect().unwrap()
+    };
+    for i in 0..2 {
+        assert_eq!(q(i, "PRAGMA page_size"), vec![vec![dqlite_wire::Value::Integer(8192)]], "node {i}");
+        integrity_ok(&c.handles[i], "app.db");
+    }
+    assert_eq!(dump(&c.handles[1], "app.db"), dump(&c.handles[0], "app.db"));
+    // A database the follower's clients opened first (created with its own page size, still
+    // empty) also takes the leader's page size with its first entry.
+    drop(c.handles[1].open("later.db").unwrap());
+    exec(&c, "later.db", "CREATE TABLE u(x)");
+    exec(&c, "later.db", "INSERT INTO u VALUES (randomblob(10000))");
+    c.wait_all_applied();
+    let conn = c.handles[1].open("later.db").unwrap();
+    let ps = conn.blocking_query_sql("PRAGMA page_size", vec![]).unwrap().blocking_collect().unwrap();
+    assert_eq!(ps, vec![vec![dqlite_wire::Value::Integer(8192)]]);
+    integrity_ok(&c.handles[1], "later.db");
+    assert_eq!(dump(&c.handles[1], "later.db"), dump(&c.handles[0], "later.db"));
+}

@@ -116,7 +116,10 @@ async fn commits_go_on_while_a_snapshot_is_copied_and_the_copy_installs() {
                             committed.fetch_add(1, Ordering::SeqCst);
                             n += 1;
                         }
-                        Err(e) => failed.lock().unwrap().push(e.to_string()),
+                        Err(e) => {
+                            failed.lock().unwrap().push(e.to_string());
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
                     }
                 }
             })
@@ -129,7 +132,17 @@ async fn commits_go_on_while_a_snapshot_is_copied_and_the_copy_installs() {
     })
     .await
     .unwrap();
-    let point = held.unwrap_or_else(|| panic!("no snapshot taken under continuous writers: {:?}", lh.metrics()));
+    let Some(point) = held else {
+        let status = lh.status().await;
+        let failed = failed.lock().unwrap().clone();
+        panic!(
+            "no snapshot taken under continuous writers: {} commits, {} failed (first {:?}); {:?}; {status:?}",
+            committed.load(Ordering::SeqCst),
+            failed.len(),
+            failed.first(),
+            lh.metrics()
+        );
+    };
     let (m0, c0) = (lh.metrics(), committed.load(Ordering::SeqCst));
     // While the copy is held, commits are acknowledged and entries applied (by counting).
     let more = wait_until(WAIT, || {

@@ -69,6 +69,10 @@ struct RunArgs {
     /// The timing knob in milliseconds: heartbeat = 10x, election timeout = 100x.
     #[arg(long, value_name = "MS", default_value_t = 10)]
     network_latency_ms: u64,
+    /// Page size of the databases this node creates (a power of two, 512 to 65536); existing
+    /// databases keep theirs, and databases replicated from the leader follow the leader's.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    page_size: u32,
 }
 
 fn init_logs() {
@@ -102,7 +106,9 @@ async fn run_node(args: RunArgs) -> ExitCode {
     config.network_latency = Duration::from_millis(args.network_latency_ms.max(1));
     // Signals are caught from here on, so a SIGTERM during startup still exits cleanly.
     let signal = tokio::spawn(wait_for_signal());
-    let node = match Node::start_sqlite(config, data, DbConfig::default()).await {
+    let mut db = DbConfig::default();
+    db.page_size = args.page_size;
+    let node = match Node::start_sqlite(config, data, db).await {
         Ok(n) => n,
         Err(e) => {
             eprintln!("error: cannot start the node: {e}");

@@ -163,14 +163,17 @@ impl Cluster {
     /// Starts node `i` from its files; the open error if it refuses.
     pub fn try_start_node(&mut self, i: usize) -> Result<DbHandle, dqlite_node::db::DbError> {
         let rep = Arc::new(NodeReplicator { shared: self.shared.clone(), id: i });
-        let sm = Databases::open(self.dirs[i].path(), rep, self.config.clone())?;
+        let mut sm = Databases::open(self.dirs[i].path(), rep, self.config.clone())?;
         let handle = sm.handle();
-        {
+        let (role, term, leader) = {
             let mut st = self.shared.st.lock().unwrap();
             st.applied[i] = sm.applied_index().0;
             let role = if st.leader == Some(i) { StateRole::Leader } else { StateRole::Follower };
-            st.roles[i] = Some((role, Term(st.term)));
-        }
+            st.roles[i] = None;
+            (role, Term(st.term), st.leader.map(|l| NodeId(l as u64 + 1)))
+        };
+        // Before the handle is used: a write right after the start must find the node leading.
+        sm.role_changed(role, term, leader);
         let shared = self.shared.clone();
         self.threads[i] = Some(std::thread::spawn(move || node_loop(shared, i, sm)));
         Ok(handle)
