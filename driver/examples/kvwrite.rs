@@ -112,10 +112,7 @@ fn free_port() -> u16 {
 /// Which node runs go-dqlite's client: 1 (the leader, default) or `KVWRITE_GO_NODE=3` (a
 /// follower: the client then reaches the leader in another process, as ours does).
 fn go_node() -> usize {
-    match std::env::var("KVWRITE_GO_NODE").ok().and_then(|n| n.parse().ok()) {
-        Some(n @ 1..=3) => n,
-        _ => 1,
-    }
+    std::env::var("KVWRITE_GO_NODE").ok().and_then(|n| n.parse().ok()).filter(|n| (1..=3).contains(n)).unwrap_or(1)
 }
 
 /// Start 3 `dqlite-benchmark` nodes (node 1 bootstraps and leads); with
