@@ -19,7 +19,9 @@
 //! per-round ratios with their geometric mean.
 //!
 //! `KVWRITE_CLUSTER=HOST:PORT,HOST:PORT,...` runs only this driver's side, against a cluster
-//! started by hand (for strace/perf of the client alone). `KVWRITE_UNPREPARED=1` sends the SQL
+//! started by hand (for strace/perf of the client alone). `KVWRITE_GO_NODE=3` runs
+//! go-dqlite's client on node 3 (a follower) instead of node 1 (the leader), so that it too
+//! reaches the leader in another process. `KVWRITE_UNPREPARED=1` sends the SQL
 //! text with every request (EXEC_SQL, as go-dqlite's client does) instead of preparing once.
 
 use std::path::{Path, PathBuf};
@@ -107,8 +109,14 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-/// Start 3 `dqlite-benchmark` nodes; with `driver = Some((seconds, workers))` node 1 runs
-/// go-dqlite's kvwrite workload.
+/// Which node runs go-dqlite's client: 1 (the leader, default) or `KVWRITE_GO_NODE=3` (a
+/// follower: the client then reaches the leader in another process, as ours does).
+fn go_node() -> usize {
+    std::env::var("KVWRITE_GO_NODE").ok().and_then(|n| n.parse().ok()).filter(|n| (1..=3).contains(n)).unwrap_or(1)
+}
+
+/// Start 3 `dqlite-benchmark` nodes (node 1 bootstraps and leads); with
+/// `driver = Some((seconds, workers))` node [`go_node`] runs go-dqlite's kvwrite workload.
 fn start(tag: &str, driver: Option<(u64, usize)>) -> Cluster {
     let dir = std::env::temp_dir().join(format!("kvwrite-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -119,13 +127,14 @@ fn start(tag: &str, driver: Option<(u64, usize)>) -> Cluster {
         std::fs::create_dir_all(&d).expect("node dir");
         let mut cmd = Command::new("dqlite-benchmark");
         cmd.args(["-d", addr, "-D"]).arg(&d);
-        if i == 0 {
+        if i > 0 {
+            cmd.args(["--join", &addrs[0]]);
+        }
+        if i == go_node() - 1 {
             if let Some((secs, workers)) = driver {
                 cmd.args(["--driver", "--cluster", &addrs.join(","), "--duration", &secs.to_string()]);
                 cmd.args(["--workers", &workers.to_string(), "-w", "kvwrite"]);
             }
-        } else {
-            cmd.args(["--join", &addrs[0]]);
         }
         let child = cmd
             .stdout(Stdio::null())
@@ -182,15 +191,16 @@ fn go_client(secs: u64, workers: usize, round: usize) -> Stats {
     let mut cluster = start(&format!("go-{workers}-{round}"), Some((secs + GO_SETTLE_SECS, workers)));
     let formed = wait_voters(&cluster.addrs[0], 3);
     let deadline = Instant::now() + Duration::from_secs(secs + 180);
+    let driver = go_node() - 1;
     loop {
-        if let Some(status) = cluster.procs[0].try_wait().expect("wait driver") {
+        if let Some(status) = cluster.procs[driver].try_wait().expect("wait driver") {
             assert!(status.success(), "dqlite-benchmark driver failed: {status}");
             break;
         }
         assert!(Instant::now() < deadline, "dqlite-benchmark driver did not finish");
         std::thread::sleep(Duration::from_millis(100));
     }
-    read_results(&cluster.dir.join("n1"), formed)
+    read_results(&cluster.dir.join(format!("n{}", driver + 1)), formed)
 }
 
 /// go-dqlite's measurements that started at or after `since` (Unix ns).
