@@ -245,7 +245,7 @@ async fn a_follower_cut_off_from_the_leader_fails_reads_after_the_bound() {
     // No message from a leader arrives after this.
     let cut = Instant::now();
     // A read started after the bound has passed must fail with the staleness error (it waits
-    // for the next heartbeat at most `max(bound, 2 heartbeats)` = 200 ms), well before the
+    // for the next heartbeat at most two heartbeat intervals = 200 ms), well before the
     // follower's election timer (at least 1 s) would make it forget its leader. So the bound
     // itself stops it, and no read returns data after that.
     let fails_by = cut + MAX_STALENESS + Duration::from_millis(100);
