@@ -140,8 +140,9 @@ async fn follower_reads_go_to_the_leader_on_real_dqlite() {
     let (_cluster, peers) = three_voters("follower", "follower.db").await;
     let base = format!("dqlite://{}/follower.db?peers={}&leader_timeout=30s", peers[0], peers[1..].join(","));
     let leader = DqliteConnection::connect(&base).await.unwrap().leader_address().unwrap();
+    let leader_str = leader.to_string();
     // Start on a follower so the first connection has to find out.
-    let follower = peers.iter().find(|p| **p != leader.to_string()).unwrap();
+    let follower = peers.iter().find(|p| **p != leader_str).unwrap();
     let url = format!("dqlite://{follower}/follower.db?peers={}&leader_timeout=30s&read=follower", peers.join(","));
     let pool = DqlitePoolOptions::new().max_connections(3).connect(&url).await.unwrap();
     for i in 0..5 {

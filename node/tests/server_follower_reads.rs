@@ -245,7 +245,7 @@ async fn a_follower_cut_off_from_the_leader_fails_reads_after_the_bound() {
     // No message from a leader arrives after this.
     let cut = Instant::now();
     // A read started after the bound has passed must fail with the staleness error (it waits
-    // for the next heartbeat at most `max(bound, 2 heartbeats)` = 200 ms), well before the
+    // for the next heartbeat at most two heartbeat intervals = 200 ms), well before the
     // follower's election timer (at least 1 s) would make it forget its leader. So the bound
     // itself stops it, and no read returns data after that.
     let fails_by = cut + MAX_STALENESS + Duration::from_millis(100);
@@ -277,5 +277,59 @@ async fn a_follower_cut_off_from_the_leader_fails_reads_after_the_bound() {
     }
     assert!(first_stale.is_some(), "the cut-off follower never reported the staleness error");
     reader.close().await;
+    c.shutdown().await;
+}
+
+/// Opt-in measurement (`--ignored --nocapture`; no assertion on time): point selects per second
+/// through pools of 4 connections with `read=leader`, `read=linearizable` and `read=follower`
+/// on the same three in-process nodes, in one run, printed as ratios to `read=leader`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run with --ignored --nocapture"]
+async fn measure_point_selects_by_read_mode() {
+    let c = cluster().await;
+    let writer = DqlitePoolOptions::new().max_connections(1).connect(&format!("dqlite://{}", c.seeds())).await.unwrap();
+    writer.execute("CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT NOT NULL)").await.unwrap();
+    writer.execute("INSERT INTO kv SELECT value, 'v' || value FROM generate_series(1, 1000)").await.ok();
+    for k in 1..=200i64 {
+        sqlx::query("INSERT OR IGNORE INTO kv VALUES (?, ?)")
+            .bind(k)
+            .bind(format!("v{k}"))
+            .execute(&writer)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(MAX_STALENESS + MESSAGE_DELAY).await;
+    let secs: u64 = std::env::var("FOLLOWER_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let mut results = Vec::new();
+    for mode in ["leader", "linearizable", "follower"] {
+        let url = format!("dqlite://{}&read={mode}&max_staleness=500ms", c.seeds());
+        let pool = DqlitePoolOptions::new().max_connections(4).connect(&url).await.unwrap();
+        let until = Instant::now() + Duration::from_secs(secs);
+        let mut workers = Vec::new();
+        for w in 0..4i64 {
+            let pool = pool.clone();
+            workers.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    let k = 1 + (n as i64 * 7 + w) % 200;
+                    let _: String =
+                        sqlx::query_scalar("SELECT v FROM kv WHERE k = ?").bind(k).fetch_one(&pool).await.unwrap();
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let mut total = 0u64;
+        for w in workers {
+            total += w.await.unwrap();
+        }
+        pool.close().await;
+        results.push((mode, total as f64 / secs as f64));
+    }
+    let base = results[0].1;
+    for (mode, rate) in &results {
+        println!("read={mode:<13} {rate:>9.0} point selects/s  ({:.2}x read=leader)", rate / base);
+    }
+    writer.close().await;
     c.shutdown().await;
 }

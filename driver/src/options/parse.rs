@@ -134,7 +134,15 @@ impl DqliteConnectOptions {
                         }
                     }
                 }
-                "max_staleness" => opts.max_staleness = parse_duration(&key, &value)?,
+                "max_staleness" => {
+                    opts.max_staleness = parse_duration(&key, &value)?;
+                    if opts.max_staleness.is_zero() {
+                        return Err(config_err(
+                            "max_staleness=0 cannot be met by a follower (use read=linearizable for reads \
+                             that see every acknowledged write)",
+                        ));
+                    }
+                }
                 // Embedded node options, taken by `EmbeddedSpec::from_url` above.
                 "data" | "join" => {}
                 "client_id" => {
@@ -295,6 +303,8 @@ mod tests {
             "dqlite://h:1/db?peers=:9",
             "dqlite://h:1/db?peers=a:b",
             "dqlite://h:1/db?statement_cache_capacity=-1",
+            "dqlite://h:1/db?read=follower&max_staleness=0",
+            "dqlite://h:1/db?read=followers",
             "dqlite://user:pw@h:1/db",
             "not a url",
         ] {

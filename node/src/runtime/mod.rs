@@ -1289,7 +1289,7 @@ impl RuntimeHandle {
     /// acknowledged at least `max_staleness` (plus one message delay) before the call (follower
     /// reads; `docs/replication.md`, "Reads"). On a follower: waits until it heard from the
     /// leader of its term within `max_staleness` and applied the leader's commit index that
-    /// message carried, at most `max(max_staleness, 2 heartbeat intervals)`, then fails with
+    /// message carried, at most two heartbeat intervals, then fails with
     /// [`RuntimeError::FollowerStale`]. On the leader: a [`read_index`](Self::read_index).
     pub async fn follower_read(&self, max_staleness: Duration) -> Result<LogIndex, RuntimeError> {
         let waited = follower_read::wait_fresh(
