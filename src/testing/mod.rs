@@ -418,34 +418,28 @@ impl Cluster {
 /// Waits (bounded by `bound`) until `node`, started alone to bootstrap a cluster as node 0,
 /// names itself leader (the other nodes join it then); fails early if it exits.
 pub(crate) fn wait_bootstrap_leader(node: &mut dyn NodeProcess, bound: Duration) -> Result<(), LaunchError> {
-    let seed = node.address();
-    let start = Instant::now();
-    loop {
-        if !node.is_running() {
-            return Err(LaunchError::NodeExited {
-                node: 0,
-                address: seed,
-                during: "bootstrap".into(),
-                log_tail: node.log_tail(4096),
-            });
-        }
-        if probe::leader(seed, PROBE_TIMEOUT).ok().flatten() == Some(seed.to_string()) {
-            return Ok(());
-        }
-        if start.elapsed() >= bound {
-            return Err(LaunchError::Timeout {
-                what: format!("node 0 ({seed}) to elect itself leader"),
-                waited: start.elapsed(),
-                detail: node.log_tail(4096),
-            });
-        }
-        std::thread::sleep(POLL_INTERVAL);
-    }
+    let seed = node.address().to_string();
+    let what = format!("node 0 ({seed}) to elect itself leader");
+    wait_node(node, 0, "bootstrap", &what, bound, |r| matches!(r, Ok(Some(l)) if *l == seed))
 }
 
 /// Waits (bounded by `bound`) until restarted node `index` answers requests (LEADER); fails
 /// early if it exits.
 pub(crate) fn wait_restarted(node: &mut dyn NodeProcess, index: usize, bound: Duration) -> Result<(), LaunchError> {
+    let what = format!("restarted node {index} ({}) to answer requests", node.address());
+    wait_node(node, index, "restart", &what, bound, |r| r.is_ok())
+}
+
+/// Polls node `index`'s answer to LEADER until `ready` accepts it, bounded by `bound`; fails
+/// early (`during` names the phase) if the node exits, and on timeout names `what`.
+fn wait_node(
+    node: &mut dyn NodeProcess,
+    index: usize,
+    during: &str,
+    what: &str,
+    bound: Duration,
+    ready: impl Fn(&std::io::Result<Option<String>>) -> bool,
+) -> Result<(), LaunchError> {
     let address = node.address();
     let start = Instant::now();
     loop {
@@ -453,16 +447,16 @@ pub(crate) fn wait_restarted(node: &mut dyn NodeProcess, index: usize, bound: Du
             return Err(LaunchError::NodeExited {
                 node: index,
                 address,
-                during: "restart".into(),
+                during: during.to_owned(),
                 log_tail: node.log_tail(4096),
             });
         }
-        if probe::leader(address, PROBE_TIMEOUT).is_ok() {
+        if ready(&probe::leader(address, PROBE_TIMEOUT)) {
             return Ok(());
         }
         if start.elapsed() >= bound {
             return Err(LaunchError::Timeout {
-                what: format!("restarted node {index} ({address}) to answer requests"),
+                what: what.to_owned(),
                 waited: start.elapsed(),
                 detail: node.log_tail(4096),
             });
