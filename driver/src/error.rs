@@ -25,6 +25,11 @@ pub mod code {
     pub const NOT_LEADER: u64 = dqlite_wire::codes::SQLITE_IOERR_NOT_LEADER;
     /// `SQLITE_IOERR_LEADERSHIP_LOST`: leadership was lost during a commit; outcome unknown.
     pub const LEADERSHIP_LOST: u64 = dqlite_wire::codes::SQLITE_IOERR_LEADERSHIP_LOST;
+    /// `SQLITE_IOERR_FOLLOWER_STALE` (dqlite-rs): a follower read could not be served within
+    /// its staleness bound (`read=follower`); nothing ran.
+    pub const FOLLOWER_STALE: u64 = dqlite_wire::codes::SQLITE_IOERR_FOLLOWER_STALE;
+    /// `SQLITE_READONLY`: a write on a read-only connection (also a `read=follower` one).
+    pub const READONLY: u64 = dqlite_wire::codes::SQLITE_READONLY;
     /// `DQLITE_PARSE`: the server could not parse a request.
     pub const DQLITE_PARSE: u64 = dqlite_wire::codes::DQLITE_PARSE;
 }
@@ -114,6 +119,13 @@ impl DqliteError {
     /// True for "not leader" (10250, legacy 8202).
     pub fn is_not_leader(&self) -> bool {
         codes::is_not_leader(self.code)
+    }
+
+    /// True for `SQLITE_IOERR_FOLLOWER_STALE`: a `read=follower` query found its node too far
+    /// behind the leader (or cut off from it) within the staleness bound. Nothing ran; retry,
+    /// or read on the leader.
+    pub fn is_follower_stale(&self) -> bool {
+        self.code == code::FOLLOWER_STALE
     }
 
     /// True when the transaction was lost with the connection to the old leader.

@@ -116,6 +116,7 @@ pub use column::DqliteColumn;
 pub use connection::DqliteConnection;
 pub use database::Dqlite;
 pub use error::{code, dqlite_error, is_outcome_unknown, DqliteError, DqliteErrorReason};
+pub use options::DEFAULT_MAX_STALENESS;
 pub use options::{
     DqliteConnectOptions, NodeAddress, ReadMode, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LEADER_TIMEOUT, DEFAULT_PORT,
     DEFAULT_STATEMENT_CACHE_CAPACITY,

@@ -31,6 +31,8 @@
 //! * The runtime compacts its log only up to [`StateMachine::durable_index`].
 //! * Snapshots: [`StateMachine::snapshot`] writes a consistent image of every database at the
 //!   applied index; [`StateMachine::restore`] replaces all state with a received image.
+//!   [`StateMachine::snapshot_begin`] may instead fix the point and return a [`SnapshotCopy`]
+//!   that writes the same image on another thread while entries go on being applied.
 
 use std::io::{Read, Write};
 
@@ -115,6 +117,23 @@ pub trait StateMachine: Send + 'static {
 
     /// Replaces all state with an image written by `snapshot` (at `index`).
     fn restore(&mut self, index: LogIndex, data: &mut dyn Read) -> Result<(), ApplyError>;
+
+    /// Fixes the point of a snapshot at [`applied_index`](Self::applied_index) without writing
+    /// it: the returned copy writes the image on another thread while `apply` goes on. `None`
+    /// (the default): the runtime calls [`snapshot`](Self::snapshot) on the apply thread.
+    fn snapshot_begin(&mut self) -> Result<Option<Box<dyn SnapshotCopy>>, ApplyError> {
+        Ok(None)
+    }
+}
+
+/// A snapshot whose point is fixed ([`StateMachine::snapshot_begin`]).
+pub trait SnapshotCopy: Send + 'static {
+    /// The applied index the image is at.
+    fn index(&self) -> LogIndex;
+
+    /// Writes the image: the bytes [`StateMachine::snapshot`] would have written at
+    /// [`index`](Self::index). Runs on a thread of its own, concurrently with `apply`.
+    fn write_to(self: Box<Self>, out: &mut dyn Write) -> Result<(), ApplyError>;
 }
 
 /// Carries Raft messages to other nodes (in memory in tests, TCP in production; implemented by

@@ -160,3 +160,145 @@ fn databases_created_with_another_page_size_replicate_and_snapshot() {
     let e = Databases::open(dir.path(), Arc::new(NodeReplicator { shared, id: 0 }), cfg).expect_err("page size 3000");
     assert!(e.to_string().contains("invalid page size 3000"), "{e}");
 }
+
+/// Hooks of a database outside any cluster: commits go straight through.
+struct Plain;
+
+impl dqlite_node::vfs::DbHooks for Plain {
+    fn commit(&self, _: dqlite_node::vfs::ConnId, _: dqlite_node::vfs::Capture) -> Result<(), std::ffi::c_int> {
+        Ok(())
+    }
+    fn wal_header(&self, _: dqlite_node::vfs::ConnId, _: &[u8; 32]) -> Result<(), std::ffi::c_int> {
+        Ok(())
+    }
+}
+
+/// The SIGBUS of `runtime_sqlite` (issue 8): a connection opened on a database's files before a
+/// snapshot install swapped them, whose first read came after the swap, made SQLite open the
+/// *new* files' `-shm` by path as another database inode and truncate it (it took itself for
+/// the first user: POSIX locks do not conflict within a process) under the connections of the
+/// new files. Such a connection must get an error and leave the new files alone.
+#[test]
+fn a_connection_opened_before_the_files_were_replaced_never_maps_the_new_wal_index() {
+    use dqlite_node::vfs::{self, ConnOptions, VfsConnection};
+    vfs::register().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path().canonicalize().unwrap();
+    let dir = root.join("db");
+    let staging = root.join("db.restore");
+    let path = |d: &std::path::Path| d.join("app.db").to_str().unwrap().to_string();
+    let opts = ConnOptions { priority: false, busy_timeout: std::time::Duration::from_secs(1), read_only: false };
+    // Old files (1 row) and new files (2 rows), both WAL databases with a non-empty WAL.
+    for (d, rows) in [(&dir, 1), (&staging, 2)] {
+        std::fs::create_dir_all(d).unwrap();
+        let c = rusqlite::Connection::open(path(d)).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE t(x);").unwrap();
+        for i in 0..rows {
+            c.execute("INSERT INTO t VALUES (?)", [i]).unwrap();
+        }
+        // Keep the WAL when this plain connection closes.
+        c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).unwrap();
+    }
+    let old_entry = vfs::register_db(&path(&dir), Arc::new(Plain));
+    // Opened on the old files; it has not read anything yet (no wal-index mapped).
+    let stale = VfsConnection::open(&old_entry, opts).unwrap();
+    vfs::replace_dir(dir.to_str().unwrap(), || {
+        std::fs::rename(&dir, root.join("db.old")).unwrap();
+        std::fs::rename(&staging, &dir).unwrap();
+    });
+    let new_entry = vfs::register_db(&path(&dir), Arc::new(Plain));
+    let fresh = VfsConnection::open(&new_entry, opts).unwrap();
+    let count = |c: &VfsConnection| c.conn().query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0));
+    assert_eq!(count(&fresh).unwrap(), 2);
+    let shm = dir.join("app.db-shm");
+    let shm_len = std::fs::metadata(&shm).unwrap().len();
+    let e = count(&stale).expect_err("a connection of the replaced files read through the new wal-index");
+    assert_eq!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::SystemIoFailure), "{e}");
+    assert_eq!(std::fs::metadata(&shm).unwrap().len(), shm_len, "the new files' -shm was truncated");
+    drop(stale);
+    assert_eq!(count(&fresh).unwrap(), 2);
+    let ok: String = fresh.conn().query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(ok, "ok");
+}
+
+/// The WAL length each database has in an image (format: docs/data-directory.md).
+fn wal_lengths(img: &[u8]) -> Vec<u64> {
+    let u = |o: usize, n: usize| img[o..o + n].iter().rev().fold(0u64, |a, b| a << 8 | *b as u64);
+    let count = u(16, 4) as usize;
+    let mut off = 20;
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let name_len = u(off, 2) as usize;
+        off += 2 + name_len;
+        let (db, wal) = (u(off, 8), u(off + 8, 8));
+        out.push(wal);
+        off += 16 + (db + wal) as usize;
+    }
+    out
+}
+
+/// A snapshot's point is fixed on the apply thread and its bytes written later on another
+/// thread (`StateMachine::snapshot_begin`): writes, applies and checkpoint rounds go on
+/// meanwhile (a checkpoint would rewrite the database file, and a WAL restart after it the
+/// WAL), yet the copy holds exactly the bytes an immediate snapshot at that point holds.
+#[test]
+fn a_snapshot_copy_written_later_holds_exactly_the_state_at_its_point() {
+    let mut cfg = db_common::config();
+    // Frequent checkpoint rounds: any that ran during the copy would change the files under it.
+    cfg.checkpoint_every_entries = 3;
+    let mut c = Cluster::with_config(2, cfg);
+    for db in DBS {
+        exec(&c, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, r INTEGER, b BLOB)");
+        for _ in 0..10 {
+            exec(&c, db, "INSERT INTO t(r, b) VALUES (random(), randomblob(20000))");
+        }
+    }
+    // A point where a WAL still holds frames not backfilled (so the copy reads both files).
+    let mut tries = 0;
+    let (now, copy) = loop {
+        c.wait_all_applied();
+        let (now, copy) = c.on_sm(0, |dbs| {
+            let mut now = Vec::new();
+            dbs.snapshot(&mut now).expect("snapshot");
+            // Same point: nothing was applied since.
+            (now, dbs.snapshot_begin().expect("snapshot_begin").expect("the db layer copies off the apply thread"))
+        });
+        if wal_lengths(&now).iter().any(|l| *l > 0) {
+            break (now, copy);
+        }
+        drop(copy);
+        tries += 1;
+        assert!(tries < 20, "every WAL was backfilled at each point");
+        exec(&c, "app.db", "INSERT INTO t(r) VALUES (random())");
+    };
+    let index = copy.index();
+    let dump_at = dumps(&c.handles[0]);
+    // The copy is pending: writes go on (shrinking and growing the files), entries are applied.
+    for db in DBS {
+        exec(&c, db, "DELETE FROM t WHERE id % 2 = 0");
+        exec(&c, db, "VACUUM");
+        for _ in 0..12 {
+            exec(&c, db, "INSERT INTO t(r, b) VALUES (random(), randomblob(30000))");
+        }
+    }
+    c.wait_all_applied();
+    assert!(c.on_sm(0, |dbs| dbs.applied_index()).0 > index.0 + 20);
+    let e = c.on_sm(0, |dbs| dbs.checkpoint_all()).expect_err("checkpoint during a snapshot copy");
+    assert!(e.to_string().contains("snapshot copy"), "{e}");
+    // Written on this thread, not the apply thread.
+    let mut later = Vec::new();
+    copy.write_to(&mut later).expect("write the copy");
+    assert!(later == now, "the copy changed: {} bytes vs {} bytes at the point", later.len(), now.len());
+    c.on_sm(0, |dbs| dbs.checkpoint_all()).expect("checkpoints resume after the copy");
+    // It installs, giving the state at its point.
+    c.on_sm(1, move |dbs| dbs.restore(index, &mut &later[..])).expect("restore");
+    assert_eq!(dumps(&c.handles[1]), dump_at);
+    for db in DBS {
+        integrity_ok(&c.handles[1], db);
+    }
+    // And the node catches up with the log from there.
+    c.stop_node(1);
+    c.restart_all();
+    c.wait_all_applied();
+    assert_eq!(dumps(&c.handles[1]), dumps(&c.handles[0]));
+}

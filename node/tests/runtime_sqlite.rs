@@ -94,6 +94,10 @@ async fn a_crashed_follower_behind_the_compaction_point_catches_up_by_snapshot()
 }
 
 async fn three_nodes_crash_a_follower_and_converge(require_snapshot: bool) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let seed = seed_from_env("RUNTIME_SEED", 41);
     let sql =
         Sql { dirs: (1..=3).map(|i| (NodeId(i), tempfile::tempdir().unwrap())).collect(), handles: Arc::default() };
@@ -176,8 +180,12 @@ async fn three_nodes_crash_a_follower_and_converge(require_snapshot: bool) {
     if ok.is_none() {
         let got = try_dump(&handles, victim).await;
         let (w, g) = (want.lines().count(), got.as_ref().map(|g| g.lines().count()));
+        let failed = match c.handle(victim) {
+            Some(h) => h.status().await.ok().and_then(|s| s.apply_failed),
+            None => None,
+        };
         panic!(
-            "restarted follower differs: leader dump {w} lines, victim {g:?}; victim {:?}; leader {:?}",
+            "restarted follower differs: leader dump {w} lines, victim {g:?}; victim apply failure {failed:?}; victim {:?}; leader {:?}",
             c.handle(victim).map(|h| h.metrics()),
             c.handle(leader).map(|h| h.metrics())
         );

@@ -47,8 +47,11 @@ fn message() -> impl Strategy<Value = Message> {
                     .collect(),
                 leader_commit: LogIndex(i),
             })),
-        (any::<u64>(), any::<u64>())
-            .prop_map(|(c, r)| MessageBody::Heartbeat(Heartbeat { commit: LogIndex(c), read_seq: r })),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(c, r, l)| MessageBody::Heartbeat(Heartbeat {
+            commit: LogIndex(c),
+            read_seq: r,
+            leader_commit: LogIndex(l)
+        })),
         (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..128), any::<bool>()).prop_map(|(o, data, done)| {
             MessageBody::InstallSnapshot(InstallSnapshot {
                 meta: SnapshotMeta {

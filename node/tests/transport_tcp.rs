@@ -18,7 +18,7 @@ fn heartbeat(from: u64, to: u64, seq: u64) -> Message {
         from: NodeId(from),
         to: NodeId(to),
         term: Term(1),
-        body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(0), read_seq: seq }),
+        body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(0), read_seq: seq, leader_commit: LogIndex(0) }),
     }
 }
 

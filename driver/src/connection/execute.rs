@@ -166,7 +166,7 @@ impl DqliteConnection {
             }
         }
         if let Some(session) = self.session.as_mut() {
-            if !session.is_idle_alive() {
+            if !session.is_idle_alive_recent() {
                 tracing::info!(leader = %session.leader(), "the dqlite leader closed the idle connection");
                 self.lose_session();
             }
@@ -185,7 +185,18 @@ impl DqliteConnection {
             return RunError::Reprepare(f.into_error());
         }
         if f.is_not_leader() {
+            if self.options.read_mode == crate::ReadMode::Follower {
+                // dqlite-rs never answers "not leader" on a follower-read connection: this
+                // server does not know the option (real dqlite). Read on the leader from now on.
+                self.options.followers_unsupported.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             return RunError::Retry(f.into_error());
+        }
+        if f.code == dqlite_wire::codes::SQLITE_IOERR_FOLLOWER_STALE && self.transaction_depth == 0 {
+            // Nothing ran. The next statement picks a node afresh (another follower, or the
+            // leader if none is fresh).
+            self.lose_session();
+            return RunError::Fatal(f.into_error());
         }
         if dqlite_wire::codes::is_leadership_lost(f.code) {
             self.lose_session();

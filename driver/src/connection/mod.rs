@@ -6,7 +6,8 @@
 //! 1. a response still owed from an abandoned request or dropped result stream is drained
 //!    (`INTERRUPT` + read up to `EMPTY` for a query);
 //! 2. an idle socket the server closed (e.g. the leader was killed) is detected without
-//!    blocking, before anything is sent;
+//!    blocking, before anything is sent (a non-blocking `MSG_PEEK`; one that found the socket
+//!    open less than 1 ms earlier, e.g. `ping()`'s on acquiring from the pool, is trusted);
 //! 3. with no session and outside a transaction, the leader is searched again and the database
 //!    re-opened (prepared statements are re-prepared on demand); inside a transaction the
 //!    transaction is reported lost instead;
@@ -167,7 +168,8 @@ impl Connection for DqliteConnection {
     /// than a second ago (sqlx pings on every pool release and acquire; that would triple the
     /// round trips of a pooled query). A leader deposed within that second is still handled:
     /// its "not leader" answer to the next request is retried on the new leader outside a
-    /// transaction, and a closed socket is always detected.
+    /// transaction, and a closed socket is always detected (the socket check is shared with
+    /// the one before the next request when they are less than 1 ms apart).
     async fn ping(&mut self) -> Result<(), Error> {
         self.flush_pending().await?;
         if self.migration_lock.is_some() {
@@ -175,7 +177,7 @@ impl Connection for DqliteConnection {
             self.in_migrate_step = false;
             self.release_migration_lock().await?;
         }
-        let alive = self.session.as_mut().is_some_and(Session::is_idle_alive);
+        let alive = self.session.as_mut().is_some_and(Session::is_idle_alive_recent);
         let fresh = self.session.as_ref().is_some_and(|s| s.since_last_response() < self.ping_fresh);
         if alive && fresh {
             return Ok(());

@@ -164,6 +164,33 @@ async fn idle_connection_closed_by_the_server_reconnects_before_sending() {
 }
 
 #[tokio::test]
+async fn a_pooled_request_probes_the_socket_once_and_a_stale_probe_is_repeated() {
+    let node = FakeNode::leader().await;
+    let mut conn = opts(&[&node]).connect().await.unwrap();
+    let probes = |c: &DqliteConnection| c.session.as_ref().map_or(0, |s| s.probes());
+    // What a pool does per request: ping on release, ping on acquire, then the request.
+    // A long trust makes the count independent of the machine's speed.
+    conn.session.as_mut().unwrap().set_probe_trust(Duration::from_secs(60));
+    conn.ping().await.unwrap();
+    conn.ping().await.unwrap();
+    conn.execute("INSERT INTO t VALUES (1)").await.unwrap();
+    assert_eq!(probes(&conn), 1, "one kernel probe for release, acquire and the request");
+    // A probe older than the trust is repeated: every check asks the kernel again.
+    conn.session.as_mut().unwrap().set_probe_trust(Duration::ZERO);
+    conn.ping().await.unwrap();
+    conn.ping().await.unwrap();
+    conn.execute("INSERT INTO t VALUES (2)").await.unwrap();
+    assert_eq!(probes(&conn), 4);
+    // A close is noticed by the next check once the trusted probe is stale, and stays noticed.
+    node.kill_connections();
+    wait_until_closed(&mut conn).await;
+    conn.session.as_mut().unwrap().set_probe_trust(Duration::from_secs(60));
+    assert!(!conn.session.as_mut().unwrap().is_idle_alive_recent(), "a failed probe is not forgotten");
+    conn.execute("INSERT INTO t VALUES (3)").await.expect("transparent reconnect");
+    assert_eq!(node.count("EXEC_SQL INSERT INTO t VALUES (3)"), 1);
+}
+
+#[tokio::test]
 async fn ping_detects_dead_and_deposed_connections() {
     let node = FakeNode::leader().await;
     let mut conn = opts(&[&node]).connect().await.unwrap();

@@ -4,6 +4,7 @@ mod connect;
 pub(crate) mod parse;
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ pub const DEFAULT_LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_STATEMENT_CACHE_CAPACITY: usize = 100;
 /// Default [`DqliteConnectOptions::busy_timeout`] (as sqlx-sqlite's).
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default [`DqliteConnectOptions::max_staleness`] of follower reads (five heartbeat intervals
+/// of a LAN cluster).
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(500);
 
 /// How queries read (`read=` in the URL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,6 +38,21 @@ pub enum ReadMode {
     /// A query then sees every write acknowledged before it started, also right after a
     /// failover. Only dqlite-rs nodes honour it (real dqlite ignores it and reads as `Leader`).
     Linearizable,
+    /// Follower reads with a staleness bound ([`max_staleness`](DqliteConnectOptions::max_staleness)):
+    /// each connection goes to a node that is **not** the leader when one is reachable (spread
+    /// round-robin over the seeds, in URL order), else to the leader; with `data=DIR`, the
+    /// embedded node itself, in process, while it leads or follows a known leader. Each query
+    /// first waits until that node's state reflects every write acknowledged at least
+    /// `max_staleness` (plus one message delay) before it; a node that cannot get there in
+    /// time (cut off from the leader, far behind) fails the query with
+    /// `SQLITE_IOERR_FOLLOWER_STALE`
+    /// ([`DqliteError::is_follower_stale`](crate::DqliteError::is_follower_stale)) and the
+    /// connection picks a node afresh for its next statement. Such connections are
+    /// **read-only** on every node (a write fails with `SQLITE_READONLY`, code 8): use a second
+    /// pool without `read=follower` for writes. Reads in an explicit (deferred) transaction
+    /// see one snapshot. Real dqlite nodes do not serve reads on followers: against them the
+    /// connections go to the leader (and may write there, as dqlite does not know the option).
+    Follower,
 }
 
 impl ReadMode {
@@ -41,6 +60,7 @@ impl ReadMode {
         match self {
             ReadMode::Leader => "leader",
             ReadMode::Linearizable => "linearizable",
+            ReadMode::Follower => "follower",
         }
     }
 }
@@ -106,7 +126,8 @@ impl fmt::Display for NodeAddress {
 /// | `client_id=0` | [`client_id`](Self::client_id) | 0 | id sent in the `CLIENT` handshake (informational for the server) |
 /// | `data=DIR` | [`data_dir`](Self::data_dir) | none | feature `embedded`: run (or attach to, if this process already runs it) a dqlite-rs node inside this process with data directory `DIR`, listening on the URL's `HOST:PORT`. A fresh `DIR` bootstraps a new cluster (or joins, with `join=`); a used one resumes. While that node leads, statements reach it through an in-process pipe (same protocol and errors, no socket); otherwise over TCP to the leader. `dqlite:///DB?data=DIR` (no host): a single node with no listening socket ([`no_socket`](Self::no_socket)) |
 /// | `join=H:P,H:P` | [`join`](Self::join) | none | with `data=`: nodes a fresh embedded node joins through; they are also leader-search seeds |
-/// | `read=leader` | [`read_mode`](Self::read_mode) | `leader` | `leader`: queries read the leader's local state at once (as dqlite); `linearizable`: each query first waits for a Raft ReadIndex round on the leader (one heartbeat to a quorum) so it sees every write acknowledged before it started, even right after a failover (dqlite-rs nodes; real dqlite ignores it). See [`ReadMode`] |
+/// | `read=leader` | [`read_mode`](Self::read_mode) | `leader` | `leader`: queries read the leader's local state at once (as dqlite); `linearizable`: each query first waits for a Raft ReadIndex round on the leader (one heartbeat to a quorum) so it sees every write acknowledged before it started, even right after a failover (dqlite-rs nodes; real dqlite ignores it); `follower`: connections read from a non-leader node (read-only connections; writes get `SQLITE_READONLY`), each query seeing every write acknowledged at least `max_staleness` before it, else failing with `SQLITE_IOERR_FOLLOWER_STALE` (dqlite-rs nodes; against real dqlite the connections go to the leader). See [`ReadMode`] |
+/// | `max_staleness=500ms` | [`max_staleness`](Self::max_staleness) | 500 ms | with `read=follower`: how old the state a follower serves may be (measured on the follower's clock from the last message of the leader it applied) |
 /// | `busy_timeout=5s` | [`busy_timeout`](Self::busy_timeout) | 5 s | how long a statement outside a transaction is retried while the server answers `SQLITE_BUSY` ("database is locked": another writer holds the lock; the statement did not run), with SQLite's busy-handler delays (1 ms … 100 ms); 0 = fail at once. sqlx-sqlite's default is the same. With `data=DIR` it is also the embedded node's busy timeout (how long its writers wait for a database's write lock), set when this URL starts the node |
 ///
 /// Durations accept `ms`, `s` and `m` suffixes (`250ms`, `5s`, `1m`); a bare number means
@@ -146,6 +167,12 @@ pub struct DqliteConnectOptions {
     pub(crate) request_timeout: Duration,
     pub(crate) busy_timeout: Duration,
     pub(crate) read_mode: ReadMode,
+    pub(crate) max_staleness: Duration,
+    /// Follower reads: where the next connection starts its round over the seeds.
+    pub(crate) follower_cursor: Arc<AtomicUsize>,
+    /// Follower reads: set once a node refused them with "not leader" (real dqlite): from
+    /// then on connections go to the leader.
+    pub(crate) followers_unsupported: Arc<AtomicBool>,
     /// The leader found last by any connection made from these options (or their clones):
     /// tried first by the next leader search.
     pub(crate) leader_hint: Arc<Mutex<Option<NodeAddress>>>,
@@ -167,6 +194,7 @@ impl fmt::Debug for DqliteConnectOptions {
             .field("request_timeout", &self.request_timeout)
             .field("busy_timeout", &self.busy_timeout)
             .field("read_mode", &self.read_mode)
+            .field("max_staleness", &self.max_staleness)
             .field("embedded", &self.embedded)
             .finish()
     }
@@ -193,6 +221,9 @@ impl DqliteConnectOptions {
             request_timeout: Duration::ZERO,
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             read_mode: ReadMode::Leader,
+            max_staleness: DEFAULT_MAX_STALENESS,
+            follower_cursor: Arc::new(AtomicUsize::new(0)),
+            followers_unsupported: Arc::new(AtomicBool::new(false)),
             leader_hint: Arc::new(Mutex::new(None)),
             log_settings: LogSettings::default(),
             embedded: None,
@@ -289,12 +320,28 @@ impl DqliteConnectOptions {
         self.read_mode
     }
 
+    /// With [`ReadMode::Follower`]: how stale a follower's state may be (`max_staleness=`,
+    /// default 500 ms). A read reflects every write acknowledged at least this long (plus one
+    /// message delay) before it; see `docs/replication.md` ("Reads") for the exact guarantee.
+    pub fn max_staleness(mut self, bound: Duration) -> Self {
+        self.max_staleness = bound;
+        self
+    }
+
+    /// The follower-read staleness bound.
+    pub fn get_max_staleness(&self) -> Duration {
+        self.max_staleness
+    }
+
     /// The vfs field of OPEN: dqlite ignores it (go-dqlite sends "volatile"); dqlite-rs reads
-    /// the options after `?` (`read=linearizable`).
-    pub(crate) fn open_vfs(&self) -> &'static str {
+    /// the options after `?` (`read=linearizable`, `read=follower&max_staleness=MS`).
+    pub(crate) fn open_vfs(&self) -> String {
         match self.read_mode {
-            ReadMode::Leader => "volatile",
-            ReadMode::Linearizable => "volatile?read=linearizable",
+            ReadMode::Leader => "volatile".to_owned(),
+            ReadMode::Linearizable => "volatile?read=linearizable".to_owned(),
+            ReadMode::Follower => {
+                format!("volatile?read=follower&max_staleness={}", self.max_staleness.as_millis())
+            }
         }
     }
 

@@ -126,13 +126,15 @@ impl DqliteConnectOptions {
                     opts.read_mode = match &*value {
                         "leader" => super::ReadMode::Leader,
                         "linearizable" => super::ReadMode::Linearizable,
+                        "follower" => super::ReadMode::Follower,
                         other => {
                             return Err(config_err(format!(
-                                "invalid read={other:?} (expected `leader` or `linearizable`)"
+                                "invalid read={other:?} (expected `leader`, `linearizable` or `follower`)"
                             )))
                         }
                     }
                 }
+                "max_staleness" => opts.max_staleness = parse_duration(&key, &value)?,
                 // Embedded node options, taken by `EmbeddedSpec::from_url` above.
                 "data" | "join" => {}
                 "client_id" => {
@@ -144,7 +146,7 @@ impl DqliteConnectOptions {
                     return Err(config_err(format!(
                         "unknown dqlite URL parameter `{other}` (known: peers, connect_timeout, \
                          leader_timeout, statement_cache_capacity, request_timeout, busy_timeout, read, \
-                         client_id, data, join)"
+                         max_staleness, client_id, data, join)"
                     )))
                 }
             }
@@ -189,6 +191,9 @@ impl DqliteConnectOptions {
         push("busy_timeout", &format!("{}ms", self.busy_timeout.as_millis()));
         if self.read_mode != super::ReadMode::Leader {
             push("read", self.read_mode.as_str());
+        }
+        if self.read_mode == super::ReadMode::Follower {
+            push("max_staleness", &format!("{}ms", self.max_staleness.as_millis()));
         }
         push("client_id", &self.client_id.to_string());
         if let Some(e) = &self.embedded {

@@ -1,8 +1,14 @@
 //! Leader discovery (PROTOCOL.md §8): sweep the seed list asking LEADER, follow one redirect,
 //! then CLIENT + OPEN on the leader. Sweeps repeat with exponential backoff (100 ms doubling,
 //! capped at 1 s) until the leader-search budget is spent.
+//!
+//! Follower reads (`read=follower`) first make one sweep over the seeds, starting one seed
+//! further for each new connection (round robin), for a node that names another node as
+//! leader; the first such node serves the connection. Without one (a single-node cluster,
+//! every follower unreachable or knowing no leader) the connection goes to the leader.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dqlite_wire::{Request, Response};
@@ -12,7 +18,7 @@ use tokio::time::Instant;
 use super::session::Session;
 use super::stream::{WireError, WireStream};
 use crate::options::parse::parse_host_port;
-use crate::options::{DqliteConnectOptions, NodeAddress};
+use crate::options::{DqliteConnectOptions, NodeAddress, ReadMode};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -26,7 +32,9 @@ enum Probe {
     NoLeader,
 }
 
-async fn probe(addr: &NodeAddress, timeout: Duration) -> Result<Probe, Error> {
+/// Dials `addr` and asks it for the leader: the stream and the leader's address as that node
+/// reports it (empty if it knows none).
+async fn ask_leader(addr: &NodeAddress, timeout: Duration) -> Result<(WireStream, String), Error> {
     let work = async {
         let mut stream = WireStream::connect(addr, timeout).await?;
         stream.send(&Request::Leader).await.map_err(WireError::into_inner)?;
@@ -43,16 +51,7 @@ async fn probe(addr: &NodeAddress, timeout: Duration) -> Result<Probe, Error> {
                 )))
             }
         };
-        if leader.is_empty() {
-            return Ok(Probe::NoLeader);
-        }
-        if leader == addr.to_string() {
-            return Ok(Probe::Leader(stream));
-        }
-        Ok(Probe::Redirect(
-            parse_host_port(&leader)
-                .map_err(|_| Error::Protocol(format!("node {addr} reported an invalid leader address {leader:?}")))?,
-        ))
+        Ok((stream, leader))
     };
     tokio::time::timeout(timeout, work).await.map_err(|_| {
         Error::Io(io::Error::new(
@@ -60,6 +59,64 @@ async fn probe(addr: &NodeAddress, timeout: Duration) -> Result<Probe, Error> {
             format!("dqlite node {addr} did not answer LEADER within {timeout:?}"),
         ))
     })?
+}
+
+async fn probe(addr: &NodeAddress, timeout: Duration) -> Result<Probe, Error> {
+    let (stream, leader) = ask_leader(addr, timeout).await?;
+    if leader.is_empty() {
+        return Ok(Probe::NoLeader);
+    }
+    if leader == addr.to_string() {
+        return Ok(Probe::Leader(stream));
+    }
+    Ok(Probe::Redirect(
+        parse_host_port(&leader)
+            .map_err(|_| Error::Protocol(format!("node {addr} reported an invalid leader address {leader:?}")))?,
+    ))
+}
+
+/// Follower reads: one sweep over the seeds (each connection starting one seed further) for a
+/// node that names another node as leader, and OPEN on it. `Ok(None)`: no follower found, or
+/// the cluster does not serve follower reads (real dqlite refuses OPEN on a follower with "not
+/// leader"; remembered in the options, so later connections go straight to the leader).
+async fn connect_follower(opts: &DqliteConnectOptions) -> Result<Option<Session>, Error> {
+    let seeds = opts.get_seeds();
+    if seeds.is_empty() {
+        return Ok(None);
+    }
+    let start = opts.follower_cursor.fetch_add(1, Ordering::Relaxed) % seeds.len();
+    let deadline = Instant::now() + opts.leader_timeout;
+    for seed in seeds.iter().cycle().skip(start).take(seeds.len()) {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        let (stream, leader) = match ask_leader(seed, opts.connect_timeout.min(remaining)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(%seed, error = %e, "follower probe failed");
+                continue;
+            }
+        };
+        if leader.is_empty() || leader == seed.to_string() {
+            continue; // knows no leader, or is the leader
+        }
+        match open_on_leader(stream, opts).await {
+            Ok(Some(mut session)) => {
+                session.set_request_timeout(opts.request_timeout);
+                tracing::debug!(node = %seed, %leader, "connected to a follower for follower reads");
+                return Ok(Some(session));
+            }
+            Ok(None) => {
+                tracing::info!(node = %seed, "the cluster does not serve follower reads: reading on the leader");
+                opts.followers_unsupported.store(true, Ordering::Relaxed);
+                return Ok(None);
+            }
+            Err(e @ Error::Database(_)) => return Err(e),
+            Err(e) => tracing::debug!(node = %seed, error = %e, "follower OPEN failed"),
+        }
+    }
+    Ok(None)
 }
 
 /// CLIENT handshake then OPEN. `Ok(None)` if the node turned out not to be the leader.
@@ -74,7 +131,7 @@ async fn open_on_leader(mut stream: WireStream, opts: &DqliteConnectOptions) -> 
             }
             other => return Err(Error::Protocol(format!("unexpected reply to CLIENT: {:?}", other.response_type()))),
         }
-        match Session::open(stream, &opts.database, opts.open_vfs()).await? {
+        match Session::open(stream, &opts.database, &opts.open_vfs()).await? {
             Ok(session) => Ok(Some(session)),
             Err(f) if f.is_not_leader() => Ok(None),
             Err(f) => Err(f.into_error()),
@@ -105,6 +162,11 @@ pub(crate) async fn connect_leader(opts: &DqliteConnectOptions) -> Result<Sessio
         return Err(crate::embedded::unavailable(spec));
         #[cfg(feature = "embedded")]
         if let Some(session) = connect_local(opts, spec).await? {
+            return Ok(session);
+        }
+    }
+    if opts.read_mode == ReadMode::Follower && !opts.followers_unsupported.load(Ordering::Relaxed) {
+        if let Some(session) = connect_follower(opts).await? {
             return Ok(session);
         }
     }
@@ -182,8 +244,9 @@ pub(crate) async fn connect_leader(opts: &DqliteConnectOptions) -> Result<Sessio
     }
 }
 
-/// The embedded node's session if it leads (in process, no socket); `None` if another node
-/// leads (the caller then searches over TCP). A node without a socket is the only member:
+/// The embedded node's session if it leads (in process, no socket), or, for follower reads,
+/// if it follows a known leader; `None` if another node leads (the caller then searches over
+/// TCP). A node without a socket is the only member:
 /// it waits for it to lead, bounded by the leader timeout.
 #[cfg(feature = "embedded")]
 async fn connect_local(
@@ -197,13 +260,16 @@ async fn connect_local(
         None => NodeAddress::new(dqlite_node::embedded::NO_SOCKET_ADDRESS, 0),
     };
     let mut role = node.runtime().watch_role();
+    let follower_reads = opts.read_mode == ReadMode::Follower;
     loop {
-        if node.is_leader() {
+        // Follower reads are served by the local node too while it follows a known leader.
+        let local_follower = follower_reads && node.leader().is_some_and(|(id, _)| id != node.id());
+        if node.is_leader() || local_follower {
             let stream = WireStream::local(node.connect_local(), peer.clone()).await?;
             match open_on_leader(stream, opts).await {
                 Ok(Some(mut session)) => {
                     session.set_request_timeout(opts.request_timeout);
-                    tracing::debug!(leader = %peer, "connected to the embedded leader in process");
+                    tracing::debug!(node = %peer, local_follower, "connected to the embedded node in process");
                     return Ok(Some(session));
                 }
                 Ok(None) => tracing::debug!("embedded node stepped down before OPEN"),

@@ -140,6 +140,17 @@ impl Session {
         self.stream.frames_received()
     }
 
+    /// Socket probes that asked the kernel so far.
+    #[cfg(test)]
+    pub fn probes(&self) -> u64 {
+        self.stream.probes()
+    }
+
+    #[cfg(test)]
+    pub fn set_probe_trust(&mut self, trust: std::time::Duration) {
+        self.stream.set_probe_trust(trust);
+    }
+
     pub fn set_request_timeout(&mut self, timeout: std::time::Duration) {
         self.stream.set_request_timeout(timeout);
     }
@@ -158,9 +169,16 @@ impl Session {
         self.stream.is_in_process()
     }
 
-    /// Is there nothing owed and the socket still open? (Non-blocking.)
+    /// Is there nothing owed and the socket still open? (Non-blocking; always asks the kernel.)
+    #[cfg(test)]
     pub fn is_idle_alive(&mut self) -> bool {
         self.outstanding == Outstanding::None && self.stream.is_idle_alive()
+    }
+
+    /// [`is_idle_alive`](Self::is_idle_alive), trusting a probe made less than
+    /// [`PROBE_TRUST`](super::stream::PROBE_TRUST) ago.
+    pub fn is_idle_alive_recent(&mut self) -> bool {
+        self.outstanding == Outstanding::None && self.stream.is_idle_alive_recent()
     }
 
     pub fn needs_recovery(&self) -> bool {

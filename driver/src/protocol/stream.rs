@@ -101,7 +101,22 @@ pub(crate) struct WireStream {
     request_timeout: Option<Duration>,
     /// When the last whole message arrived.
     last_received: std::time::Instant,
+    /// When a probe ([`WireStream::is_idle_alive`]) last found the socket open and idle.
+    probed_alive: Option<std::time::Instant>,
+    /// A probe found the socket closed, reset or carrying unsolicited bytes: it stays unusable.
+    probe_failed: bool,
+    /// How long a successful probe is trusted ([`PROBE_TRUST`]; tests change it).
+    probe_trust: Duration,
+    /// Probes that asked the kernel (tests count them).
+    #[cfg_attr(not(test), allow(dead_code))]
+    probes: u64,
 }
+
+/// How long a probe that found the socket open is trusted by
+/// [`WireStream::is_idle_alive_recent`]. A pooled request is probed three times within a few
+/// microseconds (sqlx's `ping` on release and on acquire, then the check before the request is
+/// written); one probe is enough for all three. Anything idle longer is probed again.
+pub(crate) const PROBE_TRUST: Duration = Duration::from_millis(1);
 
 /// Connection-level failures, classified for the retry rules.
 #[derive(Debug)]
@@ -149,6 +164,10 @@ impl WireStream {
             frames_received: 0,
             request_timeout: None,
             last_received: std::time::Instant::now(),
+            probed_alive: None,
+            probe_failed: false,
+            probe_trust: PROBE_TRUST,
+            probes: 0,
         };
         let hs = ProtocolVersion::V1.encode();
         stream.write_incomplete = true;
@@ -173,6 +192,16 @@ impl WireStream {
     #[cfg(test)]
     pub fn frames_received(&self) -> u64 {
         self.frames_received
+    }
+
+    #[cfg(test)]
+    pub fn probes(&self) -> u64 {
+        self.probes
+    }
+
+    #[cfg(test)]
+    pub fn set_probe_trust(&mut self, trust: Duration) {
+        self.probe_trust = trust;
     }
 
     /// Time since the server last sent a whole message.
@@ -259,9 +288,35 @@ impl WireStream {
     /// only learns about a FIN when the reactor next polls: a leader killed a moment ago must
     /// be noticed *before* the next request is written, or that request's fate is unknown.
     pub fn is_idle_alive(&mut self) -> bool {
-        if !self.read_buf.is_empty() || self.write_incomplete {
+        if !self.read_buf.is_empty() || self.write_incomplete || self.probe_failed {
             return false;
         }
+        let alive = self.probe();
+        if alive {
+            self.probed_alive = Some(std::time::Instant::now());
+        } else {
+            self.probe_failed = true;
+        }
+        alive
+    }
+
+    /// [`is_idle_alive`](Self::is_idle_alive), trusting a probe that found the socket open
+    /// less than [`PROBE_TRUST`] ago instead of asking the kernel again. A probe only says no
+    /// close had arrived when it ran (a response read since says nothing: a FIN may be queued
+    /// behind it), so only its age counts.
+    pub fn is_idle_alive_recent(&mut self) -> bool {
+        if !self.read_buf.is_empty() || self.write_incomplete || self.probe_failed {
+            return false;
+        }
+        if self.probed_alive.is_some_and(|t| t.elapsed() < self.probe_trust) {
+            return true;
+        }
+        self.is_idle_alive()
+    }
+
+    /// The non-blocking check itself.
+    fn probe(&mut self) -> bool {
+        self.probes += 1;
         let tcp = match &mut self.socket {
             Socket::Tcp(tcp) => tcp,
             #[cfg(feature = "embedded")]

@@ -110,6 +110,12 @@ pub struct Heartbeat {
     pub commit: LogIndex,
     /// The ReadIndex round this heartbeat confirms (0 for none).
     pub read_seq: u64,
+    /// The leader's own commit index when it sent this heartbeat (not capped by the
+    /// follower's match index). Informational only: a follower never commits by it (it may
+    /// not hold those entries yet, or hold different ones). A follower uses it to bound its
+    /// staleness: once it has applied this index, it reflects everything the leader had
+    /// committed when it sent the heartbeat (follower reads).
+    pub leader_commit: LogIndex,
 }
 
 /// Answer to a heartbeat.

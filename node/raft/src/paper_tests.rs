@@ -821,7 +821,11 @@ fn fig2_append_rule_5_follower_commit_stops_at_the_last_entry_the_leader_covered
     assert_eq!(n.log().committed(), LogIndex(3));
     assert_eq!(n.log().last_index(), LogIndex(3), "the stale suffix was truncated");
     // A heartbeat carries only what the leader knows matches.
-    let hb = crate::Heartbeat { commit: LogIndex(3), read_seq: 0 };
+    let hb = crate::Heartbeat { commit: LogIndex(3), read_seq: 0, leader_commit: LogIndex(5) };
+    n.step(msg(1, 2, 2, MessageBody::Heartbeat(hb))).unwrap();
+    assert_eq!(n.log().committed(), LogIndex(3));
+    // The leader's own commit index it carries beside that is never committed by.
+    let hb = crate::Heartbeat { commit: LogIndex(2), read_seq: 0, leader_commit: LogIndex(9) };
     n.step(msg(1, 2, 2, MessageBody::Heartbeat(hb))).unwrap();
     assert_eq!(n.log().committed(), LogIndex(3));
 }

@@ -105,7 +105,7 @@ impl RawNode {
         let beats: Vec<(NodeId, LogIndex)> =
             self.progress.iter().map(|(id, pr)| (*id, pr.match_index.min(commit))).collect();
         for (id, c) in beats {
-            self.send(id, MessageBody::Heartbeat(Heartbeat { commit: c, read_seq: seq }));
+            self.send(id, MessageBody::Heartbeat(Heartbeat { commit: c, read_seq: seq, leader_commit: commit }));
         }
     }
 

@@ -69,6 +69,8 @@ pub struct Prepared {
     pub params: u64,
     /// Byte offset in the SQL where the unprepared remainder starts.
     pub tail_offset: u64,
+    /// `sqlite3_stmt_readonly`: the statement makes no direct change to the database.
+    pub readonly: bool,
 }
 
 /// The outcome of an EXEC.
@@ -481,6 +483,7 @@ impl<'c> Worker<'c> {
                     let id = self.next_id;
                     self.next_id += 1;
                     let params = stmt.parameter_count() as u64;
+                    let readonly = stmt.readonly();
                     let text = &sql[..end];
                     let eligible = !lock(&self.elig).alone
                         && !stmt.readonly()
@@ -497,7 +500,7 @@ impl<'c> Worker<'c> {
                         self.uses_changes.remove(&id);
                     }
                     self.stmts.insert(id, stmt);
-                    Ok(Prepared { id, params, tail_offset: end as u64 })
+                    Ok(Prepared { id, params, tail_offset: end as u64, readonly })
                 });
                 let _ = reply.send(r);
             }

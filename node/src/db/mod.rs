@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use dqlite_raft::{Entry as RaftEntry, EntryKind, LogIndex, NodeId, StateRole, Term};
 
-use crate::replication::{ApplyError, ProposeError, Proposed, Replicator, StateMachine};
+use crate::replication::{ApplyError, ProposeError, Proposed, Replicator, SnapshotCopy, StateMachine};
 use crate::vfs::{self, Capture, ConnId, ConnOptions, DbEntry, DbHooks, VfsConnection};
 
 use entry::{Entry, FramesEntry};
@@ -216,6 +216,10 @@ struct DbState {
     /// frames its writer has not yet published in the wal-index: it releases the write lock
     /// after publishing, which clears this. A checkpoint must not count it as durable.
     unpublished: Option<LogIndex>,
+    /// A threshold checkpoint holds new writers back while it runs, so that the WAL is wholly
+    /// backfilled when the next writer starts and SQLite restarts it (see
+    /// [`Applier::checkpoint_for_restart`]).
+    ckpt_gate: bool,
     failures: HashMap<ConnId, CaptureFailure>,
 }
 
@@ -309,6 +313,7 @@ impl DbHooks for DbShared {
         }
         let data = entry::encode_frames(guard, &self.name, capture.page_size, capture.db_size, &capture.pages);
         drop(capture);
+        tracing::trace!(target: "dqlite::commit", db = %self.name, "propose");
         let proposed = self.node.replicator.propose(data);
         let mut st = lock(&self.st);
         let p = match proposed {
@@ -354,6 +359,7 @@ impl DbHooks for DbShared {
         loop {
             match st.pending {
                 Pending::Committed => {
+                    tracing::trace!(target: "dqlite::commit", index = p.index.0, "woken");
                     st.pending = Pending::None;
                     self.cv.notify_all();
                     drop(st);
@@ -415,13 +421,17 @@ impl DbHooks for DbShared {
     fn writes_allowed(&self) -> bool {
         // A transaction that began now could not see the unresolved entry, which may still
         // commit: writers wait until its fate is known (and, if it committed, it is applied).
-        lock(&self.st).unresolved.is_none()
+        let st = lock(&self.st);
+        st.unresolved.is_none() && !st.ckpt_gate
     }
 
     fn write_unlocked(&self, conn: ConnId) {
         let mut st = lock(&self.st);
-        if st.writer == Some(conn) {
+        if st.writer == Some(conn) && st.unpublished.is_some() {
             st.unpublished = None;
+            // A threshold checkpoint or a snapshot point (`snapshot::wait_published`) may be
+            // waiting for this publication.
+            self.cv.notify_all();
         }
     }
 }
@@ -438,6 +448,10 @@ fn sidecar_path(db: &Path) -> PathBuf {
 
 const BASE_FILE: &str = ".applied-base";
 
+/// How long a threshold checkpoint waits for the writer of the entry just applied to publish
+/// its frames (it needs nothing from the apply thread: microseconds normally).
+const PUBLISH_WAIT: Duration = Duration::from_millis(200);
+
 /// How long the apply connection waits for a database's write lock (a local writer holding it
 /// fails its commit within the commit timeout, so this is only reached if something hangs).
 const APPLY_BUSY_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -449,10 +463,15 @@ impl NodeShared {
 
     /// The database `name`, created (an empty WAL-mode SQLite file) if it does not exist.
     pub(crate) fn db(self: &Arc<Self>, name: &str) -> Result<Arc<DbShared>, DbError> {
+        let mut dbs = lock(&self.dbs);
+        self.db_in(&mut dbs, name)
+    }
+
+    /// [`NodeShared::db`] with the map of databases already locked by the caller.
+    fn db_in(self: &Arc<Self>, dbs: &mut HashMap<String, Arc<DbShared>>, name: &str) -> Result<Arc<DbShared>, DbError> {
         if !entry::valid_name(name) {
             return Err(DbError::InvalidName(name.to_string()));
         }
-        let mut dbs = lock(&self.dbs);
         if let Some(d) = dbs.get(name) {
             return Ok(d.clone());
         }
@@ -474,6 +493,7 @@ impl NodeShared {
                 commits_in_gen: 0,
                 writer: None,
                 unpublished: None,
+                ckpt_gate: false,
                 failures: HashMap::new(),
             }),
             cv: Condvar::new(),
@@ -577,6 +597,9 @@ struct Applier {
     wal: File,
     /// Digests of WAL commits found at open that the log has not re-delivered yet.
     verify: VecDeque<u32>,
+    /// The WAL size (frames) at the last threshold checkpoint that did not let the WAL restart:
+    /// the next one waits until the WAL has grown by a further eighth of the threshold.
+    threshold_tried_at: Option<u32>,
 }
 
 impl Applier {
@@ -593,7 +616,7 @@ impl Applier {
             .truncate(false)
             .open(&wal_path)
             .map_err(io_err(&wal_path))?;
-        Ok(Applier { shared, conn, wal, verify: VecDeque::new() })
+        Ok(Applier { shared, conn, wal, verify: VecDeque::new(), threshold_tried_at: None })
     }
 
     fn mx_frame(&self) -> Result<(u32, u32), DbError> {
@@ -680,6 +703,47 @@ impl Applier {
         Ok(())
     }
 
+    /// The checkpoint of a WAL past `checkpoint_wal_frames`: one that lets SQLite restart it.
+    ///
+    /// SQLite restarts the WAL when a writer starts on a wholly backfilled one. On a leader
+    /// under a steady load that moment never comes by itself: the writer of the entry just
+    /// applied publishes its frames *after* this apply (so a checkpoint now misses them) and
+    /// the next writer starts right after it releases the lock. Left alone the WAL grows
+    /// without bound and every apply checkpoints again (fsyncs of the database file and the
+    /// sidecar on every commit). So when that writer is still publishing, this closes the
+    /// write-lock gate (new writers queue, as behind any writer), waits for the publication
+    /// (the writer needs nothing from this thread), checkpoints everything, and reopens the
+    /// gate: the next writer finds the WAL wholly backfilled and restarts it.
+    fn checkpoint_for_restart(&mut self, applied: LogIndex) -> Result<(), DbError> {
+        let shared = self.shared.clone();
+        let gated = {
+            let mut st = lock(&shared.st);
+            if st.unpublished.is_some() {
+                st.ckpt_gate = true;
+                let deadline = Instant::now() + PUBLISH_WAIT;
+                while st.unpublished.is_some() {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    st = match shared.cv.wait_timeout(st, deadline - now) {
+                        Ok((g, _)) => g,
+                        Err(p) => p.into_inner().0,
+                    };
+                }
+                true
+            } else {
+                false
+            }
+        };
+        let r = self.checkpoint(applied);
+        if gated {
+            lock(&shared.st).ckpt_gate = false;
+            shared.writers_may_go();
+        }
+        r
+    }
+
     /// A passive checkpoint; records the durable point if the WAL was wholly backfilled.
     ///
     /// It never takes the write lock: on a leader a local writer holds it from its first write
@@ -725,6 +789,18 @@ pub struct Databases {
     appliers: HashMap<String, Applier>,
     applied: LogIndex,
     since_checkpoint: u64,
+    /// The snapshot copy last begun (`snapshot::begin`): checkpoints wait while it runs.
+    copy: Option<Arc<snapshot::CopyCtl>>,
+}
+
+impl Drop for Databases {
+    fn drop(&mut self) {
+        // A copy still under way must not outlive the state it reads (its connections would be
+        // the last ones of their files).
+        if let Some(c) = self.copy.take() {
+            c.cancel_and_wait();
+        }
+    }
 }
 
 impl std::fmt::Debug for Databases {
@@ -760,7 +836,7 @@ impl Databases {
             applied: AtomicU64::new(base.0),
             dbs: Mutex::new(HashMap::new()),
         });
-        let mut dbs = Databases { node, appliers: HashMap::new(), applied: base, since_checkpoint: 0 };
+        let mut dbs = Databases { node, appliers: HashMap::new(), applied: base, since_checkpoint: 0, copy: None };
         let mut names = Vec::new();
         for e in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
             let e = e.map_err(io_err(&dir))?;
@@ -906,6 +982,7 @@ impl Databases {
         }
         if let Pending::Waiting(p) = st.pending {
             if p.index == index && p.term == e.term {
+                tracing::trace!(target: "dqlite::commit", index = e.index.0, "applied own");
                 st.pending = Pending::Committed;
                 st.commits_in_gen += 1;
                 st.unpublished = Some(index);
@@ -919,10 +996,20 @@ impl Databases {
         applier.append(index, fe).map_err(|r| err(format!("database {}: {r}", fe.db)))
     }
 
+    /// Whether a snapshot copy is under way (checkpoints wait until it is done).
+    fn copying(&self) -> bool {
+        self.copy.as_ref().is_some_and(|c| !c.is_done())
+    }
+
     fn maybe_checkpoint(&mut self, db: Option<&str>) -> Result<(), ApplyError> {
         let applied = self.applied;
         let threshold = self.node.config.checkpoint_wal_frames;
         self.since_checkpoint += 1;
+        if self.copying() {
+            // The copy reads the database files as they were at its point (`snapshot::begin`);
+            // the round stays due and runs after the copy.
+            return Ok(());
+        }
         let round = self.since_checkpoint >= self.node.config.checkpoint_every_entries;
         let err = |reason: String| ApplyError { index: applied, reason };
         if round {
@@ -933,8 +1020,15 @@ impl Databases {
             write_base(&self.node.dir, self.durable_index()).map_err(|e| err(e.to_string()))?;
         } else if let Some(a) = db.and_then(|d| self.appliers.get_mut(d)) {
             let (mx, _) = a.mx_frame().map_err(|e| err(e.to_string()))?;
-            if mx >= threshold {
-                a.checkpoint(applied).map_err(|e| err(e.to_string()))?;
+            let due = match a.threshold_tried_at {
+                Some(at) if mx >= at => mx >= at.saturating_add((threshold / 8).max(1)),
+                _ => true,
+            };
+            if mx >= threshold && due {
+                a.checkpoint_for_restart(applied).map_err(|e| err(e.to_string()))?;
+                a.threshold_tried_at = Some(mx);
+            } else if mx < threshold {
+                a.threshold_tried_at = None;
             }
         }
         Ok(())
@@ -942,6 +1036,9 @@ impl Databases {
 
     /// Checkpoints every database fully now (PASSIVE; readers may hold some frames back).
     pub fn checkpoint_all(&mut self) -> Result<(), DbError> {
+        if self.copying() {
+            return Err(DbError::sql(libsqlite3_sys::SQLITE_BUSY, "a snapshot copy is under way: checkpoint later"));
+        }
         let applied = self.applied;
         for a in self.appliers.values_mut() {
             a.checkpoint(applied)?;
@@ -1062,8 +1159,12 @@ impl StateMachine for Databases {
     }
 
     fn snapshot(&mut self, out: &mut dyn Write) -> Result<LogIndex, ApplyError> {
-        snapshot::write(self, out).map_err(|e| ApplyError { index: self.applied, reason: e.to_string() })?;
-        Ok(self.applied)
+        snapshot::write(self, out).map_err(|e| ApplyError { index: self.applied, reason: e.to_string() })
+    }
+
+    fn snapshot_begin(&mut self) -> Result<Option<Box<dyn SnapshotCopy>>, ApplyError> {
+        let copy = snapshot::begin(self).map_err(|e| ApplyError { index: self.applied, reason: e.to_string() })?;
+        Ok(Some(Box::new(copy)))
     }
 
     fn restore(&mut self, index: LogIndex, data: &mut dyn Read) -> Result<(), ApplyError> {
@@ -1086,8 +1187,21 @@ impl StateMachine for Databases {
 }
 
 mod snapshot;
+pub use snapshot::ImageCopy;
 #[cfg(feature = "harness")]
-pub use snapshot::{inject_restore_crash, RESTORE_CRASH_POINTS};
+pub use snapshot::{hold_snapshot_copies, inject_restore_crash, CopyGate, RESTORE_CRASH_POINTS};
+
+impl SnapshotCopy for ImageCopy {
+    fn index(&self) -> LogIndex {
+        ImageCopy::index(self)
+    }
+
+    fn write_to(self: Box<Self>, out: &mut dyn Write) -> Result<(), ApplyError> {
+        let index = self.index();
+        (*self).write(out).map_err(|e| ApplyError { index, reason: e.to_string() })
+    }
+}
+
 mod pause;
 #[cfg(feature = "harness")]
 pub use pause::{pause_next_commit, CommitPause};

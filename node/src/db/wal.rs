@@ -155,6 +155,11 @@ pub fn n_backfill(r0: &Region<'_>) -> u32 {
     r0.u32(NBACKFILL)
 }
 
+/// `mxFrame` of the first header copy (one aligned word: read without tearing).
+pub fn mx_frame(r0: &Region<'_>) -> u32 {
+    r0.u32(16)
+}
+
 fn frame_page(frame: u32) -> u32 {
     (frame + HASHTABLE_NPAGE - HASHTABLE_NPAGE_ONE - 1) / HASHTABLE_NPAGE
 }

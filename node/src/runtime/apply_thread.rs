@@ -10,7 +10,7 @@ use tokio::sync::mpsc::Sender;
 use super::frame::FramedWriter;
 use super::metrics::Metrics;
 use super::Completion;
-use crate::replication::{ApplyError, StateMachine};
+use crate::replication::{ApplyError, SnapshotCopy, StateMachine};
 use crate::storage::{SnapshotReader, SnapshotSpool, SnapshotWriter};
 
 /// Work for the apply thread, in the order it must happen.
@@ -23,7 +23,7 @@ pub(crate) enum ApplyJob {
     /// Replace all state with a received image (reads the payload, without its trailer, from
     /// the stored snapshot: checked end to end before this job was queued).
     Restore { index: LogIndex, payload: SnapshotReader },
-    /// Take a snapshot image.
+    /// Take a snapshot image (its point fixed here; the copy may run on a thread of its own).
     Snapshot,
 }
 
@@ -98,28 +98,61 @@ impl<S: StateMachine> ApplyThread<S> {
                         self.send(ApplyDone::Failed(err));
                     }
                 },
-                ApplyJob::Snapshot => {
-                    // Streamed into the snapshot file as the state machine writes it: memory
-                    // does not grow with the image.
-                    let r = self.spool.create().map_err(|e| format!("creating the snapshot file: {e}")).and_then(|f| {
-                        let mut w = FramedWriter::new(f);
-                        let index = self.sm.snapshot(&mut w).map_err(|e| e.to_string())?;
-                        let image = w.finish().map_err(|e| format!("writing the snapshot file: {e}"))?;
-                        Ok((index, image))
-                    });
-                    match r {
-                        Ok((index, image)) => self.send(ApplyDone::Image { index, image }),
-                        Err(reason) => {
-                            tracing::warn!(id = %self.id, %reason, "snapshot failed");
-                            self.send(ApplyDone::SnapshotFailed { reason });
-                        }
+                ApplyJob::Snapshot => match self.sm.snapshot_begin() {
+                    // The point is fixed; the copy runs on its own thread while entries go on.
+                    Ok(Some(copy)) => self.spawn_copy(copy),
+                    Ok(None) => {
+                        // Streamed into the snapshot file as the state machine writes it:
+                        // memory does not grow with the image.
+                        let r =
+                            self.spool.create().map_err(|e| format!("creating the snapshot file: {e}")).and_then(|f| {
+                                let mut w = FramedWriter::new(f);
+                                let index = self.sm.snapshot(&mut w).map_err(|e| e.to_string())?;
+                                let image = w.finish().map_err(|e| format!("writing the snapshot file: {e}"))?;
+                                Ok((index, image))
+                            });
+                        self.report_image(r);
                     }
-                }
+                    Err(e) => self.report_image(Err(e.to_string())),
+                },
             }
         }
     }
 
+    /// Writes `copy` into a new snapshot file on a thread of its own and reports the image.
+    fn spawn_copy(&self, copy: Box<dyn SnapshotCopy>) {
+        let (spool, done, id) = (self.spool.clone(), self.done.clone(), self.id);
+        let spawned = std::thread::Builder::new().name("dqlite-snapshot".into()).spawn(move || {
+            let index = copy.index();
+            let r = spool.create().map_err(|e| format!("creating the snapshot file: {e}")).and_then(|f| {
+                let mut w = FramedWriter::new(f);
+                copy.write_to(&mut w).map_err(|e| e.to_string())?;
+                let image = w.finish().map_err(|e| format!("writing the snapshot file: {e}"))?;
+                Ok((index, image))
+            });
+            let _ = done.blocking_send(Completion::Apply(image_done(id, r)));
+        });
+        if let Err(e) = spawned {
+            // The copy (dropped with the closure) released the files.
+            self.report_image(Err(format!("cannot start the snapshot thread: {e}")));
+        }
+    }
+
+    fn report_image(&self, r: Result<(LogIndex, SnapshotWriter), String>) {
+        self.send(image_done(self.id, r));
+    }
+
     fn send(&self, d: ApplyDone) {
         let _ = self.done.blocking_send(Completion::Apply(d));
+    }
+}
+
+fn image_done(id: NodeId, r: Result<(LogIndex, SnapshotWriter), String>) -> ApplyDone {
+    match r {
+        Ok((index, image)) => ApplyDone::Image { index, image },
+        Err(reason) => {
+            tracing::warn!(%id, %reason, "snapshot failed");
+            ApplyDone::SnapshotFailed { reason }
+        }
     }
 }

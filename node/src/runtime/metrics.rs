@@ -16,6 +16,7 @@ pub(crate) struct Metrics {
     pub(crate) snapshot_chunks_sent: AtomicU64,
     pub(crate) snapshots_refused: AtomicU64,
     pub(crate) messages_dropped: AtomicU64,
+    pub(crate) follower_reads: AtomicU64,
     pub(crate) compacted_index: AtomicU64,
     pub(crate) in_memory_entries: AtomicU64,
     /// The largest single buffer of snapshot bytes held in memory (shared with the spool).
@@ -51,6 +52,9 @@ pub struct MetricsSnapshot {
     pub snapshots_refused: u64,
     /// Inbound messages dropped because the inbox was full.
     pub messages_dropped: u64,
+    /// Reads this node served as a follower within a staleness bound
+    /// ([`RuntimeHandle::follower_read`](super::RuntimeHandle::follower_read)).
+    pub follower_reads: u64,
     /// The core's in-memory log is compacted up to here.
     pub compacted_index: u64,
     /// Entries the core holds in memory.
@@ -82,6 +86,7 @@ impl Metrics {
             snapshot_chunks_sent: l(&self.snapshot_chunks_sent),
             snapshots_refused: l(&self.snapshots_refused),
             messages_dropped: l(&self.messages_dropped),
+            follower_reads: l(&self.follower_reads),
             compacted_index: l(&self.compacted_index),
             in_memory_entries: l(&self.in_memory_entries),
             snapshot_max_buffer: l(&self.snapshot_max_buffer),

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod apply_thread;
+mod follower_read;
 pub mod frame;
 #[cfg(feature = "harness")]
 pub mod harness;
@@ -38,6 +39,7 @@ use dqlite_raft::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+pub use follower_read::StaleReason;
 pub use metrics::MetricsSnapshot;
 pub use options::*;
 
@@ -117,6 +119,9 @@ pub enum RuntimeError {
     /// The operation did not finish in time.
     #[error("timed out")]
     Timeout,
+    /// A follower read could not be served within its staleness bound.
+    #[error("follower too stale: {0}")]
+    FollowerStale(StaleReason),
 }
 
 fn from_raft(e: dqlite_raft::Error) -> RuntimeError {
@@ -235,6 +240,8 @@ struct HandleInner {
     metrics: Arc<Metrics>,
     max_entry_bytes: usize,
     stopped: watch::Receiver<bool>,
+    follower: watch::Receiver<follower_read::FollowerView>,
+    heartbeat: Duration,
 }
 
 impl std::fmt::Debug for RuntimeHandle {
@@ -296,6 +303,7 @@ impl Runtime {
         transport.set_peers(&servers);
         metrics.applied_index.store(applied0.0, Ordering::Relaxed);
         let last_snapshot = snapshot.map_or(LogIndex::ZERO, |s| s.index);
+        let (follower, follower_rx) = follower_read::Tracker::new(applied0);
         let driver = Driver {
             id: opts.id,
             compacted: core.log().compacted_index(),
@@ -309,8 +317,10 @@ impl Runtime {
             waiting_persist: VecDeque::new(),
             recv_check: None,
             snapshot_in_progress: false,
+            snapshot_backoff: None,
             last_snapshot,
             applied: applied0,
+            follower,
             durable: durable0,
             index_waiters: BTreeMap::new(),
             committed_waiters: BTreeMap::new(),
@@ -344,6 +354,8 @@ impl Runtime {
                 metrics,
                 max_entry_bytes: opts.max_entry_bytes,
                 stopped: stopped_rx,
+                follower: follower_rx,
+                heartbeat: opts.raft_config().heartbeat_interval(),
             }),
         })
     }
@@ -447,8 +459,12 @@ struct Driver<T: Transport> {
     /// The snapshot being received and the end-to-end check over the chunks accepted so far.
     recv_check: Option<(SnapshotMeta, frame::StreamCheck)>,
     snapshot_in_progress: bool,
+    /// After a failed snapshot: not again before this instant; consecutive failures.
+    snapshot_backoff: Option<(Instant, u32)>,
     last_snapshot: LogIndex,
     applied: LogIndex,
+    /// What follower reads need: the last message from the leader, the applied index.
+    follower: follower_read::Tracker,
     durable: LogIndex,
     compacted: LogIndex,
     /// Barrier / membership entries proposed here: index -> (term, waiter).
@@ -478,6 +494,10 @@ struct Driver<T: Transport> {
 
 /// Most proposals or peer messages taken in one go before the core's `Ready` is handled.
 const INTAKE_BATCH: usize = 512;
+/// The first wait before a failed snapshot is tried again (doubled after each failure).
+const SNAPSHOT_RETRY_MIN: Duration = Duration::from_millis(100);
+/// The longest wait before a failed snapshot is tried again.
+const SNAPSHOT_RETRY_MAX: Duration = Duration::from_secs(10);
 
 impl<T: Transport> Driver<T> {
     async fn run(
@@ -592,6 +612,7 @@ impl<T: Transport> Driver<T> {
         }
         let r = match self.core.propose(p.data) {
             Ok(index) => {
+                tracing::trace!(target: "dqlite::commit", index = index.0, "proposed");
                 self.metrics.proposals.fetch_add(1, Ordering::Relaxed);
                 Ok(Proposed { index, term: self.core.term() })
             }
@@ -613,8 +634,21 @@ impl<T: Transport> Driver<T> {
                 return;
             }
         }
+        if let MessageBody::AppendEntries(a) = &m.body {
+            tracing::trace!(target: "dqlite::commit", from = %m.from, n = a.entries.len(), "append entries in");
+        } else {
+            tracing::trace!(target: "dqlite::commit", from = %m.from, "message in");
+        }
+        let contact = match &m.body {
+            MessageBody::AppendEntries(a) => Some((m.from, m.term, a.leader_commit)),
+            MessageBody::Heartbeat(h) => Some((m.from, m.term, h.leader_commit)),
+            _ => None,
+        };
         if let Err(e) = self.core.step(m) {
             tracing::debug!(id = %self.id, error = %e, "message refused");
+        }
+        if let Some((from, term, commit)) = contact {
+            self.follower.on_leader_message(&self.core, from, term, commit);
         }
     }
 
@@ -753,6 +787,7 @@ impl<T: Transport> Driver<T> {
                 while self.waiting_persist.front().is_some_and(|w| w.0 <= seq) {
                     let Some((_, marker, msgs)) = self.waiting_persist.pop_front() else { break };
                     if let Some((i, t)) = marker {
+                        tracing::trace!(target: "dqlite::commit", index = i.0, msgs = msgs.len(), "persisted");
                         self.core.persisted(i, t);
                     }
                     for m in msgs {
@@ -811,6 +846,7 @@ impl<T: Transport> Driver<T> {
         match d {
             ApplyDone::Applied { index, durable } => {
                 self.applied = self.applied.max(index);
+                self.follower.on_applied(self.applied);
                 self.durable = durable;
                 if !self.reads_applying.is_empty() {
                     let applied = self.applied;
@@ -835,14 +871,22 @@ impl<T: Transport> Driver<T> {
                 self.maybe_compact();
             }
             ApplyDone::Image { index, image } => match self.core.snapshot_taken(index) {
-                Ok(meta) => self.send_storage(StorageJob::WriteSnapshot { meta, image }),
+                Ok(meta) => {
+                    self.snapshot_backoff = None;
+                    self.send_storage(StorageJob::WriteSnapshot { meta, image })
+                }
                 Err(e) => {
                     tracing::warn!(id = %self.id, error = %e, "snapshot not recorded");
                     self.snapshot_in_progress = false;
                 }
             },
             ApplyDone::SnapshotFailed { reason } => {
-                tracing::warn!(id = %self.id, %reason, "snapshot not taken");
+                // Not again at once (it was retried after every applied entry): back off,
+                // doubling from SNAPSHOT_RETRY_MIN up to SNAPSHOT_RETRY_MAX.
+                let failures = self.snapshot_backoff.map_or(0, |(_, n)| n).saturating_add(1);
+                let delay = SNAPSHOT_RETRY_MIN.saturating_mul(1 << (failures - 1).min(16)).min(SNAPSHOT_RETRY_MAX);
+                tracing::warn!(id = %self.id, %reason, failures, retry_ms = delay.as_millis() as u64, "snapshot not taken");
+                self.snapshot_backoff = Some((Instant::now() + delay, failures));
                 self.snapshot_in_progress = false;
             }
             ApplyDone::Failed(e) => {
@@ -854,8 +898,16 @@ impl<T: Transport> Driver<T> {
         }
     }
 
+    /// Whether a snapshot may be started now (none running, no failure, not backing off).
+    fn snapshot_allowed(&self) -> bool {
+        !self.snapshot_in_progress
+            && self.apply_failed.is_none()
+            && self.poisoned.is_none()
+            && self.snapshot_backoff.is_none_or(|(at, _)| Instant::now() >= at)
+    }
+
     fn maybe_snapshot(&mut self) {
-        if self.snapshot_in_progress || self.apply_failed.is_some() || self.poisoned.is_some() {
+        if !self.snapshot_allowed() {
             return;
         }
         if self.applied.0.saturating_sub(self.last_snapshot.0) >= self.opts.snapshot_threshold.max(1) {
@@ -964,6 +1016,9 @@ impl<T: Transport> Driver<T> {
             events,
         } = rd;
         // 1. Messages go out now.
+        if !messages.is_empty() {
+            tracing::trace!(target: "dqlite::commit", n = messages.len(), "messages out");
+        }
         for m in messages {
             self.transport.send(m);
         }
@@ -1023,6 +1078,9 @@ impl<T: Transport> Driver<T> {
         }
         // 7. Committed entries, in order, to the apply thread.
         if !committed_entries.is_empty() {
+            if let Some(e) = committed_entries.last() {
+                tracing::trace!(target: "dqlite::commit", index = e.index.0, "committed");
+            }
             self.check_waiters(&committed_entries);
             self.apply_backlog.push_back(ApplyItem::Job(ApplyJob::Entries(committed_entries)));
         }
@@ -1042,7 +1100,7 @@ impl<T: Transport> Driver<T> {
         // 9. Snapshot bytes for followers.
         for req in snapshot_requests {
             let stale = self.applied.0.saturating_sub(req.meta.index.0) >= self.opts.snapshot_threshold.max(1);
-            if req.offset == 0 && stale && !self.snapshot_in_progress && self.apply_failed.is_none() {
+            if req.offset == 0 && stale && self.snapshot_allowed() {
                 // A fresher snapshot first; `snapshot_taken` restarts the transfer with it.
                 self.take_snapshot();
                 continue;
@@ -1225,6 +1283,29 @@ impl RuntimeHandle {
     /// it, such that reading the local state now is linearizable. Leader only.
     pub async fn read_index(&self) -> Result<LogIndex, RuntimeError> {
         self.control(Control::ReadIndex).await
+    }
+
+    /// A read point for a read on this node's local state that reflects every write
+    /// acknowledged at least `max_staleness` (plus one message delay) before the call (follower
+    /// reads; `docs/replication.md`, "Reads"). On a follower: waits until it heard from the
+    /// leader of its term within `max_staleness` and applied the leader's commit index that
+    /// message carried, at most `max(max_staleness, 2 heartbeat intervals)`, then fails with
+    /// [`RuntimeError::FollowerStale`]. On the leader: a [`read_index`](Self::read_index).
+    pub async fn follower_read(&self, max_staleness: Duration) -> Result<LogIndex, RuntimeError> {
+        let waited = follower_read::wait_fresh(
+            self.inner.follower.clone(),
+            self.inner.role.clone(),
+            max_staleness,
+            self.inner.heartbeat,
+        )
+        .await?;
+        match waited {
+            Some(index) => {
+                self.inner.metrics.follower_reads.fetch_add(1, Ordering::Relaxed);
+                Ok(index)
+            }
+            None => self.read_index().await,
+        }
     }
 
     /// The node's full status.

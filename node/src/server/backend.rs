@@ -36,6 +36,10 @@ pub struct PrepareInfo {
     pub tail_offset: u64,
     /// Whether the remainder holds another statement (not only whitespace and comments).
     pub has_tail: bool,
+    /// `sqlite3_stmt_readonly`: the statement makes no direct change to the database
+    /// (transaction control counts as read-only). Connections opened for follower reads run
+    /// only such statements.
+    pub readonly: bool,
 }
 
 /// The outcome of EXEC / EXEC_SQL.
@@ -187,6 +191,19 @@ pub trait ClusterBackend: Send + Sync + 'static {
     /// applied the commit index of that moment). The default has nothing to wait for (a
     /// backend without replication).
     fn read_barrier(&self) -> impl Future<Output = Result<(), BackendError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Waits until a read of the local state started now reflects every write acknowledged at
+    /// least `max_staleness` before (follower reads, also on a non-leader; see
+    /// `RuntimeHandle::follower_read`), or fails with
+    /// [`SQLITE_IOERR_FOLLOWER_STALE`](dqlite_wire::codes::SQLITE_IOERR_FOLLOWER_STALE). The
+    /// default has nothing to wait for (a backend without replication).
+    fn follower_read(
+        &self,
+        max_staleness: std::time::Duration,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        let _ = max_staleness;
         async { Ok(()) }
     }
 }

@@ -2,9 +2,11 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dqlite_wire::codes::{
     DQLITE_NOTFOUND, DQLITE_PARSE, DQLITE_PROTO, SQLITE_BUSY, SQLITE_ERROR, SQLITE_IOERR_NOT_LEADER, SQLITE_NOTFOUND,
+    SQLITE_READONLY,
 };
 use dqlite_wire::header::{self, FrameStatus, Header, HEADER_LEN};
 use dqlite_wire::{
@@ -27,18 +29,57 @@ struct OpenDb<Sess: SqlSession> {
     term: Option<u64>,
     /// Statement handles by wire id (ids are reused smallest-first, as dqlite does).
     stmts: Vec<Option<Sess::Stmt>>,
-    /// Queries wait for a ReadIndex round first ([`read_mode`]).
-    linearizable: bool,
+    /// How queries read ([`read_mode`]).
+    read: ReadMode,
 }
 
+/// How a connection's queries read (OPEN's vfs options, [`read_mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadMode {
+    /// The leader's local state at once (dqlite's behaviour).
+    Leader,
+    /// A ReadIndex round first.
+    Linearizable,
+    /// Any node's local state, within a staleness bound; the connection is read-only.
+    Follower {
+        /// The bound.
+        max_staleness: Duration,
+    },
+}
+
+/// The bound a follower-read connection gets when OPEN names none (the driver always sends
+/// one).
+pub(crate) const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(500);
+
 /// The read mode a client asked for in OPEN's vfs field (dqlite ignores that field; go-dqlite
-/// sends "volatile"). dqlite-rs reads options after a `?`: `volatile?read=linearizable` makes
-/// every QUERY / QUERY_SQL on this connection linearizable (ReadIndex); anything else, or no
-/// option, reads the leader's local state at once, as dqlite does. Returns true for
-/// linearizable.
-pub(crate) fn read_mode(vfs: &str) -> bool {
-    let Some((_, opts)) = vfs.split_once('?') else { return false };
-    opts.split('&').any(|kv| kv == "read=linearizable")
+/// sends "volatile"). dqlite-rs reads `&`-separated options after a `?`:
+/// * `read=linearizable`: every QUERY / QUERY_SQL waits for a ReadIndex round first;
+/// * `read=follower` (with `max_staleness=MS`, milliseconds, default 500): the connection may
+///   be served by any node; every query waits until this node's state reflects every write
+///   acknowledged at least `MS` ms before it (`RuntimeHandle::follower_read`), else fails with
+///   `SQLITE_IOERR_FOLLOWER_STALE`; only read-only statements run.
+///
+/// Anything else, or no option, reads the leader's local state at once, as dqlite does.
+pub(crate) fn read_mode(vfs: &str) -> ReadMode {
+    let Some((_, opts)) = vfs.split_once('?') else { return ReadMode::Leader };
+    let mut mode = ReadMode::Leader;
+    let mut max_staleness = DEFAULT_MAX_STALENESS;
+    for kv in opts.split('&') {
+        match kv.split_once('=') {
+            Some(("read", "linearizable")) => mode = ReadMode::Linearizable,
+            Some(("read", "follower")) => mode = ReadMode::Follower { max_staleness },
+            Some(("max_staleness", ms)) => {
+                if let Ok(ms) = ms.parse::<u64>() {
+                    max_staleness = Duration::from_millis(ms);
+                }
+            }
+            _ => {}
+        }
+    }
+    match mode {
+        ReadMode::Follower { .. } => ReadMode::Follower { max_staleness },
+        other => other,
+    }
 }
 
 struct Conn<S: SqlBackend, C, T> {
@@ -94,7 +135,9 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
         loop {
             let Some(frame) = self.read_request().await? else { return Ok(()) };
             let _in_flight = super::InFlight::enter(&self.shared.in_flight);
+            tracing::trace!(target: "dqlite::commit", bytes = frame.len(), "request in");
             self.handle(&frame).await?;
+            tracing::trace!(target: "dqlite::commit", "request done");
             if self.closing {
                 let _ = self.stream.shutdown().await;
                 return Ok(());
@@ -165,7 +208,22 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
         };
         let body = &frame[HEADER_LEN..];
         let outcome = match Request::decode(&header, body) {
-            Ok(req) => self.dispatch(req).await,
+            Ok(req) => {
+                let sql = matches!(
+                    req,
+                    Request::Prepare { .. }
+                        | Request::Exec { .. }
+                        | Request::ExecSql { .. }
+                        | Request::Query { .. }
+                        | Request::QuerySql { .. }
+                );
+                let r = self.dispatch(req).await;
+                if sql {
+                    self.follower_errors(r)
+                } else {
+                    r
+                }
+            }
             Err(DecodeError::UnknownRequestType(t)) => {
                 tracing::debug!(request_type = t, "unknown request type");
                 Err(failure(DQLITE_PARSE, messages::UNRECOGNIZED_REQUEST))
@@ -213,11 +271,67 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
     /// Before a query on a connection that asked for linearizable reads: wait for a ReadIndex
     /// round (the leader checks are `sql_db`'s, after it).
     async fn read_barrier(&mut self, db: DbId) -> Result<(), BackendError> {
-        let wants = self.sql_db(db)?.linearizable;
+        let wants = self.sql_db(db)?.read == ReadMode::Linearizable;
         if wants {
             self.shared.cluster.read_barrier().await?;
         }
         Ok(())
+    }
+
+    /// The staleness bound of the open database's connection if it was opened for follower
+    /// reads.
+    fn follower_mode(&self) -> Option<Duration> {
+        match self.db.as_ref()?.read {
+            ReadMode::Follower { max_staleness } => Some(max_staleness),
+            _ => None,
+        }
+    }
+
+    /// On a follower-read connection a "not leader" from the SQL layer (a write refused on a
+    /// follower) is reported as the read-only refusal it is: the driver must not go looking
+    /// for the leader with it. (SQL requests only: membership requests still need the leader.)
+    fn follower_errors(&self, r: Result<Outcome, BackendError>) -> Result<Outcome, BackendError> {
+        match r {
+            Err(e) if self.follower_mode().is_some() && dqlite_wire::codes::is_not_leader(e.code) => {
+                Err(failure(SQLITE_READONLY, messages::FOLLOWER_READ_ONLY))
+            }
+            other => other,
+        }
+    }
+
+    /// Follower-read connections run only read-only statements: checks every statement of
+    /// `sql` (preparing each and finalizing it again).
+    async fn check_read_only_sql(&mut self, db: DbId, sql: &str) -> Result<(), BackendError> {
+        let open = self.open_db(db)?;
+        let mut rest = sql;
+        while !super::db_backend::is_blank(rest) {
+            let (stmt, info) = open.session.prepare(rest).await?;
+            let _ = open.session.finalize(stmt).await;
+            if !info.readonly {
+                return Err(failure(SQLITE_READONLY, messages::FOLLOWER_READ_ONLY));
+            }
+            let offset = usize::try_from(info.tail_offset).unwrap_or(usize::MAX);
+            match rest.get(offset..) {
+                Some(tail) if offset > 0 => rest = tail,
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// The open database for a request on a follower-read connection: any node serves it;
+    /// queries first wait until this node is fresh enough.
+    async fn follower_db(
+        &mut self,
+        db: DbId,
+        max_staleness: Duration,
+        query: bool,
+    ) -> Result<&mut OpenDb<S::Session>, BackendError> {
+        self.open_db(db)?;
+        if query {
+            self.shared.cluster.follower_read(max_staleness).await?;
+        }
+        self.open_db(db)
     }
 
     fn require_leader(&self) -> Result<(), BackendError> {
@@ -243,6 +357,15 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
                 self.reply(&Response::Welcome { heartbeat_timeout_ms: ms });
             }
             Request::Heartbeat { .. } => return Err(failure(DQLITE_PARSE, messages::UNRECOGNIZED_REQUEST)),
+            Request::Open { name, vfs, .. } if matches!(read_mode(vfs), ReadMode::Follower { .. }) => {
+                // Served by any node; the session lives as long as the client connection.
+                if self.db.is_some() {
+                    return Err(failure(SQLITE_BUSY, messages::ALREADY_OPEN));
+                }
+                let session = self.shared.sql.open(name).await?;
+                self.db = Some(OpenDb { session, term: None, stmts: Vec::new(), read: read_mode(vfs) });
+                self.reply(&Response::Db { id: DbId(0) });
+            }
             Request::Open { name, vfs, .. } => {
                 // dqlite 1.11 opens on followers too; statements then fail with NOT_LEADER.
                 let term = cluster.leader_term();
@@ -254,12 +377,17 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
                     self.db = None;
                 }
                 let session = self.shared.sql.open(name).await?;
-                self.db = Some(OpenDb { session, term, stmts: Vec::new(), linearizable: read_mode(vfs) });
+                self.db = Some(OpenDb { session, term, stmts: Vec::new(), read: read_mode(vfs) });
                 self.reply(&Response::Db { id: DbId(0) });
             }
             Request::Prepare { db, sql, schema } => {
+                let follower = self.follower_mode().is_some();
                 let open = self.open_db(db)?;
                 let (stmt, info) = open.session.prepare(sql).await?;
+                if follower && !info.readonly {
+                    let _ = open.session.finalize(stmt).await;
+                    return Err(failure(SQLITE_READONLY, messages::FOLLOWER_READ_ONLY));
+                }
                 if schema == Schema::V0 && info.has_tail {
                     let _ = open.session.finalize(stmt).await;
                     return Err(failure(SQLITE_ERROR, messages::NONEMPTY_TAIL));
@@ -280,29 +408,52 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
             }
             Request::Exec { db, stmt, params, .. } => {
                 let params = owned_params(&params)?;
-                let open = self.sql_db(db)?;
+                // (A follower-read connection prepared only read-only statements.)
+                let open = match self.follower_mode() {
+                    Some(bound) => self.follower_db(db, bound, false).await?,
+                    None => self.sql_db(db)?,
+                };
                 let handle = lookup(open, stmt)?;
                 let r = open.session.exec(Target::Stmt(handle), params).await?;
                 self.reply_exec(r);
             }
             Request::ExecSql { db, sql, params, .. } => {
                 let params = owned_params(&params)?;
-                let open = self.sql_db(db)?;
+                let open = match self.follower_mode() {
+                    Some(bound) => {
+                        self.check_read_only_sql(db, sql).await?;
+                        self.follower_db(db, bound, false).await?
+                    }
+                    None => self.sql_db(db)?,
+                };
                 let r = open.session.exec(Target::Sql(sql), params).await?;
                 self.reply_exec(r);
             }
             Request::Query { db, stmt, params, .. } => {
                 let params = owned_params(&params)?;
-                self.read_barrier(db).await?;
-                let open = self.sql_db(db)?;
+                let open = match self.follower_mode() {
+                    Some(bound) => self.follower_db(db, bound, true).await?,
+                    None => {
+                        self.read_barrier(db).await?;
+                        self.sql_db(db)?
+                    }
+                };
                 let handle = lookup(open, stmt)?;
                 let columns = open.session.query(Target::Stmt(handle), params).await?;
                 return Ok(Outcome::Rows(columns));
             }
             Request::QuerySql { db, sql, params, .. } => {
                 let params = owned_params(&params)?;
-                self.read_barrier(db).await?;
-                let open = self.sql_db(db)?;
+                let open = match self.follower_mode() {
+                    Some(bound) => {
+                        self.check_read_only_sql(db, sql).await?;
+                        self.follower_db(db, bound, true).await?
+                    }
+                    None => {
+                        self.read_barrier(db).await?;
+                        self.sql_db(db)?
+                    }
+                };
                 let columns = open.session.query(Target::Sql(sql), params).await?;
                 return Ok(Outcome::Rows(columns));
             }
@@ -492,4 +643,31 @@ fn encode_rows(
         w.push_row(&refs)?;
     }
     w.finish(if done { RowsEnd::Done } else { RowsEnd::Part })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_modes_from_the_vfs_field() {
+        assert_eq!(read_mode("volatile"), ReadMode::Leader);
+        assert_eq!(read_mode(""), ReadMode::Leader);
+        assert_eq!(read_mode("volatile?read=linearizable"), ReadMode::Linearizable);
+        assert_eq!(
+            read_mode("volatile?read=follower&max_staleness=250"),
+            ReadMode::Follower { max_staleness: Duration::from_millis(250) }
+        );
+        // Either order; a missing or unreadable bound is the default.
+        assert_eq!(
+            read_mode("volatile?max_staleness=7&read=follower"),
+            ReadMode::Follower { max_staleness: Duration::from_millis(7) }
+        );
+        assert_eq!(read_mode("volatile?read=follower"), ReadMode::Follower { max_staleness: DEFAULT_MAX_STALENESS });
+        assert_eq!(
+            read_mode("volatile?read=follower&max_staleness=soon"),
+            ReadMode::Follower { max_staleness: DEFAULT_MAX_STALENESS }
+        );
+        assert_eq!(read_mode("volatile?read=sometimes&max_staleness=5"), ReadMode::Leader);
+    }
 }

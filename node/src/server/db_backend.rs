@@ -101,7 +101,15 @@ impl SqlSession for DbSession {
         }
         let p = self.conn.prepare(sql).await.map_err(db_failure)?;
         let tail = sql.get(p.tail_offset as usize..).unwrap_or("");
-        Ok((p.id, PrepareInfo { params: p.params, tail_offset: p.tail_offset, has_tail: !is_blank(tail) }))
+        Ok((
+            p.id,
+            PrepareInfo {
+                params: p.params,
+                tail_offset: p.tail_offset,
+                has_tail: !is_blank(tail),
+                readonly: p.readonly,
+            },
+        ))
     }
 
     async fn exec(&mut self, target: Target<'_, u32>, params: Vec<Value>) -> Result<ExecResult, BackendError> {

@@ -34,3 +34,6 @@ pub const CONNECT_UNSUPPORTED: &str = "CONNECT is not supported: dqlite-rs peers
 pub const REQUEST_WHILE_STREAMING: &str = "a request arrived while a query was still streaming";
 /// 1001: a request larger than the server's limit (the connection is closed).
 pub const REQUEST_TOO_LARGE: &str = "request too large";
+/// A write (or DDL, PRAGMA setter, temp table...) on a connection opened for follower reads.
+pub const FOLLOWER_READ_ONLY: &str =
+    "this connection reads from a follower (read=follower) and is read-only: run writes through a connection without read=follower";

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use dqlite_raft::{NodeId, StateRole};
 use dqlite_wire::codes::{
-    SQLITE_BUSY, SQLITE_ERROR, SQLITE_IOERR, SQLITE_IOERR_LEADERSHIP_LOST, SQLITE_IOERR_NOT_LEADER,
+    SQLITE_BUSY, SQLITE_ERROR, SQLITE_IOERR, SQLITE_IOERR_FOLLOWER_STALE, SQLITE_IOERR_LEADERSHIP_LOST,
+    SQLITE_IOERR_NOT_LEADER,
 };
 use dqlite_wire::{failure, Role};
 
@@ -175,6 +176,25 @@ impl ClusterBackend for RuntimeCluster {
                 SQLITE_IOERR_NOT_LEADER,
                 "leadership not confirmed by a quorum in time for a linearizable read",
             )),
+        }
+    }
+
+    async fn follower_read(&self, max_staleness: std::time::Duration) -> Result<(), BackendError> {
+        let stale = |why: String| BackendError::new(SQLITE_IOERR_FOLLOWER_STALE, format!("follower too stale: {why}"));
+        if self.handle.is_stopped() {
+            return Err(stale("this node is stopped".into()));
+        }
+        // On a follower the wait is bounded by `follower_read` itself; on the leader it is a
+        // ReadIndex round, bounded here as a linearizable read is.
+        match tokio::time::timeout(READ_BARRIER_TIMEOUT, self.handle.follower_read(max_staleness)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RuntimeError::FollowerStale(reason))) => Err(stale(reason.to_string())),
+            // Leadership moved while the leader confirmed it: nothing ran, the read may be retried.
+            Ok(Err(RuntimeError::NotLeader { .. } | RuntimeError::LeadershipLost | RuntimeError::Stopped)) => {
+                Err(stale("leadership changed during the read".into()))
+            }
+            Ok(Err(e)) => Err(runtime_failure(e)),
+            Err(_) => Err(stale("leadership not confirmed by a quorum in time".into())),
         }
     }
 

@@ -1,6 +1,6 @@
 //! The peer protocol's bytes, without I/O: preamble, hello, hello reply, message frames.
 //!
-//! The layout is documented in `docs/peer-protocol.md` (format version 1). Every decoder here
+//! The layout is documented in `docs/peer-protocol.md` (format version 2). Every decoder here
 //! returns a [`FrameError`] on any input and never panics; sizes are checked before anything is
 //! allocated.
 
@@ -11,8 +11,9 @@ use dqlite_raft::{Message, MessageBody, NodeId};
 /// can route a connection by its first 8 bytes.
 pub const PEER_MAGIC: u64 = u64::from_le_bytes(*b"DQRSPEER");
 
-/// The peer framing format this build speaks.
-pub const FORMAT_VERSION: u32 = 1;
+/// The peer framing format this build speaks. Version 2 added `Heartbeat::leader_commit`
+/// (follower reads); a version-1 peer is refused at the handshake (status 1).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Length of the hello's fixed part in bytes (the sender's address follows).
 pub const HELLO_LEN: usize = 40;

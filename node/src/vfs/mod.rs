@@ -140,8 +140,15 @@ impl DbEntry {
     }
 }
 
-fn registry() -> MutexGuard<'static, HashMap<String, Arc<DbEntry>>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<String, Arc<DbEntry>>>> = OnceLock::new();
+#[derive(Default)]
+struct Registry {
+    entries: HashMap<String, Arc<DbEntry>>,
+    /// How many times the files of a directory were replaced ([`replace_dir`]).
+    replaced: HashMap<String, u64>,
+}
+
+fn registry() -> MutexGuard<'static, Registry> {
+    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
     REGISTRY.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -154,17 +161,45 @@ pub fn register_db(path: &str, hooks: Arc<dyn DbHooks>) -> Arc<DbEntry> {
         queue: WriteQueue::default(),
         conns: Mutex::new(HashMap::new()),
     });
-    registry().insert(path.to_string(), entry.clone());
+    registry().entries.insert(path.to_string(), entry.clone());
     entry
 }
 
 /// Forgets the database at `path` (its open connections keep their entry until they close).
 pub fn unregister_db(path: &str) {
-    registry().remove(path);
+    registry().entries.remove(path);
 }
 
 fn lookup(path: &str) -> Option<Arc<DbEntry>> {
-    registry().get(path).cloned()
+    registry().entries.get(path).cloned()
+}
+
+/// The directory part of a database path (as SQLite gives it to `xOpen`).
+fn parent_dir(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(d, _)| d)
+}
+
+/// Replaces every database file in directory `dir` (canonical): forgets the databases
+/// registered there and runs `swap` (which moves the old files away and the new ones in) with
+/// the registry locked.
+///
+/// A connection opened on the old files keeps its file descriptors, but SQLite opens a
+/// database's `-shm` by *path* when the connection first maps its wal-index. An old connection
+/// doing that after the swap would open the *new* files' `-shm` as a different database inode,
+/// take itself for the first user (POSIX locks do not conflict within a process) and truncate
+/// it under the new files' connections (SIGBUS in their mappings, a zeroed wal-index). So every
+/// wal-index map of a main-database file opened before the swap is refused afterwards with
+/// `SQLITE_IOERR_SHMOPEN` (such connections are stale: the db layer refuses their requests).
+pub fn replace_dir<R>(dir: &str, swap: impl FnOnce() -> R) -> R {
+    let mut reg = registry();
+    reg.entries.retain(|path, _| parent_dir(path) != dir);
+    *reg.replaced.entry(dir.to_string()).or_insert(0) += 1;
+    swap()
+}
+
+/// How many times `dir`'s files were replaced (registry locked by the caller).
+fn replaced_count(reg: &Registry, dir: &str) -> u64 {
+    reg.replaced.get(dir).copied().unwrap_or(0)
 }
 
 struct OrigVfs(*mut ffi::sqlite3_vfs);
@@ -228,6 +263,9 @@ struct VfsFile {
     /// `Arc::into_raw` of the database entry, or null.
     entry: *const DbEntry,
     conn: Option<ConnId>,
+    /// A main-database file: its directory and how many times that directory's files had been
+    /// replaced ([`replace_dir`]) before the file was opened.
+    main_dir: Option<(Box<str>, u64)>,
 }
 
 impl VfsFile {
@@ -294,9 +332,20 @@ unsafe extern "C" fn x_open(
                 kind: KIND_OTHER,
                 entry: std::ptr::null(),
                 conn: None,
+                main_dir: None,
             },
         );
     }
+    // Counted before the real open: a swap that happens after this count was taken may have
+    // given us either the old or the new file; both are then refused a wal-index (x_shm_map).
+    let main_dir = if !name.is_null() && flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
+        // SAFETY: SQLite filenames are NUL-terminated.
+        let path = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+        let dir = parent_dir(&path);
+        Some((Box::<str>::from(dir), replaced_count(&registry(), dir)))
+    } else {
+        None
+    };
     // SAFETY: `o` is the OS VFS; `real` has its szOsFile bytes; the other arguments are SQLite's.
     let rc = unsafe { ((*o).xOpen.expect("OS VFS has xOpen"))(o, name, real, flags, out_flags) };
     // SAFETY: `real` was just initialised (or left with null methods) by the OS VFS.
@@ -307,6 +356,7 @@ unsafe extern "C" fn x_open(
     }
     // SAFETY: we initialised the VfsFile above.
     let me = unsafe { &mut *vf };
+    me.main_dir = main_dir;
     if !name.is_null() {
         let kind = if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
             KIND_MAIN
@@ -381,6 +431,7 @@ unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
         }
         me.entry = std::ptr::null();
     }
+    me.main_dir = None;
     if let Ok(layout) = std::alloc::Layout::from_size_align(me.real_size, 16) {
         // SAFETY: allocated in x_open with this layout; the OS file is closed.
         unsafe { std::alloc::dealloc(me.real as *mut u8, layout) };
@@ -639,8 +690,23 @@ unsafe extern "C" fn x_shm_map(
     extend: c_int,
     pp: *mut *mut c_void,
 ) -> c_int {
-    // SAFETY: an open file of ours; delegating.
-    unsafe { (file(f).methods().xShmMap.expect("xShmMap"))(file(f).real, pg, sz, extend, pp) }
+    // SAFETY: an open file of ours.
+    let me = unsafe { file(f) };
+    let map = || {
+        // SAFETY: delegating with SQLite's own arguments.
+        unsafe { (me.methods().xShmMap.expect("xShmMap"))(me.real, pg, sz, extend, pp) }
+    };
+    let Some((dir, count)) = &me.main_dir else { return map() };
+    // Under the registry lock, so that the OS VFS opens the `-shm` (by path) either before a
+    // swap of the directory's files or, refused, after it (see `replace_dir`).
+    let reg = registry();
+    if replaced_count(&reg, dir) != *count {
+        tracing::debug!(dir = &**dir, "wal-index of a database file replaced by a snapshot install refused");
+        return ffi::SQLITE_IOERR_SHMOPEN;
+    }
+    let rc = map();
+    drop(reg);
+    rc
 }
 
 unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, ofst: c_int, n: c_int, flags: c_int) -> c_int {

@@ -255,11 +255,15 @@ fn session_thread(conn: Connection, rx: std_mpsc::Receiver<Cmd>) {
                     let first = &sql[..len];
                     let stmt = conn.prepare_cached(first).map_err(to_backend)?;
                     let params = stmt.parameter_count() as u64;
+                    let readonly = stmt.readonly();
                     drop(stmt);
                     let id = next_id;
                     next_id += 1;
                     stmts.insert(id, first.to_owned());
-                    Ok((id, PrepareInfo { params, tail_offset: len as u64, has_tail: !is_blank(&sql[len..]) }))
+                    Ok((
+                        id,
+                        PrepareInfo { params, tail_offset: len as u64, has_tail: !is_blank(&sql[len..]), readonly },
+                    ))
                 })();
                 let _ = reply.send(r);
             }

@@ -6,6 +6,9 @@
 pub const SQLITE_ERROR: u64 = 1;
 /// Database is locked / another writer / a configuration change is in progress.
 pub const SQLITE_BUSY: u64 = 5;
+/// Attempt to write a read-only database (also: a write on a dqlite-rs follower-read
+/// connection).
+pub const SQLITE_READONLY: u64 = 8;
 /// Generic I/O error ("leader exec failed").
 pub const SQLITE_IOERR: u64 = 10;
 /// "no database opened", "no statement with the given id".
@@ -16,6 +19,11 @@ pub const SQLITE_ROW: u64 = 100;
 pub const SQLITE_IOERR_NOT_LEADER: u64 = 10250;
 /// Leadership was lost while the request ran: the outcome of a commit is unknown (`10 | 41 << 8`).
 pub const SQLITE_IOERR_LEADERSHIP_LOST: u64 = 10506;
+/// dqlite-rs: a read on a connection opened for follower reads (`read=follower`) could not be
+/// served within its staleness bound: this node has not heard from the leader recently enough,
+/// or has not applied what the leader had committed (`10 | 43 << 8`). Nothing ran; the read
+/// may be retried (on this node later, on another one, or on the leader).
+pub const SQLITE_IOERR_FOLLOWER_STALE: u64 = 11018;
 /// Legacy not-leader code from old servers (`10 | 32 << 8`).
 pub const SQLITE_IOERR_NOT_LEADER_LEGACY: u64 = 8202;
 /// Legacy leadership-lost code from old servers (`10 | 33 << 8`).
