@@ -15,10 +15,11 @@ mod db_common;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use db_common::*;
-use dqlite_node::db::{pause_next_commit, Databases, DbConfig};
+use dqlite_node::db::{pause_next_commit, CommitPause, Databases, DbConfig, DbError};
 use dqlite_node::raft::{LogIndex, StateRole, Term};
 use dqlite_node::replication::{ProposeError, Proposed, Replicator, StateMachine};
 use dqlite_wire::Value;
@@ -79,6 +80,22 @@ fn held_row(sm: &Databases) -> i64 {
     count(&conn, "SELECT count(*) FROM t WHERE v = 'held'")
 }
 
+/// Inserts the row 'held' on node 0 from another thread and holds its writer in the window
+/// (after the apply of its entry `j`, before the publish). Returns the pause, the writer and
+/// `j`.
+fn hold_a_local_commit(c: &Cluster) -> (CommitPause, JoinHandle<Result<u64, DbError>>, LogIndex) {
+    let pause = pause_next_commit(&c.dir(0), "m.db").unwrap();
+    let h = c.handles[0].clone();
+    let writer = std::thread::spawn(move || {
+        let w = h.open("m.db").unwrap();
+        w.blocking_exec_sql("INSERT INTO t(v) VALUES ('held')", vec![]).map(|r| r.rows_affected)
+    });
+    assert!(pause.wait_reached(WAIT), "the writer never reached the window");
+    // The writer's entry is applied (that is what let it out of the commit wait).
+    c.wait_all_applied();
+    (pause, writer, LogIndex(c.last_index()))
+}
+
 /// M-DB4: a checkpoint that runs while the writer of the entry just applied has not yet written
 /// its frames must not count that commit as durable; a node crashing right then, restarted
 /// with its log compacted up to the durable index it reported, still holds the commit.
@@ -98,16 +115,7 @@ fn a_checkpoint_between_the_apply_and_the_publish_of_a_local_commit_keeps_it_off
     });
     assert_eq!(before.0, c.last_index(), "an idle node's checkpoint covers everything applied");
 
-    let pause = pause_next_commit(&c.dir(0), "m.db").unwrap();
-    let h = c.handles[0].clone();
-    let writer = std::thread::spawn(move || {
-        let w = h.open("m.db").unwrap();
-        w.blocking_exec_sql("INSERT INTO t(v) VALUES ('held')", vec![]).map(|r| r.rows_affected)
-    });
-    assert!(pause.wait_reached(WAIT), "the writer never reached the window");
-    // The writer's entry is applied (that is what let it out of the commit wait).
-    c.wait_all_applied();
-    let j = LogIndex(c.last_index());
+    let (pause, writer, j) = hold_a_local_commit(&c);
     // In the window: checkpoint, note the durable index (the runtime compacts up to it).
     let durable = c.on_sm(0, |sm| {
         sm.checkpoint_all().unwrap();
@@ -143,15 +151,7 @@ fn a_snapshot_between_the_apply_and_the_publish_of_a_local_commit_holds_it_or_is
     w.blocking_exec_sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)", vec![]).unwrap();
     w.blocking_exec_sql("INSERT INTO t(v) VALUES ('before')", vec![]).unwrap();
     c.wait_all_applied();
-    let pause = pause_next_commit(&c.dir(0), "m.db").unwrap();
-    let h = c.handles[0].clone();
-    let writer = std::thread::spawn(move || {
-        let w = h.open("m.db").unwrap();
-        w.blocking_exec_sql("INSERT INTO t(v) VALUES ('held')", vec![]).map(|r| r.rows_affected)
-    });
-    assert!(pause.wait_reached(WAIT), "the writer never reached the window");
-    c.wait_all_applied();
-    let j = LogIndex(c.last_index());
+    let (pause, writer, j) = hold_a_local_commit(&c);
     let snap = c.on_sm(0, |sm| {
         let mut out = Vec::new();
         sm.snapshot(&mut out).map(|i| (i, out)).map_err(|e| e.to_string())

@@ -4,63 +4,19 @@
 
 mod server_support;
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dqlite_node::db::DbConfig;
-use dqlite_node::node::{DataDir, Node, NodeConfig};
-use dqlite_node::wire::{NodeInfoFormat, Request, Response, Role, WireNodeId};
+use dqlite_node::wire::{Request, Response, WireNodeId};
+use server_support::nodes::{free_addr, init_tracing, leader_of, start_sqlite, three_sqlite_nodes, wait_for, BOUND};
 use server_support::RawClient;
 use sqlx::{Executor, Row};
 use sqlx_dqlite::DqlitePoolOptions;
 
-const BOUND: Duration = Duration::from_secs(30);
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-async fn start(dir: &Path, addr: SocketAddr, join: &[SocketAddr]) -> Node {
-    let data = DataDir::open(dir).unwrap();
-    let mut cfg = NodeConfig::new(addr.to_string());
-    cfg.join = join.iter().map(ToString::to_string).collect();
-    Node::start_sqlite(cfg, data, DbConfig::default()).await.unwrap()
-}
-
-async fn voters(addr: SocketAddr) -> usize {
-    let mut c = RawClient::connect(addr).await;
-    match c.request(&Request::Cluster { format: NodeInfoFormat::V1 }).await.decode() {
-        Response::Servers { nodes, .. } => nodes.iter().filter(|n| n.role == Some(Role::Voter)).count(),
-        other => panic!("{other:?}"),
-    }
-}
-
-async fn leader_of(addr: SocketAddr) -> u64 {
-    let mut c = RawClient::connect(addr).await;
-    match c.request(&Request::Leader).await.decode() {
-        Response::Server { id, .. } => id.0,
-        other => panic!("{other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_replicates_across_three_tcp_nodes() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let n1 = start(dirs[0].path(), addrs[0], &[]).await;
-    let n2 = start(dirs[1].path(), addrs[1], &[addrs[0]]).await;
-    let n3 = start(dirs[2].path(), addrs[2], &[addrs[0]]).await;
-    let deadline = Instant::now() + BOUND;
-    while voters(addrs[0]).await < 3 {
-        assert!(Instant::now() < deadline, "three voters in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    init_tracing();
+    let (dirs, addrs, nodes) = three_sqlite_nodes().await;
+    let [n1, n2, n3]: [_; 3] = nodes.try_into().ok().unwrap();
 
     let url = format!("dqlite://{}/app.db?peers={},{}", addrs[1], addrs[0], addrs[2]);
     let pool = DqlitePoolOptions::new().max_connections(2).connect(&url).await.unwrap();
@@ -78,7 +34,7 @@ async fn sql_replicates_across_three_tcp_nodes() {
     assert_eq!(n, 51);
 
     // Leadership moves; the pool follows it.
-    let leader = leader_of(addrs[0]).await;
+    let leader = leader_of(addrs[0]).await.0;
     let target = [n1.id().0, n2.id().0, n3.id().0].into_iter().find(|id| *id != leader).unwrap();
     let leader_addr = addrs[[n1.id().0, n2.id().0, n3.id().0].iter().position(|id| *id == leader).unwrap()];
     let mut c = RawClient::connect(leader_addr).await;
@@ -125,12 +81,9 @@ async fn query_sql_with_a_second_statement_is_refused_and_runs_nothing() {
     use dqlite_node::wire::{DbId, Params, Schema, ValueRef};
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let n = start(dir.path(), addr, &[]).await;
-    let deadline = Instant::now() + BOUND;
-    while leader_of(addr).await != n.id().0 {
-        assert!(Instant::now() < deadline, "the node leads in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let n = start_sqlite(dir.path(), addr, &[]).await;
+    let id = n.id().0;
+    wait_for("the node to lead", || async move { leader_of(addr).await.0 == id }).await;
     let mut c = RawClient::connect(addr).await;
     assert!(matches!(
         c.request(&Request::Open { name: "multi.db", flags: 0, vfs: "volatile" }).await.decode(),

@@ -6,38 +6,12 @@
 mod server_support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dqlite_node::db::DbConfig;
-use dqlite_node::node::{DataDir, Node, NodeConfig};
 use dqlite_node::raft::StateRole;
-use dqlite_node::wire::{NodeInfoFormat, Request, Response, Role};
-use server_support::RawClient;
+use server_support::nodes::{init_tracing, start_sqlite, three_sqlite_nodes, BOUND};
 use sqlx::Executor;
 use sqlx_dqlite::{DqliteConnectOptions, DqlitePoolOptions, ReadMode};
-
-const BOUND: Duration = Duration::from_secs(30);
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-async fn start(dir: &Path, addr: SocketAddr, join: &[SocketAddr]) -> Node {
-    let data = DataDir::open(dir).unwrap();
-    let mut cfg = NodeConfig::new(addr.to_string());
-    cfg.join = join.iter().map(ToString::to_string).collect();
-    Node::start_sqlite(cfg, data, DbConfig::default()).await.unwrap()
-}
-
-async fn voters(addr: SocketAddr) -> usize {
-    let mut c = RawClient::connect(addr).await;
-    match c.request(&Request::Cluster { format: NodeInfoFormat::V1 }).await.decode() {
-        Response::Servers { nodes, .. } => nodes.iter().filter(|n| n.role == Some(Role::Voter)).count(),
-        other => panic!("{other:?}"),
-    }
-}
 
 #[test]
 fn the_read_option_parses_and_round_trips() {
@@ -54,20 +28,8 @@ fn the_read_option_parses_and_round_trips() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linearizable_reads_see_acknowledged_writes_also_right_after_a_failover() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let mut nodes = vec![start(dirs[0].path(), addrs[0], &[]).await];
-    nodes.push(start(dirs[1].path(), addrs[1], &[addrs[0]]).await);
-    nodes.push(start(dirs[2].path(), addrs[2], &[addrs[0]]).await);
-    let deadline = Instant::now() + BOUND;
-    while voters(addrs[0]).await < 3 {
-        assert!(Instant::now() < deadline, "three voters in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    init_tracing();
+    let (_dirs, addrs, nodes) = three_sqlite_nodes().await;
     let url = format!("dqlite://{}/r.db?peers={},{}&read=linearizable", addrs[0], addrs[1], addrs[2]);
     let writer = DqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
     let reader = DqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
@@ -184,20 +146,8 @@ async fn still_works(pool: &sqlx_dqlite::DqlitePool, other: &sqlx_dqlite::Dqlite
 /// its ReadIndex round, leaves the connection usable and its answers right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linearizable_query_dropped_at_each_await_point_leaves_the_connection_right() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let mut nodes = vec![start(dirs[0].path(), addrs[0], &[]).await];
-    nodes.push(start(dirs[1].path(), addrs[1], &[addrs[0]]).await);
-    nodes.push(start(dirs[2].path(), addrs[2], &[addrs[0]]).await);
-    let deadline = Instant::now() + BOUND;
-    while voters(addrs[0]).await < 3 {
-        assert!(Instant::now() < deadline, "three voters in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    init_tracing();
+    let (_dirs, addrs, nodes) = three_sqlite_nodes().await;
     let url = format!("dqlite://{}/c.db?peers={},{}&read=linearizable", addrs[0], addrs[1], addrs[2]);
     let pool = DqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
     let other = DqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
@@ -225,20 +175,9 @@ async fn a_linearizable_query_dropped_at_each_await_point_leaves_the_connection_
 /// of the wait); the quorum comes back; the same connection (and pool) then answers right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linearizable_query_dropped_while_its_read_index_waits_for_a_quorum_leaves_the_pool_working() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let mut nodes = vec![Some(start(dirs[0].path(), addrs[0], &[]).await)];
-    nodes.push(Some(start(dirs[1].path(), addrs[1], &[addrs[0]]).await));
-    nodes.push(Some(start(dirs[2].path(), addrs[2], &[addrs[0]]).await));
-    let deadline = Instant::now() + BOUND;
-    while voters(addrs[0]).await < 3 {
-        assert!(Instant::now() < deadline, "three voters in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    init_tracing();
+    let (dirs, addrs, nodes) = three_sqlite_nodes().await;
+    let mut nodes: Vec<_> = nodes.into_iter().map(Some).collect();
     let url = format!("dqlite://{}/q.db?peers={},{}&read=linearizable", addrs[0], addrs[1], addrs[2]);
     let pool = DqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
     let other = DqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
@@ -291,7 +230,7 @@ async fn a_linearizable_query_dropped_while_its_read_index_waits_for_a_quorum_le
             }
         }
         for f in &followers {
-            nodes[*f] = Some(start(dirs[*f].path(), addrs[*f], &[]).await);
+            nodes[*f] = Some(start_sqlite(dirs[*f].path(), addrs[*f], &[]).await);
         }
         still_works(&pool, &other, &mut acked, &format!("queries dropped {drops:?} into their ReadIndex wait")).await;
     }

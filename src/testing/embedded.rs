@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use dqlite_node::embedded::{block_on_engine, EmbeddedError, EmbeddedNode, NodeBuilder};
 
 use super::real::{free_addr, unique_root_dir};
-use super::{probe, Cluster, LaunchError, Launcher, NodeProcess, Role, POLL_INTERVAL, PROBE_TIMEOUT};
+use super::{has_voters, wait_bootstrap_leader, Cluster, LaunchError, Launcher, NodeProcess, POLL_INTERVAL};
 
 /// The first members up to this many are voters (the node's default rule).
 const VOTERS: usize = 3;
@@ -62,17 +62,7 @@ impl EmbeddedDqlite {
         }
         let seed = nodes[0].address;
         nodes[0].start(self.node_start_timeout)?;
-        let start = Instant::now();
-        while probe::leader(seed, PROBE_TIMEOUT).ok().flatten() != Some(seed.to_string()) {
-            if start.elapsed() >= self.node_start_timeout {
-                return Err(LaunchError::Timeout {
-                    what: format!("node 0 ({seed}) to elect itself leader"),
-                    waited: start.elapsed(),
-                    detail: nodes[0].log_tail(4096),
-                });
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        wait_bootstrap_leader(&mut nodes[0], self.node_start_timeout)?;
         for node in nodes.iter_mut().skip(1) {
             node.join = Some(seed);
             node.start(self.node_start_timeout)?;
@@ -107,28 +97,12 @@ impl EmbeddedDqlite {
         }
     }
 
+    /// Waits until `VOTERS` nodes (or all, if fewer) are voters.
     fn wait_formed(&self, cluster: &mut Cluster, n_nodes: usize) -> Result<(), LaunchError> {
-        let voters_wanted = n_nodes.min(VOTERS);
-        let start = Instant::now();
-        let mut observed = String::from("nothing yet");
-        loop {
-            if let Ok(members) = cluster.members() {
-                let voters = members.iter().filter(|m| m.role == Role::Voter).count();
-                if voters == voters_wanted && members.len() == n_nodes {
-                    tracing::info!(n_nodes, waited = ?start.elapsed(), "embedded dqlite cluster formed");
-                    return Ok(());
-                }
-                observed = format!("configuration: {members:?}");
-            }
-            if start.elapsed() >= self.formation_timeout {
-                return Err(cluster.timeout(
-                    &format!("{voters_wanted} voters of {n_nodes}"),
-                    start.elapsed(),
-                    observed,
-                ));
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        let voters = n_nodes.min(VOTERS);
+        cluster.wait_formed(&format!("{voters} voters of {n_nodes}"), self.formation_timeout, |m| {
+            has_voters(m, n_nodes, voters)
+        })
     }
 }
 

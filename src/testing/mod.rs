@@ -47,6 +47,8 @@ pub use real::RealDqlite;
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Timeout of one probe request (connect, write, read) against one node.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a restarted node may take to answer requests again.
+pub(crate) const RESTART_TIMEOUT: Duration = Duration::from_secs(20);
 /// Environment variable selecting the launcher; see [`launcher_from_env`].
 pub const LAUNCHER_ENV: &str = "DQLITE_TEST_LAUNCHER";
 
@@ -358,6 +360,43 @@ impl Cluster {
         }
     }
 
+    /// Waits (bounded by `bound`) until the leader's configuration satisfies `formed`, failing
+    /// early if a node exits. `what` names the configuration wanted (in the timeout error).
+    /// Launchers call this once every node was started.
+    pub(crate) fn wait_formed(
+        &mut self,
+        what: &str,
+        bound: Duration,
+        formed: impl Fn(&[ServerInfo]) -> bool,
+    ) -> Result<(), LaunchError> {
+        let start = Instant::now();
+        let mut observed = String::from("nothing yet");
+        loop {
+            for i in 0..self.nodes.len() {
+                if !self.is_running(i) {
+                    return Err(LaunchError::NodeExited {
+                        node: i,
+                        address: self.address(i),
+                        during: "cluster formation".into(),
+                        log_tail: self.nodes[i].log_tail(4096),
+                    });
+                }
+            }
+            if let Ok(members) = self.members() {
+                if formed(&members) {
+                    tracing::info!(launcher = self.launcher, nodes = self.nodes.len(), waited = ?start.elapsed(),
+                        "cluster formed");
+                    return Ok(());
+                }
+                observed = format!("configuration: {members:?}");
+            }
+            if start.elapsed() >= bound {
+                return Err(self.timeout(what, start.elapsed(), observed));
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
     /// Builds a timeout error carrying the observation and each node's log tail.
     pub fn timeout(&self, what: &str, waited: Duration, observed: String) -> LaunchError {
         let mut detail = format!("last observation: {observed}");
@@ -374,6 +413,62 @@ impl Cluster {
             Err(LaunchError::Invalid(format!("node {i} out of range: cluster has {} nodes", self.nodes.len())))
         }
     }
+}
+
+/// Waits (bounded by `bound`) until `node`, started alone to bootstrap a cluster as node 0,
+/// names itself leader (the other nodes join it then); fails early if it exits.
+pub(crate) fn wait_bootstrap_leader(node: &mut dyn NodeProcess, bound: Duration) -> Result<(), LaunchError> {
+    let seed = node.address().to_string();
+    let what = format!("node 0 ({seed}) to elect itself leader");
+    wait_node(node, 0, "bootstrap", &what, bound, |r| matches!(r, Ok(Some(l)) if *l == seed))
+}
+
+/// Waits (bounded by `bound`) until restarted node `index` answers requests (LEADER); fails
+/// early if it exits.
+pub(crate) fn wait_restarted(node: &mut dyn NodeProcess, index: usize, bound: Duration) -> Result<(), LaunchError> {
+    let what = format!("restarted node {index} ({}) to answer requests", node.address());
+    wait_node(node, index, "restart", &what, bound, |r| r.is_ok())
+}
+
+/// Polls node `index`'s answer to LEADER until `ready` accepts it, bounded by `bound`; fails
+/// early (`during` names the phase) if the node exits, and on timeout names `what`.
+fn wait_node(
+    node: &mut dyn NodeProcess,
+    index: usize,
+    during: &str,
+    what: &str,
+    bound: Duration,
+    ready: impl Fn(&std::io::Result<Option<String>>) -> bool,
+) -> Result<(), LaunchError> {
+    let address = node.address();
+    let start = Instant::now();
+    loop {
+        if !node.is_running() {
+            return Err(LaunchError::NodeExited {
+                node: index,
+                address,
+                during: during.to_owned(),
+                log_tail: node.log_tail(4096),
+            });
+        }
+        if ready(&probe::leader(address, PROBE_TIMEOUT)) {
+            return Ok(());
+        }
+        if start.elapsed() >= bound {
+            return Err(LaunchError::Timeout {
+                what: what.to_owned(),
+                waited: start.elapsed(),
+                detail: node.log_tail(4096),
+            });
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// The configuration has exactly `n_nodes` members, `voters` of them voters (the rest
+/// standbys or spares, as the cluster's role management leaves them).
+pub(crate) fn has_voters(members: &[ServerInfo], n_nodes: usize, voters: usize) -> bool {
+    members.len() == n_nodes && members.iter().filter(|m| m.role == Role::Voter).count() == voters
 }
 
 /// Polls `condition` every [`POLL_INTERVAL`] until it returns `Some`, or fails with a timeout

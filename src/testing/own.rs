@@ -9,11 +9,14 @@
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::real::{find_in_path, free_addr, unique_root_dir};
 use super::supervised::{self, Supervised};
-use super::{probe, Cluster, LaunchError, Launcher, NodeProcess, Role, POLL_INTERVAL, PROBE_TIMEOUT};
+use super::{
+    has_voters, wait_bootstrap_leader, wait_restarted, Cluster, LaunchError, Launcher, NodeProcess, Role,
+    RESTART_TIMEOUT,
+};
 
 /// Environment variable overriding the `dqlited` path.
 pub const DQLITED_BIN_ENV: &str = "DQLITED_BIN";
@@ -84,23 +87,7 @@ impl OwnDqlite {
         }
         let seed = nodes[0].address;
         nodes[0].spawn(None)?;
-        let start = Instant::now();
-        loop {
-            if !nodes[0].is_running() {
-                return Err(nodes[0].exited("bootstrap"));
-            }
-            if probe::leader(seed, PROBE_TIMEOUT).ok().flatten() == Some(seed.to_string()) {
-                break;
-            }
-            if start.elapsed() >= self.node_start_timeout {
-                return Err(LaunchError::Timeout {
-                    what: format!("node 0 ({seed}) to elect itself leader"),
-                    waited: start.elapsed(),
-                    detail: nodes[0].log_tail(4096),
-                });
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        wait_bootstrap_leader(&mut nodes[0], self.node_start_timeout)?;
         for node in nodes.iter_mut().skip(1) {
             node.spawn(Some(seed))?;
         }
@@ -110,39 +97,12 @@ impl OwnDqlite {
         Ok(cluster)
     }
 
+    /// Waits until `VOTERS` nodes (or all, if fewer) are voters and the others standbys.
     fn wait_formed(&self, cluster: &mut Cluster, n_nodes: usize) -> Result<(), LaunchError> {
-        let voters_wanted = n_nodes.min(VOTERS);
-        let start = Instant::now();
-        let mut observed = String::from("nothing yet");
-        loop {
-            for i in 0..n_nodes {
-                if !cluster.is_running(i) {
-                    return Err(LaunchError::NodeExited {
-                        node: i,
-                        address: cluster.address(i),
-                        during: "cluster formation".into(),
-                        log_tail: cluster.nodes[i].log_tail(4096),
-                    });
-                }
-            }
-            if let Ok(members) = cluster.members() {
-                let voters = members.iter().filter(|m| m.role == Role::Voter).count();
-                let standbys = members.iter().filter(|m| m.role == Role::Standby).count();
-                if voters == voters_wanted && voters + standbys == n_nodes && members.len() == n_nodes {
-                    tracing::info!(n_nodes, waited = ?start.elapsed(), "own dqlite cluster formed");
-                    return Ok(());
-                }
-                observed = format!("configuration: {members:?}");
-            }
-            if start.elapsed() >= self.formation_timeout {
-                return Err(cluster.timeout(
-                    &format!("{voters_wanted} voters of {n_nodes}"),
-                    start.elapsed(),
-                    observed,
-                ));
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        let voters = n_nodes.min(VOTERS);
+        cluster.wait_formed(&format!("{voters} voters of {n_nodes}"), self.formation_timeout, |m| {
+            has_voters(m, n_nodes, voters) && m.iter().all(|s| matches!(s.role, Role::Voter | Role::Standby))
+        })
     }
 }
 
@@ -227,15 +187,6 @@ impl OwnNode {
         let log = self.log_path();
         sup.terminate(&log, TERM_TIMEOUT, || supervised::log_tail(&log, 4096))
     }
-
-    fn exited(&self, during: &str) -> LaunchError {
-        LaunchError::NodeExited {
-            node: self.index,
-            address: self.address,
-            during: during.to_owned(),
-            log_tail: self.log_tail(4096),
-        }
-    }
 }
 
 impl NodeProcess for OwnNode {
@@ -260,23 +211,8 @@ impl NodeProcess for OwnNode {
         }
         // The data directory holds the node id and the membership: no --join needed.
         self.spawn(None)?;
-        let start = Instant::now();
-        loop {
-            if !self.is_running() {
-                return Err(self.exited("restart"));
-            }
-            if probe::leader(self.address, PROBE_TIMEOUT).is_ok() {
-                return Ok(());
-            }
-            if start.elapsed() >= Duration::from_secs(20) {
-                return Err(LaunchError::Timeout {
-                    what: format!("restarted node {} ({}) to answer requests", self.index, self.address),
-                    waited: start.elapsed(),
-                    detail: self.log_tail(4096),
-                });
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        let index = self.index;
+        wait_restarted(self, index, RESTART_TIMEOUT)
     }
 
     fn is_running(&mut self) -> bool {

@@ -18,10 +18,12 @@ use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::supervised::{self, Supervised};
-use super::{probe, Cluster, LaunchError, Launcher, NodeProcess, Role, POLL_INTERVAL, PROBE_TIMEOUT};
+use super::{
+    has_voters, wait_bootstrap_leader, wait_restarted, Cluster, LaunchError, Launcher, NodeProcess, RESTART_TIMEOUT,
+};
 
 /// Environment variable overriding the `dqlite-demo` path.
 pub const DEMO_BIN_ENV: &str = "DQLITE_DEMO_BIN";
@@ -76,23 +78,7 @@ impl RealDqlite {
         // The first node bootstraps the cluster and must be leader before others join it.
         let seed = nodes[0].db;
         nodes[0].spawn(None)?;
-        let start = Instant::now();
-        loop {
-            if !nodes[0].is_running() {
-                return Err(nodes[0].exited("bootstrap"));
-            }
-            if probe::leader(seed, PROBE_TIMEOUT).ok().flatten() == Some(seed.to_string()) {
-                break;
-            }
-            if start.elapsed() >= self.node_start_timeout {
-                return Err(LaunchError::Timeout {
-                    what: format!("node 0 ({seed}) to elect itself leader"),
-                    waited: start.elapsed(),
-                    detail: nodes[0].log_tail(4096),
-                });
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        wait_bootstrap_leader(&mut nodes[0], self.node_start_timeout)?;
         for node in nodes.iter_mut().skip(1) {
             node.spawn(Some(seed))?;
         }
@@ -107,32 +93,7 @@ impl RealDqlite {
 
     /// Waits until every node is a voter, failing early if a node exits.
     fn wait_formed(&self, cluster: &mut Cluster, n_nodes: usize) -> Result<(), LaunchError> {
-        let start = Instant::now();
-        let mut observed = String::from("nothing yet");
-        loop {
-            for i in 0..n_nodes {
-                if !cluster.is_running(i) {
-                    return Err(LaunchError::NodeExited {
-                        node: i,
-                        address: cluster.address(i),
-                        during: "cluster formation".into(),
-                        log_tail: cluster.nodes[i].log_tail(4096),
-                    });
-                }
-            }
-            if let Ok(members) = cluster.members() {
-                let voters = members.iter().filter(|m| m.role == Role::Voter).count();
-                if voters == n_nodes && members.len() == n_nodes {
-                    tracing::info!(n_nodes, waited = ?start.elapsed(), "real dqlite cluster formed");
-                    return Ok(());
-                }
-                observed = format!("configuration: {members:?}");
-            }
-            if start.elapsed() >= self.formation_timeout {
-                return Err(cluster.timeout(&format!("{n_nodes} voters"), start.elapsed(), observed));
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        cluster.wait_formed(&format!("{n_nodes} voters"), self.formation_timeout, |m| has_voters(m, n_nodes, n_nodes))
     }
 }
 
@@ -208,15 +169,6 @@ impl DemoNode {
             None => Ok(()),
         }
     }
-
-    fn exited(&self, during: &str) -> LaunchError {
-        LaunchError::NodeExited {
-            node: self.index,
-            address: self.db,
-            during: during.to_owned(),
-            log_tail: self.log_tail(4096),
-        }
-    }
 }
 
 impl NodeProcess for DemoNode {
@@ -245,23 +197,8 @@ impl NodeProcess for DemoNode {
         }
         // The data directory remembers the cluster; no --join needed.
         self.spawn(None)?;
-        let start = Instant::now();
-        loop {
-            if !self.is_running() {
-                return Err(self.exited("restart"));
-            }
-            if probe::leader(self.db, PROBE_TIMEOUT).is_ok() {
-                return Ok(());
-            }
-            if start.elapsed() >= Duration::from_secs(20) {
-                return Err(LaunchError::Timeout {
-                    what: format!("restarted node {} ({}) to answer requests", self.index, self.db),
-                    waited: start.elapsed(),
-                    detail: self.log_tail(4096),
-                });
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        let index = self.index;
+        wait_restarted(self, index, RESTART_TIMEOUT)
     }
 
     fn is_running(&mut self) -> bool {

@@ -2,6 +2,7 @@
 //! started server, and a raw wire client.
 #![allow(dead_code)]
 
+pub mod nodes;
 pub mod sqlite;
 
 use std::net::SocketAddr;
