@@ -998,8 +998,18 @@ impl Databases {
             st.pending = Pending::GaveUp(SQLITE_IOERR_LEADERSHIP_LOST);
             shared.cv.notify_all();
         }
+        // Its writer may have given up on this very entry (commit timeout) after
+        // `resolve_unresolved` looked and before this lock: the entry committed, so once its
+        // frames are applied the outcome is known. Left unresolved, the write gate would stay
+        // closed until some later entry of any database is applied (none may ever come).
+        let late = st.unresolved.is_some_and(|p| p.index == index && p.term == e.term);
         drop(st);
-        applier.append(index, fe).map_err(|r| err(format!("database {}: {r}", fe.db)))
+        applier.append(index, fe).map_err(|r| err(format!("database {}: {r}", fe.db)))?;
+        if late {
+            tracing::info!(db = fe.db, index = index.0, "a commit with unknown outcome did commit; applied");
+            Self::resolved(&shared);
+        }
+        Ok(())
     }
 
     /// Whether a snapshot copy is under way (checkpoints wait until it is done).
