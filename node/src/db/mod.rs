@@ -248,6 +248,26 @@ impl DbShared {
         lock(&self.entry).clone()
     }
 
+    /// Waits until `deadline` for the writer of an applied local commit to publish it
+    /// (`write_unlocked`); false if one is still unpublished then.
+    fn wait_published<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, DbState>,
+        deadline: Instant,
+    ) -> (MutexGuard<'a, DbState>, bool) {
+        while st.unpublished.is_some() {
+            let now = Instant::now();
+            if now >= deadline {
+                return (st, false);
+            }
+            st = match self.cv.wait_timeout(st, (deadline - now).min(Duration::from_millis(20))) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        (st, true)
+    }
+
     /// Wakes the writers waiting at the write lock (the gate of `writes_allowed` may be open).
     /// Never called with `st` held (the queue's lock is taken before `st`).
     fn writers_may_go(&self) {
@@ -726,17 +746,9 @@ impl Applier {
             let mut st = lock(&shared.st);
             if st.unpublished.is_some() {
                 st.ckpt_gate = true;
-                let deadline = Instant::now() + PUBLISH_WAIT;
-                while st.unpublished.is_some() {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break;
-                    }
-                    st = match shared.cv.wait_timeout(st, deadline - now) {
-                        Ok((g, _)) => g,
-                        Err(p) => p.into_inner().0,
-                    };
-                }
+                // On time-out the checkpoint leaves the unpublished commit out, as always.
+                let (st, _) = shared.wait_published(st, Instant::now() + PUBLISH_WAIT);
+                drop(st);
                 true
             } else {
                 false

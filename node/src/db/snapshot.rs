@@ -124,20 +124,13 @@ impl Drop for ImageCopy {
 
 /// Waits (bounded) until no applied local commit of `d` is still being published by its writer.
 fn wait_published(d: &DbShared) -> Result<(), DbError> {
-    let deadline = Instant::now() + PUBLISH_WAIT;
-    let mut st = lock(&d.st);
-    while st.unpublished.is_some() {
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(DbError::sql(
-                libsqlite3_sys::SQLITE_BUSY,
-                format!("database {}: a commit is still being published: snapshot taken again later", d.name),
-            ));
-        }
-        st = match d.cv.wait_timeout(st, (deadline - now).min(Duration::from_millis(20))) {
-            Ok((g, _)) => g,
-            Err(p) => p.into_inner().0,
-        };
+    let (st, published) = d.wait_published(lock(&d.st), Instant::now() + PUBLISH_WAIT);
+    drop(st);
+    if !published {
+        return Err(DbError::sql(
+            libsqlite3_sys::SQLITE_BUSY,
+            format!("database {}: a commit is still being published: snapshot taken again later", d.name),
+        ));
     }
     Ok(())
 }
