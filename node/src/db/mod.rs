@@ -220,6 +220,11 @@ struct DbState {
     /// backfilled when the next writer starts and SQLite restarts it (see
     /// [`Applier::checkpoint_for_restart`]).
     ckpt_gate: bool,
+    /// A committed entry that this node could not write to its WAL (`write_through_failed`):
+    /// the local files lack it. Writes stay refused, `unpublished` stays set (no checkpoint
+    /// or snapshot point counts it), and the next apply stops the node's state machine with
+    /// this reason; a restart applies the entry again from the log.
+    lost_write: Option<String>,
     failures: HashMap<ConnId, CaptureFailure>,
 }
 
@@ -442,12 +447,45 @@ impl DbHooks for DbShared {
         // A transaction that began now could not see the unresolved entry, which may still
         // commit: writers wait until its fate is known (and, if it committed, it is applied).
         let st = lock(&self.st);
-        st.unresolved.is_none() && !st.ckpt_gate
+        st.unresolved.is_none() && !st.ckpt_gate && st.lost_write.is_none()
+    }
+
+    fn write_through_failed(&self, conn: ConnId, rc: c_int) -> c_int {
+        let mut st = lock(&self.st);
+        let index = st.unpublished.filter(|_| st.writer == Some(conn));
+        let reason = format!(
+            "database {}: committed entry {} could not be written to the local WAL (SQLite code {rc}; disk full?): \
+             this node stops applying; a restart applies it again from the log",
+            self.name,
+            index.map_or_else(|| "?".to_string(), |i| i.0.to_string()),
+        );
+        tracing::error!(db = self.name, rc, "{reason}");
+        st.lost_write.get_or_insert(reason);
+        self.cv.notify_all();
+        let msg = format!(
+            "the commit is in the Raft log but this node could not write it to its WAL (SQLite code {rc}); \
+             the other nodes apply it, this one after a restart: its outcome is committed"
+        );
+        let code = match self.fail(&mut st, conn, SQLITE_IOERR_LEADERSHIP_LOST, msg) {
+            Err(code) => code,
+            Ok(()) => SQLITE_IOERR_LEADERSHIP_LOST,
+        };
+        drop(st);
+        // The state machine stops at its next apply (`Databases::apply`): a barrier entry
+        // makes that next apply come now, so this node steps down at once instead of serving
+        // a state that lacks a committed entry until some other write arrives.
+        let term = lock(&self.node.role).ready_term;
+        if let Some(t) = term {
+            if let Err(e) = self.node.replicator.propose(entry::encode_barrier(t)) {
+                tracing::debug!(db = self.name, error = %e, "no barrier after the lost write");
+            }
+        }
+        code
     }
 
     fn write_unlocked(&self, conn: ConnId) {
         let mut st = lock(&self.st);
-        if st.writer == Some(conn) && st.unpublished.is_some() {
+        if st.writer == Some(conn) && st.unpublished.is_some() && st.lost_write.is_none() {
             st.unpublished = None;
             // A threshold checkpoint or a snapshot point (`snapshot::wait_published`) may be
             // waiting for this publication.
@@ -514,6 +552,7 @@ impl NodeShared {
                 writer: None,
                 unpublished: None,
                 ckpt_gate: false,
+                lost_write: None,
                 failures: HashMap::new(),
             }),
             cv: Condvar::new(),
@@ -1107,6 +1146,11 @@ impl StateMachine for Databases {
     fn apply(&mut self, e: &RaftEntry) -> Result<(), ApplyError> {
         if e.index <= self.applied || e.kind != EntryKind::Command {
             return Ok(());
+        }
+        for d in lock(&self.node.dbs).values() {
+            if let Some(reason) = &lock(&d.st).lost_write {
+                return Err(ApplyError { index: e.index, reason: reason.clone() });
+            }
         }
         let decoded = entry::decode(&e.data)
             .map_err(|err| ApplyError { index: e.index, reason: format!("undecodable entry: {err}") })?;

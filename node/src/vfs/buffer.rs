@@ -76,6 +76,31 @@ impl WalBuffer {
         self.pieces.iter().map(|(k, v)| (*k, v.as_slice()))
     }
 
+    /// The buffered bytes before `end`, merged into runs of adjacent pieces of at most
+    /// `max_run` bytes each (a run ends at a gap), in offset order: what a write-through
+    /// writes with one system call per run instead of one per piece (SQLite writes each
+    /// frame as two pieces, its header and its page).
+    pub(crate) fn runs(&self, end: u64, max_run: usize) -> Vec<(u64, Vec<u8>)> {
+        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+        for (&off, piece) in self.pieces.range(..end) {
+            let piece = &piece[..(piece.len() as u64).min(end - off) as usize];
+            let mut rest = piece;
+            let mut at = off;
+            while !rest.is_empty() {
+                let extend = runs.last().is_some_and(|(o, r)| o + r.len() as u64 == at && r.len() < max_run);
+                if !extend {
+                    runs.push((at, Vec::with_capacity(rest.len().min(max_run))));
+                }
+                let Some((_, run)) = runs.last_mut() else { break };
+                let take = (max_run - run.len()).min(rest.len());
+                run.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                at += take as u64;
+            }
+        }
+        runs
+    }
+
     /// Total buffered bytes.
     #[cfg(test)]
     pub(crate) fn len_bytes(&self) -> usize {
@@ -101,5 +126,33 @@ mod tests {
         assert_eq!(out, [9, 3, 3, 3, 3, 3, 3, 3, 3, 1, 2, 2, 1, 1, 1, 1]);
         assert_eq!(b.end(), 20);
         assert_eq!(b.len_bytes(), 15);
+    }
+
+    #[test]
+    fn runs_merge_adjacent_pieces_split_at_gaps_and_at_the_bound() {
+        let mut b = WalBuffer::default();
+        b.write(0, &[1; 4]);
+        b.write(4, &[2; 6]);
+        b.write(10, &[3; 3]);
+        b.write(20, &[4; 5]);
+        b.write(30, &[5; 2]);
+        // Everything before 32, at most 8 bytes a run.
+        let runs = b.runs(32, 8);
+        let want: Vec<(u64, Vec<u8>)> = vec![
+            (0, vec![1, 1, 1, 1, 2, 2, 2, 2]),
+            (8, vec![2, 2, 3, 3, 3]),
+            (20, vec![4; 5]),
+            (30, vec![5; 2]),
+        ];
+        assert_eq!(runs, want);
+        // `end` cuts the piece it falls in and drops the later ones.
+        assert_eq!(b.runs(22, 64), vec![(0, [vec![1; 4], vec![2; 6], vec![3; 3]].concat()), (20, vec![4, 4])]);
+        // The runs hold exactly the bytes `overlay` sees.
+        let mut out = [0u8; 32];
+        b.overlay(0, &mut out);
+        for (off, run) in b.runs(32, 3) {
+            assert_eq!(&out[off as usize..off as usize + run.len()], &run[..]);
+        }
+        assert!(WalBuffer::default().runs(100, 8).is_empty());
     }
 }

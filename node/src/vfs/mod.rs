@@ -25,6 +25,7 @@
 #![allow(unsafe_code)]
 
 mod buffer;
+pub mod fault;
 pub(crate) mod queue;
 
 use std::collections::HashMap;
@@ -87,6 +88,12 @@ pub trait DbHooks: Send + Sync + 'static {
     /// `conn` released the WAL write lock (or closed): whatever it committed is published in
     /// the wal-index.
     fn write_unlocked(&self, _conn: ConnId) {}
+    /// Writing a commit that [`commit`](Self::commit) let through (its entry is committed)
+    /// to the WAL failed with `rc` (disk full, I/O error): SQLite rolls the transaction back
+    /// locally although it is committed. Returns the code the writer gets.
+    fn write_through_failed(&self, _conn: ConnId, rc: c_int) -> c_int {
+        rc
+    }
     /// Whether client connections may take the WAL write lock now (priority connections always
     /// may). While false, writers wait in the queue, bounded by their busy timeout; call
     /// [`DbEntry::wake_writers`] when it turns true.
@@ -522,6 +529,10 @@ fn real_write(me: &VfsFile, off: u64, data: &[u8]) -> c_int {
     }
 }
 
+/// The most bytes one write of the write-through carries (the unix VFS writes at most 128 KiB
+/// minus one byte in one call: `seekAndWriteFd` masks the length with 0x1ffff).
+const WRITE_THROUGH_RUN: usize = 64 << 10;
+
 /// The capture at a commit's WAL sync: parse the buffered frames, hand them to the hooks and
 /// write them through (or drop them).
 fn commit_sync(me: &VfsFile, entry: &DbEntry, id: ConnId) -> Option<c_int> {
@@ -586,17 +597,13 @@ fn commit_sync(me: &VfsFile, entry: &DbEntry, id: ConnId) -> Option<c_int> {
     let end = WAL_HDR_BYTES + (commit + 1) * frame_bytes;
     match entry.hooks.commit(id, capture) {
         Ok(()) => {
-            for (off, piece) in buf.pieces() {
-                if off >= end {
-                    break;
-                }
-                let len = (piece.len() as u64).min(end - off) as usize;
-                for (k, chunk) in piece[..len].chunks(64 * 1024).enumerate() {
-                    let rc = real_write(me, off + (k * 64 * 1024) as u64, chunk);
-                    if rc != ffi::SQLITE_OK {
-                        tracing::error!(db = entry.path, rc, "writing committed frames to the WAL failed");
-                        return Some(rc);
-                    }
+            // One write per run of adjacent frames (the writer still holds the write lock:
+            // this is on the commit path of the next writer too).
+            for (off, run) in buf.runs(end, WRITE_THROUGH_RUN) {
+                let rc = if fault::write_through_fails(&entry.path) { ffi::SQLITE_FULL } else { real_write(me, off, &run) };
+                if rc != ffi::SQLITE_OK {
+                    tracing::error!(db = entry.path, rc, "writing committed frames to the WAL failed");
+                    return Some(entry.hooks.write_through_failed(id, rc));
                 }
             }
             Some(ffi::SQLITE_OK)
