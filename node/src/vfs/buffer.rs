@@ -138,12 +138,8 @@ mod tests {
         b.write(30, &[5; 2]);
         // Everything before 32, at most 8 bytes a run.
         let runs = b.runs(32, 8);
-        let want: Vec<(u64, Vec<u8>)> = vec![
-            (0, vec![1, 1, 1, 1, 2, 2, 2, 2]),
-            (8, vec![2, 2, 3, 3, 3]),
-            (20, vec![4; 5]),
-            (30, vec![5; 2]),
-        ];
+        let want: Vec<(u64, Vec<u8>)> =
+            vec![(0, vec![1, 1, 1, 1, 2, 2, 2, 2]), (8, vec![2, 2, 3, 3, 3]), (20, vec![4; 5]), (30, vec![5; 2])];
         assert_eq!(runs, want);
         // `end` cuts the piece it falls in and drops the later ones.
         assert_eq!(b.runs(22, 64), vec![(0, [vec![1; 4], vec![2; 6], vec![3; 3]].concat()), (20, vec![4, 4])]);
