@@ -600,7 +600,8 @@ fn commit_sync(me: &VfsFile, entry: &DbEntry, id: ConnId) -> Option<c_int> {
             // One write per run of adjacent frames (the writer still holds the write lock:
             // this is on the commit path of the next writer too).
             for (off, run) in buf.runs(end, WRITE_THROUGH_RUN) {
-                let rc = if fault::write_through_fails(&entry.path) { ffi::SQLITE_FULL } else { real_write(me, off, &run) };
+                let rc =
+                    if fault::write_through_fails(&entry.path) { ffi::SQLITE_FULL } else { real_write(me, off, &run) };
                 if rc != ffi::SQLITE_OK {
                     tracing::error!(db = entry.path, rc, "writing committed frames to the WAL failed");
                     return Some(entry.hooks.write_through_failed(id, rc));
