@@ -990,6 +990,8 @@ impl Databases {
             }
             return Ok(());
         }
+        // Test hook (feature `harness`): holds the apply thread here, past `resolve_unresolved`.
+        pause::before_apply(&shared.path);
         // Our own pending proposal?
         let mut st = lock(&shared.st);
         while st.pending == Pending::Proposing {
@@ -1232,4 +1234,4 @@ impl SnapshotCopy for ImageCopy {
 
 mod pause;
 #[cfg(feature = "harness")]
-pub use pause::{pause_next_commit, CommitPause};
+pub use pause::{pause_next_apply, pause_next_commit, CommitPause};
