@@ -11,15 +11,19 @@
 //!   entry is matched against the local writer's pending commit (`apply_frames`). A test lets
 //!   the writer's commit timeout expire inside it (`node/tests/db_late_unresolved.rs`, row
 //!   M-DB5).
+//! * [`pause_next_unlock`]: a connection that releases the write lock, after the VFS released
+//!   it (the next writer may take it) and before the db layer notes the release
+//!   (`DbHooks::write_unlocked`). A test lets a second writer reach its commit inside it
+//!   (`node/tests/db_publish_race.rs`, row M-DB6).
 //!
 //! Without the feature the hooks compile to nothing; with it, a hook with nothing armed costs
 //! one atomic load.
 
 #[cfg(feature = "harness")]
-pub use imp::{pause_next_apply, pause_next_commit, CommitPause};
+pub use imp::{pause_next_apply, pause_next_commit, pause_next_unlock, CommitPause};
 
 #[cfg(feature = "harness")]
-pub(crate) use imp::{after_commit, before_apply};
+pub(crate) use imp::{after_commit, before_apply, on_unlock};
 
 /// Without the feature: nothing pauses.
 #[cfg(not(feature = "harness"))]
@@ -30,6 +34,11 @@ pub(crate) fn after_commit(_db_path: &std::path::Path) {}
 #[cfg(not(feature = "harness"))]
 #[inline(always)]
 pub(crate) fn before_apply(_db_path: &std::path::Path) {}
+
+/// Without the feature: nothing pauses.
+#[cfg(not(feature = "harness"))]
+#[inline(always)]
+pub(crate) fn on_unlock(_db_path: &std::path::Path) {}
 
 #[cfg(feature = "harness")]
 mod imp {
@@ -67,6 +76,8 @@ mod imp {
         AfterCommit,
         /// [`before_apply`].
         BeforeApply,
+        /// [`on_unlock`].
+        OnUnlock,
     }
 
     /// Armed pauses, by point and database file path (canonical data directory + `db/` + name).
@@ -103,6 +114,15 @@ mod imp {
     /// [`CommitPause::release`] or the pause is dropped; the writer's commit timeout runs on.
     pub fn pause_next_apply(data_dir: &Path, db: &str) -> std::io::Result<CommitPause> {
         arm(Point::BeforeApply, data_dir, db)
+    }
+
+    /// Arms a pause: the next connection of database `db` of the node whose data directory is
+    /// `data_dir` that releases the write lock stops after the VFS released it (the lock is
+    /// free: the next writer may take it and commit) and before the db layer notes the release
+    /// (`DbHooks::write_unlocked`). It waits there until [`CommitPause::release`] or the pause
+    /// is dropped.
+    pub fn pause_next_unlock(data_dir: &Path, db: &str) -> std::io::Result<CommitPause> {
+        arm(Point::OnUnlock, data_dir, db)
     }
 
     fn arm(point: Point, data_dir: &Path, db: &str) -> std::io::Result<CommitPause> {
@@ -161,6 +181,16 @@ mod imp {
     /// for that database is armed (once per pause).
     pub(crate) fn before_apply(db_path: &Path) {
         hold(Point::BeforeApply, db_path, "test pause: apply thread held before a frames entry");
+    }
+
+    /// Called by a connection of `db_path` that released the write lock, before the db layer
+    /// notes it: holds it while a pause for that database is armed (once per pause).
+    pub(crate) fn on_unlock(db_path: &Path) {
+        hold(
+            Point::OnUnlock,
+            db_path,
+            "test pause: connection held between the release of the write lock and its note",
+        );
     }
 
     fn hold(point: Point, db_path: &Path, what: &'static str) {
