@@ -8,7 +8,7 @@
 //! steps down instead of serving a state that lacks a committed write, and (d) after a restart
 //! apply the entry again from the log and hold exactly what the others hold. Found while
 //! changing the write-through (writes larger than the unix VFS takes in one call failed with
-//! SQLITE_FULL after the commit); catalogue row M-DB5 in `MUTANTS.md`.
+//! SQLITE_FULL after the commit); catalogue row M-DB7 in `MUTANTS.md`.
 
 mod db_common;
 

@@ -318,6 +318,20 @@ impl DbHooks for DbShared {
         };
         {
             let mut st = lock(&self.st);
+            if let Some(reason) = &st.lost_write {
+                // The local files lack a committed entry: nothing may be computed on them.
+                let msg = reason.clone();
+                return self.fail(&mut st, conn, libsqlite3_sys::SQLITE_IOERR_WRITE, msg);
+            }
+            if st.unpublished.take().is_some() {
+                // The previous local commit is published: its writer released the write lock
+                // (SQLite does that after writing the wal-index), which this one now holds. Its
+                // `write_unlocked` may not have run yet (the VFS lets the next writer go first)
+                // and would not match `writer` below: left set, a snapshot point or threshold
+                // checkpoint would wait (5 s) for a publication that cannot come while this
+                // commit waits for the apply thread.
+                self.cv.notify_all();
+            }
             if let Some(p) = st.unresolved {
                 let msg = format!(
                     "an earlier commit of this database (entry {}) has an unknown outcome; retry later",
@@ -484,6 +498,8 @@ impl DbHooks for DbShared {
     }
 
     fn write_unlocked(&self, conn: ConnId) {
+        // Test hook (feature `harness`): the write lock is free already, the next writer may go.
+        pause::on_unlock(&self.path);
         let mut st = lock(&self.st);
         if st.writer == Some(conn) && st.unpublished.is_some() && st.lost_write.is_none() {
             st.unpublished = None;
@@ -1029,6 +1045,8 @@ impl Databases {
             }
             return Ok(());
         }
+        // Test hook (feature `harness`): holds the apply thread here, past `resolve_unresolved`.
+        pause::before_apply(&shared.path);
         // Our own pending proposal?
         let mut st = lock(&shared.st);
         while st.pending == Pending::Proposing {
@@ -1276,4 +1294,4 @@ impl SnapshotCopy for ImageCopy {
 
 mod pause;
 #[cfg(feature = "harness")]
-pub use pause::{pause_next_commit, CommitPause};
+pub use pause::{pause_next_apply, pause_next_commit, pause_next_unlock, CommitPause};

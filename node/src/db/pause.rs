@@ -1,22 +1,44 @@
-//! Test support (feature `harness`): hold a local writer inside the window between the apply
-//! of its own entry and the moment its frames reach the WAL and the wal-index.
+//! Test support (feature `harness`): hold a thread inside a window of the commit path that
+//! lasts microseconds in production, so that a test can run something inside it.
 //!
-//! In that window the apply thread has counted the commit (`commits_in_gen`, `unpublished`),
-//! but the WAL file does not hold its frames yet and the write lock is still held. It lasts
-//! microseconds in production; a test widens it on purpose to run a checkpoint, a snapshot or
-//! a crash inside it (`node/tests/db_checkpoint.rs`, catalogue row M-DB4 in
-//! `node/tests/MUTANTS.md`). Without the feature the hook compiles to nothing.
+//! * [`pause_next_commit`]: a local writer, between the apply of its own entry and the moment
+//!   its frames reach the WAL and the wal-index. In that window the apply thread has counted
+//!   the commit (`commits_in_gen`, `unpublished`), but the WAL file does not hold its frames
+//!   yet and the write lock is still held. A test runs a checkpoint, a snapshot or a crash
+//!   inside it (`node/tests/db_checkpoint.rs`, catalogue row M-DB4 in `node/tests/MUTANTS.md`).
+//! * [`pause_next_apply`]: the apply thread, on a frames entry of the database, after the
+//!   unknown outcomes were resolved up to that entry (`resolve_unresolved`) and before the
+//!   entry is matched against the local writer's pending commit (`apply_frames`). A test lets
+//!   the writer's commit timeout expire inside it (`node/tests/db_late_unresolved.rs`, row
+//!   M-DB5).
+//! * [`pause_next_unlock`]: a connection that releases the write lock, after the VFS released
+//!   it (the next writer may take it) and before the db layer notes the release
+//!   (`DbHooks::write_unlocked`). A test lets a second writer reach its commit inside it
+//!   (`node/tests/db_publish_race.rs`, row M-DB6).
+//!
+//! Without the feature the hooks compile to nothing; with it, a hook with nothing armed costs
+//! one atomic load.
 
 #[cfg(feature = "harness")]
-pub use imp::{pause_next_commit, CommitPause};
+pub use imp::{pause_next_apply, pause_next_commit, pause_next_unlock, CommitPause};
 
 #[cfg(feature = "harness")]
-pub(crate) use imp::after_commit;
+pub(crate) use imp::{after_commit, before_apply, on_unlock};
 
 /// Without the feature: nothing pauses.
 #[cfg(not(feature = "harness"))]
 #[inline(always)]
 pub(crate) fn after_commit(_db_path: &std::path::Path) {}
+
+/// Without the feature: nothing pauses.
+#[cfg(not(feature = "harness"))]
+#[inline(always)]
+pub(crate) fn before_apply(_db_path: &std::path::Path) {}
+
+/// Without the feature: nothing pauses.
+#[cfg(not(feature = "harness"))]
+#[inline(always)]
+pub(crate) fn on_unlock(_db_path: &std::path::Path) {}
 
 #[cfg(feature = "harness")]
 mod imp {
@@ -47,13 +69,25 @@ mod imp {
         m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Armed pauses, by database file path (canonical data directory + `db/` + name).
-    static ARMED: Mutex<Vec<(PathBuf, Arc<Gate>)>> = Mutex::new(Vec::new());
+    /// Where a pause holds its thread.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Point {
+        /// [`after_commit`].
+        AfterCommit,
+        /// [`before_apply`].
+        BeforeApply,
+        /// [`on_unlock`].
+        OnUnlock,
+    }
+
+    /// Armed pauses, by point and database file path (canonical data directory + `db/` + name).
+    static ARMED: Mutex<Vec<(Point, PathBuf, Arc<Gate>)>> = Mutex::new(Vec::new());
     /// `ARMED.len()`, read without the lock: a commit with nothing armed pays one atomic load
     /// (benchmarks built with the feature measure the commit path as it ships).
     static N_ARMED: AtomicUsize = AtomicUsize::new(0);
 
-    /// A pause armed by [`pause_next_commit`]. Dropping it lets a held writer go.
+    /// A pause armed by [`pause_next_commit`] or [`pause_next_apply`]. Dropping it lets a held
+    /// thread go.
     pub struct CommitPause {
         path: PathBuf,
         gate: Arc<Gate>,
@@ -70,17 +104,39 @@ mod imp {
     /// its frames are written to the WAL and published in the wal-index (its writer keeps the
     /// write lock). It waits there until [`CommitPause::release`] or the pause is dropped.
     pub fn pause_next_commit(data_dir: &Path, db: &str) -> std::io::Result<CommitPause> {
+        arm(Point::AfterCommit, data_dir, db)
+    }
+
+    /// Arms a pause: the next frames entry of database `db` that the apply thread of the node
+    /// whose data directory is `data_dir` applies (one not already in the local files) stops
+    /// after the unknown outcomes up to that entry were resolved and before the entry is
+    /// matched against the local writer's pending commit. The apply thread waits there until
+    /// [`CommitPause::release`] or the pause is dropped; the writer's commit timeout runs on.
+    pub fn pause_next_apply(data_dir: &Path, db: &str) -> std::io::Result<CommitPause> {
+        arm(Point::BeforeApply, data_dir, db)
+    }
+
+    /// Arms a pause: the next connection of database `db` of the node whose data directory is
+    /// `data_dir` that releases the write lock stops after the VFS released it (the lock is
+    /// free: the next writer may take it and commit) and before the db layer notes the release
+    /// (`DbHooks::write_unlocked`). It waits there until [`CommitPause::release`] or the pause
+    /// is dropped.
+    pub fn pause_next_unlock(data_dir: &Path, db: &str) -> std::io::Result<CommitPause> {
+        arm(Point::OnUnlock, data_dir, db)
+    }
+
+    fn arm(point: Point, data_dir: &Path, db: &str) -> std::io::Result<CommitPause> {
         let path = data_dir.join("db").canonicalize()?.join(db);
         let gate = Arc::new(Gate::default());
         let mut armed = lock(&ARMED);
-        armed.push((path.clone(), gate.clone()));
+        armed.push((point, path.clone(), gate.clone()));
         N_ARMED.store(armed.len(), Ordering::SeqCst);
         drop(armed);
         Ok(CommitPause { path, gate })
     }
 
     impl CommitPause {
-        /// Waits (at most `timeout`) until a writer is held in the window; whether one is.
+        /// Waits (at most `timeout`) until a thread is held in the window; whether one is.
         pub fn wait_reached(&self, timeout: Duration) -> bool {
             let deadline = Instant::now() + timeout;
             let mut st = lock(&self.gate.st);
@@ -97,10 +153,10 @@ mod imp {
             true
         }
 
-        /// Lets the held writer (or the one still to come) go on.
+        /// Lets the held thread (or the one still to come) go on.
         pub fn release(&self) {
             let mut armed = lock(&ARMED);
-            armed.retain(|(_, g)| !Arc::ptr_eq(g, &self.gate));
+            armed.retain(|(_, _, g)| !Arc::ptr_eq(g, &self.gate));
             N_ARMED.store(armed.len(), Ordering::SeqCst);
             drop(armed);
             lock(&self.gate.st).released = true;
@@ -117,17 +173,38 @@ mod imp {
     /// Called by the writer of `db_path` right after its entry was applied: holds it while a
     /// pause for that database is armed (once per pause).
     pub(crate) fn after_commit(db_path: &Path) {
+        hold(Point::AfterCommit, db_path, "test pause: writer held between apply and publish");
+    }
+
+    /// Called by the apply thread on a frames entry of `db_path`, between the resolution of the
+    /// unknown outcomes and the match against the local pending commit: holds it while a pause
+    /// for that database is armed (once per pause).
+    pub(crate) fn before_apply(db_path: &Path) {
+        hold(Point::BeforeApply, db_path, "test pause: apply thread held before a frames entry");
+    }
+
+    /// Called by a connection of `db_path` that released the write lock, before the db layer
+    /// notes it: holds it while a pause for that database is armed (once per pause).
+    pub(crate) fn on_unlock(db_path: &Path) {
+        hold(
+            Point::OnUnlock,
+            db_path,
+            "test pause: connection held between the release of the write lock and its note",
+        );
+    }
+
+    fn hold(point: Point, db_path: &Path, what: &'static str) {
         if N_ARMED.load(Ordering::SeqCst) == 0 {
             return;
         }
         let gate = {
             let mut armed = lock(&ARMED);
-            let Some(i) = armed.iter().position(|(p, _)| p == db_path) else { return };
-            let gate = armed.remove(i).1;
+            let Some(i) = armed.iter().position(|(k, p, _)| *k == point && p == db_path) else { return };
+            let gate = armed.remove(i).2;
             N_ARMED.store(armed.len(), Ordering::SeqCst);
             gate
         };
-        tracing::warn!(db = %db_path.display(), "test pause: writer held between apply and publish");
+        tracing::warn!(db = %db_path.display(), "{what}");
         let deadline = Instant::now() + MAX_PAUSE;
         let mut st = lock(&gate.st);
         st.reached = true;
@@ -135,7 +212,7 @@ mod imp {
         while !st.released {
             let now = Instant::now();
             if now >= deadline {
-                tracing::error!(db = %db_path.display(), "test pause never released; letting the writer go");
+                tracing::error!(db = %db_path.display(), ?point, "test pause never released; letting the thread go");
                 break;
             }
             st = match gate.cv.wait_timeout(st, deadline - now) {
