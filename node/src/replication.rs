@@ -124,7 +124,17 @@ pub trait StateMachine: Send + 'static {
     fn snapshot_begin(&mut self) -> Result<Option<Box<dyn SnapshotCopy>>, ApplyError> {
         Ok(None)
     }
+
+    /// Called on the apply thread when no work came for a while ([`IDLE_UPKEEP`]): upkeep
+    /// that was due but deferred (e.g. a checkpoint round skipped while a snapshot copy ran)
+    /// may run now. Returns whether [`durable_index`](Self::durable_index) may have moved.
+    fn idle(&mut self) -> Result<bool, ApplyError> {
+        Ok(false)
+    }
 }
+
+/// How long the apply thread waits for work before it calls [`StateMachine::idle`].
+pub const IDLE_UPKEEP: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A snapshot whose point is fixed ([`StateMachine::snapshot_begin`]).
 pub trait SnapshotCopy: Send + 'static {

@@ -1,7 +1,7 @@
 //! The apply thread: the only caller of the [`StateMachine`], in log order.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 
 use dqlite_raft::{Entry, EntryKind, LogIndex, NodeId, StateRole, Term};
@@ -10,7 +10,7 @@ use tokio::sync::mpsc::Sender;
 use super::frame::FramedWriter;
 use super::metrics::Metrics;
 use super::Completion;
-use crate::replication::{ApplyError, SnapshotCopy, StateMachine};
+use crate::replication::{ApplyError, SnapshotCopy, StateMachine, IDLE_UPKEEP};
 use crate::storage::{SnapshotReader, SnapshotSpool, SnapshotWriter};
 
 /// Work for the apply thread, in the order it must happen.
@@ -53,7 +53,17 @@ impl<S: StateMachine> ApplyThread<S> {
     pub(crate) fn run(mut self) {
         let mut applied = self.sm.applied_index();
         let mut failed = false;
-        while let Ok(job) = self.jobs.recv() {
+        loop {
+            let job = match self.jobs.recv_timeout(IDLE_UPKEEP) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    if !failed {
+                        self.idle(applied, &mut failed);
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             if failed {
                 continue;
             }
@@ -115,6 +125,21 @@ impl<S: StateMachine> ApplyThread<S> {
                     }
                     Err(e) => self.report_image(Err(e.to_string())),
                 },
+            }
+        }
+    }
+
+    /// Deferred upkeep of the state machine ([`StateMachine::idle`]); reports a durable index
+    /// that moved, so the runtime may compact.
+    fn idle(&mut self, applied: LogIndex, failed: &mut bool) {
+        match self.sm.idle() {
+            Ok(false) => {}
+            Ok(true) => self.send(ApplyDone::Applied { index: applied, durable: self.sm.durable_index() }),
+            Err(err) => {
+                tracing::error!(id = %self.id, error = %err, "upkeep failed: applying stopped");
+                self.metrics.apply_failed.store(true, Ordering::Relaxed);
+                *failed = true;
+                self.send(ApplyDone::Failed(err));
             }
         }
     }
