@@ -11,6 +11,9 @@
 //!   SQLite connection (sqlx-sqlite's `worker.rs` pattern), so no tokio worker ever blocks.
 //! * Requests go through a bounded queue ([`COMMAND_QUEUE_BOUND`]); each has a oneshot reply.
 //!   Every method exists as `async fn` and as `blocking_*` for non-async callers.
+//! * [`DbHandle::open_inline`] → [`InlineConnection`]: the same requests served synchronously on
+//!   the caller's thread, by the same worker code (the protocol server's connection threads run
+//!   their SQLite connection this way: no hand-off between threads).
 //! * [`Connection::prepare`] → [`Prepared`] (statement id, parameter count, tail offset);
 //!   [`Connection::exec`] / [`Connection::exec_sql`] → [`ExecResult`] (last insert id, rows
 //!   affected of the last statement); [`Connection::query`] / [`Connection::query_sql`] →
