@@ -11,6 +11,9 @@
 //!   SQLite connection (sqlx-sqlite's `worker.rs` pattern), so no tokio worker ever blocks.
 //! * Requests go through a bounded queue ([`COMMAND_QUEUE_BOUND`]); each has a oneshot reply.
 //!   Every method exists as `async fn` and as `blocking_*` for non-async callers.
+//! * [`DbHandle::open_inline`] → [`InlineConnection`]: the same requests served synchronously on
+//!   the caller's thread, by the same worker code (the protocol server's connection threads run
+//!   their SQLite connection this way: no hand-off between threads).
 //! * [`Connection::prepare`] → [`Prepared`] (statement id, parameter count, tail offset);
 //!   [`Connection::exec`] / [`Connection::exec_sql`] → [`ExecResult`] (last insert id, rows
 //!   affected of the last statement); [`Connection::query`] / [`Connection::query_sql`] →
@@ -214,6 +217,50 @@ struct Worker<'c> {
     changes_owed: Option<u64>,
     /// The temp table [`Worker::pay_changes`] uses exists.
     changes_table: bool,
+    /// The query whose rows are being read ([`Worker::next_rows`]).
+    query: Option<RunningQuery<'c>>,
+}
+
+/// A query between its start and its last row.
+struct RunningQuery<'c> {
+    stmt: rusqlite::Statement<'c>,
+    /// The prepared statement's id (it goes back there after the query); `None` for QUERY_SQL.
+    id: Option<u32>,
+    /// Declared column types (value types follow them).
+    decl: Vec<Option<String>>,
+}
+
+/// What a query runs.
+#[derive(Clone, Copy)]
+enum QueryTarget<'a> {
+    /// A prepared statement.
+    Stmt(u32),
+    /// The first statement of SQL text.
+    Sql(&'a str),
+}
+
+/// What kind of request a connection serves (what [`Worker::refuse`] lets through).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// PREPARE.
+    Prepare,
+    /// A statement that runs: EXEC, QUERY and their SQL forms.
+    Run,
+    /// FINALIZE.
+    Finalize,
+}
+
+fn no_statement() -> DbError {
+    DbError::sql(libsqlite3_sys::SQLITE_NOTFOUND, "no statement with the given id")
+}
+
+/// One row's values, typed by the declared column types.
+fn row_values(row: &rusqlite::Row<'_>, decl: &[Option<String>]) -> rusqlite::Result<Vec<Value>> {
+    let mut vals = Vec::with_capacity(decl.len());
+    for (i, d) in decl.iter().enumerate() {
+        vals.push(from_sql(row.get_ref(i)?, d.as_deref()));
+    }
+    Ok(vals)
 }
 
 /// How often an idle connection holding the write lock checks that its node still leads.
@@ -301,51 +348,50 @@ impl<'c> Worker<'c> {
     /// After a rollback for lost leadership, the next statement fails with LEADERSHIP_LOST; once a
     /// snapshot install replaced this database's files, every request but finalize fails with a
     /// clear error (the client reconnects).
-    fn refuse_if_lost(&mut self, cmd: Command) -> Option<Command> {
+    fn refuse(&mut self, op: Op) -> Result<(), DbError> {
         let current = lock(&self.node.dbs).get(&self.db.name).is_some_and(|d| Arc::ptr_eq(d, &self.db));
         if !current {
-            let err = || {
-                DbError::sql(
-                    libsqlite3_sys::SQLITE_ABORT,
-                    "the database was replaced by a snapshot install; reopen the connection",
-                )
-            };
-            match cmd {
-                Command::Prepare(_, reply) => {
-                    let _ = reply.send(Err(err()));
-                }
-                Command::Exec(_, _, reply) | Command::ExecSql(_, _, reply) => {
-                    let _ = reply.send(Err(err()));
-                }
-                Command::Query(_, _, reply) | Command::QuerySql(_, _, reply) => {
-                    let _ = reply.send(Err(err()));
-                }
-                other => return Some(other),
+            if op == Op::Finalize {
+                return Ok(());
             }
-            return None;
+            return Err(DbError::sql(
+                libsqlite3_sys::SQLITE_ABORT,
+                "the database was replaced by a snapshot install; reopen the connection",
+            ));
         }
-        if !self.lost {
-            return Some(cmd);
-        }
-        let err = || {
-            DbError::sql(
+        if self.lost && op == Op::Run {
+            self.lost = false;
+            return Err(DbError::sql(
                 SQLITE_IOERR_LEADERSHIP_LOST,
                 "leadership lost: the open transaction was rolled back; reconnect to the leader",
-            )
-        };
-        match cmd {
-            Command::Exec(_, _, reply) | Command::ExecSql(_, _, reply) => {
-                self.lost = false;
-                let _ = reply.send(Err(err()));
-                None
-            }
-            Command::Query(_, _, reply) | Command::QuerySql(_, _, reply) => {
-                self.lost = false;
-                let _ = reply.send(Err(err()));
-                None
-            }
-            other => Some(other),
+            ));
         }
+        Ok(())
+    }
+
+    /// Serves one request: an abandoned query is closed, the leadership check runs before it,
+    /// the refusals apply, and the write term is noted after it (once no query runs).
+    fn request<T>(&mut self, op: Op, f: impl FnOnce(&mut Self) -> Result<T, DbError>) -> Result<T, DbError> {
+        self.close_query();
+        self.check_leadership();
+        let r = self.refuse(op).and_then(|()| f(self));
+        if self.query.is_none() {
+            self.note_write_term();
+        }
+        r
+    }
+
+    /// While the connection waits for its next request: the periodic leadership check of a
+    /// connection holding the write lock ([`LEADERSHIP_POLL`]).
+    fn idle(&mut self) {
+        if self.query.is_none() {
+            self.check_leadership();
+        }
+    }
+
+    /// How long the connection may wait for its next request before [`Worker::idle`] must run.
+    fn idle_poll(&self) -> Option<std::time::Duration> {
+        self.vc.holds_write_lock().then_some(LEADERSHIP_POLL)
     }
 
     /// Followers' connections are read-only (`query_only`), leaders' read-write.
@@ -429,185 +475,235 @@ impl<'c> Worker<'c> {
         Ok(ExecResult { last_insert_id: c.last_insert_rowid(), rows_affected: c.changes() })
     }
 
-    fn run_query(&self, stmt: &mut rusqlite::Statement<'c>, reply: Reply<Rows>) {
-        // dqlite rejects a QUERY of a statement without result columns before stepping it (the
-        // driver then sends EXEC): nothing may run here.
-        if stmt.column_count() == 0 {
-            let f = dqlite_wire::failure::NOT_AN_ERROR;
-            let _ = reply.send(Err(DbError::sql(f.code as std::os::raw::c_int, f.message)));
-            return;
-        }
-        let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_string).collect();
-        let decl: Vec<Option<String>> = stmt.columns().iter().map(|c| c.decl_type().map(str::to_string)).collect();
-        let (tx, rx) = tmpsc::channel(QUERY_BATCHES_IN_FLIGHT);
-        if reply.send(Ok(Rows { columns, batches: rx })).is_err() {
-            return;
-        }
-        let n = decl.len();
-        let mut rows = stmt.raw_query();
-        let mut batch = Vec::with_capacity(QUERY_BATCH_ROWS);
-        loop {
-            match rows.next() {
-                Ok(Some(row)) => {
-                    let mut vals = Vec::with_capacity(n);
-                    for (i, d) in decl.iter().enumerate() {
-                        match row.get_ref(i) {
-                            Ok(v) => vals.push(from_sql(v, d.as_deref())),
-                            Err(e) => {
-                                let _ = tx.blocking_send(Err(DbError::from(e)));
-                                return;
+    /// PREPARE.
+    fn prepare_req(&mut self, sql: &str) -> Result<Prepared, DbError> {
+        self.request(Op::Prepare, |w| {
+            let (stmt, end) =
+                w.prepare_one(sql)?.ok_or_else(|| DbError::sql(libsqlite3_sys::SQLITE_OK, "empty statement"))?;
+            let id = w.next_id;
+            w.next_id += 1;
+            let params = stmt.parameter_count() as u64;
+            let readonly = stmt.readonly();
+            let text = &sql[..end];
+            let eligible =
+                !lock(&w.elig).alone && !stmt.readonly() && stmt.column_count() == 0 && batch::dml_keyword(text);
+            if eligible {
+                w.batchable.insert(id, text.to_string());
+            } else {
+                w.batchable.remove(&id);
+            }
+            if lock(&w.elig).uses_changes {
+                w.uses_changes.insert(id);
+            } else {
+                w.uses_changes.remove(&id);
+            }
+            w.stmts.insert(id, stmt);
+            Ok(Prepared { id, params, tail_offset: end as u64, readonly })
+        })
+    }
+
+    /// EXEC of a prepared statement.
+    fn exec_req(&mut self, id: u32, params: Vec<Value>) -> Result<ExecResult, DbError> {
+        self.request(Op::Run, |w| {
+            let mut stmt = w.stmts.remove(&id).ok_or_else(no_statement)?;
+            w.sync_role();
+            let r = if !stmt.readonly() { w.node.ensure_write_ready(w.node.config().commit_timeout) } else { Ok(()) };
+            let r = match r {
+                Err(e) => Err(e),
+                Ok(()) => match w.batch_sql(id) {
+                    Some(sql) => {
+                        let db = w.db.clone();
+                        let alone = db.try_alone();
+                        let r = match alone {
+                            None => w.run_batched(sql, params),
+                            Some(_) => {
+                                let r = w.bind(&mut stmt, &params).and_then(|_| w.run_exec(&mut stmt));
+                                w.ran_itself(&stmt);
+                                r
                             }
+                        };
+                        drop(alone);
+                        r
+                    }
+                    None => {
+                        if w.uses_changes.contains(&id) {
+                            w.pay_changes();
+                        }
+                        let r = w.bind(&mut stmt, &params).and_then(|_| w.run_exec(&mut stmt));
+                        w.ran_itself(&stmt);
+                        r
+                    }
+                },
+            };
+            w.stmts.insert(id, stmt);
+            r
+        })
+    }
+
+    /// EXEC_SQL.
+    fn exec_sql_req(&mut self, sql: &str, params: Vec<Value>) -> Result<ExecResult, DbError> {
+        self.request(Op::Run, |w| w.exec_sql(sql, &params))
+    }
+
+    /// FINALIZE.
+    fn finalize_req(&mut self, id: u32) -> Result<(), DbError> {
+        self.request(Op::Finalize, |w| {
+            w.batchable.remove(&id);
+            w.uses_changes.remove(&id);
+            w.stmts.remove(&id).map(drop).ok_or_else(no_statement)
+        })
+    }
+
+    /// QUERY / QUERY_SQL: binds and checks the statement (nothing runs yet) and returns its
+    /// column names; its rows then come from [`Worker::next_rows`].
+    fn query_req(&mut self, target: QueryTarget<'_>, params: Vec<Value>) -> Result<Vec<String>, DbError> {
+        self.request(Op::Run, |w| {
+            let (mut stmt, id) = match target {
+                QueryTarget::Stmt(id) => {
+                    let stmt = w.stmts.remove(&id).ok_or_else(no_statement)?;
+                    w.sync_role();
+                    if w.uses_changes.contains(&id) {
+                        w.pay_changes();
+                    }
+                    (stmt, Some(id))
+                }
+                QueryTarget::Sql(sql) => match w.prepare_one(sql)? {
+                    Some((stmt, _)) => {
+                        if lock(&w.elig).uses_changes {
+                            w.pay_changes();
+                        }
+                        w.ran_itself(&stmt);
+                        (stmt, None)
+                    }
+                    None => return Err(DbError::sql(libsqlite3_sys::SQLITE_OK, "empty statement")),
+                },
+            };
+            // dqlite rejects a QUERY of a statement without result columns before stepping it
+            // (the driver then sends EXEC): nothing may run here.
+            let checked = w.bind(&mut stmt, &params).and_then(|_| {
+                if stmt.column_count() == 0 {
+                    let f = dqlite_wire::failure::NOT_AN_ERROR;
+                    return Err(DbError::sql(f.code as std::os::raw::c_int, f.message));
+                }
+                Ok(())
+            });
+            if let Err(e) = checked {
+                if let Some(id) = id {
+                    w.stmts.insert(id, stmt);
+                }
+                return Err(e);
+            }
+            let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_string).collect();
+            let decl = stmt.columns().iter().map(|c| c.decl_type().map(str::to_string)).collect();
+            w.query = Some(RunningQuery { stmt, id, decl });
+            Ok(columns)
+        })
+    }
+
+    /// The next rows of the running query: at most `max_rows`, stopping once their encoding
+    /// reaches `max_bytes` (at least one row if any remain); `true` once the query is over.
+    /// Nothing runs ahead: the statement is stepped only here (the memory bound).
+    fn next_rows(&mut self, max_rows: usize, max_bytes: usize) -> Result<(Vec<Vec<Value>>, bool), DbError> {
+        let Some(mut q) = self.query.take() else { return Ok((Vec::new(), true)) };
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        let mut rows = q.stmt.raw_query();
+        let end = loop {
+            match rows.next() {
+                Ok(Some(row)) => match row_values(row, &q.decl) {
+                    Ok(vals) => {
+                        bytes += 8 + vals.iter().map(|v| v.as_ref().encoded_len()).sum::<usize>();
+                        batch.push(vals);
+                        if batch.len() >= max_rows || bytes >= max_bytes {
+                            // More rows may follow: leave the statement where it is. Dropping
+                            // `rows` would reset it (rusqlite's `Rows` resets on drop);
+                            // forgetting it leaks nothing (it holds only a reference to the
+                            // statement), and the next `raw_query` steps on from this row.
+                            std::mem::forget(rows);
+                            self.query = Some(q);
+                            return Ok((batch, false));
                         }
                     }
-                    batch.push(vals);
-                    if batch.len() == QUERY_BATCH_ROWS
-                        && tx
-                            .blocking_send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(QUERY_BATCH_ROWS))))
-                            .is_err()
-                    {
-                        break;
+                    Err(e) => break Err(DbError::from(e)),
+                },
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(self.error(e)),
+            }
+        };
+        drop(rows);
+        self.finish_query(q);
+        end.map(|()| (batch, true))
+    }
+
+    /// Abandons the running query, if any (resets its statement).
+    fn close_query(&mut self) {
+        if let Some(mut q) = self.query.take() {
+            drop(q.stmt.raw_query());
+            self.finish_query(q);
+        }
+    }
+
+    /// After a query's last row or its abandonment: a prepared statement goes back to its id.
+    fn finish_query(&mut self, q: RunningQuery<'c>) {
+        self.vc.end_statement();
+        if let Some(id) = q.id {
+            self.stmts.insert(id, q.stmt);
+        }
+        self.note_write_term();
+    }
+
+    /// A threaded [`Connection`]'s query: the column names through `reply`, then batches of
+    /// [`QUERY_BATCH_ROWS`] rows through a channel of [`QUERY_BATCHES_IN_FLIGHT`] (this thread
+    /// waits while it is full); a dropped receiver abandons the query.
+    fn stream_query(&mut self, target: QueryTarget<'_>, params: Vec<Value>, reply: Reply<Rows>) {
+        let columns = match self.query_req(target, params) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let (tx, rx) = tmpsc::channel(QUERY_BATCHES_IN_FLIGHT);
+        if reply.send(Ok(Rows { columns, batches: rx })).is_err() {
+            self.close_query();
+            return;
+        }
+        loop {
+            match self.next_rows(QUERY_BATCH_ROWS, usize::MAX) {
+                Ok((batch, done)) => {
+                    if !batch.is_empty() && tx.blocking_send(Ok(batch)).is_err() {
+                        self.close_query();
+                        return;
                     }
-                }
-                Ok(None) => {
-                    if !batch.is_empty() {
-                        let _ = tx.blocking_send(Ok(batch));
+                    if done {
+                        return;
                     }
-                    break;
                 }
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(self.error(e)));
-                    break;
+                    let _ = tx.blocking_send(Err(e));
+                    return;
                 }
             }
         }
-        drop(rows);
-        self.vc.end_statement();
     }
 
+    /// A threaded [`Connection`]'s request.
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Prepare(sql, reply) => {
-                let r = self.prepare_one(&sql).and_then(|p| {
-                    let (stmt, end) = p.ok_or_else(|| DbError::sql(libsqlite3_sys::SQLITE_OK, "empty statement"))?;
-                    let id = self.next_id;
-                    self.next_id += 1;
-                    let params = stmt.parameter_count() as u64;
-                    let readonly = stmt.readonly();
-                    let text = &sql[..end];
-                    let eligible = !lock(&self.elig).alone
-                        && !stmt.readonly()
-                        && stmt.column_count() == 0
-                        && batch::dml_keyword(text);
-                    if eligible {
-                        self.batchable.insert(id, text.to_string());
-                    } else {
-                        self.batchable.remove(&id);
-                    }
-                    if lock(&self.elig).uses_changes {
-                        self.uses_changes.insert(id);
-                    } else {
-                        self.uses_changes.remove(&id);
-                    }
-                    self.stmts.insert(id, stmt);
-                    Ok(Prepared { id, params, tail_offset: end as u64, readonly })
-                });
-                let _ = reply.send(r);
+                let _ = reply.send(self.prepare_req(&sql));
             }
             Command::Exec(id, params, reply) => {
-                let r = match self.stmts.remove(&id) {
-                    None => Err(DbError::sql(libsqlite3_sys::SQLITE_NOTFOUND, "no statement with the given id")),
-                    Some(mut stmt) => {
-                        self.sync_role();
-                        let r = if !stmt.readonly() {
-                            self.node.ensure_write_ready(self.node.config().commit_timeout)
-                        } else {
-                            Ok(())
-                        };
-                        let r = match r {
-                            Err(e) => Err(e),
-                            Ok(()) => match self.batch_sql(id) {
-                                Some(sql) => {
-                                    let db = self.db.clone();
-                                    let alone = db.try_alone();
-                                    let r = match alone {
-                                        None => self.run_batched(sql, params),
-                                        Some(_) => {
-                                            let r =
-                                                self.bind(&mut stmt, &params).and_then(|_| self.run_exec(&mut stmt));
-                                            self.ran_itself(&stmt);
-                                            r
-                                        }
-                                    };
-                                    drop(alone);
-                                    r
-                                }
-                                None => {
-                                    if self.uses_changes.contains(&id) {
-                                        self.pay_changes();
-                                    }
-                                    let r = self.bind(&mut stmt, &params).and_then(|_| self.run_exec(&mut stmt));
-                                    self.ran_itself(&stmt);
-                                    r
-                                }
-                            },
-                        };
-                        self.stmts.insert(id, stmt);
-                        r
-                    }
-                };
-                let _ = reply.send(r);
+                let _ = reply.send(self.exec_req(id, params));
             }
-            Command::Query(id, params, reply) => match self.stmts.remove(&id) {
-                None => {
-                    let _ = reply
-                        .send(Err(DbError::sql(libsqlite3_sys::SQLITE_NOTFOUND, "no statement with the given id")));
-                }
-                Some(mut stmt) => {
-                    self.sync_role();
-                    if self.uses_changes.contains(&id) {
-                        self.pay_changes();
-                    }
-                    match self.bind(&mut stmt, &params) {
-                        Ok(_) => self.run_query(&mut stmt, reply),
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    }
-                    self.stmts.insert(id, stmt);
-                }
-            },
+            Command::Query(id, params, reply) => self.stream_query(QueryTarget::Stmt(id), params, reply),
             Command::Finalize(id, reply) => {
-                self.batchable.remove(&id);
-                self.uses_changes.remove(&id);
-                let r = match self.stmts.remove(&id) {
-                    Some(_) => Ok(()),
-                    None => Err(DbError::sql(libsqlite3_sys::SQLITE_NOTFOUND, "no statement with the given id")),
-                };
-                let _ = reply.send(r);
+                let _ = reply.send(self.finalize_req(id));
             }
             Command::ExecSql(sql, params, reply) => {
-                let _ = reply.send(self.exec_sql(&sql, &params));
+                let _ = reply.send(self.exec_sql_req(&sql, params));
             }
-            Command::QuerySql(sql, params, reply) => match self.prepare_one(&sql) {
-                Ok(Some((mut stmt, _))) => {
-                    if lock(&self.elig).uses_changes {
-                        self.pay_changes();
-                    }
-                    match self.bind(&mut stmt, &params) {
-                        Ok(_) => self.run_query(&mut stmt, reply),
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    }
-                    self.ran_itself(&stmt);
-                }
-                Ok(None) => {
-                    let _ = reply.send(Err(DbError::sql(libsqlite3_sys::SQLITE_OK, "empty statement")));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
+            Command::QuerySql(sql, params, reply) => self.stream_query(QueryTarget::Sql(&sql), params, reply),
         }
     }
 
@@ -748,6 +844,48 @@ impl DbHandle {
 
     /// Opens a connection to the database `name` (dqlite's OPEN), creating it if needed.
     pub fn open(&self, name: &str) -> Result<Connection, DbError> {
+        let (vc, parts) = self.open_parts(name)?;
+        let interrupt = vc.conn().get_interrupt_handle();
+        let (tx, rx) = mpsc::sync_channel::<Command>(COMMAND_QUEUE_BOUND);
+        std::thread::Builder::new()
+            .name(format!("dqlite-conn-{name}"))
+            .spawn(move || {
+                let mut w = Worker::new(&vc, parts);
+                loop {
+                    let cmd = match w.idle_poll() {
+                        Some(poll) => match rx.recv_timeout(poll) {
+                            Ok(cmd) => cmd,
+                            Err(mpsc::RecvTimeoutError::Timeout) => {
+                                w.idle();
+                                continue;
+                            }
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        },
+                        None => match rx.recv() {
+                            Ok(cmd) => cmd,
+                            Err(_) => break,
+                        },
+                    };
+                    w.handle(cmd);
+                }
+                drop(w);
+                drop(vc);
+            })
+            .map_err(|e| DbError::Io { path: self.node.dir.clone(), source: e })?;
+        Ok(Connection { tx, interrupt, db: name.to_string() })
+    }
+
+    /// Opens a connection to the database `name` as [`open`](Self::open) does, served on the
+    /// calling thread: see [`InlineConnection`].
+    pub fn open_inline(&self, name: &str) -> Result<InlineConnection, DbError> {
+        let (vc, parts) = self.open_parts(name)?;
+        let cell = WorkerCell::new(vc, |vc| Worker::new(vc, parts));
+        Ok(InlineConnection { cell, db: name.to_string() })
+    }
+
+    /// The database, a new SQLite connection to it with the authorizer installed, and what a
+    /// [`Worker`] over it shares with that authorizer.
+    fn open_parts(&self, name: &str) -> Result<(VfsConnection, WorkerParts), DbError> {
         let db = self.node.db(name)?;
         let vc = self.node.open_conn(&db, false, self.node.config().busy_timeout)?;
         let refused = Arc::new(std::sync::Mutex::new(None::<String>));
@@ -773,57 +911,121 @@ impl DbHandle {
                 }))
                 .map_err(DbError::from)?;
         }
-        let interrupt = vc.conn().get_interrupt_handle();
-        let (tx, rx) = mpsc::sync_channel::<Command>(COMMAND_QUEUE_BOUND);
-        let node = self.node.clone();
-        std::thread::Builder::new()
-            .name(format!("dqlite-conn-{name}"))
-            .spawn(move || {
-                let mut w = Worker {
-                    vc: &vc,
-                    db,
-                    node,
-                    stmts: HashMap::new(),
-                    next_id: 0,
-                    refused,
-                    internal,
-                    query_only: false,
-                    write_term: None,
-                    lost: false,
-                    elig,
-                    batchable: HashMap::new(),
-                    uses_changes: std::collections::HashSet::new(),
-                    changes_owed: None,
-                    changes_table: false,
-                };
-                w.sync_role();
-                loop {
-                    let cmd = if w.vc.holds_write_lock() {
-                        match rx.recv_timeout(LEADERSHIP_POLL) {
-                            Ok(cmd) => cmd,
-                            Err(mpsc::RecvTimeoutError::Timeout) => {
-                                w.check_leadership();
-                                continue;
-                            }
-                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                        }
-                    } else {
-                        match rx.recv() {
-                            Ok(cmd) => cmd,
-                            Err(_) => break,
-                        }
-                    };
-                    w.check_leadership();
-                    if let Some(cmd) = w.refuse_if_lost(cmd) {
-                        w.handle(cmd);
-                    }
-                    w.note_write_term();
-                }
-                drop(w);
-                drop(vc);
-            })
-            .map_err(|e| DbError::Io { path: self.node.dir.clone(), source: e })?;
-        Ok(Connection { tx, interrupt, db: name.to_string() })
+        Ok((vc, WorkerParts { db, node: self.node.clone(), refused, internal, elig }))
+    }
+}
+
+/// What a [`Worker`] needs besides its SQLite connection.
+struct WorkerParts {
+    db: Arc<DbShared>,
+    node: Arc<NodeShared>,
+    refused: Arc<std::sync::Mutex<Option<String>>>,
+    internal: Arc<AtomicBool>,
+    elig: Arc<std::sync::Mutex<batch::Eligibility>>,
+}
+
+impl<'c> Worker<'c> {
+    fn new(vc: &'c VfsConnection, p: WorkerParts) -> Self {
+        let mut w = Worker {
+            vc,
+            db: p.db,
+            node: p.node,
+            stmts: HashMap::new(),
+            next_id: 0,
+            refused: p.refused,
+            internal: p.internal,
+            query_only: false,
+            write_term: None,
+            lost: false,
+            elig: p.elig,
+            batchable: HashMap::new(),
+            uses_changes: std::collections::HashSet::new(),
+            changes_owed: None,
+            changes_table: false,
+            query: None,
+        };
+        w.sync_role();
+        w
+    }
+}
+
+self_cell::self_cell!(
+    /// A [`Worker`] together with the SQLite connection its statements borrow.
+    struct WorkerCell {
+        owner: VfsConnection,
+        #[covariant]
+        dependent: Worker,
+    }
+);
+
+/// One SQLite connection served on its caller's thread: the requests of [`Connection`], run
+/// synchronously by the same [`Worker`] code, without a worker thread, channel or oneshot (the
+/// protocol server's connection threads, `server::inline`).
+///
+/// A commit blocks the calling thread until Raft answers (as on a [`Connection`]'s thread): call
+/// these methods from a plain thread, never from inside a tokio runtime.
+///
+/// Queries: [`query`](Self::query) / [`query_sql`](Self::query_sql) return the column names;
+/// [`next_rows`](Self::next_rows) steps the statement for the next rows only (nothing runs ahead);
+/// [`close_query`](Self::close_query) abandons it (so does any other request).
+pub struct InlineConnection {
+    cell: WorkerCell,
+    db: String,
+}
+
+impl std::fmt::Debug for InlineConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineConnection").field("db", &self.db).finish()
+    }
+}
+
+impl InlineConnection {
+    /// The database name.
+    pub fn db(&self) -> &str {
+        &self.db
+    }
+    /// Prepares the first statement of `sql`.
+    pub fn prepare(&mut self, sql: &str) -> Result<Prepared, DbError> {
+        self.cell.with_dependent_mut(|_, w| w.prepare_req(sql))
+    }
+    /// Runs a prepared statement.
+    pub fn exec(&mut self, id: u32, params: Vec<Value>) -> Result<ExecResult, DbError> {
+        self.cell.with_dependent_mut(|_, w| w.exec_req(id, params))
+    }
+    /// Runs every statement of `sql` in turn.
+    pub fn exec_sql(&mut self, sql: &str, params: Vec<Value>) -> Result<ExecResult, DbError> {
+        self.cell.with_dependent_mut(|_, w| w.exec_sql_req(sql, params))
+    }
+    /// Starts a prepared query: its column names (rows: [`next_rows`](Self::next_rows)).
+    pub fn query(&mut self, id: u32, params: Vec<Value>) -> Result<Vec<String>, DbError> {
+        self.cell.with_dependent_mut(|_, w| w.query_req(QueryTarget::Stmt(id), params))
+    }
+    /// Starts the first statement of `sql` as a query: its column names.
+    pub fn query_sql(&mut self, sql: &str, params: Vec<Value>) -> Result<Vec<String>, DbError> {
+        self.cell.with_dependent_mut(|_, w| w.query_req(QueryTarget::Sql(sql), params))
+    }
+    /// The running query's next rows, stopping once their encoding reaches about
+    /// `budget_bytes` (at least one row if any remain); `true` once the query is over.
+    pub fn next_rows(&mut self, budget_bytes: usize) -> Result<(Vec<Vec<Value>>, bool), DbError> {
+        self.cell.with_dependent_mut(|_, w| w.next_rows(usize::MAX, budget_bytes))
+    }
+    /// Abandons the running query (resets its statement).
+    pub fn close_query(&mut self) {
+        self.cell.with_dependent_mut(|_, w| w.close_query())
+    }
+    /// Drops a prepared statement.
+    pub fn finalize(&mut self, id: u32) -> Result<(), DbError> {
+        self.cell.with_dependent_mut(|_, w| w.finalize_req(id))
+    }
+    /// `Some(period)` while the connection holds the write lock: the caller, waiting for the
+    /// next request, must call [`idle`](Self::idle) at least that often (a node that lost
+    /// leadership then rolls the transaction back and releases the lock).
+    pub fn idle_poll(&self) -> Option<std::time::Duration> {
+        self.cell.borrow_dependent().idle_poll()
+    }
+    /// The periodic check of an idle connection (see [`idle_poll`](Self::idle_poll)).
+    pub fn idle(&mut self) {
+        self.cell.with_dependent_mut(|_, w| w.idle())
     }
 }
 

@@ -71,12 +71,16 @@ pub enum Target<'a, S> {
 }
 
 /// Opens databases. One [`SqlSession`] per client connection that sent OPEN.
+///
+/// Each client connection is served on a thread of its own (a `current_thread` runtime, see
+/// `server::inline`), so neither sessions nor the futures of `open` and of sessions need to be
+/// `Send`: a session may hold its SQLite connection directly.
 pub trait SqlBackend: Send + Sync + 'static {
     /// The session type.
     type Session: SqlSession;
 
     /// Opens (creating on first write) the database `name` for one client connection.
-    fn open(&self, name: &str) -> impl Future<Output = Result<Self::Session, BackendError>> + Send;
+    fn open(&self, name: &str) -> impl Future<Output = Result<Self::Session, BackendError>>;
 }
 
 /// One client connection's database: statements and queries, one call at a time.
@@ -93,36 +97,49 @@ pub trait SqlBackend: Send + Sync + 'static {
 /// * After `query` succeeds, rows are fetched with `next_rows` until `done`, or the result set
 ///   is abandoned with `close_query`. No other call comes in between.
 /// * Dropping the session releases everything (an open transaction rolls back).
-pub trait SqlSession: Send + 'static {
+pub trait SqlSession: 'static {
     /// A prepared statement's handle.
     type Stmt: Copy + Send + Sync + 'static;
 
     /// Prepares the first statement of `sql`.
-    fn prepare(&mut self, sql: &str) -> impl Future<Output = Result<(Self::Stmt, PrepareInfo), BackendError>> + Send;
+    fn prepare(&mut self, sql: &str) -> impl Future<Output = Result<(Self::Stmt, PrepareInfo), BackendError>>;
 
     /// Runs a statement or SQL text for its effect.
     fn exec(
         &mut self,
         target: Target<'_, Self::Stmt>,
         params: Vec<Value>,
-    ) -> impl Future<Output = Result<ExecResult, BackendError>> + Send;
+    ) -> impl Future<Output = Result<ExecResult, BackendError>>;
 
     /// Starts a query; returns its column names.
     fn query(
         &mut self,
         target: Target<'_, Self::Stmt>,
         params: Vec<Value>,
-    ) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
+    ) -> impl Future<Output = Result<Vec<String>, BackendError>>;
 
     /// The next rows of the running query: stops once their encoding reaches about
     /// `budget_bytes` (at least one row if any remain).
-    fn next_rows(&mut self, budget_bytes: usize) -> impl Future<Output = Result<RowBatch, BackendError>> + Send;
+    fn next_rows(&mut self, budget_bytes: usize) -> impl Future<Output = Result<RowBatch, BackendError>>;
 
     /// Abandons the running query (resets the statement).
-    fn close_query(&mut self) -> impl Future<Output = ()> + Send;
+    fn close_query(&mut self) -> impl Future<Output = ()>;
 
     /// Finalizes a statement.
-    fn finalize(&mut self, stmt: Self::Stmt) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn finalize(&mut self, stmt: Self::Stmt) -> impl Future<Output = Result<(), BackendError>>;
+
+    /// `Some(period)` while the session needs [`idle`](SqlSession::idle) called at least that
+    /// often while the client sends nothing (the node's sessions: while they hold the write
+    /// lock, so that a node that lost leadership rolls the transaction back). The default:
+    /// never.
+    fn idle_poll(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// The periodic work of an idle session (see [`idle_poll`](SqlSession::idle_poll)).
+    fn idle(&mut self) -> impl Future<Output = ()> {
+        async {}
+    }
 }
 
 /// A cluster member as CLUSTER reports it.

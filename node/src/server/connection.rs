@@ -157,7 +157,24 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
                 Ok(FrameStatus::Incomplete { needed }) => {
                     let want = needed.max(READ_CHUNK);
                     self.rbuf.reserve(want);
-                    let n = (&mut self.stream).take(want as u64).read_buf(&mut self.rbuf).await?;
+                    // A session that must be looked after while the client is idle (it holds
+                    // the write lock) gets its `idle` call every `poll`; `read_buf` is
+                    // cancel-safe (bytes land in `rbuf` only when a read completes).
+                    let poll = self.db.as_ref().and_then(|open| open.session.idle_poll());
+                    let mut limited = (&mut self.stream).take(want as u64);
+                    let read = limited.read_buf(&mut self.rbuf);
+                    let n = match poll {
+                        None => read.await?,
+                        Some(poll) => match tokio::time::timeout(poll, read).await {
+                            Ok(n) => n?,
+                            Err(_) => {
+                                if let Some(open) = self.db.as_mut() {
+                                    open.session.idle().await;
+                                }
+                                continue;
+                            }
+                        },
+                    };
                     if n == 0 {
                         if !self.rbuf.is_empty() {
                             tracing::debug!(bytes = self.rbuf.len(), "client closed mid-request");
@@ -559,6 +576,10 @@ impl<S: SqlBackend, C: ClusterBackend, T: AsyncRead + AsyncWrite + Unpin> Conn<S
             if batch.done {
                 return Ok(());
             }
+            // Let the runtime's reactor see what the client sent meanwhile: on a connection
+            // thread the SQLite work runs outside the runtime, so while rows stream nothing
+            // else polls the socket's readiness (this costs one zero-timeout poll).
+            tokio::task::yield_now().await;
             if self.interrupt_arrived()? {
                 if let Some(open) = self.db.as_mut() {
                     open.session.close_query().await;

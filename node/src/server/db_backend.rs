@@ -1,15 +1,18 @@
 //! The [`SqlBackend`] of a real node: the SQLite layer's [`DbHandle`] / [`Connection`].
 //!
-//! Each client connection that sends OPEN gets one [`Connection`] (a dedicated SQLite thread).
-//! Query results arrive from it in batches of rows; this adapter re-cuts them to the server's
-//! byte budget so ROWS messages keep dqlite's size.
+//! Each client connection that sends OPEN gets one [`InlineConnection`], served on the client
+//! connection's own thread (`server::inline`): every call is an [`offload`] job that runs the
+//! SQLite work synchronously on that thread, outside its tokio runtime. A query's rows are
+//! stepped only when the server asks for the next ROWS message (about `budget_bytes`).
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::rc::Rc;
 
 use dqlite_wire::Value;
 
 use super::backend::{BackendError, ExecResult, PrepareInfo, RowBatch, SqlBackend, SqlSession, Target};
-use crate::db::conn::{Connection, DbHandle, Rows};
+use super::inline::offload;
+use crate::db::conn::{DbHandle, InlineConnection};
 use crate::db::DbError;
 
 /// The FAILURE a db-layer error becomes: SQL errors keep SQLite's extended code and message.
@@ -63,9 +66,8 @@ impl DbBackend {
 /// One client connection's database.
 #[derive(Debug)]
 pub struct DbSession {
-    conn: Connection,
-    rows: Option<Rows>,
-    pending: VecDeque<Vec<Value>>,
+    /// Shared with the offload job running a call (never two at once).
+    conn: Rc<RefCell<InlineConnection>>,
 }
 
 impl SqlBackend for DbBackend {
@@ -74,22 +76,21 @@ impl SqlBackend for DbBackend {
     async fn open(&self, name: &str) -> Result<DbSession, BackendError> {
         let handle = self.handle.clone();
         let name = name.to_owned();
-        let conn = tokio::task::spawn_blocking(move || handle.open(&name))
-            .await
-            .map_err(|e| BackendError::new(dqlite_wire::codes::SQLITE_IOERR, format!("open task failed: {e}")))?
-            .map_err(db_failure)?;
-        Ok(DbSession { conn, rows: None, pending: VecDeque::new() })
+        let conn = offload(move || handle.open_inline(&name)).await.map_err(db_failure)?;
+        Ok(DbSession { conn: Rc::new(RefCell::new(conn)) })
     }
 }
 
 impl DbSession {
-    async fn start(&mut self, rows: Result<Rows, DbError>) -> Result<Vec<String>, BackendError> {
-        let rows = rows.map_err(db_failure)?;
-        let columns = rows.columns.clone();
-        self.pending.clear();
-        self.rows = Some(rows);
-        Ok(columns)
+    /// Runs `f` on the connection as an offload job.
+    async fn call<R: 'static>(&self, f: impl FnOnce(&mut InlineConnection) -> R + 'static) -> R {
+        let conn = self.conn.clone();
+        offload(move || f(&mut conn.borrow_mut())).await
     }
+}
+
+fn exec_result(r: crate::db::conn::ExecResult) -> ExecResult {
+    ExecResult { last_insert_id: r.last_insert_id, rows_affected: r.rows_affected }
 }
 
 impl SqlSession for DbSession {
@@ -99,7 +100,8 @@ impl SqlSession for DbSession {
         if is_blank(sql) {
             return Err(empty_statement());
         }
-        let p = self.conn.prepare(sql).await.map_err(db_failure)?;
+        let text = sql.to_owned();
+        let p = self.call(move |c| c.prepare(&text)).await.map_err(db_failure)?;
         let tail = sql.get(p.tail_offset as usize..).unwrap_or("");
         Ok((
             p.id,
@@ -114,78 +116,60 @@ impl SqlSession for DbSession {
 
     async fn exec(&mut self, target: Target<'_, u32>, params: Vec<Value>) -> Result<ExecResult, BackendError> {
         let r = match target {
-            Target::Stmt(id) => self.conn.exec(id, params).await,
-            Target::Sql(sql) => self.conn.exec_sql(sql, params).await,
-        }
-        .map_err(db_failure)?;
-        Ok(ExecResult { last_insert_id: r.last_insert_id, rows_affected: r.rows_affected })
+            Target::Stmt(id) => self.call(move |c| c.exec(id, params)).await,
+            Target::Sql(sql) => {
+                let sql = sql.to_owned();
+                self.call(move |c| c.exec_sql(&sql, params)).await
+            }
+        };
+        r.map(exec_result).map_err(db_failure)
     }
 
     async fn query(&mut self, target: Target<'_, u32>, params: Vec<Value>) -> Result<Vec<String>, BackendError> {
-        self.rows = None;
-        if matches!(target, Target::Sql(sql) if is_blank(sql)) {
-            return Err(empty_statement());
-        }
-        let rows = match target {
-            Target::Stmt(id) => self.conn.query(id, params).await,
+        match target {
+            Target::Stmt(id) => self.call(move |c| c.query(id, params)).await.map_err(db_failure),
             Target::Sql(sql) => {
-                // dqlite's semantics: QUERY_SQL runs one statement, and text with a second
-                // statement after it is refused before anything runs ("nonempty statement
-                // tail"), where dqlite 1.11 silently ran only the first. A tail of only
-                // comments, whitespace and semicolons is fine.
-                let p = self.conn.prepare(sql).await.map_err(db_failure)?;
-                let finalized = self.conn.finalize(p.id).await;
-                if !is_blank(sql.get(p.tail_offset as usize..).unwrap_or("")) {
-                    let f = dqlite_wire::failure::NONEMPTY_STATEMENT_TAIL;
-                    return Err(BackendError::new(f.code, f.message));
+                if is_blank(sql) {
+                    return Err(empty_statement());
                 }
-                finalized.map_err(db_failure)?;
-                self.conn.query_sql(sql, params).await
+                let sql = sql.to_owned();
+                self.call(move |c| {
+                    // dqlite's semantics: QUERY_SQL runs one statement, and text with a second
+                    // statement after it is refused before anything runs ("nonempty statement
+                    // tail"), where dqlite 1.11 silently ran only the first. A tail of only
+                    // comments, whitespace and semicolons is fine.
+                    let p = c.prepare(&sql).map_err(db_failure)?;
+                    let finalized = c.finalize(p.id);
+                    if !is_blank(sql.get(p.tail_offset as usize..).unwrap_or("")) {
+                        let f = dqlite_wire::failure::NONEMPTY_STATEMENT_TAIL;
+                        return Err(BackendError::new(f.code, f.message));
+                    }
+                    finalized.map_err(db_failure)?;
+                    c.query_sql(&sql, params).map_err(db_failure)
+                })
+                .await
             }
-        };
-        self.start(rows).await
+        }
     }
 
     async fn next_rows(&mut self, budget_bytes: usize) -> Result<RowBatch, BackendError> {
-        let mut batch = RowBatch::default();
-        let mut bytes = 0usize;
-        loop {
-            if self.pending.is_empty() {
-                let Some(rows) = self.rows.as_mut() else {
-                    batch.done = true;
-                    return Ok(batch);
-                };
-                match rows.next_batch().await {
-                    Some(Ok(b)) => self.pending.extend(b),
-                    Some(Err(e)) => {
-                        self.rows = None;
-                        return Err(db_failure(e));
-                    }
-                    None => {
-                        self.rows = None;
-                        batch.done = true;
-                        return Ok(batch);
-                    }
-                }
-                continue;
-            }
-            if bytes >= budget_bytes {
-                return Ok(batch);
-            }
-            if let Some(row) = self.pending.pop_front() {
-                bytes += 8 + row.iter().map(|v| v.as_ref().encoded_len()).sum::<usize>();
-                batch.rows.push(row);
-            }
-        }
+        let (rows, done) = self.call(move |c| c.next_rows(budget_bytes)).await.map_err(db_failure)?;
+        Ok(RowBatch { rows, done })
     }
 
     async fn close_query(&mut self) {
-        // Dropping the receiver stops the worker at its next batch.
-        self.rows = None;
-        self.pending.clear();
+        self.call(InlineConnection::close_query).await;
     }
 
     async fn finalize(&mut self, stmt: u32) -> Result<(), BackendError> {
-        self.conn.finalize(stmt).await.map_err(db_failure)
+        self.call(move |c| c.finalize(stmt)).await.map_err(db_failure)
+    }
+
+    fn idle_poll(&self) -> Option<std::time::Duration> {
+        self.conn.borrow().idle_poll()
+    }
+
+    async fn idle(&mut self) {
+        self.call(InlineConnection::idle).await;
     }
 }

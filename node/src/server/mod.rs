@@ -1,7 +1,7 @@
 //! The dqlite client-protocol server (PROTOCOL.md), on the node's one address.
 //!
 //! ```text
-//!  TcpListener ── accept ──► first word ─┬─ 1 / legacy ──► connection::serve  (one task per client)
+//!  TcpListener ── accept ──► first word ─┬─ 1 / legacy ──► connection::serve  (one thread per client, inline)
 //!   (bounded: max_connections)           │                  read ─► header::check ─► Request::decode
 //!                                        │                  ─► dispatch ─► SqlBackend / ClusterBackend
 //!                                        │                  ─► Response::encode / ROWS batches ─► write
@@ -22,6 +22,10 @@
 //! `FAILURE 1005` with the decoder's reason and the connection goes on. Nothing reaches a
 //! backend unless the request decoded completely. No input panics the server.
 //!
+//! Threads: each client connection (TCP or in-process) is served on a thread of its own
+//! ([`inline`]): the protocol loop runs on a `current_thread` tokio runtime there, and the SQL
+//! backend's blocking work runs on that same thread, so a request crosses no thread hand-off.
+//!
 //! Memory per connection is bounded: one request (at most `max_request_bytes`) and one ROWS
 //! batch (about [`ServerConfig::rows_budget_bytes`]); the next batch is produced only after the
 //! previous one was written to the socket (backpressure).
@@ -29,6 +33,7 @@
 pub mod backend;
 mod connection;
 pub mod db_backend;
+mod inline;
 pub mod join;
 pub mod messages;
 pub mod runtime_cluster;
@@ -42,7 +47,7 @@ use std::time::Duration;
 use dqlite_wire::ProtocolVersion;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 pub use self::backend::{
     BackendError, ClusterBackend, DumpFile, ExecResult, Member, PrepareInfo, RowBatch, SqlBackend, SqlSession, Target,
@@ -149,6 +154,8 @@ impl<S: SqlBackend, C: ClusterBackend> Server<S, C> {
     pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
         let limit = Arc::new(Semaphore::new(self.shared.config.max_connections.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
+        // Every client connection's thread holds a clone: once all are dropped, all are closed.
+        let (alive, mut closed) = mpsc::channel::<()>(1);
         loop {
             let permit = tokio::select! {
                 p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -171,14 +178,29 @@ impl<S: SqlBackend, C: ClusterBackend> Server<S, C> {
             };
             let shared = self.shared.clone();
             let peers = self.peers.clone();
-            tasks.spawn(async move {
-                let _permit = permit;
-                route(stream, remote, shared, peers).await;
-            });
+            let client = ClientSlot { permit, shutdown: shutdown.clone(), alive: alive.clone() };
+            tasks.spawn(route(stream, remote, shared, peers, client));
         }
         tracing::debug!(connections = tasks.len(), "server stopping");
         tasks.shutdown().await;
+        // Client threads see the shutdown signal at their next wait; one in the middle of a
+        // request (a commit waiting for Raft) finishes it first. Wait for them, bounded.
+        drop(alive);
+        if tokio::time::timeout(CLIENT_CLOSE_BOUND, closed.recv()).await.is_err() {
+            tracing::warn!("client connections still closing after {CLIENT_CLOSE_BOUND:?}");
+        }
     }
+}
+
+/// How long a stopping server waits for its client connections' threads.
+const CLIENT_CLOSE_BOUND: Duration = Duration::from_secs(2);
+
+/// What an accepted connection carries to its client thread: the connection permit, the
+/// shutdown signal, and the liveness token the stopping server waits on.
+struct ClientSlot {
+    permit: OwnedSemaphorePermit,
+    shutdown: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
 }
 
 async fn route<S: SqlBackend, C: ClusterBackend>(
@@ -186,6 +208,7 @@ async fn route<S: SqlBackend, C: ClusterBackend>(
     remote: SocketAddr,
     shared: Arc<Shared<S, C>>,
     peers: Option<TcpTransport>,
+    client: ClientSlot,
 ) {
     let _ = stream.set_nodelay(true);
     let mut word = [0u8; 8];
@@ -218,9 +241,42 @@ async fn route<S: SqlBackend, C: ClusterBackend>(
             return;
         }
     };
-    if let Err(e) = connection::serve(stream, version, shared).await {
-        tracing::debug!(%remote, error = %e, "client connection ended");
-    }
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "cannot move the client connection to its thread; closed");
+            return;
+        }
+    };
+    let ClientSlot { permit, shutdown, alive } = client;
+    inline::spawn_client(move || TcpStream::from_std(stream), Some(version), shared, shutdown, (permit, alive));
+}
+
+/// Serves one client connection: reads the handshake word first unless `version` is known.
+async fn serve_client<S: SqlBackend, C: ClusterBackend, T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: T,
+    version: Option<ProtocolVersion>,
+    shared: Arc<Shared<S, C>>,
+) -> io::Result<()> {
+    let version = match version {
+        Some(v) => v,
+        None => {
+            let mut word = [0u8; 8];
+            stream.read_exact(&mut word).await?;
+            match u64::from_le_bytes(word) {
+                ProtocolVersion::V1_WORD => ProtocolVersion::V1,
+                ProtocolVersion::LEGACY_WORD => ProtocolVersion::Legacy,
+                other => {
+                    tracing::debug!(
+                        word = format_args!("{other:#x}"),
+                        "in-process client: unknown protocol version; closed"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    };
+    connection::serve(stream, version, shared).await
 }
 
 /// Size of an in-process connection's pipe in each direction (a ROWS batch is ~4 KiB).
@@ -244,14 +300,7 @@ impl LocalConnector {
     fn new<S: SqlBackend, C: ClusterBackend>(shared: Arc<Shared<S, C>>, shutdown: watch::Receiver<bool>) -> Self {
         let open = move || {
             let (client, server) = tokio::io::duplex(LOCAL_PIPE_BYTES);
-            let shared = shared.clone();
-            let mut shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = serve_local(server, shared) => {}
-                    _ = shutdown.wait_for(|stop| *stop) => {}
-                }
-            });
+            inline::spawn_client(move || Ok(server), None, shared.clone(), shutdown.clone(), ());
             client
         };
         LocalConnector { open: Arc::new(open) }
@@ -260,24 +309,6 @@ impl LocalConnector {
     /// A new in-process connection (the caller sends the protocol handshake first).
     pub fn connect(&self) -> tokio::io::DuplexStream {
         (self.open)()
-    }
-}
-
-async fn serve_local<S: SqlBackend, C: ClusterBackend>(mut stream: tokio::io::DuplexStream, shared: Arc<Shared<S, C>>) {
-    let mut word = [0u8; 8];
-    if stream.read_exact(&mut word).await.is_err() {
-        return;
-    }
-    let version = match u64::from_le_bytes(word) {
-        ProtocolVersion::V1_WORD => ProtocolVersion::V1,
-        ProtocolVersion::LEGACY_WORD => ProtocolVersion::Legacy,
-        other => {
-            tracing::debug!(word = format_args!("{other:#x}"), "in-process client: unknown protocol version; closed");
-            return;
-        }
-    };
-    if let Err(e) = connection::serve(stream, version, shared).await {
-        tracing::debug!(error = %e, "in-process client connection ended");
     }
 }
 
