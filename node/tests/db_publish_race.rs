@@ -60,16 +60,3 @@ fn a_snapshot_point_does_not_wait_for_a_commit_published_before_the_next_writer_
     }
     assert_eq!(dump(&c.handles[0], "race.db"), dump(&c.handles[1], "race.db"));
 }
-
-fn write_in_background(
-    c: &Cluster,
-    db: &str,
-    sql: &'static str,
-) -> std::sync::mpsc::Receiver<Result<(), dqlite_node::db::DbError>> {
-    let conn = c.handles[0].open(db).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(conn.blocking_exec_sql(sql, vec![]).map(|_| ()));
-    });
-    rx
-}

@@ -471,21 +471,6 @@ fn an_idle_write_transaction_is_rolled_back_when_leadership_is_lost() {
     assert_eq!(dump(&c.handles[0], "idle.db"), dump(&c.handles[1], "idle.db"));
 }
 
-/// Runs `sql` on a new connection to node 0's `db` on another thread; the answer comes on the
-/// returned channel.
-fn write_in_background(
-    c: &Cluster,
-    db: &str,
-    sql: &'static str,
-) -> std::sync::mpsc::Receiver<Result<(), dqlite_node::db::DbError>> {
-    let conn = c.handles[0].open(db).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(conn.blocking_exec_sql(sql, vec![]).map(|_| ()));
-    });
-    rx
-}
-
 /// No quorum: the commit fails with the clear timeout error; while its fate is unknown a second
 /// writer waits (bounded by its busy timeout) instead of failing; once the entry commits it is
 /// applied as a follower would, and the second writer proceeds on top of it.

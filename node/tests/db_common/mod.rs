@@ -376,3 +376,18 @@ pub fn count(c: &dqlite_node::db::conn::Connection, sql: &str) -> i64 {
         ref v => panic!("not an integer: {v:?}"),
     }
 }
+
+/// Runs `sql` on a new connection to node 0's `db` on another thread; the answer comes on the
+/// returned channel.
+pub fn write_in_background(
+    c: &Cluster,
+    db: &str,
+    sql: &'static str,
+) -> std::sync::mpsc::Receiver<Result<(), dqlite_node::db::DbError>> {
+    let conn = c.handles[0].open(db).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(conn.blocking_exec_sql(sql, vec![]).map(|_| ()));
+    });
+    rx
+}
