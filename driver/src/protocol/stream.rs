@@ -317,6 +317,8 @@ impl WireStream {
     /// The non-blocking check itself.
     fn probe(&mut self) -> bool {
         self.probes += 1;
+        // One arm only without the `embedded` feature.
+        #[allow(clippy::infallible_destructuring_match)]
         let tcp = match &mut self.socket {
             Socket::Tcp(tcp) => tcp,
             #[cfg(feature = "embedded")]
