@@ -529,7 +529,7 @@ fn real_write(me: &VfsFile, off: u64, data: &[u8]) -> c_int {
     }
 }
 
-/// The most bytes one write of the write-through carries (the unix VFS writes at most 128 KiB
+/// The most bytes one write of a commit's frames carries (the unix VFS writes at most 128 KiB
 /// minus one byte in one call: `seekAndWriteFd` masks the length with 0x1ffff).
 const WRITE_THROUGH_RUN: usize = 64 << 10;
 
@@ -595,17 +595,35 @@ fn commit_sync(me: &VfsFile, entry: &DbEntry, id: ConnId) -> Option<c_int> {
     }
     let capture = Capture { page_size, db_size, pages: pages.into_iter().collect() };
     let end = WAL_HDR_BYTES + (commit + 1) * frame_bytes;
+    // The frames go to the WAL file *before* the entry is proposed, all but the commit frame's
+    // header, which is written as zeros: SQLite's recovery (and `db::wal`'s scan) stop at a
+    // frame whose salts do not match, so until the real header is written these frames are
+    // no commit and readers never see them (they lie past the wal-index's `mxFrame`). A full
+    // disk thus fails the commit here, before anything is in the log; the write that follows
+    // the commit only overwrites 24 bytes in place. One write per run of adjacent frames.
+    let hdr_off = WAL_HDR_BYTES + commit * frame_bytes;
+    let hdr_end = hdr_off + FRAME_HDR_BYTES;
+    for (off, mut run) in buf.runs(end, WRITE_THROUGH_RUN) {
+        let run_end = off + run.len() as u64;
+        if off < hdr_end && hdr_off < run_end {
+            let (from, to) = (hdr_off.max(off) - off, hdr_end.min(run_end) - off);
+            run[from as usize..to as usize].fill(0);
+        }
+        let rc = real_write(me, off, &run);
+        if rc != ffi::SQLITE_OK {
+            tracing::warn!(db = entry.path, rc, "writing a commit's frames to the WAL failed: the commit fails");
+            return Some(rc);
+        }
+    }
+    let mut hdr = [0u8; FRAME_HDR_BYTES as usize];
+    buf.overlay(hdr_off, &mut hdr);
     match entry.hooks.commit(id, capture) {
         Ok(()) => {
-            // One write per run of adjacent frames (the writer still holds the write lock:
-            // this is on the commit path of the next writer too).
-            for (off, run) in buf.runs(end, WRITE_THROUGH_RUN) {
-                let rc =
-                    if fault::write_through_fails(&entry.path) { ffi::SQLITE_FULL } else { real_write(me, off, &run) };
-                if rc != ffi::SQLITE_OK {
-                    tracing::error!(db = entry.path, rc, "writing committed frames to the WAL failed");
-                    return Some(entry.hooks.write_through_failed(id, rc));
-                }
+            let rc =
+                if fault::write_through_fails(&entry.path) { ffi::SQLITE_FULL } else { real_write(me, hdr_off, &hdr) };
+            if rc != ffi::SQLITE_OK {
+                tracing::error!(db = entry.path, rc, "writing a committed frame header to the WAL failed");
+                return Some(entry.hooks.write_through_failed(id, rc));
             }
             Some(ffi::SQLITE_OK)
         }
