@@ -80,6 +80,48 @@ async fn follower_behind_the_compaction_point_catches_up_by_snapshot() {
     lagging_follower(31, false).await;
 }
 
+/// Large entries: the entry-count thresholds are never reached, so only the byte thresholds
+/// (`snapshot_threshold_bytes`, `trailing_bytes`) bound the log the core holds in memory.
+/// Without them every node held the whole write history (a 32-worker kvwrite run grew a node to
+/// 573 MiB in 20 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_entries_trigger_snapshots_and_compaction_by_bytes() {
+    const VALUE: usize = 4096;
+    let (mut c, kv) = kv_cluster(3, 34, 4, |o| {
+        o.snapshot_threshold = 1_000_000;
+        o.trailing_entries = 1_000_000;
+        o.snapshot_threshold_bytes = 64 << 10;
+        o.trailing_bytes = 16 << 10;
+    })
+    .await;
+    let ids = c.ids();
+    c.wait_for_leader(WAIT).await.unwrap();
+    let value = "x".repeat(VALUE);
+    let mut last = 0;
+    for i in 0..300u32 {
+        let (_, p) = c.propose(format!("k{}={value}", i % 40).into_bytes(), WAIT).await.unwrap();
+        last = p.index.0;
+    }
+    wait_applied(&kv, &ids, last).await;
+    // Every node (each snapshots on its own applied bytes): at most 64 KiB since the snapshot
+    // plus 16 KiB behind the applied index, a few entries of slack: ~20 entries, not 300.
+    let bound_entries = (64 + 16) * 1024 / VALUE as u64 + 8;
+    for id in &ids {
+        let m = wait_until(WAIT, || async {
+            let m = c.handle(*id).unwrap().metrics();
+            (m.compacted_index > 200 && m.in_memory_entries <= bound_entries).then_some(m)
+        })
+        .await
+        .unwrap_or_else(|| panic!("node {id} did not compact by bytes: {:?}", c.handle(*id).unwrap().metrics()));
+        assert!(m.snapshots_taken >= 1, "{m:?}");
+        assert!(m.in_memory_bytes <= (64 + 16 + 8 * 5) << 10, "{m:?}");
+        assert!(m.in_memory_bytes >= m.in_memory_entries.saturating_sub(2) * VALUE as u64, "{m:?}");
+    }
+    let s = assert_converged(&kv, &ids).await;
+    assert_eq!(s.commands, 300);
+    c.shutdown_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_snapshot_chunk_is_refused_and_fetched_again() {
     lagging_follower(32, true).await;

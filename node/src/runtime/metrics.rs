@@ -19,6 +19,7 @@ pub(crate) struct Metrics {
     pub(crate) follower_reads: AtomicU64,
     pub(crate) compacted_index: AtomicU64,
     pub(crate) in_memory_entries: AtomicU64,
+    pub(crate) in_memory_bytes: AtomicU64,
     /// The largest single buffer of snapshot bytes held in memory (shared with the spool).
     pub(crate) snapshot_max_buffer: std::sync::Arc<AtomicU64>,
     pub(crate) disk_full: AtomicBool,
@@ -59,6 +60,9 @@ pub struct MetricsSnapshot {
     pub compacted_index: u64,
     /// Entries the core holds in memory.
     pub in_memory_entries: u64,
+    /// Bytes of entry data the core holds in memory (bounded by
+    /// `RuntimeOptions::snapshot_threshold_bytes` + `trailing_bytes` + what is not yet applied).
+    pub in_memory_bytes: u64,
     /// The largest single buffer of snapshot bytes this node held in memory while taking,
     /// storing, sending, receiving, checking or restoring a snapshot (bytes).
     pub snapshot_max_buffer: u64,
@@ -89,6 +93,7 @@ impl Metrics {
             follower_reads: l(&self.follower_reads),
             compacted_index: l(&self.compacted_index),
             in_memory_entries: l(&self.in_memory_entries),
+            in_memory_bytes: l(&self.in_memory_bytes),
             snapshot_max_buffer: l(&self.snapshot_max_buffer),
             disk_full: b(&self.disk_full),
             poisoned: b(&self.poisoned),

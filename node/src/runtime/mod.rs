@@ -21,6 +21,7 @@ mod follower_read;
 pub mod frame;
 #[cfg(feature = "harness")]
 pub mod harness;
+mod log_bytes;
 pub mod memory;
 mod metrics;
 mod options;
@@ -307,6 +308,7 @@ impl Runtime {
         let driver = Driver {
             id: opts.id,
             compacted: core.log().compacted_index(),
+            log_bytes: log_bytes::LogBytes::from_log(core.log()),
             core,
             transport,
             storage_tx: Some(storage_tx),
@@ -467,6 +469,9 @@ struct Driver<T: Transport> {
     follower: follower_read::Tracker,
     durable: LogIndex,
     compacted: LogIndex,
+    /// Bytes of entry data the core holds, by index (byte thresholds for snapshots and
+    /// compaction).
+    log_bytes: log_bytes::LogBytes,
     /// Barrier / membership entries proposed here: index -> (term, waiter).
     index_waiters: BTreeMap<LogIndex, (Term, Waiter<LogIndex>)>,
     /// Those known committed, waiting to be applied.
@@ -910,7 +915,11 @@ impl<T: Transport> Driver<T> {
         if !self.snapshot_allowed() {
             return;
         }
-        if self.applied.0.saturating_sub(self.last_snapshot.0) >= self.opts.snapshot_threshold.max(1) {
+        let entries = self.applied.0.saturating_sub(self.last_snapshot.0);
+        let bytes = self.log_bytes.between(self.last_snapshot, self.applied);
+        if entries >= self.opts.snapshot_threshold.max(1)
+            || (entries > 0 && bytes >= self.opts.snapshot_threshold_bytes)
+        {
             self.take_snapshot();
         }
     }
@@ -924,7 +933,11 @@ impl<T: Transport> Driver<T> {
     fn maybe_compact(&mut self) {
         // Only up to a snapshot known to be stored (a restart needs the log contiguous after it).
         let Some(snap) = self.core.snapshot_meta().map(|s| s.index.min(self.last_snapshot)) else { return };
-        let target = self.durable.min(LogIndex(self.applied.0.saturating_sub(self.opts.trailing_entries))).min(snap);
+        // The tail kept behind the applied index: at most `trailing_entries` entries and at
+        // most `trailing_bytes` bytes of them.
+        let trail = LogIndex(self.applied.0.saturating_sub(self.opts.trailing_entries))
+            .max(self.log_bytes.keep_at_most(self.applied, self.opts.trailing_bytes));
+        let target = self.durable.min(trail).min(snap);
         if target <= self.compacted {
             return;
         }
@@ -1027,6 +1040,7 @@ impl<T: Transport> Driver<T> {
             self.on_event(ev);
         }
         // 2-5. Persistence, on the storage thread.
+        self.log_bytes.appended(&entries);
         for c in &snapshot_chunks {
             let check = match &mut self.recv_check {
                 Some((meta, check)) if *meta == c.meta && c.offset != 0 => check,
@@ -1197,7 +1211,9 @@ impl<T: Transport> Driver<T> {
             let _ = self.conf_tx.send(conf.clone());
         }
         let log = self.core.log();
+        self.log_bytes.sync(log.compacted_index(), log.last_index());
         self.metrics.in_memory_entries.store(log.last_index().0 - log.compacted_index().0, Ordering::Relaxed);
+        self.metrics.in_memory_bytes.store(self.log_bytes.total(), Ordering::Relaxed);
     }
 }
 

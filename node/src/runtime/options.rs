@@ -26,6 +26,12 @@ pub const DEFAULT_MAX_ENTRY_BYTES: usize = 64 << 20;
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 4096;
 /// Default number of applied entries kept in the log behind the compaction point.
 pub const DEFAULT_TRAILING_ENTRIES: u64 = 1024;
+/// Default bytes of applied entry data after which a snapshot is taken even if fewer than
+/// [`DEFAULT_SNAPSHOT_THRESHOLD`] entries were applied (the core holds the log in memory up to
+/// its compaction point: this bounds that memory under large entries).
+pub const DEFAULT_SNAPSHOT_THRESHOLD_BYTES: u64 = 48 << 20;
+/// Default most bytes of applied entry data kept behind the compaction point.
+pub const DEFAULT_TRAILING_BYTES: u64 = 16 << 20;
 
 /// How one node's runtime is set up.
 #[derive(Debug, Clone)]
@@ -57,9 +63,15 @@ pub struct RuntimeOptions {
     pub max_entry_bytes: usize,
     /// See [`DEFAULT_SNAPSHOT_THRESHOLD`].
     pub snapshot_threshold: u64,
+    /// See [`DEFAULT_SNAPSHOT_THRESHOLD_BYTES`]: a snapshot is taken after
+    /// `snapshot_threshold` applied entries or this many bytes of them, whichever comes first.
+    pub snapshot_threshold_bytes: u64,
     /// See [`DEFAULT_TRAILING_ENTRIES`]. The log is compacted up to
-    /// `min(StateMachine::durable_index(), applied - trailing_entries, latest snapshot)`.
+    /// `min(StateMachine::durable_index(), applied - tail, latest snapshot)`, where the tail
+    /// kept is at most `trailing_entries` entries and at most `trailing_bytes` bytes.
     pub trailing_entries: u64,
+    /// See [`DEFAULT_TRAILING_BYTES`].
+    pub trailing_bytes: u64,
     /// Bytes per InstallSnapshot chunk.
     pub snapshot_chunk_bytes: u64,
     /// How often the storage thread retries an append refused for a full disk.
@@ -84,7 +96,9 @@ impl RuntimeOptions {
             apply_queue: DEFAULT_APPLY_QUEUE,
             max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
             snapshot_threshold: DEFAULT_SNAPSHOT_THRESHOLD,
+            snapshot_threshold_bytes: DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
             trailing_entries: DEFAULT_TRAILING_ENTRIES,
+            trailing_bytes: DEFAULT_TRAILING_BYTES,
             snapshot_chunk_bytes: 1 << 20,
             disk_full_retry: Duration::from_millis(50),
             storage: StorageOptions::default(),
