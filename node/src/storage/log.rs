@@ -43,7 +43,7 @@ impl Default for LogOptions {
 }
 
 const ALIGN: u64 = 4096;
-const ZERO_CHUNK: usize = 1024 * 1024;
+const ZERO_CHUNK: usize = 512 * 1024;
 
 fn round_up(n: u64, a: u64) -> u64 {
     n.div_ceil(a) * a
@@ -1098,16 +1098,17 @@ fn preallocate(backend: &dyn Backend, name: &str, seq: u64, size: u64) -> Result
     };
     let header = encode_header_block(seq, false);
     let zeros = vec![0u8; ZERO_CHUNK];
-    let mut writes: Vec<(u64, &[u8])> = vec![(0, &header[..])];
+    // Through the page cache (O_DIRECT zeros would be written synchronously), one chunk and
+    // its `fdatasync` at a time: the whole segment synced at once put megabytes in the device's
+    // queue ahead of the appends' own syncs (the 64-entry p99 of `log_bench grow` was 8-12x the
+    // raw loop's), a chunk at a time an append waits behind one chunk at most.
+    file.write_all_sync_cached(&[(0, &header[..])]).map_err(PrepError::Batch)?;
     let mut off = ALIGN;
     while off < size {
         let n = (size - off).min(ZERO_CHUNK as u64) as usize;
-        writes.push((off, &zeros[..n]));
+        file.write_all_sync_cached(&[(off, &zeros[..n])]).map_err(PrepError::Batch)?;
         off += n as u64;
     }
-    // Through the page cache: O_DIRECT zeros would be written synchronously and compete with
-    // the log's own writes for the device.
-    file.write_all_sync_cached(&writes).map_err(PrepError::Batch)?;
     Ok(file)
 }
 
