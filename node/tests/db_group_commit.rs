@@ -293,14 +293,6 @@ fn exec_when_leading(c: &Cluster, db: &str, sql: &str) {
     }
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 #[test]
 fn concurrent_autocommit_writers_share_entries_and_are_answered_after_the_commit() {
     let c = Arc::new(Cluster::new(2));
@@ -321,10 +313,12 @@ fn concurrent_autocommit_writers_share_entries_and_are_answered_after_the_commit
             (i, r, rows, Instant::now())
         }));
     }
-    wait_for("the first proposal", || c.last_index() > before);
+    wait_for("the first proposal", Duration::from_secs(20), || c.last_index() > before);
     // The others queued behind it (the gauge is process-wide: tests running beside this one
     // can only make it rise sooner, never keep it from rising).
-    wait_for("the other writers to queue", || dqlite_node::db::batch::stats().queued >= WRITERS as u64 - 1);
+    wait_for("the other writers to queue", Duration::from_secs(20), || {
+        dqlite_node::db::batch::stats().queued >= WRITERS as u64 - 1
+    });
     assert!(threads.iter().all(|t| !t.is_finished()), "a writer was answered before its entry committed");
     let released = Instant::now();
     c.hold(false);
@@ -405,11 +399,13 @@ fn a_batch_in_flight_when_leadership_is_lost_reports_unknown_outcome_and_then_co
     let mut it = conns.into_iter().zip(stmts).enumerate();
     let (i, (w, id)) = it.next().unwrap();
     threads.push(std::thread::spawn(move || w.blocking_exec(id, vec![Value::Text(format!("k{i}"))])));
-    wait_for("the first proposal", || c.last_index() > before);
+    wait_for("the first proposal", Duration::from_secs(20), || c.last_index() > before);
     for (i, (w, id)) in it {
         threads.push(std::thread::spawn(move || w.blocking_exec(id, vec![Value::Text(format!("k{i}"))])));
     }
-    wait_for("the batch to queue", || dqlite_node::db::batch::stats().queued >= WRITERS as u64 - 1);
+    wait_for("the batch to queue", Duration::from_secs(20), || {
+        dqlite_node::db::batch::stats().queued >= WRITERS as u64 - 1
+    });
     // Leadership moves while the first entry is held and the batch waits for the write lock.
     c.elect(None);
     let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();

@@ -55,15 +55,9 @@ fn a_commit_the_leader_cannot_write_to_its_wal_is_kept_by_the_cluster_and_reappl
 
     // The followers hold the row.
     for i in 1..3 {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let n = count(&c.handles[i].open("m.db").unwrap(), "SELECT count(*) FROM t WHERE v = 'lost here'");
-            if n == 1 {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "node {i} never applied the committed row");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_for(&format!("node {i} to apply the committed row"), std::time::Duration::from_secs(30), || {
+            count(&c.handles[i].open("m.db").unwrap(), "SELECT count(*) FROM t WHERE v = 'lost here'") == 1
+        });
     }
 
     // The leader lacks it, and no checkpoint counts it as in its files: the log keeps it.

@@ -32,11 +32,7 @@ fn a_snapshot_point_does_not_wait_for_a_commit_published_before_the_next_writer_
     c.hold(true);
     let before = c.last_index();
     let b = write_in_background(&c, "race.db", "INSERT INTO t VALUES (2)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.last_index() == before {
-        assert!(Instant::now() < deadline, "writer B never proposed");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_for("writer B to propose", Duration::from_secs(10), || c.last_index() != before);
 
     // A snapshot point now, on the apply thread (as the runtime takes one between entries).
     // A's commit is in the wal-index: nothing is left to wait for.

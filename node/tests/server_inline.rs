@@ -10,7 +10,7 @@
 mod server_support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dqlite_node::wire::{DbId, Params, Request, Response, Schema, ValueRef, WireNodeId};
 use server_support::nodes::{free_addr, init_tracing, leader_of, start_sqlite, three_sqlite_nodes, wait_for, BOUND};
@@ -76,11 +76,11 @@ async fn an_idle_write_transaction_is_rolled_back_when_its_node_loses_leadership
     assert_eq!(admin.request(&Request::Transfer { id: WireNodeId(ids[target]) }).await.decode(), Response::Empty);
     let url = format!("dqlite://{}/idle.db?peers={},{}", addrs[target], addrs[old], addrs[3 - old - target]);
     let pool = DqlitePoolOptions::new().max_connections(1).connect(&url).await.unwrap();
-    let deadline = Instant::now() + BOUND;
-    while let Err(e) = sqlx::query("INSERT INTO t VALUES (2)").execute(&pool).await {
-        assert!(Instant::now() < deadline, "no write after the transfer: {e}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("a write on the new leader after the transfer", || {
+        let pool = &pool;
+        async move { sqlx::query("INSERT INTO t VALUES (2)").execute(pool).await.is_ok() }
+    })
+    .await;
 
     // The old leader applies that write: its idle connection no longer holds the write lock,
     // though its client sent nothing since.
@@ -92,7 +92,7 @@ async fn an_idle_write_transaction_is_rolled_back_when_its_node_loses_leadership
             Ok(1) => break,
             r => assert!(Instant::now() < deadline, "the old leader never applied the new write: {r:?}"),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(query_int(&mut reader, "SELECT count(*) FROM t WHERE a = 1").await, Ok(0));
 

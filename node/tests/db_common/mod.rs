@@ -370,6 +370,15 @@ pub fn integrity_ok(h: &DbHandle, db: &str) {
     assert_eq!(rows, vec![vec![Value::Text("ok".into())]]);
 }
 
+/// Polls `f` (every 2 ms) until it is true; panics naming `what` after `bound`.
+pub fn wait_for(what: &str, bound: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + bound;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {bound:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 pub fn count(c: &dqlite_node::db::conn::Connection, sql: &str) -> i64 {
     match c.blocking_query_sql(sql, vec![]).unwrap().blocking_collect().unwrap()[0][0] {
         Value::Integer(n) => n,
