@@ -830,6 +830,10 @@ impl<T: Transport> Driver<T> {
             StorageDone::SnapshotWritten { index } => {
                 self.snapshot_in_progress = false;
                 self.last_snapshot = self.last_snapshot.max(index);
+                // One may have come due while this one was taken (checked after applies only:
+                // on a node that applies nothing more it would wait for the next write, and its
+                // log with it).
+                self.maybe_snapshot();
                 self.maybe_compact();
             }
             StorageDone::SnapshotMissing { index } => {
