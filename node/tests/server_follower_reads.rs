@@ -131,7 +131,11 @@ async fn follower_reads_come_from_followers_and_see_every_write_acknowledged_max
     };
     let mut reads = 0u64;
     let mut checked = 0u64;
-    while !writing.is_finished() || reads < 20 {
+    // Reads go on until the writer is done and at least one read started late enough to be
+    // checked against the bound (fast writes may all be acknowledged within one bound).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !writing.is_finished() || reads < 20 || checked == 0 {
+        assert!(Instant::now() < deadline, "no read could be checked within 60 s ({reads} reads)");
         let started = Instant::now();
         let seen: i64 = sqlx::query_scalar("SELECT max(v) FROM t").fetch_one(&reader).await.unwrap();
         reads += 1;
