@@ -94,6 +94,7 @@ async fn cancelled_begin_never_leaves_a_transaction_open() {
     let mut f = Fixture::new("cancel_begin").await;
     for polls in 0..MAX_POLLS {
         let mut conn = f.pool.acquire().await.unwrap();
+        let in_process = conn.is_in_process();
         let completed = match cancel_after(polls, conn.begin()).await {
             Some(tx) => {
                 let tx = tx.unwrap();
@@ -105,7 +106,10 @@ async fn cancelled_begin_never_leaves_a_transaction_open() {
         drop(conn);
         f.check("begin", polls).await;
         if completed {
-            assert!(polls > 1, "BEGIN completed without waiting for the server");
+            // Over a socket the answer cannot be there at the first poll. In process (the
+            // `embedded` launcher) the node's connection thread may answer BEGIN between the
+            // request's write and the first read of the same poll.
+            assert!(polls > 1 || in_process, "BEGIN completed without waiting for the server");
             return;
         }
     }
