@@ -21,9 +21,7 @@ fn a_commit_timeout_during_the_apply_of_its_own_entry_reopens_writes_once_applie
     // the 30 s of the original failure.
     cfg.busy_timeout = Duration::from_secs(3);
     let c = Cluster::with_config(2, cfg);
-    let conn = c.handles[0].open("late.db").unwrap();
-    conn.blocking_exec_sql("CREATE TABLE t(a)", vec![]).unwrap();
-    c.wait_all_applied();
+    let conn = c.open_with_table_t("late.db");
 
     // The entry commits at once (replication not held); node 0's apply thread stops on it.
     let pause = dqlite_node::db::pause_next_apply(&c.dir(0), "late.db").unwrap();

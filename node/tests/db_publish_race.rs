@@ -18,9 +18,7 @@ use dqlite_node::replication::StateMachine;
 #[test]
 fn a_snapshot_point_does_not_wait_for_a_commit_published_before_the_next_writer_took_the_lock() {
     let c = Cluster::new(2);
-    let setup = c.handles[0].open("race.db").unwrap();
-    setup.blocking_exec_sql("CREATE TABLE t(a)", vec![]).unwrap();
-    c.wait_all_applied();
+    let _setup = c.open_with_table_t("race.db");
 
     // Writer A commits; its thread stops right after the VFS released the write lock.
     let pause = dqlite_node::db::pause_next_unlock(&c.dir(0), "race.db").unwrap();

@@ -84,16 +84,16 @@ async fn an_idle_write_transaction_is_rolled_back_when_its_node_loses_leadership
 
     // The old leader applies that write: its idle connection no longer holds the write lock,
     // though its client sent nothing since.
-    let mut reader = RawClient::connect(addrs[old]).await;
-    open(&mut reader, "idle.db", "volatile?read=follower&max_staleness=100").await;
-    let deadline = Instant::now() + BOUND;
-    loop {
-        match query_int(&mut reader, "SELECT count(*) FROM t WHERE a = 2").await {
-            Ok(1) => break,
-            r => assert!(Instant::now() < deadline, "the old leader never applied the new write: {r:?}"),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let follower_reader = || async {
+        let mut reader = RawClient::connect(addrs[old]).await;
+        open(&mut reader, "idle.db", "volatile?read=follower&max_staleness=100").await;
+        reader
+    };
+    wait_for("the old leader to apply the new write", || async {
+        query_int(&mut follower_reader().await, "SELECT count(*) FROM t WHERE a = 2").await == Ok(1)
+    })
+    .await;
+    let mut reader = follower_reader().await;
     assert_eq!(query_int(&mut reader, "SELECT count(*) FROM t WHERE a = 1").await, Ok(0));
 
     // The idle client is told, and its row never committed anywhere.

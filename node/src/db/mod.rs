@@ -186,6 +186,9 @@ pub(crate) struct NodeShared {
     role_cv: Condvar,
     applied: AtomicU64,
     dbs: Mutex<HashMap<String, Arc<DbShared>>>,
+    /// Some database has a `lost_write` (set once, never cleared): `apply` looks for its reason
+    /// only then, not on every entry.
+    lost_write: std::sync::atomic::AtomicBool,
 }
 
 /// Why a capture failed: the code SQLite gets, and the message the connection reports.
@@ -475,6 +478,7 @@ impl DbHooks for DbShared {
         );
         tracing::error!(db = self.name, rc, "{reason}");
         st.lost_write.get_or_insert(reason);
+        self.node.lost_write.store(true, Ordering::SeqCst);
         self.cv.notify_all();
         let msg = format!(
             "the commit is in the Raft log but this node could not write it to its WAL (SQLite code {rc}); \
@@ -908,6 +912,7 @@ impl Databases {
             role_cv: Condvar::new(),
             applied: AtomicU64::new(base.0),
             dbs: Mutex::new(HashMap::new()),
+            lost_write: std::sync::atomic::AtomicBool::new(false),
         });
         let mut dbs = Databases { node, appliers: HashMap::new(), applied: base, since_checkpoint: 0, copy: None };
         let mut names = Vec::new();
@@ -1165,9 +1170,11 @@ impl StateMachine for Databases {
         if e.index <= self.applied || e.kind != EntryKind::Command {
             return Ok(());
         }
-        for d in lock(&self.node.dbs).values() {
-            if let Some(reason) = &lock(&d.st).lost_write {
-                return Err(ApplyError { index: e.index, reason: reason.clone() });
+        if self.node.lost_write.load(Ordering::SeqCst) {
+            for d in lock(&self.node.dbs).values() {
+                if let Some(reason) = &lock(&d.st).lost_write {
+                    return Err(ApplyError { index: e.index, reason: reason.clone() });
+                }
             }
         }
         let decoded = entry::decode(&e.data)

@@ -213,6 +213,15 @@ impl Cluster {
         self.shared.st.lock().unwrap().entries.len() as u64
     }
 
+    /// A connection to `db` on node 0 (the leader) after `CREATE TABLE t(a)` there, applied on
+    /// every node.
+    pub fn open_with_table_t(&self, db: &str) -> dqlite_node::db::conn::Connection {
+        let conn = self.handles[0].open(db).unwrap();
+        conn.blocking_exec_sql("CREATE TABLE t(a)", vec![]).unwrap();
+        self.wait_all_applied();
+        conn
+    }
+
     /// Waits until every node applied everything committed.
     pub fn wait_all_applied(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
