@@ -530,6 +530,19 @@ const BASE_FILE: &str = ".applied-base";
 /// its frames (it needs nothing from the apply thread: microseconds normally).
 const PUBLISH_WAIT: Duration = Duration::from_millis(200);
 
+/// Bulk checkpoints ([`Bulk`]) finished in this process.
+static BULK_CHECKPOINTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many bulk checkpoints (the part of a threshold checkpoint that runs on a thread of its
+/// own, beside commits) have finished in this process: for tests and benchmarks.
+pub fn bulk_checkpoints() -> u64 {
+    BULK_CHECKPOINTS.load(Ordering::SeqCst)
+}
+
+/// A threshold checkpoint copies the WAL on a thread of its own first ([`Bulk`]) when more than
+/// this fraction of the threshold is not yet backfilled.
+const BULK_FRACTION: u32 = 4;
+
 /// How long the apply connection waits for a database's write lock (a local writer holding it
 /// fails its commit within the commit timeout, so this is only reached if something hangs).
 const APPLY_BUSY_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -685,6 +698,25 @@ struct Applier {
     /// The WAL size (frames) at the last threshold checkpoint that did not let the WAL restart:
     /// the next one waits until the WAL has grown by a further eighth of the threshold.
     threshold_tried_at: Option<u32>,
+    /// The bulk of a threshold checkpoint, running on its own thread ([`Applier::start_bulk`]).
+    bulk: Option<Bulk>,
+}
+
+/// A PASSIVE checkpoint running on a thread of its own with a connection of its own: it copies
+/// most of a big WAL into the database file while entries go on being applied and local
+/// writers go on committing. SQLite's own locks make it safe beside them (it takes the
+/// checkpointer lock, never the write lock, and backfills no frame past a reader's mark). It
+/// records no durable point: the short checkpoint that follows it does.
+struct Bulk {
+    handle: std::thread::JoinHandle<()>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Applier {
+    fn drop(&mut self) {
+        // Its connection must be closed before the files are (a snapshot install swaps them).
+        self.join_bulk();
+    }
 }
 
 impl Applier {
@@ -701,7 +733,7 @@ impl Applier {
             .truncate(false)
             .open(&wal_path)
             .map_err(io_err(&wal_path))?;
-        Ok(Applier { shared, conn, wal, verify: VecDeque::new(), threshold_tried_at: None })
+        Ok(Applier { shared, conn, wal, verify: VecDeque::new(), threshold_tried_at: None, bulk: None })
     }
 
     fn mx_frame(&self) -> Result<(u32, u32), DbError> {
@@ -788,6 +820,61 @@ impl Applier {
         Ok(())
     }
 
+    /// Starts the bulk of a threshold checkpoint on its own thread (see [`Bulk`]). False if no
+    /// thread could be started (the caller checkpoints synchronously instead).
+    fn start_bulk(&mut self) -> bool {
+        let shared = self.shared.clone();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        let spawned = std::thread::Builder::new().name(format!("dqlite-ckpt-{}", shared.name)).spawn(move || {
+            let started = Instant::now();
+            let r = (|| -> Result<(i64, i64, i64), DbError> {
+                let vc = shared.node.open_conn(&shared, false, shared.node.config.busy_timeout)?;
+                // Never checkpoint (or delete the WAL) from this connection when it closes.
+                vc.conn().set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+                pause::before_bulk(&shared.path);
+                let r = vc
+                    .conn()
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                vc.end_statement();
+                Ok(r)
+            })();
+            match r {
+                Ok((busy, log, done)) => tracing::debug!(
+                    db = shared.name,
+                    busy,
+                    log,
+                    done,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "bulk checkpoint"
+                ),
+                Err(e) => tracing::warn!(db = shared.name, error = %e, "bulk checkpoint failed"),
+            }
+            BULK_CHECKPOINTS.fetch_add(1, Ordering::SeqCst);
+            flag.store(true, Ordering::SeqCst);
+        });
+        match spawned {
+            Ok(handle) => {
+                self.bulk = Some(Bulk { handle, done });
+                true
+            }
+            Err(e) => {
+                tracing::debug!(db = self.shared.name, error = %e, "no thread for a bulk checkpoint");
+                false
+            }
+        }
+    }
+
+    /// Waits for a running bulk checkpoint to end (snapshot points, explicit checkpoints and
+    /// closing need the files to themselves).
+    fn join_bulk(&mut self) {
+        if let Some(b) = self.bulk.take() {
+            if b.handle.join().is_err() {
+                tracing::warn!(db = self.shared.name, "the bulk checkpoint thread panicked");
+            }
+        }
+    }
+
     /// The checkpoint of a WAL past `checkpoint_wal_frames`: one that lets SQLite restart it.
     ///
     /// SQLite restarts the WAL when a writer starts on a wholly backfilled one. On a leader
@@ -813,11 +900,18 @@ impl Applier {
                 false
             }
         };
+        let started = Instant::now();
         let r = self.checkpoint(applied);
         if gated {
             lock(&shared.st).ckpt_gate = false;
             shared.writers_may_go();
         }
+        tracing::debug!(
+            db = shared.name,
+            gated,
+            took_us = started.elapsed().as_micros() as u64,
+            "threshold checkpoint"
+        );
         r
     }
 
@@ -1109,14 +1203,32 @@ impl Databases {
             }
             write_base(&self.node.dir, self.durable_index()).map_err(|e| err(e.to_string()))?;
         } else if let Some(a) = db.and_then(|d| self.appliers.get_mut(d)) {
-            let (mx, _) = a.mx_frame().map_err(|e| err(e.to_string()))?;
+            if let Some(b) = &a.bulk {
+                if !b.done.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                // The bulk is backfilled: the short checkpoint that lets the WAL restart now.
+                a.join_bulk();
+                let (mx, _) = a.mx_frame().map_err(|e| err(e.to_string()))?;
+                a.checkpoint_for_restart(applied).map_err(|e| err(e.to_string()))?;
+                a.threshold_tried_at = Some(mx);
+                return Ok(());
+            }
+            let (mx, backfilled) = a.mx_frame().map_err(|e| err(e.to_string()))?;
             let due = match a.threshold_tried_at {
                 Some(at) if mx >= at => mx >= at.saturating_add((threshold / 8).max(1)),
                 _ => true,
             };
             if mx >= threshold && due {
-                a.checkpoint_for_restart(applied).map_err(|e| err(e.to_string()))?;
-                a.threshold_tried_at = Some(mx);
+                // Most of the frames are copied first without holding anything back (writers
+                // and this thread would wait tens of milliseconds for a threshold's worth);
+                // the gated checkpoint that lets SQLite restart the WAL then has only what
+                // came meanwhile to copy.
+                let bulky = mx.saturating_sub(backfilled) >= (threshold / BULK_FRACTION).max(1);
+                if !(bulky && a.start_bulk()) {
+                    a.checkpoint_for_restart(applied).map_err(|e| err(e.to_string()))?;
+                    a.threshold_tried_at = Some(mx);
+                }
             } else if mx < threshold {
                 a.threshold_tried_at = None;
             }
@@ -1131,6 +1243,7 @@ impl Databases {
         }
         let applied = self.applied;
         for a in self.appliers.values_mut() {
+            a.join_bulk();
             a.checkpoint(applied)?;
         }
         write_base(&self.node.dir, self.durable_index())
@@ -1313,4 +1426,4 @@ impl SnapshotCopy for ImageCopy {
 
 mod pause;
 #[cfg(feature = "harness")]
-pub use pause::{pause_next_apply, pause_next_commit, pause_next_unlock, CommitPause};
+pub use pause::{pause_next_apply, pause_next_bulk, pause_next_commit, pause_next_unlock, CommitPause};

@@ -15,15 +15,18 @@
 //!   it (the next writer may take it) and before the db layer notes the release
 //!   (`DbHooks::write_unlocked`). A test lets a second writer reach its commit inside it
 //!   (`node/tests/db_publish_race.rs`, row M-DB6).
+//! * [`pause_next_bulk`]: the thread of a bulk checkpoint, after it opened its connection and
+//!   before it checkpoints. A test commits and takes a snapshot while it is held
+//!   (`node/tests/db_bulk_checkpoint.rs`, row M-DB9).
 //!
 //! Without the feature the hooks compile to nothing; with it, a hook with nothing armed costs
 //! one atomic load.
 
 #[cfg(feature = "harness")]
-pub use imp::{pause_next_apply, pause_next_commit, pause_next_unlock, CommitPause};
+pub use imp::{pause_next_apply, pause_next_bulk, pause_next_commit, pause_next_unlock, CommitPause};
 
 #[cfg(feature = "harness")]
-pub(crate) use imp::{after_commit, before_apply, on_unlock};
+pub(crate) use imp::{after_commit, before_apply, before_bulk, on_unlock};
 
 /// Without the feature: nothing pauses.
 #[cfg(not(feature = "harness"))]
@@ -39,6 +42,11 @@ pub(crate) fn before_apply(_db_path: &std::path::Path) {}
 #[cfg(not(feature = "harness"))]
 #[inline(always)]
 pub(crate) fn on_unlock(_db_path: &std::path::Path) {}
+
+/// Without the feature: nothing pauses.
+#[cfg(not(feature = "harness"))]
+#[inline(always)]
+pub(crate) fn before_bulk(_db_path: &std::path::Path) {}
 
 #[cfg(feature = "harness")]
 mod imp {
@@ -78,6 +86,8 @@ mod imp {
         BeforeApply,
         /// [`on_unlock`].
         OnUnlock,
+        /// [`before_bulk`].
+        BeforeBulk,
     }
 
     /// Armed pauses, by point and database file path (canonical data directory + `db/` + name).
@@ -123,6 +133,13 @@ mod imp {
     /// is dropped.
     pub fn pause_next_unlock(data_dir: &Path, db: &str) -> std::io::Result<CommitPause> {
         arm(Point::OnUnlock, data_dir, db)
+    }
+
+    /// Arms a pause: the next bulk checkpoint of database `db` of the node whose data directory
+    /// is `data_dir` stops on its own thread, with its connection open, before it checkpoints.
+    /// It waits there until [`CommitPause::release`] or the pause is dropped.
+    pub fn pause_next_bulk(data_dir: &Path, db: &str) -> std::io::Result<CommitPause> {
+        arm(Point::BeforeBulk, data_dir, db)
     }
 
     fn arm(point: Point, data_dir: &Path, db: &str) -> std::io::Result<CommitPause> {
@@ -191,6 +208,12 @@ mod imp {
             db_path,
             "test pause: connection held between the release of the write lock and its note",
         );
+    }
+
+    /// Called by the thread of a bulk checkpoint of `db_path` before it checkpoints: holds it
+    /// while a pause for that database is armed (once per pause).
+    pub(crate) fn before_bulk(db_path: &Path) {
+        hold(Point::BeforeBulk, db_path, "test pause: bulk checkpoint held before it checkpoints");
     }
 
     fn hold(point: Point, db_path: &Path, what: &'static str) {

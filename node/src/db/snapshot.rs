@@ -165,7 +165,8 @@ pub(super) fn begin(dbs: &mut Databases) -> Result<ImageCopy, DbError> {
         n
     };
     for n in &names {
-        dbs.applier(n).map_err(|r| DbError::sql(libsqlite3_sys::SQLITE_IOERR, r))?;
+        // A bulk checkpoint must not change the database file under the copy.
+        dbs.applier(n).map_err(|r| DbError::sql(libsqlite3_sys::SQLITE_IOERR, r))?.join_bulk();
     }
     let ctl = Arc::new(CopyCtl::default());
     let mut parts = Vec::with_capacity(names.len());

@@ -283,6 +283,7 @@ impl Runtime {
             stop: Arc::clone(&stop),
             disk_full_retry: opts.disk_full_retry,
             id: opts.id,
+            transport: transport.clone(),
         };
         let at = ApplyThread { sm, jobs: apply_rx, done: done_tx, metrics: Arc::clone(&metrics), spool, id: opts.id };
         let storage_join = std::thread::Builder::new()
@@ -1082,8 +1083,10 @@ impl<T: Transport> Driver<T> {
                 install: snapshot,
                 entries,
                 hard_state,
+                messages: persisted_messages,
             }));
-            self.waiting_persist.push_back((seq, marker, persisted_messages));
+            // Messages of later `Ready`s with nothing to persist wait behind this job (below).
+            self.waiting_persist.push_back((seq, marker, Vec::new()));
         } else if !persisted_messages.is_empty() {
             match self.waiting_persist.back_mut() {
                 Some(w) => w.2.extend(persisted_messages),

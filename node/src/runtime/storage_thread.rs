@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dqlite_raft::{
-    Entry, HardState, IncomingSnapshotChunk, LogIndex, NodeId, SnapshotChunkRequest, SnapshotInstall, SnapshotMeta,
-    Term,
+    Entry, HardState, IncomingSnapshotChunk, LogIndex, Message, NodeId, SnapshotChunkRequest, SnapshotInstall,
+    SnapshotMeta, Term,
 };
 use tokio::sync::mpsc::Sender;
 
 use super::frame;
 use super::metrics::Metrics;
+use crate::replication::Transport;
 use crate::storage::{SnapshotInfo, SnapshotReader, SnapshotWriter, Storage, StorageError};
 
 /// Work for the storage thread.
@@ -42,6 +43,11 @@ pub(crate) struct PersistJob {
     pub(crate) install: Option<SnapshotInstall>,
     pub(crate) entries: Vec<Entry>,
     pub(crate) hard_state: Option<HardState>,
+    /// Messages that may go out only once this job is durable (the core's
+    /// `persisted_messages`): the storage thread sends them itself right after the sync, before
+    /// it reports the job, so a follower's acknowledgement does not wait for a hand-off to the
+    /// Raft task first (Raft tolerates any reordering against the task's own sends).
+    pub(crate) messages: Vec<Message>,
 }
 
 /// What the storage thread reports to the Raft task.
@@ -74,6 +80,8 @@ pub(crate) struct StorageThread {
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) disk_full_retry: Duration,
     pub(crate) id: NodeId,
+    /// Where [`PersistJob::messages`] go.
+    pub(crate) transport: Arc<dyn Transport>,
 }
 
 enum Flush {
@@ -108,11 +116,12 @@ impl StorageThread {
             let mut batch: Vec<Entry> = Vec::new();
             let mut hard: Option<HardState> = None;
             let mut last_seq: Option<u64> = None;
+            let mut msgs: Vec<Message> = Vec::new();
             for job in jobs {
                 match job {
                     StorageJob::Persist(p) if !poisoned => {
                         if !p.chunks.is_empty() || p.install.is_some() {
-                            match self.flush(&mut batch, &mut hard, &mut saved, &mut last_seq) {
+                            match self.flush(&mut batch, &mut hard, &mut saved, &mut last_seq, &mut msgs) {
                                 Flush::Ok => {}
                                 Flush::Poisoned => poisoned = true,
                                 Flush::Stopped => return,
@@ -130,12 +139,13 @@ impl StorageThread {
                         if let Some(hs) = p.hard_state {
                             hard = Some(hs);
                         }
+                        msgs.extend(p.messages);
                         last_seq = Some(p.seq);
                     }
                     StorageJob::Persist(_) => {}
                     other => {
                         if !poisoned {
-                            match self.flush(&mut batch, &mut hard, &mut saved, &mut last_seq) {
+                            match self.flush(&mut batch, &mut hard, &mut saved, &mut last_seq, &mut msgs) {
                                 Flush::Ok => {}
                                 Flush::Poisoned => poisoned = true,
                                 Flush::Stopped => return,
@@ -146,7 +156,7 @@ impl StorageThread {
                 }
             }
             if !poisoned {
-                match self.flush(&mut batch, &mut hard, &mut saved, &mut last_seq) {
+                match self.flush(&mut batch, &mut hard, &mut saved, &mut last_seq, &mut msgs) {
                     Flush::Ok => {}
                     Flush::Poisoned => poisoned = true,
                     Flush::Stopped => return,
@@ -166,13 +176,15 @@ impl StorageThread {
         self.send(StorageDone::Poisoned { reason });
     }
 
-    /// Writes the pending entries (one append) and hard state, then reports `last_seq`.
+    /// Writes the pending entries (one append) and hard state, then sends `msgs` and reports
+    /// `last_seq`.
     fn flush(
         &mut self,
         batch: &mut Vec<Entry>,
         hard: &mut Option<HardState>,
         saved: &mut (Term, Option<NodeId>),
         last_seq: &mut Option<u64>,
+        msgs: &mut Vec<Message>,
     ) -> Flush {
         let mut full = false;
         if !batch.is_empty() {
@@ -228,6 +240,9 @@ impl StorageThread {
         if full {
             self.metrics.disk_full.store(false, Ordering::Relaxed);
             self.send(StorageDone::DiskSpaceBack);
+        }
+        for m in msgs.drain(..) {
+            self.transport.send(m);
         }
         if let Some(seq) = last_seq.take() {
             self.send(StorageDone::Persisted { seq });
