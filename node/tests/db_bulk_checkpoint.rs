@@ -16,21 +16,13 @@ mod db_common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use db_common::*;
-use dqlite_node::db::{bulk_checkpoints, pause_next_bulk, Databases};
-use dqlite_node::replication::{ProposeError, Proposed, Replicator, StateMachine};
+use dqlite_node::db::{bulk_checkpoints, pause_next_bulk, pause_next_bulk_join, Databases};
+use dqlite_node::replication::StateMachine;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-struct NoLog;
-
-impl Replicator for NoLog {
-    fn propose(&self, _: Vec<u8>) -> Result<Proposed, ProposeError> {
-        Err(ProposeError::NotLeader { leader: None })
-    }
-}
 
 #[test]
 fn commits_go_on_during_a_bulk_checkpoint_and_a_snapshot_waits_for_it() {
@@ -62,16 +54,16 @@ fn commits_go_on_during_a_bulk_checkpoint_and_a_snapshot_waits_for_it() {
     }
     c.wait_all_applied();
     assert_eq!(bulk_checkpoints(), before, "the held bulk checkpoint finished");
-    // A snapshot asked for now waits for the bulk: it cannot finish while the bulk is held.
+    // A snapshot asked for now waits for the bulk: it reaches the wait (held there by a second
+    // pause), and it cannot have finished by then, since the bulk is held.
+    let joining = pause_next_bulk_join(&c.dir(0), "b.db").unwrap();
     std::thread::scope(|s| {
-        let entered = Arc::new(AtomicBool::new(false));
         let finished = Arc::new(AtomicBool::new(false));
         let snap = {
-            let (entered, finished) = (entered.clone(), finished.clone());
+            let finished = finished.clone();
             let c = &c;
             s.spawn(move || {
                 let r = c.on_sm(0, move |sm| {
-                    entered.store(true, Ordering::SeqCst);
                     let mut out = Vec::new();
                     let r = sm.snapshot(&mut out).map(|i| (i, out)).map_err(|e| e.to_string());
                     // Read before anything else can run on the apply thread.
@@ -81,13 +73,12 @@ fn commits_go_on_during_a_bulk_checkpoint_and_a_snapshot_waits_for_it() {
                 r
             })
         };
-        wait_for("the snapshot job to start", WAIT, || entered.load(Ordering::SeqCst));
-        // Give a snapshot that does not wait every chance to finish while the bulk is held.
-        let deadline = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < deadline && !finished.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for("the snapshot to wait for the bulk checkpoint (or to finish)", WAIT, || {
+            joining.wait_reached(Duration::ZERO) || finished.load(Ordering::SeqCst)
+        });
         assert!(!finished.load(Ordering::SeqCst), "a snapshot was taken while a bulk checkpoint was under way");
+        // Past that point it waits for the bulk thread, which is still held.
+        joining.release();
         pause.release();
         let (r, bulks_then) = snap.join().unwrap();
         assert!(bulks_then > before, "the snapshot finished before the bulk checkpoint did");

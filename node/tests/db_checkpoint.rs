@@ -21,18 +21,10 @@ use std::time::Duration;
 use db_common::*;
 use dqlite_node::db::{pause_next_commit, CommitPause, Databases, DbConfig, DbError};
 use dqlite_node::raft::{LogIndex, StateRole, Term};
-use dqlite_node::replication::{ProposeError, Proposed, Replicator, StateMachine};
+use dqlite_node::replication::StateMachine;
 use dqlite_wire::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-struct NoLog;
-
-impl Replicator for NoLog {
-    fn propose(&self, _: Vec<u8>) -> Result<Proposed, ProposeError> {
-        Err(ProposeError::NotLeader { leader: None })
-    }
-}
 
 /// No checkpoint unless the test asks for one.
 fn quiet_config() -> DbConfig {

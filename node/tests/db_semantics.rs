@@ -353,17 +353,6 @@ fn snapshot_then_restore_on_a_fresh_node_gives_identical_content() {
     sm.apply(&e).unwrap();
 }
 
-struct NoLog;
-
-impl dqlite_node::replication::Replicator for NoLog {
-    fn propose(
-        &self,
-        _: Vec<u8>,
-    ) -> Result<dqlite_node::replication::Proposed, dqlite_node::replication::ProposeError> {
-        Err(dqlite_node::replication::ProposeError::NotLeader { leader: None })
-    }
-}
-
 /// Copies a follower's database files at random moments while it applies (a crash image: the
 /// WAL first, then the database file, then the sidecars, as a crash could leave them), then
 /// starts a node on each copy and replays the log into it: identical content, or a refusal

@@ -26,6 +26,13 @@ pub struct Config {
     pub snapshot_chunk_bytes: u64,
     /// Seed for the deterministic PRNG that randomizes election timeouts (mixed with `id`).
     pub rng_seed: u64,
+    /// Leader: tell idle followers about a new commit index in the very next `Ready` (an empty
+    /// AppendEntries; true, the default). When false, the application decides when: it asks
+    /// [`RawNode::commit_updates_pending`](crate::RawNode::commit_updates_pending) and calls
+    /// [`RawNode::send_commit_updates`](crate::RawNode::send_commit_updates), typically after a
+    /// short delay, so that the next AppendEntries, which carries the commit index too, makes
+    /// the notice unnecessary. Heartbeats carry it in any case.
+    pub eager_commit_updates: bool,
 }
 
 /// Why a [`Config`] is rejected.
@@ -56,7 +63,8 @@ pub enum ConfigError {
 
 impl Config {
     /// Defaults for a LAN: latency 10 ms, tick 50 ms (heartbeat 2 ticks, election 20 ticks),
-    /// 32 appends in flight, 1 MiB per append, 1 MiB snapshot chunks, seed 0.
+    /// 32 appends in flight, 1 MiB per append, 1 MiB snapshot chunks, seed 0, eager commit
+    /// updates.
     pub fn new(id: NodeId) -> Config {
         Config {
             id,
@@ -66,6 +74,7 @@ impl Config {
             max_append_bytes: 1 << 20,
             snapshot_chunk_bytes: 1 << 20,
             rng_seed: 0,
+            eager_commit_updates: true,
         }
     }
 

@@ -458,16 +458,23 @@ impl RawNode {
             || !self.chunk_requests.is_empty()
             || !self.events.is_empty()
             || self.public_soft() != self.last_soft
-            || (self.role == StateRole::Leader && self.progress.values().any(|p| {
+            || (self.cfg.eager_commit_updates && self.commit_updates_pending())
+    }
+
+    /// Leader: some follower in the replicate state, with nothing in flight, has not been sent
+    /// the current commit index ([`Config::eager_commit_updates`](crate::Config)).
+    pub fn commit_updates_pending(&self) -> bool {
+        self.role == StateRole::Leader
+            && self.progress.values().any(|p| {
                 p.commit_sent < self.log.committed
                     && p.match_index.next() == p.next_index
                     && matches!(&p.state, crate::progress::ProgressState::Replicate { inflight } if inflight.is_empty())
-            }))
+            })
     }
 
     /// Takes everything the application must do now (see [`crate::ready`] for the order).
     pub fn ready(&mut self) -> Ready {
-        if self.role == StateRole::Leader {
+        if self.role == StateRole::Leader && self.cfg.eager_commit_updates {
             self.send_commit_updates();
         }
         let soft = self.public_soft();

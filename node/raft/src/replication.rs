@@ -66,10 +66,15 @@ impl RawNode {
         true
     }
 
-    /// Leader, once per `Ready`: tells followers in the replicate state about a commit index
-    /// they have not been sent yet (an empty AppendEntries after the last entry sent), so that
-    /// they apply without waiting for the next heartbeat.
-    pub(crate) fn send_commit_updates(&mut self) {
+    /// Leader: tells followers in the replicate state about a commit index they have not been
+    /// sent yet (an empty AppendEntries after the last entry sent), so that they apply without
+    /// waiting for the next heartbeat. Called at each `Ready` with
+    /// [`Config::eager_commit_updates`](crate::Config), else when the application asks; a
+    /// no-op on a follower. The messages come out in the next `Ready`.
+    pub fn send_commit_updates(&mut self) {
+        if self.role != StateRole::Leader {
+            return;
+        }
         let commit = self.log.committed;
         let mut out = Vec::new();
         for (id, pr) in self.progress.iter_mut() {

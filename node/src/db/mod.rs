@@ -709,7 +709,6 @@ struct Applier {
 /// records no durable point: the short checkpoint that follows it does.
 struct Bulk {
     handle: std::thread::JoinHandle<()>,
-    done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for Applier {
@@ -824,8 +823,6 @@ impl Applier {
     /// thread could be started (the caller checkpoints synchronously instead).
     fn start_bulk(&mut self) -> bool {
         let shared = self.shared.clone();
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = done.clone();
         let spawned = std::thread::Builder::new().name(format!("dqlite-ckpt-{}", shared.name)).spawn(move || {
             let started = Instant::now();
             let r = (|| -> Result<(i64, i64, i64), DbError> {
@@ -851,11 +848,10 @@ impl Applier {
                 Err(e) => tracing::warn!(db = shared.name, error = %e, "bulk checkpoint failed"),
             }
             BULK_CHECKPOINTS.fetch_add(1, Ordering::SeqCst);
-            flag.store(true, Ordering::SeqCst);
         });
         match spawned {
             Ok(handle) => {
-                self.bulk = Some(Bulk { handle, done });
+                self.bulk = Some(Bulk { handle });
                 true
             }
             Err(e) => {
@@ -869,6 +865,7 @@ impl Applier {
     /// closing need the files to themselves).
     fn join_bulk(&mut self) {
         if let Some(b) = self.bulk.take() {
+            pause::before_bulk_join(&self.shared.path);
             if b.handle.join().is_err() {
                 tracing::warn!(db = self.shared.name, "the bulk checkpoint thread panicked");
             }
@@ -1204,7 +1201,7 @@ impl Databases {
             write_base(&self.node.dir, self.durable_index()).map_err(|e| err(e.to_string()))?;
         } else if let Some(a) = db.and_then(|d| self.appliers.get_mut(d)) {
             if let Some(b) = &a.bulk {
-                if !b.done.load(Ordering::SeqCst) {
+                if !b.handle.is_finished() {
                     return Ok(());
                 }
                 // The bulk is backfilled: the short checkpoint that lets the WAL restart now.
@@ -1426,4 +1423,6 @@ impl SnapshotCopy for ImageCopy {
 
 mod pause;
 #[cfg(feature = "harness")]
-pub use pause::{pause_next_apply, pause_next_bulk, pause_next_commit, pause_next_unlock, CommitPause};
+pub use pause::{
+    pause_next_apply, pause_next_bulk, pause_next_bulk_join, pause_next_commit, pause_next_unlock, CommitPause,
+};

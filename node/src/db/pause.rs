@@ -18,15 +18,20 @@
 //! * [`pause_next_bulk`]: the thread of a bulk checkpoint, after it opened its connection and
 //!   before it checkpoints. A test commits and takes a snapshot while it is held
 //!   (`node/tests/db_bulk_checkpoint.rs`, row M-DB9).
+//! * [`pause_next_bulk_join`]: a thread that is about to wait for a running bulk checkpoint
+//!   (a snapshot point, an explicit checkpoint, closing), before it waits. A test learns from
+//!   it that a snapshot does wait for the bulk (same test).
 //!
 //! Without the feature the hooks compile to nothing; with it, a hook with nothing armed costs
 //! one atomic load.
 
 #[cfg(feature = "harness")]
-pub use imp::{pause_next_apply, pause_next_bulk, pause_next_commit, pause_next_unlock, CommitPause};
+pub use imp::{
+    pause_next_apply, pause_next_bulk, pause_next_bulk_join, pause_next_commit, pause_next_unlock, CommitPause,
+};
 
 #[cfg(feature = "harness")]
-pub(crate) use imp::{after_commit, before_apply, before_bulk, on_unlock};
+pub(crate) use imp::{after_commit, before_apply, before_bulk, before_bulk_join, on_unlock};
 
 /// Without the feature: nothing pauses.
 #[cfg(not(feature = "harness"))]
@@ -47,6 +52,11 @@ pub(crate) fn on_unlock(_db_path: &std::path::Path) {}
 #[cfg(not(feature = "harness"))]
 #[inline(always)]
 pub(crate) fn before_bulk(_db_path: &std::path::Path) {}
+
+/// Without the feature: nothing pauses.
+#[cfg(not(feature = "harness"))]
+#[inline(always)]
+pub(crate) fn before_bulk_join(_db_path: &std::path::Path) {}
 
 #[cfg(feature = "harness")]
 mod imp {
@@ -88,6 +98,8 @@ mod imp {
         OnUnlock,
         /// [`before_bulk`].
         BeforeBulk,
+        /// [`before_bulk_join`].
+        BulkJoin,
     }
 
     /// Armed pauses, by point and database file path (canonical data directory + `db/` + name).
@@ -140,6 +152,14 @@ mod imp {
     /// It waits there until [`CommitPause::release`] or the pause is dropped.
     pub fn pause_next_bulk(data_dir: &Path, db: &str) -> std::io::Result<CommitPause> {
         arm(Point::BeforeBulk, data_dir, db)
+    }
+
+    /// Arms a pause: the next thread that waits for a running bulk checkpoint of database `db`
+    /// of the node whose data directory is `data_dir` (a snapshot point, an explicit
+    /// checkpoint, closing the database) stops before it waits. It waits there until
+    /// [`CommitPause::release`] or the pause is dropped.
+    pub fn pause_next_bulk_join(data_dir: &Path, db: &str) -> std::io::Result<CommitPause> {
+        arm(Point::BulkJoin, data_dir, db)
     }
 
     fn arm(point: Point, data_dir: &Path, db: &str) -> std::io::Result<CommitPause> {
@@ -214,6 +234,12 @@ mod imp {
     /// while a pause for that database is armed (once per pause).
     pub(crate) fn before_bulk(db_path: &Path) {
         hold(Point::BeforeBulk, db_path, "test pause: bulk checkpoint held before it checkpoints");
+    }
+
+    /// Called by a thread about to wait for a running bulk checkpoint of `db_path`: holds it
+    /// while a pause for that database is armed (once per pause).
+    pub(crate) fn before_bulk_join(db_path: &Path) {
+        hold(Point::BulkJoin, db_path, "test pause: thread held before it waits for a bulk checkpoint");
     }
 
     fn hold(point: Point, db_path: &Path, what: &'static str) {

@@ -343,6 +343,7 @@ impl Runtime {
             dropped: inbox.dropped.clone(),
             opts: opts.clone(),
             threads: vec![storage_join, apply_join],
+            notice_at: None,
             stop,
             exit: false,
         };
@@ -496,6 +497,16 @@ struct Driver<T: Transport> {
     threads: Vec<std::thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     exit: bool,
+    /// When the delayed commit-index notice is due (`RuntimeOptions::commit_notice_delay`).
+    notice_at: Option<tokio::time::Instant>,
+}
+
+/// Waits until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Most proposals or peer messages taken in one go before the core's `Ready` is handled.
@@ -531,6 +542,10 @@ impl<T: Transport> Driver<T> {
                     if self.poisoned.is_none() || self.core.is_leader() {
                         self.core.tick();
                     }
+                }
+                () = sleep_until_opt(self.notice_at) => {
+                    self.notice_at = None;
+                    self.core.send_commit_updates();
                 }
                 Some(c) = control.recv() => self.on_control(c),
                 Some(m) = inbox.recv(), if intake => {
@@ -1016,6 +1031,9 @@ impl<T: Transport> Driver<T> {
         while self.core.has_ready() {
             let rd = self.core.ready();
             self.handle_ready(rd);
+        }
+        if self.notice_at.is_none() && !self.opts.commit_notice_delay.is_zero() && self.core.commit_updates_pending() {
+            self.notice_at = Some(tokio::time::Instant::now() + self.opts.commit_notice_delay);
         }
         self.publish();
     }

@@ -108,6 +108,7 @@ impl StorageThread {
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
             };
+            tracing::trace!(target: "dqlite::commit", "storage job");
             let mut jobs = vec![first];
             while let Ok(j) = self.jobs.try_recv() {
                 jobs.push(j);

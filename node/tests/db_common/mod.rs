@@ -73,6 +73,15 @@ pub struct Cluster {
     pub config: DbConfig,
 }
 
+/// A replicator for a state machine that only applies entries: it never leads.
+pub struct NoLog;
+
+impl Replicator for NoLog {
+    fn propose(&self, _: Vec<u8>) -> Result<Proposed, ProposeError> {
+        Err(ProposeError::NotLeader { leader: None })
+    }
+}
+
 pub fn config() -> DbConfig {
     let mut c = DbConfig::default();
     c.commit_timeout = Duration::from_secs(10);

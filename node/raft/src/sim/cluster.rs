@@ -199,6 +199,7 @@ impl Cluster {
         c.max_append_bytes = self.sc.max_append_bytes;
         c.snapshot_chunk_bytes = self.sc.chunk_bytes;
         c.rng_seed = self.opts.seed;
+        c.eager_commit_updates = !self.sc.lazy_commit_updates;
         c
     }
 
@@ -610,8 +611,12 @@ impl Cluster {
         for h in 0..self.hosts.len() {
             if self.hosts[h].is_live() && self.hosts[h].next_tick_ms <= now {
                 self.hosts[h].next_tick_ms = now + self.hosts[h].tick_ms;
+                let lazy = self.sc.lazy_commit_updates;
                 if let Some(raw) = self.hosts[h].raw.as_mut() {
                     raw.tick();
+                    if lazy {
+                        raw.send_commit_updates();
+                    }
                 }
                 self.drive(h)?;
             }

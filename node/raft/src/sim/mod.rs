@@ -134,6 +134,11 @@ pub struct Scenario {
     pub client_timeout_ms: u64,
     /// Longest pause between a client's operations.
     pub think_ms: u64,
+    /// Leaders send commit notices only when the host asks, at its next tick
+    /// (`Config::eager_commit_updates` off, as the runtime's delayed notice), instead of in
+    /// the next `Ready`. Drawn from a copy of the generator, so that every other draw of the
+    /// seed is what it was before this knob existed.
+    pub lazy_commit_updates: bool,
 }
 
 impl Scenario {
@@ -182,6 +187,7 @@ impl Scenario {
             partition_ms_max: rng.range(election_ms / 5, 4 * election_ms).max(2),
             client_timeout_ms: election_ms * 3,
             think_ms: rng.range(5, 50),
+            lazy_commit_updates: rng.clone().next_u64() & 1 == 1,
         };
         for w in &mut s.weights {
             *w = if rng.below(5) == 0 { 0 } else { rng.range(1, 10) };

@@ -1,0 +1,97 @@
+//! The leader's delayed commit-index notice (`RuntimeOptions::commit_notice_delay`): an idle
+//! follower still learns every commit without a heartbeat, and under steady writes the next
+//! AppendEntries carries the commit index, so the notice (an empty AppendEntries and its
+//! answer) is mostly not sent at all.
+
+mod runtime_common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dqlite_node::raft::{MessageBody, NodeId};
+use dqlite_node::runtime::harness::{seed_from_env, wait_until};
+use runtime_common::*;
+
+/// An empty AppendEntries from `leader`: in the replicate state, only the commit notice.
+fn is_notice(m: &dqlite_node::raft::Message, leader: NodeId) -> bool {
+    m.from == leader && matches!(&m.body, MessageBody::AppendEntries(a) if a.entries.is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_follower_learns_a_commit_from_the_delayed_notice_alone() {
+    let seed = seed_from_env("RUNTIME_SEED", 91);
+    let (mut c, kv) = kv_cluster(3, seed, 0, |_| {}).await;
+    let ids = c.ids();
+    let leader = c.wait_for_leader(WAIT).await.unwrap();
+    let (_, p) = c.propose(b"warm=1".to_vec(), WAIT).await.unwrap();
+    wait_applied(&kv, &ids, p.index.0).await;
+    // From now on no heartbeat gets through: followers can learn the next commit only from
+    // an AppendEntries, and no later entry is written.
+    let notices = Arc::new(AtomicU64::new(0));
+    let n = notices.clone();
+    c.net().set_filter(Some(Box::new(move |m| {
+        if is_notice(m, leader) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        !matches!(m.body, MessageBody::Heartbeat(_))
+    })));
+    let (_, p) = c.propose(b"k=1".to_vec(), WAIT).await.unwrap();
+    // Well inside the election timeout (500 ms): the followers must not need one.
+    let applied = wait_until(Duration::from_millis(400), || async {
+        ids.iter().all(|i| kv.slot(*i).snapshot().applied >= p.index).then_some(())
+    })
+    .await;
+    let now: Vec<(NodeId, u64)> = ids.iter().map(|i| (*i, kv.slot(*i).snapshot().applied.0)).collect();
+    c.net().set_filter(None);
+    assert!(applied.is_some(), "followers did not learn commit {} without heartbeats: {now:?}", p.index.0);
+    assert!(notices.load(Ordering::Relaxed) >= 2, "the commit reached the followers without a notice?");
+    c.shutdown_all().await;
+}
+
+/// Proposes `n` entries one after another, each once the leader applied the one before (as
+/// a single client does), and counts the commit notices the leader sent meanwhile.
+async fn notices_under_steady_writes(delay: Duration, seed: u64, n: u32) -> (u64, u32) {
+    let (mut c, kv) = kv_cluster(3, seed, 0, move |o| o.commit_notice_delay = delay).await;
+    let ids = c.ids();
+    let leader = c.wait_for_leader(WAIT).await.unwrap();
+    let (_, p) = c.propose(b"warm=1".to_vec(), WAIT).await.unwrap();
+    wait_applied(&kv, &ids, p.index.0).await;
+    let notices = Arc::new(AtomicU64::new(0));
+    let count = notices.clone();
+    c.net().set_filter(Some(Box::new(move |m| {
+        if is_notice(m, leader) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    })));
+    let mut last = 0;
+    for i in 0..n {
+        let (at, p) = c.propose(format!("k{i}={i}").into_bytes(), WAIT).await.unwrap();
+        assert_eq!(at, leader, "leadership moved during the test (seed {seed})");
+        let h = c.handle(leader).unwrap();
+        let ok = wait_until(WAIT, || async { (h.metrics().applied_index >= p.index.0).then_some(()) }).await;
+        assert!(ok.is_some(), "entry {} not applied on the leader", p.index.0);
+        last = p.index.0;
+    }
+    let sent = notices.load(Ordering::Relaxed);
+    c.net().set_filter(None);
+    // The notices delayed or not, every follower ends with every entry applied.
+    wait_applied(&kv, &ids, last).await;
+    assert_converged(&kv, &ids).await;
+    c.shutdown_all().await;
+    (sent, n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_writes_carry_the_commit_index_without_notices() {
+    let seed = seed_from_env("RUNTIME_SEED", 92);
+    // The writer's next entry follows each commit within one poll of `wait_until` (5 ms): a
+    // delay longer than that finds the followers already told, most of the time.
+    let (eager, n) = notices_under_steady_writes(Duration::ZERO, seed, 60).await;
+    let (lazy, _) = notices_under_steady_writes(Duration::from_millis(40), seed, 60).await;
+    eprintln!("commit notices for {n} sequential writes: immediate {eager}, delayed 40 ms {lazy}");
+    // Immediate: about one per follower per write.
+    assert!(eager >= u64::from(n), "immediate notices: {eager} for {n} writes");
+    assert!(lazy * 3 < eager, "delayed notices were not saved: {lazy} delayed vs {eager} immediate");
+}
