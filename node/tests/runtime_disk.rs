@@ -54,6 +54,46 @@ async fn concurrent_proposals_share_log_syncs_and_commits_save_no_metadata() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_writers_small_appends_skip_the_storage_thread_and_big_ones_do_not() {
+    let (mut c, kv) = kv_cluster(3, 12, 0, |_| {}).await;
+    let ids = c.ids();
+    let leader = c.wait_for_leader(WAIT).await.unwrap();
+    let b = c.handle(leader).unwrap().barrier().await.unwrap();
+    wait_runtime_applied(&c, &ids, b.0).await;
+    let before: Vec<_> = ids.iter().map(|i| c.handle(*i).unwrap().metrics()).collect();
+    // One proposal at a time, each applied everywhere before the next: the storage threads
+    // are idle whenever an entry comes, so every node's Raft task appends it itself.
+    const N: u64 = 20;
+    let mut last = 0;
+    for i in 0..N {
+        let (_, p) = c.propose(format!("k{i}=v").into_bytes(), WAIT).await.unwrap();
+        last = p.index.0;
+        wait_runtime_applied(&c, &ids, last).await;
+    }
+    for (k, id) in ids.iter().enumerate() {
+        let m = c.handle(*id).unwrap().metrics();
+        let inline = m.inline_appends - before[k].inline_appends;
+        let appends = m.log_appends - before[k].log_appends;
+        eprintln!("node {id}: {appends} appends, {inline} by the Raft task");
+        assert!(inline >= N - 2, "node {id}: only {inline} of {appends} appends skipped the storage thread");
+    }
+    // An entry of more than the inline limit (32 KiB) goes through the storage thread.
+    let mid: Vec<_> = ids.iter().map(|i| c.handle(*i).unwrap().metrics()).collect();
+    let big = format!("big={}", "x".repeat(100 << 10)).into_bytes();
+    let (_, p) = c.propose(big, WAIT).await.unwrap();
+    wait_runtime_applied(&c, &ids, p.index.0).await;
+    for (k, id) in ids.iter().enumerate() {
+        let m = c.handle(*id).unwrap().metrics();
+        assert!(m.log_appends > mid[k].log_appends, "node {id} did not append the big entry");
+        assert_eq!(m.inline_appends, mid[k].inline_appends, "node {id} appended a 100 KiB entry on its Raft task");
+    }
+    let states = wait_applied(&kv, &ids, p.index.0.max(last)).await;
+    assert!(states.iter().all(|s| s.map.len() as u64 == N + 1), "not every write was applied everywhere");
+    assert_converged(&kv, &ids).await;
+    c.shutdown_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_refuses_writes_with_disk_full_and_recovers() {
     let (mut c, kv) = kv_cluster(3, 12, 0, |_| {}).await;
     let ids = c.ids();

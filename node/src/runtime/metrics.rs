@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     pub(crate) log_appends: AtomicU64,
+    pub(crate) inline_appends: AtomicU64,
     pub(crate) entries_appended: AtomicU64,
     pub(crate) meta_saves: AtomicU64,
     pub(crate) proposals: AtomicU64,
@@ -33,6 +34,9 @@ pub(crate) struct Metrics {
 pub struct MetricsSnapshot {
     /// Log appends written (each is one write + one `fdatasync`).
     pub log_appends: u64,
+    /// Those of them the Raft task wrote itself (small batches while the storage thread was
+    /// idle), without a hand-off to the storage thread and back.
+    pub inline_appends: u64,
     /// Entries written by those appends.
     pub entries_appended: u64,
     /// Term/vote saves (each one write + one `fdatasync` of a metadata file).
@@ -80,6 +84,7 @@ impl Metrics {
         let b = |a: &AtomicBool| a.load(Ordering::Relaxed);
         MetricsSnapshot {
             log_appends: l(&self.log_appends),
+            inline_appends: l(&self.inline_appends),
             entries_appended: l(&self.entries_appended),
             meta_saves: l(&self.meta_saves),
             proposals: l(&self.proposals),

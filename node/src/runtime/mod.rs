@@ -275,8 +275,11 @@ impl Runtime {
         let (apply_tx, apply_rx) = sync_channel(opts.apply_queue.max(1));
         let applied0 = sm.applied_index();
         let durable0 = sm.durable_index();
+        let storage = Arc::new(std::sync::Mutex::new(storage));
+        let storage_pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let st = StorageThread {
-            storage,
+            storage: storage.clone(),
+            pending: storage_pending.clone(),
             jobs: storage_rx,
             done: done_tx.clone(),
             metrics: Arc::clone(&metrics),
@@ -314,6 +317,9 @@ impl Runtime {
             transport,
             storage_tx: Some(storage_tx),
             storage_overflow: VecDeque::new(),
+            storage,
+            storage_pending,
+            inline: None,
             apply_tx: Some(apply_tx),
             apply_backlog: VecDeque::new(),
             next_seq: 0,
@@ -455,6 +461,13 @@ struct Driver<T: Transport> {
     transport: Arc<T>,
     storage_tx: Option<SyncSender<StorageJob>>,
     storage_overflow: VecDeque<StorageJob>,
+    /// The storage, shared with the storage thread: the task appends a small batch itself when
+    /// the thread has nothing to do (`storage_pending` is 0), saving two thread hand-offs.
+    storage: Arc<std::sync::Mutex<crate::storage::Storage>>,
+    /// Jobs sent to the storage thread and not yet done.
+    storage_pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// A persist job this task appends itself once the peers' writer tasks it woke have run.
+    inline: Option<PersistJob>,
     apply_tx: Option<SyncSender<ApplyJob>>,
     apply_backlog: VecDeque<ApplyItem>,
     next_seq: u64,
@@ -508,6 +521,10 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// Largest batch of entry data the Raft task appends itself instead of the storage thread
+/// (bigger ones would hold the task, and the messages it handles, for the whole write).
+const INLINE_APPEND_BYTES: usize = 32 << 10;
 
 /// Most proposals or peer messages taken in one go before the core's `Ready` is handled.
 const INTAKE_BATCH: usize = 512;
@@ -568,6 +585,14 @@ impl<T: Transport> Driver<T> {
                 }
             }
             self.process_ready();
+            if self.inline.is_some() {
+                // The peers' writer tasks this `Ready` woke run first (woken from this task,
+                // they may wait on this worker), so that the entries are on their way while
+                // this task writes them here.
+                tokio::task::yield_now().await;
+                self.append_inline();
+                self.process_ready();
+            }
             self.check_stopping();
         }
         // Stop: let the threads finish their queued work, then wait for them.
@@ -970,15 +995,22 @@ impl<T: Transport> Driver<T> {
     }
 
     fn send_storage(&mut self, job: StorageJob) {
+        // Whatever this task still means to append itself goes first.
+        if let Some(p) = self.inline.take() {
+            self.send_storage(StorageJob::Persist(p));
+        }
         if self.storage_overflow.is_empty() {
             if let Some(tx) = &self.storage_tx {
+                self.storage_pending.fetch_add(1, Ordering::SeqCst);
                 match tx.try_send(job) {
                     Ok(()) => return,
                     Err(TrySendError::Full(j)) => {
+                        self.storage_pending.fetch_sub(1, Ordering::SeqCst);
                         self.storage_overflow.push_back(j);
                         return;
                     }
                     Err(TrySendError::Disconnected(_)) => {
+                        self.storage_pending.fetch_sub(1, Ordering::SeqCst);
                         tracing::error!(id = %self.id, "storage thread gone");
                         return;
                     }
@@ -993,13 +1025,72 @@ impl<T: Transport> Driver<T> {
     fn flush_storage(&mut self) {
         let Some(tx) = &self.storage_tx else { return };
         while let Some(j) = self.storage_overflow.pop_front() {
+            self.storage_pending.fetch_add(1, Ordering::SeqCst);
             match tx.try_send(j) {
                 Ok(()) => {}
                 Err(TrySendError::Full(j)) => {
+                    self.storage_pending.fetch_sub(1, Ordering::SeqCst);
                     self.storage_overflow.push_front(j);
                     return;
                 }
-                Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Disconnected(_)) => {
+                    self.storage_pending.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether `job` may be appended by this task itself: a plain append of at most
+    /// [`INLINE_APPEND_BYTES`] with no term or vote to save, while the storage is healthy and
+    /// nothing else is on its way to the disk. Two conditions each keep the order of appends
+    /// and the truth of "persisted" on their own: no persist job is waiting to be reported
+    /// durable (so reporting this one durable reports nothing else), and the storage thread
+    /// has nothing queued or running (so it cannot write an older job after this one; it
+    /// also keeps this task from waiting on the storage lock behind a compaction).
+    fn may_append_inline(&self, job: &PersistJob) -> bool {
+        job.chunks.is_empty()
+            && self.waiting_persist.is_empty()
+            && job.install.is_none()
+            && job.hard_state.is_none()
+            && !job.entries.is_empty()
+            && self.inline.is_none()
+            && self.storage_overflow.is_empty()
+            && self.poisoned.is_none()
+            && self.disk_full.is_none()
+            && !self.metrics.poisoned.load(Ordering::SeqCst)
+            && self.storage_pending.load(Ordering::SeqCst) == 0
+            && job.entries.iter().map(|e| e.data.len()).sum::<usize>() <= INLINE_APPEND_BYTES
+    }
+
+    /// Appends the job held in `inline` on this task (see [`Driver::may_append_inline`]), then
+    /// sends its messages and records it durable, as the storage thread would. Anything but
+    /// success hands the job to the storage thread unchanged, which retries a full disk and
+    /// poisons on a failure (an append that failed left the log as it was, or poisoned).
+    fn append_inline(&mut self) {
+        let Some(job) = self.inline.take() else { return };
+        if self.storage_pending.load(Ordering::SeqCst) != 0 || self.poisoned.is_some() {
+            self.send_storage(StorageJob::Persist(job));
+            return;
+        }
+        let appended = {
+            let mut st = storage_thread::lock_storage(&self.storage);
+            st.log.append(&job.entries)
+        };
+        match appended {
+            Ok(()) => {
+                tracing::trace!(target: "dqlite::commit", n = job.entries.len(), "appended inline");
+                self.metrics.log_appends.fetch_add(1, Ordering::Relaxed);
+                self.metrics.inline_appends.fetch_add(1, Ordering::Relaxed);
+                self.metrics.entries_appended.fetch_add(job.entries.len() as u64, Ordering::Relaxed);
+                for m in job.messages {
+                    self.transport.send(m);
+                }
+                self.on_storage(StorageDone::Persisted { seq: job.seq });
+            }
+            Err(e) => {
+                tracing::debug!(id = %self.id, error = %e, "inline append failed; handing it to the storage thread");
+                self.send_storage(StorageJob::Persist(job));
             }
         }
     }
@@ -1095,14 +1186,19 @@ impl<T: Transport> Driver<T> {
                     }
                 }
             }
-            self.send_storage(StorageJob::Persist(PersistJob {
+            let job = PersistJob {
                 seq,
                 chunks: snapshot_chunks,
                 install: snapshot,
                 entries,
                 hard_state,
                 messages: persisted_messages,
-            }));
+            };
+            if self.may_append_inline(&job) {
+                self.inline = Some(job);
+            } else {
+                self.send_storage(StorageJob::Persist(job));
+            }
             // Messages of later `Ready`s with nothing to persist wait behind this job (below).
             self.waiting_persist.push_back((seq, marker, Vec::new()));
         } else if !persisted_messages.is_empty() {

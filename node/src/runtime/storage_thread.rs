@@ -6,9 +6,9 @@
 //! `fdatasync`: group commit across proposals and `Ready`s), saves the hard state only when the
 //! term or the vote changed, and then reports the highest job sequence that is durable.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use dqlite_raft::{
@@ -73,7 +73,12 @@ pub(crate) enum StorageDone {
 }
 
 pub(crate) struct StorageThread {
-    pub(crate) storage: Storage,
+    /// Shared with the Raft task, which appends small batches itself when this thread has
+    /// nothing queued or running ([`StorageThread::pending`]).
+    pub(crate) storage: Arc<Mutex<Storage>>,
+    /// Jobs sent to this thread and not yet wholly done (the Raft task increments it before
+    /// each send; this thread decrements it after each job).
+    pub(crate) pending: Arc<AtomicUsize>,
     pub(crate) jobs: Receiver<StorageJob>,
     pub(crate) done: Sender<super::Completion>,
     pub(crate) metrics: Arc<Metrics>,
@@ -90,10 +95,20 @@ enum Flush {
     Stopped,
 }
 
+/// Locks the shared storage (a panic elsewhere while it was held leaves it usable: every
+/// write checks the log's own poison state).
+pub(crate) fn lock_storage(m: &Mutex<Storage>) -> MutexGuard<'_, Storage> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl StorageThread {
+    fn st(&self) -> MutexGuard<'_, Storage> {
+        lock_storage(&self.storage)
+    }
+
     pub(crate) fn run(mut self) {
         let mut saved = {
-            let hs = self.storage.meta.load();
+            let hs = self.st().meta.load();
             (hs.term, hs.vote)
         };
         let mut poisoned = false;
@@ -118,6 +133,7 @@ impl StorageThread {
             let mut hard: Option<HardState> = None;
             let mut last_seq: Option<u64> = None;
             let mut msgs: Vec<Message> = Vec::new();
+            let n_jobs = jobs.len();
             for job in jobs {
                 match job {
                     StorageJob::Persist(p) if !poisoned => {
@@ -163,6 +179,8 @@ impl StorageThread {
                     Flush::Stopped => return,
                 }
             }
+            // Everything taken is done (and reported): the Raft task may append by itself.
+            self.pending.fetch_sub(n_jobs, Ordering::SeqCst);
         }
     }
 
@@ -190,7 +208,7 @@ impl StorageThread {
         let mut full = false;
         if !batch.is_empty() {
             loop {
-                match self.storage.log.append(batch) {
+                match self.st().log.append(batch) {
                     Ok(()) => break,
                     Err(StorageError::DiskFull { op, file }) => {
                         if !full {
@@ -216,7 +234,7 @@ impl StorageThread {
         if let Some(hs) = hard.take() {
             if (hs.term, hs.vote) != *saved {
                 loop {
-                    match self.storage.meta.save(&hs) {
+                    match self.st().meta.save(&hs) {
                         Ok(()) => break,
                         Err(StorageError::DiskFull { op, file }) => {
                             if !full {
@@ -260,10 +278,10 @@ impl StorageThread {
     fn snapshot_part(&mut self, p: &PersistJob) -> Result<(), String> {
         for c in &p.chunks {
             let info = info_of(&c.meta);
-            self.storage.snapshots.receive_chunk(&info, c.offset, &c.data).map_err(|e| e.to_string())?;
+            self.st().snapshots.receive_chunk(&info, c.offset, &c.data).map_err(|e| e.to_string())?;
         }
         let Some(install) = &p.install else { return Ok(()) };
-        let info = self.storage.snapshots.finish_receive().map_err(|e| e.to_string())?;
+        let info = self.st().snapshots.finish_receive().map_err(|e| e.to_string())?;
         if info.index != install.meta.index || info.term != install.meta.term {
             return Err(format!(
                 "received snapshot {}/{} but asked to install {}/{}",
@@ -273,7 +291,7 @@ impl StorageThread {
         // Checked again as stored, read back in bounded pieces; the apply thread then reads the
         // payload from the file (never whole in memory).
         let mut image = self
-            .storage
+            .st()
             .snapshots
             .spool(self.metrics.snapshot_max_buffer.clone())
             .open(&info)
@@ -284,9 +302,9 @@ impl StorageThread {
         image.rewind(len);
         let index = install.meta.index;
         if install.keep_log {
-            self.storage.log.compact(index).map_err(|e| e.to_string())?;
+            self.st().log.compact(index).map_err(|e| e.to_string())?;
         } else {
-            self.storage.log.reset(index.next()).map_err(|e| e.to_string())?;
+            self.st().log.reset(index.next()).map_err(|e| e.to_string())?;
         }
         self.metrics.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         self.send(StorageDone::Installed { seq: p.seq, index, payload: image });
@@ -300,7 +318,7 @@ impl StorageThread {
                 if poisoned {
                     return;
                 }
-                match self.storage.snapshots.commit_local(info_of(&meta), image) {
+                match self.st().snapshots.commit_local(info_of(&meta), image) {
                     Ok(_) => {
                         self.metrics.snapshots_taken.fetch_add(1, Ordering::Relaxed);
                         self.send(StorageDone::SnapshotWritten { index: meta.index });
@@ -314,7 +332,7 @@ impl StorageThread {
             }
             StorageJob::ReadChunk(req) => {
                 let info = self
-                    .storage
+                    .st()
                     .snapshots
                     .list()
                     .iter()
@@ -327,7 +345,7 @@ impl StorageThread {
                 };
                 let mut buf = vec![0u8; req.max_bytes.min(info.data_len.saturating_sub(req.offset)) as usize];
                 self.metrics.snapshot_max_buffer.fetch_max(buf.len() as u64, Ordering::Relaxed);
-                match self.storage.snapshots.read_chunk(&info, req.offset, &mut buf) {
+                match self.st().snapshots.read_chunk(&info, req.offset, &mut buf) {
                     Ok(n) => {
                         buf.truncate(n);
                         let done = req.offset + n as u64 >= info.data_len;
@@ -340,7 +358,7 @@ impl StorageThread {
                 if poisoned {
                     return;
                 }
-                if let Err(e) = self.storage.log.compact(up_to) {
+                if let Err(e) = self.st().log.compact(up_to) {
                     match e {
                         StorageError::DiskFull { .. } => tracing::warn!(id = %self.id, "disk full: compaction skipped"),
                         e => self.poison(format!("compacting the log: {e}")),
