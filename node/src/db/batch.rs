@@ -24,9 +24,6 @@
 //! * if the commit itself fails (leadership lost, no quorum, disk full), every statement that
 //!   had succeeded gets the commit's error, as it would have alone.
 //!
-//! The clients of a batch of `OFFLOAD_ANSWERS` (4) statements or more are answered by a helper
-//! thread of the batch thread (`dqlite-reply-DB`), which meanwhile starts the next batch.
-//!
 //! Only statements that behave the same in a shared transaction are batched (see
 //! [`Eligibility`]): single INSERT/REPLACE/UPDATE/DELETE statements (optionally with a WITH
 //! clause) without result columns, touching only the main database, from a connection in
@@ -329,7 +326,6 @@ fn batch_thread(db: Arc<DbShared>) {
         }
     };
     vc.conn().set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    let mut replier = Replier::default();
     loop {
         let jobs: Vec<Job> = {
             let mut q = lock(&db.batch.q);
@@ -351,56 +347,9 @@ fn batch_thread(db: Arc<DbShared>) {
         let (stmts, replies): (Vec<BatchStatement>, Vec<_>) = jobs.into_iter().map(|j| (j.stmt, j.reply)).unzip();
         let outcomes = run_batch(&vc, &db, &stmts);
         lock(&db.batch.q).busy = false;
-        let answers: Vec<Answer> = outcomes.into_iter().zip(replies).collect();
-        if answers.len() < OFFLOAD_ANSWERS {
-            answer(answers);
-        } else {
-            replier.answer(&db.name, answers);
-        }
-    }
-}
-
-/// One outcome and the client waiting for it.
-type Answer = (BatchOutcome, mpsc::SyncSender<BatchOutcome>);
-
-/// Batches with at least this many statements are answered by the batch thread's replier: each
-/// answer wakes a client's thread (a futex wake, ~10 µs each here), and meanwhile the batch
-/// thread could already run the statements that queued during the commit.
-const OFFLOAD_ANSWERS: usize = 4;
-
-fn answer(answers: Vec<Answer>) {
-    for (o, r) in answers {
-        // The client is gone (its connection closed): nobody to answer.
-        let _ = r.send(o);
-    }
-}
-
-/// The batch thread's helper that answers the clients of big batches (started on first use,
-/// ends with the batch thread).
-#[derive(Default)]
-struct Replier {
-    tx: Option<mpsc::Sender<Vec<Answer>>>,
-}
-
-impl Replier {
-    fn answer(&mut self, db: &str, answers: Vec<Answer>) {
-        if self.tx.is_none() {
-            let (tx, rx) = mpsc::channel::<Vec<Answer>>();
-            let spawned = std::thread::Builder::new().name(format!("dqlite-reply-{db}")).spawn(move || {
-                while let Ok(a) = rx.recv() {
-                    answer(a);
-                }
-            });
-            match spawned {
-                Ok(_) => self.tx = Some(tx),
-                Err(e) => tracing::debug!(db, error = %e, "no replier thread; the batch thread answers"),
-            }
-        }
-        let Some(tx) = &self.tx else { return answer(answers) };
-        if let Err(mpsc::SendError(answers)) = tx.send(answers) {
-            // The replier is gone (it cannot panic, but never leave a client unanswered).
-            self.tx = None;
-            answer(answers);
+        for (o, r) in outcomes.into_iter().zip(replies) {
+            // The client is gone (its connection closed): nobody to answer.
+            let _ = r.send(o);
         }
     }
 }
