@@ -18,24 +18,40 @@ fn is_notice(m: &dqlite_node::raft::Message, leader: NodeId) -> bool {
     m.from == leader && matches!(&m.body, MessageBody::AppendEntries(a) if a.entries.is_empty())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_follower_learns_a_commit_from_the_delayed_notice_alone() {
-    let seed = seed_from_env("RUNTIME_SEED", 91);
-    let (mut c, kv) = kv_cluster(3, seed, 0, |_| {}).await;
+/// A 3-node cluster whose leader's first write is applied everywhere.
+async fn settled(
+    seed: u64,
+    tune: impl Fn(&mut dqlite_node::runtime::RuntimeOptions) + Send + Sync + 'static,
+) -> (KvTestCluster, dqlite_node::runtime::harness::KvCluster, Vec<NodeId>, NodeId) {
+    let (c, kv) = kv_cluster(3, seed, 0, tune).await;
     let ids = c.ids();
     let leader = c.wait_for_leader(WAIT).await.unwrap();
     let (_, p) = c.propose(b"warm=1".to_vec(), WAIT).await.unwrap();
     wait_applied(&kv, &ids, p.index.0).await;
-    // From now on no heartbeat gets through: followers can learn the next commit only from
-    // an AppendEntries, and no later entry is written.
+    (c, kv, ids, leader)
+}
+
+/// Counts from now on the commit notices `leader` sends; heartbeats get through only if
+/// `heartbeats`.
+fn count_notices(c: &KvTestCluster, leader: NodeId, heartbeats: bool) -> Arc<AtomicU64> {
     let notices = Arc::new(AtomicU64::new(0));
     let n = notices.clone();
     c.net().set_filter(Some(Box::new(move |m| {
         if is_notice(m, leader) {
             n.fetch_add(1, Ordering::Relaxed);
         }
-        !matches!(m.body, MessageBody::Heartbeat(_))
+        heartbeats || !matches!(m.body, MessageBody::Heartbeat(_))
     })));
+    notices
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_follower_learns_a_commit_from_the_delayed_notice_alone() {
+    let seed = seed_from_env("RUNTIME_SEED", 91);
+    let (mut c, kv, ids, leader) = settled(seed, |_| {}).await;
+    // From now on no heartbeat gets through: followers can learn the next commit only from
+    // an AppendEntries, and no later entry is written.
+    let notices = count_notices(&c, leader, false);
     let (_, p) = c.propose(b"k=1".to_vec(), WAIT).await.unwrap();
     // Well inside the election timeout (500 ms): the followers must not need one.
     let applied = wait_until(Duration::from_millis(400), || async {
@@ -52,19 +68,8 @@ async fn an_idle_follower_learns_a_commit_from_the_delayed_notice_alone() {
 /// Proposes `n` entries one after another, each once the leader applied the one before (as
 /// a single client does), and counts the commit notices the leader sent meanwhile.
 async fn notices_under_steady_writes(delay: Duration, seed: u64, n: u32) -> (u64, u32) {
-    let (mut c, kv) = kv_cluster(3, seed, 0, move |o| o.commit_notice_delay = delay).await;
-    let ids = c.ids();
-    let leader = c.wait_for_leader(WAIT).await.unwrap();
-    let (_, p) = c.propose(b"warm=1".to_vec(), WAIT).await.unwrap();
-    wait_applied(&kv, &ids, p.index.0).await;
-    let notices = Arc::new(AtomicU64::new(0));
-    let count = notices.clone();
-    c.net().set_filter(Some(Box::new(move |m| {
-        if is_notice(m, leader) {
-            count.fetch_add(1, Ordering::Relaxed);
-        }
-        true
-    })));
+    let (mut c, kv, ids, leader) = settled(seed, move |o| o.commit_notice_delay = delay).await;
+    let notices = count_notices(&c, leader, true);
     let mut last = 0;
     for i in 0..n {
         let (at, p) = c.propose(format!("k{i}={i}").into_bytes(), WAIT).await.unwrap();

@@ -13,10 +13,7 @@ use runtime_common::*;
 async fn concurrent_proposals_share_log_syncs_and_commits_save_no_metadata() {
     let (mut c, kv) = kv_cluster(3, 11, 0, |_| {}).await;
     let ids = c.ids();
-    let leader = c.wait_for_leader(WAIT).await.unwrap();
-    // Settle: the leader's first entry of its term is committed everywhere.
-    let b = c.handle(leader).unwrap().barrier().await.unwrap();
-    wait_runtime_applied(&c, &ids, b.0).await;
+    let leader = settled_leader(&c, &ids).await;
     let before: Vec<_> = ids.iter().map(|i| c.handle(*i).unwrap().metrics()).collect();
     let ops_before = c.disk(leader).unwrap().ops();
     const N: usize = 400;
@@ -57,9 +54,7 @@ async fn concurrent_proposals_share_log_syncs_and_commits_save_no_metadata() {
 async fn a_lone_writers_small_appends_skip_the_storage_thread_and_big_ones_do_not() {
     let (mut c, kv) = kv_cluster(3, 12, 0, |_| {}).await;
     let ids = c.ids();
-    let leader = c.wait_for_leader(WAIT).await.unwrap();
-    let b = c.handle(leader).unwrap().barrier().await.unwrap();
-    wait_runtime_applied(&c, &ids, b.0).await;
+    settled_leader(&c, &ids).await;
     let before: Vec<_> = ids.iter().map(|i| c.handle(*i).unwrap().metrics()).collect();
     // One proposal at a time, each applied everywhere before the next: the storage threads
     // are idle whenever an entry comes, so every node's Raft task appends it itself.

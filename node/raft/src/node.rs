@@ -474,7 +474,8 @@ impl RawNode {
 
     /// Takes everything the application must do now (see [`crate::ready`] for the order).
     pub fn ready(&mut self) -> Ready {
-        if self.role == StateRole::Leader && self.cfg.eager_commit_updates {
+        if self.cfg.eager_commit_updates {
+            // A no-op unless this node leads.
             self.send_commit_updates();
         }
         let soft = self.public_soft();

@@ -79,6 +79,12 @@ pub struct MetricsSnapshot {
 }
 
 impl Metrics {
+    /// Counts one log append of `entries` entries (by the storage thread or the Raft task).
+    pub(crate) fn appended(&self, entries: usize) {
+        self.log_appends.fetch_add(1, Ordering::Relaxed);
+        self.entries_appended.fetch_add(entries as u64, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> MetricsSnapshot {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let b = |a: &AtomicBool| a.load(Ordering::Relaxed);

@@ -1068,11 +1068,9 @@ impl<T: Transport> Driver<T> {
     /// success hands the job to the storage thread unchanged, which retries a full disk and
     /// poisons on a failure (an append that failed left the log as it was, or poisoned).
     fn append_inline(&mut self) {
+        // Nothing was sent to the storage thread since `may_append_inline` (a send hands this
+        // job over first) and only the thread lowers `storage_pending`: the conditions hold.
         let Some(job) = self.inline.take() else { return };
-        if self.storage_pending.load(Ordering::SeqCst) != 0 || self.poisoned.is_some() {
-            self.send_storage(StorageJob::Persist(job));
-            return;
-        }
         let appended = {
             let mut st = storage_thread::lock_storage(&self.storage);
             st.log.append(&job.entries)
@@ -1080,9 +1078,8 @@ impl<T: Transport> Driver<T> {
         match appended {
             Ok(()) => {
                 tracing::trace!(target: "dqlite::commit", n = job.entries.len(), "appended inline");
-                self.metrics.log_appends.fetch_add(1, Ordering::Relaxed);
+                self.metrics.appended(job.entries.len());
                 self.metrics.inline_appends.fetch_add(1, Ordering::Relaxed);
-                self.metrics.entries_appended.fetch_add(job.entries.len() as u64, Ordering::Relaxed);
                 for m in job.messages {
                     self.transport.send(m);
                 }

@@ -227,8 +227,7 @@ impl StorageThread {
                 }
             }
             tracing::trace!(target: "dqlite::commit", n = batch.len(), "appended");
-            self.metrics.log_appends.fetch_add(1, Ordering::Relaxed);
-            self.metrics.entries_appended.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            self.metrics.appended(batch.len());
             batch.clear();
         }
         if let Some(hs) = hard.take() {

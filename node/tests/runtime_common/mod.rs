@@ -86,3 +86,12 @@ pub async fn wait_runtime_applied(c: &KvTestCluster, ids: &[NodeId], index: u64)
         panic!("runtime did not apply {index} in time: {now:?}");
     }
 }
+
+/// Waits for a leader and for the barrier it then commits to be applied by the runtime of
+/// every node in `ids` (the leader's first entry of its term is committed everywhere).
+pub async fn settled_leader(c: &KvTestCluster, ids: &[NodeId]) -> NodeId {
+    let leader = c.wait_for_leader(WAIT).await.expect("a leader");
+    let b = c.handle(leader).expect("leader handle").barrier().await.expect("barrier");
+    wait_runtime_applied(c, ids, b.0).await;
+    leader
+}
