@@ -89,3 +89,22 @@ async fn graceful_shutdown_hands_leadership_over() {
     wait_applied(&kv, &rest, p.index.0).await;
     c.shutdown_all().await;
 }
+
+/// `shutdown` returns only once the node let go of its store: a node started at once on the
+/// same disk finds the directory lock free (the Raft task shares the store with the storage
+/// thread, and its handle used to outlive the "stopped" signal by a moment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarts_on_its_disk_right_after_shutdown() {
+    let (mut c, kv) = kv_cluster(1, 5, 0, |_| {}).await;
+    let id = c.wait_for_leader(WAIT).await.unwrap();
+    let mut last = 0;
+    for round in 0..10 {
+        let (_, p) = c.propose(format!("k={round}").into_bytes(), WAIT).await.unwrap();
+        last = p.index.0;
+        c.shutdown(id).await;
+        c.restart(id).await.unwrap_or_else(|e| panic!("restart {round} right after shutdown: {e}"));
+        c.wait_for_leader(WAIT).await.unwrap();
+    }
+    wait_applied(&kv, &[id], last).await;
+    c.shutdown_all().await;
+}

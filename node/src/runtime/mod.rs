@@ -606,6 +606,10 @@ impl<T: Transport> Driver<T> {
             }
         })
         .await;
+        // The store (and its directory lock) is shared with the storage thread since small
+        // appends are made here: the last handle goes before the node reports itself stopped,
+        // so a node started on the same directory after `shutdown` finds it free.
+        drop(self.storage);
         tracing::info!(id = %self.id, "runtime stopped");
         let _ = stopped.send(true);
         for w in self.shutdown_waiters.drain(..) {
@@ -621,7 +625,11 @@ impl<T: Transport> Driver<T> {
 
     fn check_stopping(&mut self) {
         if let Some(deadline) = self.stopping {
-            if !self.core.is_leader() || Instant::now() >= deadline {
+            // A lone voter has no one to hand over to: it stops once all it took is applied
+            // (it refuses new proposals meanwhile), not after the full handover bound.
+            let alone = !self.core.configuration().voters().any(|v| v != self.id);
+            let drained = self.applied >= self.core.log().last_index();
+            if !self.core.is_leader() || Instant::now() >= deadline || (alone && drained) {
                 self.exit = true;
             }
         }
