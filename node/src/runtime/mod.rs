@@ -342,6 +342,7 @@ impl Runtime {
             poisoned: None,
             apply_failed: None,
             stopping: None,
+            follower_drain: None,
             shutdown_waiters: Vec::new(),
             role_tx,
             conf_tx,
@@ -501,6 +502,8 @@ struct Driver<T: Transport> {
     poisoned: Option<String>,
     apply_failed: Option<String>,
     stopping: Option<Instant>,
+    /// While stopping as a follower: until when it waits for its last entries' commit.
+    follower_drain: Option<Instant>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     role_tx: watch::Sender<RoleInfo>,
     conf_tx: watch::Sender<Configuration>,
@@ -625,11 +628,23 @@ impl<T: Transport> Driver<T> {
 
     fn check_stopping(&mut self) {
         if let Some(deadline) = self.stopping {
-            // A lone voter has no one to hand over to: it stops once all it took is applied
-            // (it refuses new proposals meanwhile), not after the full handover bound.
-            let alone = !self.core.configuration().voters().any(|v| v != self.id);
+            // Drained: everything in the log is applied. A lone voter has no one to hand over
+            // to, so it stops once drained (it refuses new proposals meanwhile), not after the
+            // full handover bound. A follower (or a leader that handed over) waits to be
+            // drained too, bounded by `follower_drain`: the commit of its last entries reaches
+            // it within the delayed commit notice, or the next heartbeat, and without this a
+            // stopped follower's files would miss writes the cluster acknowledged a moment
+            // before (it applies them from its log only at its next start).
             let drained = self.applied >= self.core.log().last_index();
-            if !self.core.is_leader() || Instant::now() >= deadline || (alone && drained) {
+            let now = Instant::now();
+            let exit = if self.core.is_leader() {
+                let alone = !self.core.configuration().voters().any(|v| v != self.id);
+                now >= deadline || (alone && drained)
+            } else {
+                let bound = *self.follower_drain.get_or_insert(now + self.opts.tick() * 4);
+                drained || now >= bound.min(deadline)
+            };
+            if exit {
                 self.exit = true;
             }
         }
@@ -810,6 +825,8 @@ impl<T: Transport> Driver<T> {
                 }
                 if self.stopping.is_none() {
                     let others = self.core.configuration().voters().any(|v| v != self.id);
+                    // Followers learn the last commits now, not after the notice delay.
+                    self.core.send_commit_updates();
                     if self.core.is_leader() && others {
                         match self.core.transfer_leadership(None) {
                             Ok(t) => tracing::info!(id = %self.id, target = %t, "shutdown: handing leadership over"),
