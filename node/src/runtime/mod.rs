@@ -342,7 +342,6 @@ impl Runtime {
             poisoned: None,
             apply_failed: None,
             stopping: None,
-            follower_drain: None,
             shutdown_waiters: Vec::new(),
             role_tx,
             conf_tx,
@@ -502,8 +501,6 @@ struct Driver<T: Transport> {
     poisoned: Option<String>,
     apply_failed: Option<String>,
     stopping: Option<Instant>,
-    /// While stopping as a follower: until when it waits for its last entries' commit.
-    follower_drain: Option<Instant>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     role_tx: watch::Sender<RoleInfo>,
     conf_tx: watch::Sender<Configuration>,
@@ -631,23 +628,21 @@ impl<T: Transport> Driver<T> {
             // Drained: everything in the log is applied. A lone voter has no one to hand over
             // to, so it stops once drained (it refuses new proposals meanwhile), not after the
             // full handover bound. A follower (or a leader that handed over) waits to be
-            // drained too, bounded by `follower_drain`: the commit of its last entries reaches
-            // it within the delayed commit notice, or the next heartbeat, and without this a
-            // stopped follower's files would miss writes the cluster acknowledged a moment
-            // before (it applies them from its log only at its next start).
+            // drained too, within the deadline: the commit of its last entries reaches it with
+            // the delayed commit notice, or the next heartbeat, and without this a stopped
+            // follower's files would miss writes the cluster acknowledged a moment before (it
+            // applies them from its log only at its next start).
             let drained = self.applied >= self.core.log().last_index();
-            let now = Instant::now();
-            let exit = if self.core.is_leader() {
-                let alone = !self.core.configuration().voters().any(|v| v != self.id);
-                now >= deadline || (alone && drained)
-            } else {
-                let bound = *self.follower_drain.get_or_insert(now + self.opts.tick() * 4);
-                drained || now >= bound.min(deadline)
-            };
-            if exit {
+            let waits = self.core.is_leader() && self.has_other_voters();
+            if Instant::now() >= deadline || (drained && !waits) {
                 self.exit = true;
             }
         }
+    }
+
+    /// Whether the configuration has a voter besides this node (someone to hand over to).
+    fn has_other_voters(&self) -> bool {
+        self.core.configuration().voters().any(|v| v != self.id)
     }
 
     fn write_refusal(&self) -> Option<ProposeError> {
@@ -824,16 +819,19 @@ impl<T: Transport> Driver<T> {
                     return;
                 }
                 if self.stopping.is_none() {
-                    let others = self.core.configuration().voters().any(|v| v != self.id);
                     // Followers learn the last commits now, not after the notice delay.
                     self.core.send_commit_updates();
-                    if self.core.is_leader() && others {
+                    if self.core.is_leader() && self.has_other_voters() {
                         match self.core.transfer_leadership(None) {
                             Ok(t) => tracing::info!(id = %self.id, target = %t, "shutdown: handing leadership over"),
                             Err(e) => tracing::info!(id = %self.id, error = %e, "shutdown: no leadership transfer"),
                         }
                     }
-                    self.stopping = Some(Instant::now() + self.opts.election_timeout() * 2);
+                    // A leader's bound is the handover's; a follower waits for the commit of
+                    // its last entries up to two heartbeat intervals.
+                    let bound =
+                        if self.core.is_leader() { self.opts.election_timeout() * 2 } else { self.opts.tick() * 4 };
+                    self.stopping = Some(Instant::now() + bound);
                 }
             }
         }
