@@ -11,6 +11,8 @@
 //! * Concurrent autocommit writers share entries (fewer Raft entries than statements), each is
 //!   answered only after its entry commits, and everything else (explicit transactions,
 //!   `changes()`, PRAGMAs) still runs alone and correctly beside them.
+//! * Statements that queue while a batch runs its statements join that batch (one entry for
+//!   all), held in that window with `db::pause_next_gather`.
 
 mod db_common;
 
@@ -336,6 +338,47 @@ fn concurrent_autocommit_writers_share_entries_and_are_answered_after_the_commit
         assert_eq!(rows, vec![vec![Value::Integer(id)]]);
     }
     assert_eq!(count(&check, "SELECT count(*) FROM kv"), WRITERS as i64);
+}
+
+#[test]
+fn statements_queued_while_a_batch_runs_join_it() {
+    let c = Arc::new(Cluster::new(2));
+    exec_when_leading(&c, "g.db", "CREATE TABLE kv(k TEXT PRIMARY KEY, v TEXT)");
+    c.wait_all_applied();
+    const FIRST: usize = 5;
+    const LATE: usize = 7;
+    let conns: Vec<_> = (0..1 + FIRST + LATE).map(|_| c.handles[0].open("g.db").unwrap()).collect();
+    let stmts: Vec<u32> =
+        conns.iter().map(|w| w.blocking_prepare("INSERT INTO kv(k, v) VALUES (?, 'x')").unwrap().id).collect();
+    let h = c.handles[0].clone();
+    let before = c.last_index();
+    c.hold(true);
+    let mut it = conns.into_iter().zip(stmts).enumerate();
+    let spawn = |(i, (w, id)): (usize, (dqlite_node::db::conn::Connection, u32))| {
+        std::thread::spawn(move || w.blocking_exec(id, vec![Value::Text(format!("k{i}"))]))
+    };
+    // Writer 0 runs alone (nothing else is writing); its entry is held.
+    let mut threads = vec![spawn(it.next().unwrap())];
+    wait_for("the first proposal", Duration::from_secs(20), || c.last_index() > before);
+    threads.extend(it.by_ref().take(FIRST).map(spawn));
+    wait_for("the first batch to queue", Duration::from_secs(20), || h.batch_pending("g.db").unwrap() == FIRST);
+    let gather = dqlite_node::db::pause_next_gather(&c.dir(0), "g.db").unwrap();
+    c.hold(false);
+    assert!(gather.wait_reached(Duration::from_secs(20)), "the batch never ran its statements");
+    // The batch ran its statements and holds its transaction open: these queue meanwhile.
+    threads.extend(it.map(spawn));
+    wait_for("the late writers to queue", Duration::from_secs(20), || {
+        h.batch_pending("g.db").unwrap() == FIRST + LATE
+    });
+    gather.release();
+    for t in threads {
+        assert_eq!(t.join().unwrap().unwrap().rows_affected, 1);
+    }
+    c.wait_all_applied();
+    let entries = c.last_index() - before;
+    assert_eq!(entries, 2, "writer 0's entry, then one for the batch and the writers that joined it");
+    let check = c.handles[1].open("g.db").unwrap();
+    assert_eq!(count(&check, "SELECT count(*) FROM kv"), (1 + FIRST + LATE) as i64);
 }
 
 #[test]

@@ -34,18 +34,20 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dqlite_wire::Value;
 
 use super::conn::ExecResult;
-use super::{lock, DbError, DbShared};
+use super::{lock, pause, DbError, DbShared};
 use crate::vfs::VfsConnection;
 
 /// Statements run in one batch at most.
 pub const MAX_BATCH: usize = 256;
 /// A batch thread with nothing to do for this long closes its connection and exits.
 const IDLE_EXIT: Duration = Duration::from_secs(2);
+/// A batch takes in statements that arrive while it runs for this long at most, then commits.
+const MAX_GATHER: Duration = Duration::from_millis(4);
 /// Prepared statements the batch connection keeps.
 const STATEMENT_CACHE: usize = 128;
 
@@ -226,6 +228,8 @@ struct Queue {
     running: bool,
     /// The batch thread is running a batch.
     busy: bool,
+    /// Statements in the running batch.
+    in_batch: usize,
     /// Statements running alone on their own connection through [`DbShared::try_alone`].
     alone: usize,
 }
@@ -303,11 +307,29 @@ impl DbShared {
     }
 
     /// Runs `stmts` as one batch, in order, on a fresh connection (the batch thread's code path;
-    /// for tests and benchmarks).
+    /// for tests and benchmarks). The batch starts with the first half of them and takes in the
+    /// rest one at a time as they were queued late (the path of statements that arrive while a
+    /// batch runs), so the results must be those of one batch of all of them.
     pub(crate) fn run_batch_now(&self, stmts: Vec<BatchStatement>) -> Result<Vec<BatchOutcome>, DbError> {
         let vc = self.node.open_conn(self, false, self.node.config().busy_timeout)?;
         vc.conn().set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        Ok(run_batch(&vc, self, &stmts))
+        let mut late: VecDeque<BatchStatement> = stmts.into();
+        let mut first: Vec<BatchStatement> = late.drain(..late.len().div_ceil(2)).collect();
+        let mut more = |s: &mut Vec<BatchStatement>| match late.pop_front() {
+            Some(x) => {
+                s.push(x);
+                true
+            }
+            None => false,
+        };
+        Ok(run_batch(&vc, self, &mut first, &mut more))
+    }
+
+    /// Statements submitted to the batch thread and not yet answered: those queued and those
+    /// in the running batch.
+    pub(crate) fn batch_pending(&self) -> usize {
+        let q = lock(&self.batch.q);
+        q.jobs.len() + q.in_batch
     }
 }
 
@@ -327,7 +349,9 @@ fn batch_thread(db: Arc<DbShared>) {
     };
     vc.conn().set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     loop {
-        let jobs: Vec<Job> = {
+        let mut replies = Vec::new();
+        let mut stmts = Vec::new();
+        {
             let mut q = lock(&db.batch.q);
             while q.jobs.is_empty() {
                 let (g, t) = match db.batch.cv.wait_timeout(q, IDLE_EXIT) {
@@ -340,17 +364,40 @@ fn batch_thread(db: Arc<DbShared>) {
                     return;
                 }
             }
-            let n = q.jobs.len().min(MAX_BATCH);
             q.busy = true;
-            q.jobs.drain(..n).collect()
+            take_jobs(&mut q, &mut stmts, &mut replies);
+        }
+        let gather_until = Instant::now() + MAX_GATHER;
+        let mut more = |stmts: &mut Vec<BatchStatement>| -> bool {
+            if Instant::now() >= gather_until {
+                return false;
+            }
+            pause::before_gather(&db.path);
+            let before = stmts.len();
+            take_jobs(&mut lock(&db.batch.q), stmts, &mut replies);
+            stmts.len() > before
         };
-        let (stmts, replies): (Vec<BatchStatement>, Vec<_>) = jobs.into_iter().map(|j| (j.stmt, j.reply)).unzip();
-        let outcomes = run_batch(&vc, &db, &stmts);
-        lock(&db.batch.q).busy = false;
+        let outcomes = run_batch(&vc, &db, &mut stmts, &mut more);
+        {
+            let mut q = lock(&db.batch.q);
+            q.busy = false;
+            q.in_batch = 0;
+        }
         for (o, r) in outcomes.into_iter().zip(replies) {
             // The client is gone (its connection closed): nobody to answer.
             let _ = r.send(o);
         }
+    }
+}
+
+/// Moves queued jobs into a batch of `stmts` (answered through `replies`, in the same order),
+/// up to [`MAX_BATCH`] statements in all.
+fn take_jobs(q: &mut Queue, stmts: &mut Vec<BatchStatement>, replies: &mut Vec<mpsc::SyncSender<BatchOutcome>>) {
+    let n = q.jobs.len().min(MAX_BATCH.saturating_sub(stmts.len()));
+    q.in_batch += n;
+    for j in q.jobs.drain(..n) {
+        stmts.push(j.stmt);
+        replies.push(j.reply);
     }
 }
 
@@ -380,8 +427,18 @@ fn control(c: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 /// Runs `stmts` in one transaction (one savepoint each) and commits it; see the module docs.
-fn run_batch(vc: &VfsConnection, db: &DbShared, stmts: &[BatchStatement]) -> Vec<BatchOutcome> {
-    let n = stmts.len();
+///
+/// When the last statement has run, `more` may append statements that arrived meanwhile (it
+/// returns whether it did): they run in the same transaction, after the others, as if they had
+/// been queued from the start. So the clients answered by one batch, whose next statements
+/// arrive while the following batch runs, join that batch instead of waiting for a whole
+/// commit round of their own (without it, 32 clients settle into two cohorts that take turns).
+fn run_batch(
+    vc: &VfsConnection,
+    db: &DbShared,
+    stmts: &mut Vec<BatchStatement>,
+    more: &mut dyn FnMut(&mut Vec<BatchStatement>) -> bool,
+) -> Vec<BatchOutcome> {
     let c = vc.conn();
     let all = |e: DbError| -> Vec<BatchOutcome> {
         stmts
@@ -406,10 +463,9 @@ fn run_batch(vc: &VfsConnection, db: &DbShared, stmts: &[BatchStatement]) -> Vec
         DbError::from(e)
     };
     BATCHES.fetch_add(1, Ordering::Relaxed);
-    STATEMENTS.fetch_add(n as u64, Ordering::Relaxed);
-    let mut out: Vec<Option<BatchOutcome>> = (0..n).map(|_| None).collect();
+    let mut out: Vec<Option<BatchOutcome>> = (0..stmts.len()).map(|_| None).collect();
     // Statements whose error ended the transaction: final, not run again.
-    let mut final_err = vec![false; n];
+    let mut final_err = vec![false; stmts.len()];
     let started = std::time::Instant::now();
     'attempt: loop {
         let begun = control(c, "BEGIN IMMEDIATE");
@@ -427,7 +483,18 @@ fn run_batch(vc: &VfsConnection, db: &DbShared, stmts: &[BatchStatement]) -> Vec
             }
             break 'attempt;
         }
-        for (i, s) in stmts.iter().enumerate() {
+        let mut next = 0;
+        loop {
+            if next == stmts.len() {
+                if !more(stmts) {
+                    break;
+                }
+                out.resize_with(stmts.len(), || None);
+                final_err.resize(stmts.len(), false);
+            }
+            let i = next;
+            next += 1;
+            let s = &stmts[i];
             if final_err[i] {
                 continue;
             }
@@ -477,7 +544,7 @@ fn run_batch(vc: &VfsConnection, db: &DbShared, stmts: &[BatchStatement]) -> Vec
             if !c.is_autocommit() {
                 let _ = c.execute_batch("ROLLBACK");
             }
-            for (o, s) in out.iter_mut().zip(stmts) {
+            for (o, s) in out.iter_mut().zip(stmts.iter()) {
                 match o {
                     Some(BatchOutcome { result: r @ Ok(_), .. }) => *r = Err(dup(&e)),
                     Some(_) => {}
@@ -494,8 +561,9 @@ fn run_batch(vc: &VfsConnection, db: &DbShared, stmts: &[BatchStatement]) -> Vec
         vc.end_statement();
         break 'attempt;
     }
+    STATEMENTS.fetch_add(stmts.len() as u64, Ordering::Relaxed);
     out.into_iter()
-        .zip(stmts)
+        .zip(stmts.iter())
         .map(|(o, s)| {
             o.unwrap_or(BatchOutcome {
                 result: Err(DbError::sql(libsqlite3_sys::SQLITE_ERROR, "statement not run")),

@@ -842,6 +842,12 @@ impl DbHandle {
         db.run_batch_now(stmts)
     }
 
+    /// Statements submitted to the group commit of database `name` and not yet answered (those
+    /// queued and those in the running batch). For tests.
+    pub fn batch_pending(&self, name: &str) -> Result<usize, DbError> {
+        Ok(self.node.db(name)?.batch_pending())
+    }
+
     /// Opens a connection to the database `name` (dqlite's OPEN), creating it if needed.
     pub fn open(&self, name: &str) -> Result<Connection, DbError> {
         let (vc, parts) = self.open_parts(name)?;

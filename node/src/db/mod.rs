@@ -1424,5 +1424,6 @@ impl SnapshotCopy for ImageCopy {
 mod pause;
 #[cfg(feature = "harness")]
 pub use pause::{
-    pause_next_apply, pause_next_bulk, pause_next_bulk_join, pause_next_commit, pause_next_unlock, CommitPause,
+    pause_next_apply, pause_next_bulk, pause_next_bulk_join, pause_next_commit, pause_next_gather, pause_next_unlock,
+    CommitPause,
 };

@@ -21,17 +21,22 @@
 //! * [`pause_next_bulk_join`]: a thread that is about to wait for a running bulk checkpoint
 //!   (a snapshot point, an explicit checkpoint, closing), before it waits. A test learns from
 //!   it that a snapshot does wait for the bulk (same test).
+//! * [`pause_next_gather`]: the batch thread of a group commit, after its batch's statements
+//!   ran and before it takes in the statements that queued meanwhile (the transaction is open,
+//!   nothing proposed yet). A test queues more statements inside it
+//!   (`node/tests/db_group_commit.rs`, row M-DB10).
 //!
 //! Without the feature the hooks compile to nothing; with it, a hook with nothing armed costs
 //! one atomic load.
 
 #[cfg(feature = "harness")]
 pub use imp::{
-    pause_next_apply, pause_next_bulk, pause_next_bulk_join, pause_next_commit, pause_next_unlock, CommitPause,
+    pause_next_apply, pause_next_bulk, pause_next_bulk_join, pause_next_commit, pause_next_gather, pause_next_unlock,
+    CommitPause,
 };
 
 #[cfg(feature = "harness")]
-pub(crate) use imp::{after_commit, before_apply, before_bulk, before_bulk_join, on_unlock};
+pub(crate) use imp::{after_commit, before_apply, before_bulk, before_bulk_join, before_gather, on_unlock};
 
 /// Without the feature: nothing pauses.
 #[cfg(not(feature = "harness"))]
@@ -57,6 +62,11 @@ pub(crate) fn before_bulk(_db_path: &std::path::Path) {}
 #[cfg(not(feature = "harness"))]
 #[inline(always)]
 pub(crate) fn before_bulk_join(_db_path: &std::path::Path) {}
+
+/// Without the feature: nothing pauses.
+#[cfg(not(feature = "harness"))]
+#[inline(always)]
+pub(crate) fn before_gather(_db_path: &std::path::Path) {}
 
 #[cfg(feature = "harness")]
 mod imp {
@@ -100,6 +110,8 @@ mod imp {
         BeforeBulk,
         /// [`before_bulk_join`].
         BulkJoin,
+        /// [`before_gather`].
+        BeforeGather,
     }
 
     /// Armed pauses, by point and database file path (canonical data directory + `db/` + name).
@@ -160,6 +172,14 @@ mod imp {
     /// [`CommitPause::release`] or the pause is dropped.
     pub fn pause_next_bulk_join(data_dir: &Path, db: &str) -> std::io::Result<CommitPause> {
         arm(Point::BulkJoin, data_dir, db)
+    }
+
+    /// Arms a pause: the next batch of a group commit of database `db` of the node whose data
+    /// directory is `data_dir` stops on its batch thread once the statements it started with
+    /// ran, before it takes in those that queued meanwhile (its transaction is open and nothing
+    /// is proposed). It waits there until [`CommitPause::release`] or the pause is dropped.
+    pub fn pause_next_gather(data_dir: &Path, db: &str) -> std::io::Result<CommitPause> {
+        arm(Point::BeforeGather, data_dir, db)
     }
 
     fn arm(point: Point, data_dir: &Path, db: &str) -> std::io::Result<CommitPause> {
@@ -240,6 +260,12 @@ mod imp {
     /// while a pause for that database is armed (once per pause).
     pub(crate) fn before_bulk_join(db_path: &Path) {
         hold(Point::BulkJoin, db_path, "test pause: thread held before it waits for a bulk checkpoint");
+    }
+
+    /// Called by a batch thread of `db_path` before it takes in the statements that queued
+    /// while its batch ran: holds it while a pause for that database is armed (once per pause).
+    pub(crate) fn before_gather(db_path: &Path) {
+        hold(Point::BeforeGather, db_path, "test pause: batch held before it takes in queued statements");
     }
 
     fn hold(point: Point, db_path: &Path, what: &'static str) {
