@@ -46,7 +46,8 @@ use crate::vfs::VfsConnection;
 pub const MAX_BATCH: usize = 256;
 /// A batch thread with nothing to do for this long closes its connection and exits.
 const IDLE_EXIT: Duration = Duration::from_secs(2);
-/// A batch takes in statements that arrive while it runs for this long at most, then commits.
+/// A batch takes in statements that arrive while it runs for this long at most (from when its
+/// first statements have run), then commits.
 const MAX_GATHER: Duration = Duration::from_millis(4);
 /// Prepared statements the batch connection keeps.
 const STATEMENT_CACHE: usize = 128;
@@ -367,9 +368,12 @@ fn batch_thread(db: Arc<DbShared>) {
             q.busy = true;
             take_jobs(&mut q, &mut stmts, &mut replies);
         }
-        let gather_until = Instant::now() + MAX_GATHER;
+        // The window opens when the batch's first statements have run (not when it was taken:
+        // its BEGIN may have waited for the write lock meanwhile).
+        let mut gather_until: Option<Instant> = None;
         let mut more = |stmts: &mut Vec<BatchStatement>| -> bool {
-            if Instant::now() >= gather_until {
+            let until = *gather_until.get_or_insert_with(|| Instant::now() + MAX_GATHER);
+            if Instant::now() >= until {
                 return false;
             }
             pause::before_gather(&db.path);
