@@ -367,9 +367,7 @@ fn statements_queued_while_a_batch_runs_join_it() {
     assert!(gather.wait_reached(Duration::from_secs(20)), "the batch never ran its statements");
     // The batch ran its statements and holds its transaction open: these queue meanwhile.
     threads.extend(it.map(spawn));
-    wait_for("the late writers to queue", Duration::from_secs(20), || {
-        h.batch_pending("g.db").unwrap() == FIRST + LATE
-    });
+    wait_for("the late writers to queue", Duration::from_secs(20), || h.batch_pending("g.db").unwrap() == FIRST + LATE);
     gather.release();
     for t in threads {
         assert_eq!(t.join().unwrap().unwrap().rows_affected, 1);
