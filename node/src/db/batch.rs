@@ -377,9 +377,7 @@ fn batch_thread(db: Arc<DbShared>) {
                 return false;
             }
             pause::before_gather(&db.path);
-            let before = stmts.len();
-            take_jobs(&mut lock(&db.batch.q), stmts, &mut replies);
-            stmts.len() > before
+            take_jobs(&mut lock(&db.batch.q), stmts, &mut replies) > 0
         };
         let outcomes = run_batch(&vc, &db, &mut stmts, &mut more);
         {
@@ -395,14 +393,19 @@ fn batch_thread(db: Arc<DbShared>) {
 }
 
 /// Moves queued jobs into a batch of `stmts` (answered through `replies`, in the same order),
-/// up to [`MAX_BATCH`] statements in all.
-fn take_jobs(q: &mut Queue, stmts: &mut Vec<BatchStatement>, replies: &mut Vec<mpsc::SyncSender<BatchOutcome>>) {
+/// up to [`MAX_BATCH`] statements in all; returns how many it moved.
+fn take_jobs(
+    q: &mut Queue,
+    stmts: &mut Vec<BatchStatement>,
+    replies: &mut Vec<mpsc::SyncSender<BatchOutcome>>,
+) -> usize {
     let n = q.jobs.len().min(MAX_BATCH.saturating_sub(stmts.len()));
     q.in_batch += n;
     for j in q.jobs.drain(..n) {
         stmts.push(j.stmt);
         replies.push(j.reply);
     }
+    n
 }
 
 /// Runs one statement; `stepped` tells whether it got as far as running (and so set
