@@ -227,9 +227,7 @@ impl Drop for Queued {
 struct Queue {
     jobs: VecDeque<Job>,
     running: bool,
-    /// The batch thread is running a batch.
-    busy: bool,
-    /// Statements in the running batch.
+    /// Statements in the running batch (0: the batch thread is not running one).
     in_batch: usize,
     /// Statements running alone on their own connection through [`DbShared::try_alone`].
     alone: usize,
@@ -299,7 +297,7 @@ impl DbShared {
     /// commit); the writes that arrive meanwhile queue for the batch thread.
     pub(crate) fn try_alone(&self) -> Option<Alone<'_>> {
         let mut q = lock(&self.batch.q);
-        if q.jobs.is_empty() && !q.busy && q.alone == 0 {
+        if q.jobs.is_empty() && q.in_batch == 0 && q.alone == 0 {
             q.alone += 1;
             Some(Alone { slot: &self.batch })
         } else {
@@ -365,7 +363,6 @@ fn batch_thread(db: Arc<DbShared>) {
                     return;
                 }
             }
-            q.busy = true;
             take_jobs(&mut q, &mut stmts, &mut replies);
         }
         // The window opens when the batch's first statements have run (not when it was taken:
@@ -380,11 +377,7 @@ fn batch_thread(db: Arc<DbShared>) {
             take_jobs(&mut lock(&db.batch.q), stmts, &mut replies) > 0
         };
         let outcomes = run_batch(&vc, &db, &mut stmts, &mut more);
-        {
-            let mut q = lock(&db.batch.q);
-            q.busy = false;
-            q.in_batch = 0;
-        }
+        lock(&db.batch.q).in_batch = 0;
         for (o, r) in outcomes.into_iter().zip(replies) {
             // The client is gone (its connection closed): nobody to answer.
             let _ = r.send(o);
