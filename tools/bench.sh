@@ -7,6 +7,7 @@
 # usage: tools/bench.sh
 # knobs (environment):
 #   BENCH_SECS=10                 seconds per measurement (BENCH_SECS=2 for a smoke test)
+#   BENCH_ROUNDS=1                runs of the whole matrix; each cell reports its median round
 #   BENCH_WORKERS="1 8 32"        worker counts
 #   BENCH_WORKLOADS="kvwrite kvreadwrite bank bulk scan"
 #   BENCH_TARGETS="own real go sqlite"
@@ -26,6 +27,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 SECS=${BENCH_SECS:-10}
+ROUNDS=${BENCH_ROUNDS:-1}
 WORKERS=${BENCH_WORKERS:-1 8 32}
 WORKLOADS=${BENCH_WORKLOADS:-kvwrite kvreadwrite bank bulk scan}
 TARGETS=${BENCH_TARGETS:-own real go sqlite}
@@ -43,6 +45,7 @@ fi
 # The command that reproduces this run (only the knobs that differ from the defaults).
 CMD="tools/bench.sh"
 [ "$SECS" != 10 ] && CMD="BENCH_SECS=$SECS $CMD"
+[ "$ROUNDS" != 1 ] && CMD="BENCH_ROUNDS=$ROUNDS $CMD"
 [ "$WORKERS" != "1 8 32" ] && CMD="BENCH_WORKERS=\"$WORKERS\" $CMD"
 [ "$WORKLOADS" != "kvwrite kvreadwrite bank bulk scan" ] && CMD="BENCH_WORKLOADS=\"$WORKLOADS\" $CMD"
 [ "$TARGETS" != "own real go sqlite" ] && CMD="BENCH_TARGETS=\"$TARGETS\" $CMD"
@@ -124,7 +127,9 @@ run() {
   return "$rc"
 }
 
-for wl in $WORKLOADS; do
+for round in $(seq 1 "$ROUNDS"); do
+ [ "$ROUNDS" = 1 ] || echo "== round $round of $ROUNDS" >&2
+ for wl in $WORKLOADS; do
   for w in $WORKERS; do
     for t in $TARGETS; do
       log=$OUT/$wl-$w-$t
@@ -175,10 +180,11 @@ PY
       fi
     done
   done
+ done
 done
 
 echo "== report" >&2
-"$REPORT" --results "$RESULTS" --doc "$DOC" --chart "$CHART" --command "$CMD" --secs "$SECS" --profile "$PROFILE"
+"$REPORT" --results "$RESULTS" --doc "$DOC" --chart "$CHART" --command "$CMD" --secs "$SECS" --profile "$PROFILE" --rounds "$ROUNDS"
 if [ "${#failures[@]}" -gt 0 ]; then
   echo "failed measurements (logs in $OUT): ${failures[*]}" >&2
   exit 1

@@ -59,6 +59,8 @@ struct Args {
     command: String,
     secs: String,
     profile: String,
+    /// How many times the script ran the whole matrix (each cell is the median of its rounds).
+    rounds: u32,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -68,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
     let mut command = None;
     let mut secs = None;
     let mut profile = None;
+    let mut rounds = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -78,6 +81,7 @@ fn parse_args() -> Result<Args, String> {
             "--command" => command = Some(value),
             "--secs" => secs = Some(value),
             "--profile" => profile = Some(value),
+            "--rounds" => rounds = Some(value.parse::<u32>().map_err(|e| format!("--rounds {value:?}: {e}"))?),
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
@@ -88,6 +92,7 @@ fn parse_args() -> Result<Args, String> {
         command: command.ok_or("--command is required")?,
         secs: secs.unwrap_or_else(|| "?".to_owned()),
         profile: profile.unwrap_or_else(|| "release".to_owned()),
+        rounds: rounds.unwrap_or(1).max(1),
     })
 }
 
@@ -102,7 +107,7 @@ fn workload_rank(w: &str) -> usize {
 /// Parses the results file: the samples and the node RSS peaks `(workload rank, workers) → MiB`.
 fn read_results(path: &Path) -> Result<(Results, Rss), BoxError> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut results = Results::new();
+    let mut rounds: BTreeMap<(usize, String, u64), BTreeMap<&'static str, Vec<Sample>>> = BTreeMap::new();
     let mut rss = BTreeMap::new();
     for (no, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -131,9 +136,24 @@ fn read_results(path: &Path) -> Result<(Results, Rss), BoxError> {
             errors: v.get("errors").and_then(Value::as_u64).unwrap_or(0),
         };
         let kind = s("kind").unwrap_or_else(|| "op".to_owned());
-        results.entry((workload_rank(&workload), kind, workers)).or_default().insert(target, sample);
+        rounds.entry((workload_rank(&workload), kind, workers)).or_default().entry(target).or_default().push(sample);
     }
+    let results = rounds
+        .into_iter()
+        .map(|(cell, by)| (cell, by.into_iter().map(|(t, samples)| (t, median(samples))).collect()))
+        .collect();
     Ok((results, rss))
+}
+
+/// One cell's rounds as one sample: the round with the median ops/s (the lower of the two middle
+/// ones for an even count), with the errors of all rounds summed (a target of zero errors must
+/// hold in every round).
+fn median(mut samples: Vec<Sample>) -> Sample {
+    let errors = samples.iter().map(|s| s.errors).sum();
+    samples.sort_by(|a, b| a.ops.total_cmp(&b.ops));
+    let mut m = samples.swap_remove((samples.len() - 1) / 2);
+    m.errors = errors;
+    m
 }
 
 fn workload_name(rank: usize) -> &'static str {
@@ -301,6 +321,16 @@ fn section(args: &Args, results: &Results, rss: &Rss) -> String {
          absolute numbers from other days.\n",
         args.secs
     );
+    if args.rounds > 1 {
+        let _ = writeln!(
+            out,
+            "The script ran the whole matrix {} times in a row; each cell below is the round with the \
+             median ops/s of that cell (its p50 and p99 with it), errors are summed over the rounds, \
+             node RSS is the largest of any round. A single 5 s measurement on this machine varies by \
+             ±30–50% over tens of minutes; the raw rounds are in `target/bench/results.jsonl`.\n",
+            args.rounds
+        );
+    }
     if args.profile != "release" {
         let _ = writeln!(
             out,
@@ -508,7 +538,7 @@ fn main() -> Result<(), BoxError> {
     let args = match parse_args() {
         Ok(a) => a,
         Err(msg) => {
-            eprintln!("bench-report: {msg}\nusage: bench-report --results FILE --doc FILE --chart FILE --command TEXT [--secs N] [--profile P]");
+            eprintln!("bench-report: {msg}\nusage: bench-report --results FILE --doc FILE --chart FILE --command TEXT [--secs N] [--profile P] [--rounds N]");
             std::process::exit(2);
         }
     };
@@ -520,4 +550,24 @@ fn main() -> Result<(), BoxError> {
     write_doc(&args.doc, &section(&args, &results, &rss))?;
     eprintln!("bench-report: wrote {} and {}", args.doc.display(), args.chart.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(ops: f64, errors: u64) -> Sample {
+        Sample { ops, p50: ops / 1000.0, p99: ops / 100.0, errors }
+    }
+
+    #[test]
+    fn the_median_round_keeps_its_latencies_and_sums_the_errors() {
+        let m = median(vec![sample(300.0, 1), sample(100.0, 0), sample(200.0, 2)]);
+        assert_eq!((m.ops, m.p50, m.p99, m.errors), (200.0, 0.2, 2.0, 3));
+        // Even count: the lower of the two middle rounds (not flattering).
+        let m = median(vec![sample(400.0, 0), sample(100.0, 0), sample(300.0, 0), sample(200.0, 0)]);
+        assert_eq!(m.ops, 200.0);
+        let m = median(vec![sample(5.0, 7)]);
+        assert_eq!((m.ops, m.errors), (5.0, 7));
+    }
 }
