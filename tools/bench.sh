@@ -16,6 +16,11 @@
 #                                 go: dqlite-anchor.sh (go-dqlite's dqlite-benchmark; kvwrite
 #                                     and kvreadwrite only)
 #                                 sqlite: sqlx-sqlite, local file, WAL, synchronous=FULL
+#   BENCH_EXTRAS="embedded failover"
+#                                 after the matrix: embedded (examples/embedded_bench: point
+#                                 selects on an embedded leader in process vs sqlx-sqlite) and
+#                                 failover (tests/failover_bench.rs: write unavailability after a
+#                                 leader SIGKILL, ours vs real dqlite, FAILOVER_RUNS runs each)
 #   BENCH_PROFILE=release         cargo profile of workload_bench and dqlited (dev: no release build)
 #   BENCH_OUT=target/bench        raw results and logs
 #   BENCH_DOC=docs/BENCHMARKS.md  BENCH_CHART=docs/benchmarks.png
@@ -32,6 +37,7 @@ WORKERS=${BENCH_WORKERS:-1 8 32}
 WORKLOADS=${BENCH_WORKLOADS:-kvwrite kvreadwrite bank bulk scan}
 TARGETS=${BENCH_TARGETS:-own real go sqlite}
 PROFILE=${BENCH_PROFILE:-release}
+EXTRAS=${BENCH_EXTRAS-embedded failover}
 OUT=${BENCH_OUT:-$ROOT/target/bench}
 DOC=${BENCH_DOC:-$ROOT/docs/BENCHMARKS.md}
 CHART=${BENCH_CHART:-$ROOT/docs/benchmarks.png}
@@ -50,6 +56,7 @@ CMD="tools/bench.sh"
 [ "$WORKLOADS" != "kvwrite kvreadwrite bank bulk scan" ] && CMD="BENCH_WORKLOADS=\"$WORKLOADS\" $CMD"
 [ "$TARGETS" != "own real go sqlite" ] && CMD="BENCH_TARGETS=\"$TARGETS\" $CMD"
 [ "$PROFILE" != release ] && CMD="BENCH_PROFILE=$PROFILE $CMD"
+[ "$EXTRAS" != "embedded failover" ] && CMD="BENCH_EXTRAS=\"$EXTRAS\" $CMD"
 
 case "$PROFILE" in
   release) BIN_DIR=$ROOT/target/release ;;
@@ -67,7 +74,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo "== building (profile $PROFILE)" >&2
-cargo build --profile "$PROFILE" --example workload_bench --bin dqlited >&2
+cargo build --profile "$PROFILE" --example workload_bench --example embedded_bench --bin dqlited >&2
+case " $EXTRAS " in *" failover "*) cargo test --profile "$PROFILE" -p dqlite --test failover_bench --no-run >&2 ;; esac
 cargo build --manifest-path tools/bench-report/Cargo.toml --target-dir "$ROOT/target" >&2
 WB=$BIN_DIR/examples/workload_bench
 export DQLITED_BIN=$BIN_DIR/dqlited
@@ -108,7 +116,7 @@ run() {
   if [ "$name" = own ]; then
     sample_rss "$sid" "$log.rss" &
   fi
-  local bound=$((SECS * 3 + 180)) waited=0
+  local bound=${RUN_BOUND:-$((SECS * 3 + 180))} waited=0
   while kill -0 "$sid" 2>/dev/null; do
     if [ "$waited" -ge "$bound" ]; then
       echo "   timed out after ${bound}s" >&2
@@ -181,6 +189,49 @@ PY
     done
   done
  done
+done
+
+for x in $EXTRAS; do
+  log=$OUT/extra-$x
+  case $x in
+    embedded)
+      echo "== embedded leader, point selects in process vs sqlx-sqlite" >&2
+      if run embedded "$log" "$BIN_DIR/examples/embedded_bench" 20000; then
+        cat "$log.out" >&2
+        # "  dqlite-rs embedded leader, in process:   E ops/s   R.RRx sqlx-sqlite"
+        python3 - "$log.out" >>"$RESULTS" <<'PY' || failures+=("extra/$x (output not understood)")
+import json, re, sys
+text = open(sys.argv[1]).read()
+s = re.search(r'sqlx-sqlite \(local file.*?:\s+([\d.]+) ops/s', text)
+e = re.search(r'embedded leader, in process:\s+([\d.]+) ops/s', text)
+if s and e:
+    print(json.dumps({"extra": "embedded", "sqlite_ops": float(s[1]), "embedded_ops": float(e[1])}))
+else:
+    sys.exit("embedded_bench output not understood")
+PY
+      else
+        failures+=("extra/$x")
+        tail -5 "$log.err" >&2 || true
+      fi ;;
+    failover)
+      echo "== failover: write unavailability after a leader SIGKILL, ours vs real dqlite" >&2
+      if RUN_BOUND=900 run failover "$log" cargo test --profile "$PROFILE" -p dqlite --test failover_bench -- --ignored --nocapture; then
+        grep -E "median write unavailability|failover medians" "$log.err" >&2 || true
+        # "failover medians: own X ms, real dqlite Y ms (ratio ...)"
+        python3 - "$log.err" >>"$RESULTS" <<'PY' || failures+=("extra/$x (output not understood)")
+import json, re, sys
+m = re.search(r'failover medians: own (\d+) ms, real dqlite (\d+) ms', open(sys.argv[1]).read())
+if m:
+    print(json.dumps({"extra": "failover", "own_ms": float(m[1]), "real_ms": float(m[2])}))
+else:
+    sys.exit("failover_bench output not understood")
+PY
+      else
+        failures+=("extra/$x")
+        tail -5 "$log.err" >&2 || true
+      fi ;;
+    *) echo "unknown extra $x" >&2; exit 2 ;;
+  esac
 done
 
 echo "== report" >&2

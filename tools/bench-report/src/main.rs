@@ -52,6 +52,15 @@ type Results = BTreeMap<(usize, String, u64), BTreeMap<&'static str, Sample>>;
 /// (workload, workers) → the largest node's peak RSS in MiB.
 type Rss = BTreeMap<(usize, u64), f64>;
 
+/// The measurements outside the matrix (`BENCH_EXTRAS`), the last of each kind.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Extras {
+    /// Point selects per second: (embedded leader in process, sqlx-sqlite on a file).
+    embedded: Option<(f64, f64)>,
+    /// Median write unavailability after a leader SIGKILL, ms: (ours, real dqlite).
+    failover: Option<(f64, f64)>,
+}
+
 struct Args {
     results: PathBuf,
     doc: PathBuf,
@@ -105,10 +114,11 @@ fn workload_rank(w: &str) -> usize {
 }
 
 /// Parses the results file: the samples and the node RSS peaks `(workload rank, workers) → MiB`.
-fn read_results(path: &Path) -> Result<(Results, Rss), BoxError> {
+fn read_results(path: &Path) -> Result<(Results, Rss, Extras), BoxError> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut rounds: BTreeMap<(usize, String, u64), BTreeMap<&'static str, Vec<Sample>>> = BTreeMap::new();
     let mut rss = BTreeMap::new();
+    let mut extras = Extras::default();
     for (no, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
@@ -117,6 +127,19 @@ fn read_results(path: &Path) -> Result<(Results, Rss), BoxError> {
         let v: Value = serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), no + 1))?;
         let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         let f = |k: &str| v.get(k).and_then(Value::as_f64);
+        let need = |k: &str| f(k).ok_or_else(|| format!("line {}: no {k}", no + 1));
+        match s("extra").as_deref() {
+            Some("embedded") => {
+                extras.embedded = Some((need("embedded_ops")?, need("sqlite_ops")?));
+                continue;
+            }
+            Some("failover") => {
+                extras.failover = Some((need("own_ms")?, need("real_ms")?));
+                continue;
+            }
+            Some(other) => return Err(format!("line {}: unknown extra {other:?}", no + 1).into()),
+            None => {}
+        }
         let workload = s("workload").ok_or_else(|| format!("line {}: no workload", no + 1))?;
         let workers = v.get("workers").and_then(Value::as_u64).ok_or_else(|| format!("line {}: no workers", no + 1))?;
         if v.get("rss").is_some() {
@@ -142,7 +165,7 @@ fn read_results(path: &Path) -> Result<(Results, Rss), BoxError> {
         .into_iter()
         .map(|(cell, by)| (cell, by.into_iter().map(|(t, samples)| (t, median(samples))).collect()))
         .collect();
-    Ok((results, rss))
+    Ok((results, rss, extras))
 }
 
 /// One cell's rounds as one sample: the round with the median ops/s (the lower of the two middle
@@ -253,7 +276,7 @@ fn check(ok: bool) -> &'static str {
     }
 }
 
-fn targets_section(results: &Results, rss: &Rss) -> String {
+fn targets_section(results: &Results, rss: &Rss, extras: &Extras) -> String {
     let mut out = String::new();
     let get =
         |w: &str, k: &str, n: u64, t: &str| results.get(&(workload_rank(w), k.to_owned(), n)).and_then(|r| r.get(t));
@@ -303,10 +326,34 @@ fn targets_section(results: &Results, rss: &Rss) -> String {
             check(*mib < 200.0)
         );
     }
+    out.push_str(&extras_rows(extras));
     out
 }
 
-fn section(args: &Args, results: &Results, rss: &Rss) -> String {
+/// The targets rows of the measurements outside the matrix.
+fn extras_rows(extras: &Extras) -> String {
+    let mut out = String::new();
+    if let Some((embedded, sqlite)) = extras.embedded {
+        let r = if sqlite > 0.0 { embedded / sqlite } else { 0.0 };
+        let _ = writeln!(
+            out,
+            "| in-process reads on an embedded leader: ≥ 0.7× sqlx-sqlite's point selects (1 client, best of 3 rounds) | {r:.2}× ({} vs {} ops/s) | {} |",
+            fmt_ops(embedded),
+            fmt_ops(sqlite),
+            check(r >= 0.7)
+        );
+    }
+    if let Some((own, real)) = extras.failover {
+        let _ = writeln!(
+            out,
+            "| write unavailability after a leader SIGKILL: < 2 s median | {own:.0} ms (real dqlite {real:.0} ms) | {} |",
+            check(own < 2000.0)
+        );
+    }
+    out
+}
+
+fn section(args: &Args, results: &Results, rss: &Rss, extras: &Extras) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{BEGIN}");
     let _ = writeln!(out, "## Side by side: dqlite-rs, real dqlite, sqlx-sqlite (`tools/bench.sh`)\n");
@@ -348,7 +395,7 @@ fn section(args: &Args, results: &Results, rss: &Rss) -> String {
     }
     let _ = writeln!(out, "\n![throughput and p99 per workload](benchmarks.png)\n");
     let _ = writeln!(out, "### Targets\n");
-    out.push_str(&targets_section(results, rss));
+    out.push_str(&targets_section(results, rss, extras));
     let _ = writeln!(out, "\n### Ratios (dqlite-rs ops/s over each)\n");
     let _ = writeln!(
         out,
@@ -542,12 +589,12 @@ fn main() -> Result<(), BoxError> {
             std::process::exit(2);
         }
     };
-    let (results, rss) = read_results(&args.results)?;
+    let (results, rss, extras) = read_results(&args.results)?;
     if results.is_empty() {
         return Err(format!("{}: no results", args.results.display()).into());
     }
     draw_chart(&args.chart, &results)?;
-    write_doc(&args.doc, &section(&args, &results, &rss))?;
+    write_doc(&args.doc, &section(&args, &results, &rss, &extras))?;
     eprintln!("bench-report: wrote {} and {}", args.doc.display(), args.chart.display());
     Ok(())
 }
@@ -569,5 +616,38 @@ mod tests {
         assert_eq!(m.ops, 200.0);
         let m = median(vec![sample(5.0, 7)]);
         assert_eq!((m.ops, m.errors), (5.0, 7));
+    }
+
+    #[test]
+    fn extras_are_read_and_judged() {
+        let dir = std::env::temp_dir().join(format!("bench-report-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("results.jsonl");
+        std::fs::write(
+            &path,
+            concat!(
+                r#"{"label":"own","workload":"kvwrite","workers":1,"kind":"write","n":10,"ops_per_s":100.0,"p50_ms":1.0,"p99_ms":2.0,"errors":0}"#,
+                "\n",
+                r#"{"extra":"embedded","sqlite_ops":1000.0,"embedded_ops":650.0}"#,
+                "\n",
+                r#"{"extra":"failover","own_ms":1604.0,"real_ms":6678.0}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let (results, _, extras) = read_results(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(results.len(), 1);
+        assert_eq!(extras, Extras { embedded: Some((650.0, 1000.0)), failover: Some((1604.0, 6678.0)) });
+        let rows = extras_rows(&extras);
+        // 0.65x is under 0.7x: not met; 1.6 s is under 2 s: met.
+        assert!(rows.contains("0.65× (650 vs 1000 ops/s) | not met"), "{rows}");
+        assert!(rows.contains("1604 ms (real dqlite 6678 ms) | **met**"), "{rows}");
+        let fast = extras_rows(&Extras { embedded: Some((900.0, 1000.0)), failover: Some((2500.0, 6000.0)) });
+        assert!(
+            fast.contains("0.90× (900 vs 1000 ops/s) | **met**")
+                && fast.contains("2500 ms (real dqlite 6000 ms) | not met"),
+            "{fast}"
+        );
     }
 }
