@@ -196,42 +196,36 @@ for x in $EXTRAS; do
   case $x in
     embedded)
       echo "== embedded leader, point selects in process vs sqlx-sqlite" >&2
-      if run embedded "$log" "$BIN_DIR/examples/embedded_bench" 20000; then
-        cat "$log.out" >&2
-        # "  dqlite-rs embedded leader, in process:   E ops/s   R.RRx sqlx-sqlite"
-        python3 - "$log.out" >>"$RESULTS" <<'PY' || failures+=("extra/$x (output not understood)")
-import json, re, sys
-text = open(sys.argv[1]).read()
-s = re.search(r'sqlx-sqlite \(local file.*?:\s+([\d.]+) ops/s', text)
-e = re.search(r'embedded leader, in process:\s+([\d.]+) ops/s', text)
-if s and e:
-    print(json.dumps({"extra": "embedded", "sqlite_ops": float(s[1]), "embedded_ops": float(e[1])}))
-else:
-    sys.exit("embedded_bench output not understood")
-PY
-      else
-        failures+=("extra/$x")
-        tail -5 "$log.err" >&2 || true
-      fi ;;
+      cmd=("$BIN_DIR/examples/embedded_bench" 20000) ;;
     failover)
       echo "== failover: write unavailability after a leader SIGKILL, ours vs real dqlite" >&2
-      if RUN_BOUND=900 run failover "$log" cargo test --profile "$PROFILE" -p dqlite --test failover_bench -- --ignored --nocapture; then
-        grep -E "median write unavailability|failover medians" "$log.err" >&2 || true
-        # "failover medians: own X ms, real dqlite Y ms (ratio ...)"
-        python3 - "$log.err" >>"$RESULTS" <<'PY' || failures+=("extra/$x (output not understood)")
-import json, re, sys
-m = re.search(r'failover medians: own (\d+) ms, real dqlite (\d+) ms', open(sys.argv[1]).read())
-if m:
-    print(json.dumps({"extra": "failover", "own_ms": float(m[1]), "real_ms": float(m[2])}))
-else:
-    sys.exit("failover_bench output not understood")
-PY
-      else
-        failures+=("extra/$x")
-        tail -5 "$log.err" >&2 || true
-      fi ;;
+      cmd=(cargo test --profile "$PROFILE" -p dqlite --test failover_bench -- --ignored --nocapture) ;;
     *) echo "unknown extra $x" >&2; exit 2 ;;
   esac
+  if ! RUN_BOUND=900 run "$x" "$log" "${cmd[@]}"; then
+    failures+=("extra/$x")
+    tail -5 "$log.err" >&2 || true
+    continue
+  fi
+  # embedded_bench prints its result on stdout, failover_bench on stderr.
+  cat "$log.out" >&2
+  grep -E "median write unavailability|failover medians" "$log.err" >&2 || true
+  python3 - "$x" "$log.out" "$log.err" >>"$RESULTS" <<'PY' || failures+=("extra/$x (output not understood)")
+import json, re, sys
+kind, text = sys.argv[1], open(sys.argv[2]).read() + open(sys.argv[3]).read()
+if kind == "embedded":
+    # "  sqlx-sqlite (local file, ...):  S ops/s" and "  dqlite-rs embedded leader, in process:  E ops/s ..."
+    s = re.search(r'sqlx-sqlite \(local file.*?:\s+([\d.]+) ops/s', text)
+    e = re.search(r'embedded leader, in process:\s+([\d.]+) ops/s', text)
+    row = s and e and {"extra": kind, "sqlite_ops": float(s[1]), "embedded_ops": float(e[1])}
+else:
+    # "failover medians: own X ms, real dqlite Y ms (ratio ...)"
+    m = re.search(r'failover medians: own (\d+) ms, real dqlite (\d+) ms', text)
+    row = m and {"extra": kind, "own_ms": float(m[1]), "real_ms": float(m[2])}
+if not row:
+    sys.exit(f"{kind}: output not understood")
+print(json.dumps(row))
+PY
 done
 
 echo "== report" >&2

@@ -373,8 +373,7 @@ fn section(args: &Args, results: &Results, rss: &Rss, extras: &Extras) -> String
             out,
             "The script ran the whole matrix {} times in a row; each cell below is the round with the \
              median ops/s of that cell (its p50 and p99 with it), errors are summed over the rounds, \
-             node RSS is the largest of any round. A single 5 s measurement on this machine varies by \
-             ±30–50% over tens of minutes; the raw rounds are in `target/bench/results.jsonl`.\n",
+             node RSS is the largest of any round; the raw rounds are in `target/bench/results.jsonl`.\n",
             args.rounds
         );
     }
