@@ -5,28 +5,69 @@
 //! others wait ahead of it gets a ticket and `SQLITE_BUSY`; SQLite then calls the connection's
 //! busy handler (installed by [`super::VfsConnection`]), which sleeps on the queue's condition
 //! variable until the ticket is at the head and the lock is free, and asks SQLite to retry.
+//! Each ticket has a condition variable of its own and only the head of the line is woken
+//! when the lock is released or the gate opens: waking every waiter on each hand-over made
+//! all of them compete for the CPU with the one connection that could go on.
 //! The retry re-opens the read snapshot too, so a queued `BEGIN IMMEDIATE` never fails with
 //! `SQLITE_BUSY_SNAPSHOT`. The apply connection of a follower is served before client writers.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// A connection's identity inside the VFS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
+/// A ticket: the connection and the condition variable it sleeps on.
+#[derive(Debug)]
+struct Ticket {
+    conn: ConnId,
+    turn: Arc<Condvar>,
+}
+
 #[derive(Debug, Default)]
 struct QueueState {
     holder: Option<ConnId>,
-    waiting: VecDeque<ConnId>,
+    waiting: VecDeque<Ticket>,
+    /// Connections inside [`WriteQueue::wait_turn`]'s wait, and waits that ended by their
+    /// time-out rather than a wake-up (for tests).
+    asleep: usize,
+    timeouts: usize,
 }
 
+impl QueueState {
+    fn front(&self) -> Option<ConnId> {
+        self.waiting.front().map(|t| t.conn)
+    }
+
+    fn ticket(&self, conn: ConnId) -> Option<&Ticket> {
+        self.waiting.iter().find(|t| t.conn == conn)
+    }
+
+    /// Wakes the connection at the head of the line: the only one that may go next.
+    fn wake_head(&self) {
+        if let Some(t) = self.waiting.front() {
+            t.turn.notify_one();
+        }
+    }
+}
+
+/// How often a waiter re-checks its turn even without a wake-up (the gate's state lives
+/// outside the queue).
+const RECHECK: Duration = Duration::from_millis(50);
+
 /// The FIFO of connections waiting for one database's WAL write lock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct WriteQueue {
     state: Mutex<QueueState>,
-    changed: Condvar,
+    recheck: Duration,
+}
+
+impl Default for WriteQueue {
+    fn default() -> Self {
+        WriteQueue { state: Mutex::default(), recheck: RECHECK }
+    }
 }
 
 /// What [`WriteQueue::try_acquire`] decided.
@@ -52,7 +93,7 @@ impl WriteQueue {
         if s.holder == Some(conn) {
             return Turn::Go;
         }
-        let front = s.waiting.front().copied();
+        let front = s.front();
         if s.holder.is_none() && (front.is_none() || front == Some(conn)) && (priority || gate()) {
             if front == Some(conn) {
                 s.waiting.pop_front();
@@ -60,11 +101,12 @@ impl WriteQueue {
             s.holder = Some(conn);
             return Turn::Go;
         }
-        if !s.waiting.contains(&conn) {
+        if s.ticket(conn).is_none() {
+            let t = Ticket { conn, turn: Arc::new(Condvar::new()) };
             if priority {
-                s.waiting.push_front(conn);
+                s.waiting.push_front(t);
             } else {
-                s.waiting.push_back(conn);
+                s.waiting.push_back(t);
             }
         }
         Turn::Wait
@@ -75,10 +117,9 @@ impl WriteQueue {
         let mut s = self.lock();
         if s.holder == Some(conn) {
             s.holder = None;
-            s.waiting.push_front(conn);
+            s.waiting.push_front(Ticket { conn, turn: Arc::new(Condvar::new()) });
         }
-        drop(s);
-        self.changed.notify_all();
+        s.wake_head();
     }
 
     /// `conn` released the write lock.
@@ -87,19 +128,17 @@ impl WriteQueue {
         if s.holder == Some(conn) {
             s.holder = None;
         }
-        drop(s);
-        self.changed.notify_all();
+        s.wake_head();
     }
 
     /// `conn` stops waiting (its statement ended, or its busy timeout expired).
     pub(crate) fn forget(&self, conn: ConnId) {
         let mut s = self.lock();
         let before = s.waiting.len();
-        s.waiting.retain(|c| *c != conn);
-        let removed = s.waiting.len() != before;
-        drop(s);
-        if removed {
-            self.changed.notify_all();
+        s.waiting.retain(|t| t.conn != conn);
+        if s.waiting.len() != before {
+            // The head may have left: the next one may go.
+            s.wake_head();
         }
     }
 
@@ -110,9 +149,9 @@ impl WriteQueue {
 
     /// Wakes the waiting connections (the gate may have opened).
     pub(crate) fn wake(&self) {
-        // Taken so that a waiter between its gate check and its wait cannot miss the wake-up.
-        drop(self.lock());
-        self.changed.notify_all();
+        // Under the lock, so that a waiter between its gate check and its wait cannot miss
+        // the wake-up.
+        self.lock().wake_head();
     }
 
     /// Blocks until `conn` may retry (its ticket is at the head, the lock is free and `gate()`
@@ -120,8 +159,7 @@ impl WriteQueue {
     pub(crate) fn wait_turn(&self, conn: ConnId, deadline: Instant, gate: &dyn Fn() -> bool) -> bool {
         let mut s = self.lock();
         loop {
-            let queued = s.waiting.contains(&conn);
-            if !queued {
+            let Some(turn) = s.ticket(conn).map(|t| t.turn.clone()) else {
                 // BUSY for another reason (recovery, checkpoint): retry after a short pause.
                 drop(s);
                 let now = Instant::now();
@@ -130,8 +168,8 @@ impl WriteQueue {
                 }
                 std::thread::sleep(Duration::from_millis(1).min(deadline - now));
                 return true;
-            }
-            if s.holder.is_none() && s.waiting.front() == Some(&conn) && gate() {
+            };
+            if s.holder.is_none() && s.front() == Some(conn) && gate() {
                 return true;
             }
             let now = Instant::now();
@@ -139,10 +177,17 @@ impl WriteQueue {
                 return false;
             }
             // Bounded: the gate is re-checked even if a wake-up is missed.
-            s = match self.changed.wait_timeout(s, (deadline - now).min(Duration::from_millis(50))) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
+            s.asleep += 1;
+            let timed_out;
+            (s, timed_out) = match turn.wait_timeout(s, (deadline - now).min(self.recheck)) {
+                Ok((g, t)) => (g, t.timed_out()),
+                Err(p) => {
+                    let (g, t) = p.into_inner();
+                    (g, t.timed_out())
+                }
             };
+            s.asleep -= 1;
+            s.timeouts += usize::from(timed_out);
         }
     }
 }
@@ -189,6 +234,79 @@ mod tests {
         q.release(ConnId(9));
         assert!(q.wait_turn(ConnId(1), Instant::now() + Duration::from_millis(20), &open));
         assert_eq!(q.try_acquire(ConnId(1), false, &open), Turn::Go);
+    }
+
+    /// A queue whose waiters never re-check on their own: a missed wake-up shows as a
+    /// `wait_turn` that runs into its deadline.
+    fn no_recheck() -> WriteQueue {
+        WriteQueue { state: Mutex::default(), recheck: Duration::from_secs(3600) }
+    }
+
+    /// A missed wake-up costs this much before the test fails.
+    const BOUND: Duration = Duration::from_secs(5);
+
+    /// Takes the lock for `c` the way the VFS does: ask, wait for the turn, ask again.
+    fn acquire(q: &WriteQueue, c: ConnId) {
+        let deadline = Instant::now() + BOUND;
+        while q.try_acquire(c, false, &open) == Turn::Wait {
+            assert!(q.wait_turn(c, deadline, &open), "{c:?} was never woken for its turn");
+        }
+    }
+
+    #[test]
+    fn the_next_in_line_is_woken_when_the_head_gives_up() {
+        let q = Arc::new(no_recheck());
+        let (a, b, c) = (ConnId(1), ConnId(2), ConnId(3));
+        assert_eq!(q.try_acquire(a, false, &open), Turn::Go);
+        assert_eq!(q.try_acquire(b, false, &open), Turn::Wait);
+        assert_eq!(q.try_acquire(c, false, &open), Turn::Wait);
+        let waiter = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                acquire(&q, c);
+                q.release(c);
+            })
+        };
+        let deadline = Instant::now() + BOUND;
+        while q.lock().asleep == 0 {
+            assert!(Instant::now() < deadline, "the waiter never went to sleep");
+            std::thread::yield_now();
+        }
+        // The release wakes b (the head), which gives up (its busy timeout): c must be woken.
+        q.release(a);
+        q.forget(b);
+        waiter.join().expect("waiter");
+        assert_eq!(q.lock().timeouts, 0, "c was not woken when b gave up");
+        assert_eq!(q.try_acquire(a, false, &open), Turn::Go);
+    }
+
+    #[test]
+    fn hand_overs_reach_every_waiter() {
+        const THREADS: u64 = 6;
+        const ROUNDS: usize = 200;
+        let q = Arc::new(no_recheck());
+        let inside = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let threads: Vec<_> = (1..=THREADS)
+            .map(|i| {
+                let (q, inside, order) = (q.clone(), inside.clone(), order.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..ROUNDS {
+                        acquire(&q, ConnId(i));
+                        assert!(!inside.swap(true, std::sync::atomic::Ordering::SeqCst), "two holders");
+                        order.lock().expect("order").push(i);
+                        std::thread::yield_now();
+                        inside.store(false, std::sync::atomic::Ordering::SeqCst);
+                        q.release(ConnId(i));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        assert_eq!(order.lock().expect("order").len(), THREADS as usize * ROUNDS);
+        assert_eq!(q.lock().timeouts, 0, "a waiter was not woken for its turn");
     }
 
     #[test]
