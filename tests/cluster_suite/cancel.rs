@@ -315,3 +315,31 @@ async fn cancelled_queries_and_streams_are_drained() {
         f.check("stream", k).await;
     }
 }
+
+/// A write that waits for the write lock (another connection's transaction holds it) is
+/// dropped while it waits, at growing delays; the lock is then released. The connection must
+/// stay in step whatever the server did with the dropped write.
+#[tokio::test]
+async fn cancelled_write_waiting_for_the_lock_leaves_the_connection_in_step() {
+    let mut f = Fixture::new("cancel_queued").await;
+    let holder = common::pool_for(&common::shared_url("cancel_queued"), 1).await;
+    for k in 0..5u64 {
+        let mut h = holder.acquire().await.unwrap();
+        let mut tx = h.begin().await.unwrap();
+        sqlx::query("INSERT INTO t (v) VALUES ('holder')").execute(&mut *tx).await.unwrap();
+        let mut conn = f.pool.acquire().await.unwrap();
+        let write = sqlx::query("INSERT INTO t (v) VALUES (?)").bind(format!("queued-{k}")).execute(&mut *conn);
+        // The lock is held until the commit below, so the write cannot finish first: the
+        // time-out is only where it is dropped (the request may or may not be out yet).
+        let dropped = tokio::time::timeout(std::time::Duration::from_millis(5 * k), write).await;
+        assert!(
+            dropped.as_ref().map_or(true, |r| r.is_err()),
+            "a write finished while another transaction held the lock"
+        );
+        drop(conn);
+        tx.commit().await.unwrap();
+        drop(h);
+        f.check("queued write", k as usize).await;
+    }
+    assert_eq!(Fixture::count(&f.other, "holder").await, 5);
+}
