@@ -118,7 +118,8 @@ impl<S: StateMachine> ApplyThread<S> {
                             self.spool.create().map_err(|e| format!("creating the snapshot file: {e}")).and_then(|f| {
                                 let mut w = FramedWriter::new(f);
                                 let index = self.sm.snapshot(&mut w).map_err(|e| e.to_string())?;
-                                let image = w.finish().map_err(|e| format!("writing the snapshot file: {e}"))?;
+                                let mut image = w.finish().map_err(|e| format!("writing the snapshot file: {e}"))?;
+                                image.sync().map_err(|e| format!("syncing the snapshot file: {e}"))?;
                                 Ok((index, image))
                             });
                         self.report_image(r);
@@ -152,7 +153,8 @@ impl<S: StateMachine> ApplyThread<S> {
             let r = spool.create().map_err(|e| format!("creating the snapshot file: {e}")).and_then(|f| {
                 let mut w = FramedWriter::new(f);
                 copy.write_to(&mut w).map_err(|e| e.to_string())?;
-                let image = w.finish().map_err(|e| format!("writing the snapshot file: {e}"))?;
+                let mut image = w.finish().map_err(|e| format!("writing the snapshot file: {e}"))?;
+                image.sync().map_err(|e| format!("syncing the snapshot file: {e}"))?;
                 Ok((index, image))
             });
             let _ = done.blocking_send(Completion::Apply(image_done(id, r)));
