@@ -154,6 +154,8 @@ impl<S: StateMachine> ApplyThread<S> {
                 let mut w = FramedWriter::new(f);
                 copy.write_to(&mut w).map_err(|e| e.to_string())?;
                 let mut image = w.finish().map_err(|e| format!("writing the snapshot file: {e}"))?;
+                // Synced here, not on the storage thread; `write_to` consumed the copy, so the
+                // database files are let go (checkpoints go on) while the sync runs.
                 image.sync().map_err(|e| format!("syncing the snapshot file: {e}"))?;
                 Ok((index, image))
             });

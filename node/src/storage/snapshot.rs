@@ -598,8 +598,8 @@ mod tests {
     }
 
     /// Commits a local snapshot of `payload` written in two halves, synced by its writer after
-    /// `sync_after` halves (0: never), and returns the data syncs the commit itself made and
-    /// whether the snapshot reads back whole after a crash that loses every unsynced write.
+    /// `sync_after` halves (0: never), and returns the disk operations the commit itself made
+    /// and whether the snapshot reads back whole after a crash that loses every unsynced write.
     fn commit_then_crash(sync_after: usize) -> (u64, bool) {
         // The snapshot store alone: a whole `Storage` prepares log segments on a thread of its
         // own, whose operations would be counted too.
